@@ -1,0 +1,50 @@
+"""Tile uint8 images into one grid image and write it as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
+              pad_value: int = 255) -> np.ndarray:
+    """Tile images into a grid.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W, C) or (n, H, W), uint8
+    ncols : columns in the grid; defaults to ceil(sqrt(n)).
+
+    Returns
+    -------
+    ndarray of shape (rows*(H+pad)+pad, ncols*(W+pad)+pad, C), uint8
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, c = images.shape
+    if n == 0:
+        return np.full((h + 2 * pad, w + 2 * pad, c), pad_value, np.uint8)
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), pad_value, np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = img
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """Save an (H, W, C) or (H, W) uint8 array as PNG, optionally upscaled (nearest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    img = Image.fromarray(arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    img.save(path)
+    return path
