@@ -1,0 +1,221 @@
+"""Ingest as plain steps: plan -> decode batches -> select new images -> write -> commit.
+
+The Prefect flow runs :func:`decode_batch` and :func:`write_segments` as parallel tasks;
+:func:`ingest_local` runs the same steps in one process. Every step passes small dicts of
+paths and numbers. Decoded pixels go to a staging folder as ``.npy`` files; the corpus
+version becomes visible only when :func:`commit_ingest` writes ``corpus.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cci_core.corpus import (INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array,
+                             read_manifest, write_rows)
+from cci_core.images import FITS, ImageShape
+from cci_core.lineage import LineageStore
+from cci_core.sources import SourceError, first_image_shape, load_batch, open_source
+from cci_core.store import Store, validate_name
+
+
+def default_batch_size(kind: str) -> int:
+    return 16384 if kind in ("idx", "npy", "digits") else 512
+
+
+def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int] | None = None,
+                channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
+                batch_size: int | None = None) -> dict:
+    """Inspect the source and the corpus, decide the shape and split the source into batches."""
+    validate_name(corpus, "corpus name")
+    if fit not in FITS:
+        raise ValueError(f"--fit {fit!r} is not one of {', '.join(FITS)}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"--channels {channels} is not supported: use 1 or 3")
+    src = open_source(source, label_from_folder=label_from_folder)
+    cdir = store.corpus_dir(corpus)
+    manifest = read_manifest(cdir)
+    if manifest:
+        shape = ImageShape(*manifest["shape"])
+        wanted = (size or (shape.height, shape.width)) + (channels or shape.channels,)
+        if wanted != shape.hwc:
+            raise ValueError(f"corpus {corpus!r} stores images of shape {shape.hwc}, not {wanted}: "
+                             "drop --size/--channels or ingest into a new corpus")
+        n0, version = manifest["versions"][-1]["n_rows"], len(manifest["versions"]) + 1
+        previous = manifest["versions"][-1]["artifact_id"]
+        fit = manifest.get("fit", fit)
+    else:
+        inferred = first_image_shape(src, channels)
+        shape = ImageShape(*(size or (inferred.height, inferred.width)), channels or inferred.channels)
+        n0, version, previous = 0, 1, None
+    ingest_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return {
+        "corpus": corpus, "corpus_dir": str(cdir), "source": src.uri, "source_kind": src.kind,
+        "source_count": src.count, "listing_hash": src.listing_hash, "shape": list(shape.hwc),
+        "fit": fit, "label_from_folder": label_from_folder, "n0": n0, "version": version,
+        "previous_artifact_id": previous, "ingest_id": ingest_id,
+        "staging_dir": str(cdir / "_staging" / ingest_id),
+        "batch_size": batch_size or default_batch_size(src.kind),
+        "batches": src.plan(batch_size or default_batch_size(src.kind)),
+    }
+
+
+def decode_batch(plan: dict, batch: dict) -> dict:
+    """Decode one batch into the staging folder; return paths and counts (no pixels)."""
+    result = load_batch(batch, ImageShape(*plan["shape"]), plan["fit"])
+    staging = Path(plan["staging_dir"])
+    staging.mkdir(parents=True, exist_ok=True)
+    stem = staging / f"batch-{batch['batch']:06d}"
+    np.save(f"{stem}.npy", result.pixels, allow_pickle=False)
+    pd.DataFrame(result.rows, columns=["image_id", "source", "label", "split", "orig_height",
+                                       "orig_width", "orig_mode", "batch"]).to_parquet(f"{stem}.parquet")
+    return {"batch": batch["batch"], "pixels": f"{stem}.npy", "rows": f"{stem}.parquet",
+            "n": len(result.rows), "quarantine": result.quarantine}
+
+
+def select_new(plan: dict, decoded: list[dict]) -> dict:
+    """Drop images already in the corpus (or earlier in this run); assign the new rows.
+
+    Returns the new index rows' file, the duplicate count, quarantine entries and the
+    write segments ``{pixels, keep, lo, hi, dst}`` (rows ``keep[lo:hi]`` of ``pixels``
+    go to rows ``dst..``).
+    """
+    decoded = sorted(decoded, key=lambda d: d["batch"])
+    quarantine = [q for d in decoded for q in d["quarantine"]]
+    if not any(d["n"] for d in decoded):
+        reasons = "; ".join(f"{Path(q['source']).name}: {q['reason']}" for q in quarantine[:3])
+        raise SourceError(f"every file in source {plan['source']} is unreadable ({len(quarantine)} files: "
+                          f"{reasons}{' …' if len(quarantine) > 3 else ''}); nothing was ingested")
+    cdir = Path(plan["corpus_dir"])
+    seen: set[str] = set()
+    if plan["n0"]:
+        idx = pd.read_parquet(cdir / "index.parquet", columns=["row", "image_id"])
+        seen = set(idx.loc[idx["row"] < plan["n0"], "image_id"])
+    now = datetime.now(timezone.utc)
+    new_rows, segments, duplicates, dst = [], [], 0, plan["n0"]
+    for d in decoded:
+        if not d["n"]:
+            continue
+        rows = pd.read_parquet(d["rows"])
+        keep = []
+        for i, iid in enumerate(rows["image_id"]):
+            if iid in seen:
+                duplicates += 1
+            else:
+                seen.add(iid)
+                keep.append(i)
+        if not keep:
+            continue
+        keep_path = d["pixels"].replace(".npy", ".keep.npy")
+        np.save(keep_path, np.asarray(keep, np.int64), allow_pickle=False)
+        kept = rows.iloc[keep].copy()
+        kept["row"] = np.arange(dst, dst + len(keep))
+        kept["batch"] = [f"{plan['ingest_id']}/{b}" for b in kept["batch"]]
+        new_rows.append(kept)
+        segments.append({"pixels": d["pixels"], "keep": keep_path, "lo": 0, "hi": len(keep), "dst": dst})
+        dst += len(keep)
+    new_index = pd.concat(new_rows) if new_rows else pd.DataFrame(columns=INDEX_COLUMNS)
+    new_index["version"] = plan["version"]
+    new_index["ingested_at"] = now
+    rows_path = Path(plan["staging_dir"]) / "new-index.parquet"
+    new_index[INDEX_COLUMNS].to_parquet(rows_path)
+    return {"n_new": dst - plan["n0"], "n1": dst, "duplicates": duplicates, "quarantine": quarantine,
+            "segments": segments, "new_index": str(rows_path)}
+
+
+def plan_writes(plan: dict, selection: dict, chunks_per_task: int = 4) -> list[list[dict]]:
+    """Group the segments by destination chunk ranges so no two groups touch one chunk."""
+    step = chunk_rows(ImageShape(*plan["shape"])) * chunks_per_task
+    n0, n1 = plan["n0"], selection["n1"]
+    bounds = [n0] + list(range((n0 // step + 1) * step, n1, step)) + [n1]
+    groups = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        group = []
+        for s in selection["segments"]:
+            s_lo, s_hi = s["dst"], s["dst"] + s["hi"] - s["lo"]
+            lo, hi = max(a, s_lo), min(b, s_hi)
+            if lo < hi:
+                group.append({"pixels": s["pixels"], "keep": s["keep"], "lo": s["lo"] + lo - s_lo,
+                              "hi": s["lo"] + hi - s_lo, "dst": lo})
+        if group:
+            groups.append(group)
+    return groups
+
+
+def write_segments(plan: dict, segments: list[dict]) -> int:
+    """Copy staged pixels into the corpus image array; returns rows written."""
+    images_path = Path(plan["corpus_dir"]) / "images.zarr"
+    written = 0
+    for s in segments:
+        pixels = np.load(s["pixels"], mmap_mode="r", allow_pickle=False)
+        keep = np.load(s["keep"], allow_pickle=False)[s["lo"]:s["hi"]]
+        write_rows(images_path, s["dst"], np.asarray(pixels[keep]))
+        written += len(keep)
+    return written
+
+
+def prepare_array(plan: dict, selection: dict) -> None:
+    """Create or resize the image array to hold the new rows (before the parallel writes)."""
+    ensure_images_array(Path(plan["corpus_dir"]), ImageShape(*plan["shape"]), selection["n1"])
+
+
+def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | None = None) -> dict:
+    """Record lineage, then publish the version (``corpus.json`` last). Returns a summary."""
+    cdir = Path(plan["corpus_dir"])
+    summary = {"corpus": plan["corpus"], "store": str(store.root), "source": plan["source"],
+               "added": selection["n_new"], "duplicates": selection["duplicates"],
+               "quarantined": len(selection["quarantine"]), "quarantine": selection["quarantine"],
+               "shape": plan["shape"]}
+    if selection["n_new"] == 0:
+        shutil.rmtree(plan["staging_dir"], ignore_errors=True)
+        return {**summary, "version": plan["version"] - 1, "n_rows": plan["n0"], "changed": False,
+                "artifact_id": plan["previous_artifact_id"]}
+    old_index = (pd.read_parquet(cdir / "index.parquet") if plan["n0"] else pd.DataFrame(columns=INDEX_COLUMNS))
+    old_index = old_index[old_index["row"] < plan["n0"]]
+    new_index = pd.read_parquet(selection["new_index"])
+    index = pd.concat([old_index, new_index], ignore_index=True) if plan["n0"] else new_index
+    old_q = pd.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan["n0"] else None
+    new_q = pd.DataFrame(selection["quarantine"], columns=["source", "reason", "batch"]).drop(columns="batch")
+    new_q["version"] = plan["version"]
+    quarantine = (pd.concat([old_q, new_q]) if old_q is not None else new_q).drop_duplicates("source", keep="first")
+
+    content = hashlib.sha256(("x".join(map(str, plan["shape"])) + "|" +
+                              "".join(index["image_id"])).encode()).hexdigest()
+    lineage = LineageStore(store.lineage_url)
+    src = lineage.record("source", plan["source"], plan["source"], plan["listing_hash"],
+                         size=plan["source_count"], params={"kind": plan["source_kind"]})
+    inputs = [(src.id, "source")] + ([(plan["previous_artifact_id"], "previous")] if plan["previous_artifact_id"] else [])
+    params = {"shape": plan["shape"], "fit": plan["fit"], "label_from_folder": plan["label_from_folder"],
+              "batch_size": plan["batch_size"], "version": plan["version"], "n_rows": len(index)}
+    art = lineage.record("corpus", f"{plan['corpus']}@v{plan['version']}", cdir.as_uri(), content,
+                         size=len(index), params=params, producer=producer,
+                         metrics={"added": selection["n_new"], "duplicates": selection["duplicates"],
+                                  "quarantined": len(selection["quarantine"])}, inputs=inputs)
+    manifest = read_manifest(cdir) or {"name": plan["corpus"], "shape": plan["shape"], "fit": plan["fit"],
+                                       "created_at": datetime.now(timezone.utc).isoformat(), "versions": []}
+    manifest["chunk_rows"] = chunk_rows(ImageShape(*plan["shape"]))
+    manifest["versions"] = manifest["versions"][: plan["version"] - 1] + [{
+        "version": plan["version"], "n_rows": len(index), "added": selection["n_new"],
+        "duplicates": selection["duplicates"], "quarantined": len(selection["quarantine"]),
+        "source": plan["source"], "listing_hash": plan["listing_hash"], "artifact_id": art.id,
+        "ingest_id": plan["ingest_id"], "created_at": datetime.now(timezone.utc).isoformat()}]
+    commit_version(cdir, manifest, index, quarantine)
+    shutil.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'
+    return {**summary, "version": plan["version"], "n_rows": len(index), "changed": True, "artifact_id": art.id}
+
+
+def ingest_local(store: Store, source: str, corpus: str, producer: dict | None = None, **options) -> dict:
+    """All ingest steps in this process, in order (no Prefect, no Dask)."""
+    plan = plan_ingest(store, source, corpus, **options)
+    decoded = [decode_batch(plan, b) for b in plan["batches"]]
+    selection = select_new(plan, decoded)
+    if selection["n_new"]:
+        prepare_array(plan, selection)
+        for group in plan_writes(plan, selection):
+            write_segments(plan, group)
+    return commit_ingest(store, plan, selection, producer)

@@ -1,0 +1,180 @@
+"""The lineage store: one record per artifact, linked to the artifacts it was made from.
+
+Records live in a SQL database reached through SQLAlchemy (SQLite by default, any
+SQLAlchemy URL works, e.g. PostgreSQL). An artifact id is derived from its content, so
+recording the same thing twice returns the same record (idempotent re-runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from cci_core.codeversion import code_version
+
+_meta = sa.MetaData()
+artifacts_table = sa.Table(
+    "artifacts", _meta,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("kind", sa.String(40), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("code_version", sa.String(80), nullable=False),
+    sa.Column("producer", sa.JSON, nullable=False),
+)
+inputs_table = sa.Table(
+    "artifact_inputs", _meta,
+    sa.Column("artifact_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("input_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("role", sa.String(40), nullable=False),
+)
+
+
+@dataclass
+class Artifact:
+    """One lineage record (DESIGN.md)."""
+    id: str
+    kind: str
+    name: str
+    uri: str
+    content_hash: str
+    size: int | None
+    created_at: datetime
+    params: dict
+    metrics: dict
+    code_version: str
+    producer: dict
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (input id, role)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["created_at"] = self.created_at.isoformat()
+        d["inputs"] = [{"id": i, "role": r} for i, r in self.inputs]
+        return d
+
+
+def artifact_id(kind: str, content_hash: str, params: dict, inputs: list[tuple[str, str]]) -> str:
+    """Content-derived id: the same kind, content, parameters and inputs give the same id."""
+    blob = json.dumps([kind, content_hash, params, sorted(inputs)], sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+class UnknownArtifactError(KeyError):
+    def __str__(self) -> str:
+        return f"no artifact {self.args[0]!r} in the lineage store (see `cci lineage list`)"
+
+
+class LineageStore:
+    """Record and query artifacts. ``url`` is a SQLAlchemy URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            @sa.event.listens_for(self.engine, "connect")
+            def _wal(dbapi_conn, _):  # concurrent readers while one process writes
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        _meta.create_all(self.engine)
+
+    def record(self, kind: str, name: str, uri: str, content_hash: str, *, size: int | None = None,
+               params: dict | None = None, metrics: dict | None = None, producer: dict | None = None,
+               inputs: list[tuple[str, str]] | None = None) -> Artifact:
+        """Insert a record (or return the existing one with the same id).
+
+        ``inputs`` are ``(parent artifact id, role)`` pairs; every parent must exist.
+        """
+        params, metrics, inputs = params or {}, metrics or {}, list(inputs or [])
+        aid = artifact_id(kind, content_hash, params, inputs)
+        existing = self.find(aid)
+        if existing is not None:
+            if metrics and metrics != existing.metrics:
+                self.update_metrics(aid, metrics)
+                existing.metrics = {**existing.metrics, **metrics}
+            return existing
+        with self.engine.begin() as conn:
+            for parent, _ in inputs:
+                if conn.execute(sa.select(artifacts_table.c.id).where(artifacts_table.c.id == parent)).first() is None:
+                    raise UnknownArtifactError(parent)
+            row = dict(id=aid, kind=kind, name=name, uri=uri, content_hash=content_hash, size=size,
+                       created_at=datetime.now(timezone.utc), params=params, metrics=metrics,
+                       code_version=code_version(), producer=producer or {})
+            conn.execute(artifacts_table.insert().values(**row))
+            if inputs:
+                conn.execute(inputs_table.insert(), [
+                    {"artifact_id": aid, "input_id": parent, "role": role} for parent, role in inputs])
+        return self.get(aid)
+
+    def update_metrics(self, aid: str, metrics: dict) -> None:
+        art = self.get(aid)
+        with self.engine.begin() as conn:
+            conn.execute(artifacts_table.update().where(artifacts_table.c.id == aid)
+                         .values(metrics={**art.metrics, **metrics}))
+
+    def find(self, aid: str) -> Artifact | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(artifacts_table).where(artifacts_table.c.id == aid)).mappings().first()
+            if row is None:
+                return None
+            ins = conn.execute(sa.select(inputs_table.c.input_id, inputs_table.c.role)
+                               .where(inputs_table.c.artifact_id == aid)
+                               .order_by(inputs_table.c.role, inputs_table.c.input_id)).all()
+        d = dict(row)
+        if d["created_at"].tzinfo is None:  # SQLite drops the zone
+            d["created_at"] = d["created_at"].replace(tzinfo=timezone.utc)
+        return Artifact(**d, inputs=[(i, r) for i, r in ins])
+
+    def get(self, aid: str) -> Artifact:
+        """The record with this id, or a unique id prefix."""
+        art = self.find(aid)
+        if art is None:
+            with self.engine.connect() as conn:
+                ids = conn.execute(sa.select(artifacts_table.c.id)
+                                   .where(artifacts_table.c.id.startswith(aid)).limit(2)).scalars().all()
+            if len(ids) == 1:
+                art = self.find(ids[0])
+        if art is None:
+            raise UnknownArtifactError(aid)
+        return art
+
+    def list(self, kind: str | None = None, name: str | None = None, limit: int = 1000) -> list[Artifact]:
+        q = sa.select(artifacts_table.c.id).order_by(artifacts_table.c.created_at.desc()).limit(limit)
+        if kind:
+            q = q.where(artifacts_table.c.kind == kind)
+        if name:
+            q = q.where(artifacts_table.c.name == name)
+        with self.engine.connect() as conn:
+            ids = conn.execute(q).scalars().all()
+        return [self.get(i) for i in ids]
+
+    def outputs_of(self, aid: str) -> list[tuple[str, str]]:
+        """Artifacts made from ``aid``: ``(child id, role of aid in the child)``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(inputs_table.c.artifact_id, inputs_table.c.role)
+                                .where(inputs_table.c.input_id == aid)).all()
+        return [(a, r) for a, r in rows]
+
+    def upstream(self, aid: str) -> dict:
+        """The tree of what made ``aid``: ``{"artifact": Artifact, "role": None, "inputs": [...]}``."""
+        def walk(node_id: str, role: str | None, seen: frozenset) -> dict:
+            art = self.get(node_id)
+            children = [] if art.id in seen else [walk(i, r, seen | {art.id}) for i, r in art.inputs]
+            return {"artifact": art, "role": role, "inputs": children}
+        return walk(aid, None, frozenset())
+
+    def downstream(self, aid: str) -> dict:
+        """The tree of what was made from ``aid``."""
+        def walk(node_id: str, role: str | None, seen: frozenset) -> dict:
+            art = self.get(node_id)
+            kids = [] if art.id in seen else [walk(c, r, seen | {art.id}) for c, r in self.outputs_of(art.id)]
+            return {"artifact": art, "role": role, "outputs": kids}
+        return walk(self.get(aid).id, None, frozenset())

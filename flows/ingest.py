@@ -1,0 +1,51 @@
+"""The ingest flow: decode batches in parallel on Dask, keep what is new, write, commit."""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.utilities.annotations import unmapped
+
+from cci_core.store import Store
+from tasks.common import asset_for
+from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
+from cci_core import ingest
+
+
+@flow(name="cci-ingest", log_prints=True)
+def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: tuple[int, int] | None = None,
+                channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
+                batch_size: int | None = None) -> dict:
+    """Ingest SOURCE into CORPUS: a new corpus version with only the images not stored yet."""
+    log = get_run_logger()
+    store_root = str(Store(store_root).ensure().root)
+    plan = plan_ingest_task(store_root, source, corpus, size=tuple(size) if size else None,
+                            channels=channels, fit=fit, label_from_folder=label_from_folder,
+                            batch_size=batch_size)
+    batches = plan.pop("batches")
+    log.info("Source %s (%s, %d items) -> corpus %s v%d: %d batches, shape %s",
+             plan["source"], plan["source_kind"], plan["source_count"], corpus, plan["version"],
+             len(batches), "x".join(map(str, plan["shape"])))
+    progress = create_progress_artifact(0.0, description=f"ingest {corpus}: batches decoded")
+    futures = decode_batch_task.map(unmapped(plan), batches)
+    decoded = []
+    for fut in as_completed(futures):
+        decoded.append(fut.result())
+        update_progress_artifact(progress, 100.0 * len(decoded) / len(batches))
+    selection = select_new_task(plan, decoded)
+    if selection["n_new"]:
+        ingest.prepare_array(plan, selection)
+        groups = ingest.plan_writes(plan, selection)
+        written = sum(f.result() for f in write_rows_task.map(unmapped(plan), groups))
+        log.info("Wrote %d new rows in %d parallel region writes", written, len(groups))
+    summary = commit_task.with_options(assets=[asset_for("corpus", corpus)])(store_root, plan, selection)
+    quarantine_md = "\n".join(f"| `{q['source']}` | {q['reason']} |" for q in summary["quarantine"][:50])
+    create_markdown_artifact(
+        key=f"ingest-{corpus}".lower().replace("_", "-").replace(".", "-"),
+        description=f"ingest of {corpus}",
+        markdown=(f"# Corpus `{corpus}` v{summary['version']}\n\n"
+                  f"- rows: {summary['n_rows']} (added {summary['added']}, duplicates {summary['duplicates']}, "
+                  f"quarantined {summary['quarantined']})\n- shape: {'x'.join(map(str, summary['shape']))}\n"
+                  f"- lineage id: `{summary['artifact_id']}`\n- store: `{store_root}`\n"
+                  + (f"\n| quarantined file | reason |\n|---|---|\n{quarantine_md}\n" if quarantine_md else "")))
+    return summary

@@ -1,0 +1,55 @@
+"""Where flows run: the Prefect API to report to and the Dask cluster to compute on."""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_dask import DaskTaskRunner
+
+
+@contextlib.contextmanager
+def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[str]:
+    """Use ``PREFECT_API_URL`` when set; otherwise start one temporary local server.
+
+    The URL is exported to the environment so Dask worker processes report to the same
+    API instead of each starting a temporary server of their own.
+    """
+    url = PREFECT_API_URL.value()
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    announce("No PREFECT_API_URL set: starting a temporary Prefect server for this run "
+             "(run `prefect server start` and export PREFECT_API_URL to keep one and watch the UI)")
+    t0 = time.time()
+    server = SubprocessASGIServer()
+    server.start()
+    announce(f"Temporary Prefect server ready at {server.api_url} ({time.time() - t0:.0f} s)")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    # Stop the server at interpreter exit, not here: Prefect drains its log and event
+    # workers in atexit hooks registered after this one (so they run first); stopping it
+    # earlier leaves them retrying against a closed port for a minute or more.
+    atexit.register(server.stop)
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def dask_task_runner(address: str | None = None, n_workers: int | None = None) -> DaskTaskRunner:
+    """A Dask task runner: an existing scheduler at ``address``, else a LocalCluster on loopback."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # scheduler chatter in this process
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        "n_workers": n_workers or default_workers(), "threads_per_worker": 1, "processes": True,
+        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
