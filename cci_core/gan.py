@@ -1,0 +1,167 @@
+"""DCGAN-style generator and discriminator, unconditional or cluster-conditional.
+
+Images are (N, C, H, W) float tensors in [-1, 1]; sizes 28, 32 and 64, 1 or 3 channels.
+The conditional variants take a cluster id ``y`` (LongTensor, shape (N,)): the generator
+concatenates a learned class embedding to ``z``; the discriminator is a projection
+discriminator (Miyato & Koyama 2018): ``D(x, y) = w·phi(x) + embed(y)·phi(x)``.
+``Discriminator.features(x)`` returns ``phi(x)``, the penultimate features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _sn
+
+SIZES = (28, 32, 64)
+LOSSES = ("hinge", "ns")
+
+
+@dataclass
+class GANConfig:
+    """Shape and capacity of one GAN.
+
+    ``n_classes = 0`` is an unconditional GAN; ``n_classes = K`` conditions both networks
+    on a cluster id in ``[0, K)``. The discriminator uses batch norm unless
+    ``spectral_norm`` is on (then it uses neither, as in SN-GAN).
+    """
+
+    image_size: int = 28
+    channels: int = 1
+    z_dim: int = 64
+    g_width: int = 64          # channels of the last generator block (DCGAN's ngf)
+    d_width: int = 64          # channels of the first discriminator block (DCGAN's ndf)
+    d_features: int = 256      # size of D.features(x)
+    n_classes: int = 0
+    embed_dim: int = 32        # generator class-embedding size (conditional only)
+    spectral_norm: bool = False
+    loss: str = "hinge"        # "hinge" or "ns" (non-saturating)
+
+    def __post_init__(self) -> None:
+        if self.image_size not in SIZES:
+            raise ValueError(f"image_size={self.image_size} is not supported; use one of {SIZES}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels={self.channels} is not supported; use 1 or 3")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} is unknown; use one of {LOSSES}")
+        if self.n_classes < 0:
+            raise ValueError(f"n_classes={self.n_classes} must be >= 0 (0 = unconditional)")
+        for name in ("z_dim", "g_width", "d_width", "d_features", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+
+    @property
+    def base(self) -> int:
+        """Spatial size of the smallest feature map: 7 for 28x28, else 4."""
+        return 7 if self.image_size == 28 else 4
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of stride-2 up/down-sampling layers."""
+        return {28: 2, 32: 3, 64: 4}[self.image_size]
+
+
+def init_dcgan_(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), norm weights N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _check_labels(y: torch.Tensor | None, n: int, n_classes: int) -> torch.Tensor | None:
+    if n_classes == 0:
+        if y is not None:
+            raise ValueError("labels were given to an unconditional model; pass y=None "
+                             "or build it with n_classes > 0")
+        return None
+    if y is None:
+        raise ValueError(f"this model is conditional (n_classes={n_classes}); pass y, "
+                         "a LongTensor of cluster ids with shape (N,)")
+    if y.shape != (n,):
+        raise ValueError(f"y has shape {tuple(y.shape)}; expected ({n},)")
+    return y.long()
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) [, y (N,)] -> images (N, C, H, W) in [-1, 1]."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        z_in = cfg.z_dim + (cfg.embed_dim if cfg.n_classes else 0)
+        self.embed = nn.Embedding(cfg.n_classes, cfg.embed_dim) if cfg.n_classes else None
+        ch = cfg.g_width * 2 ** (cfg.n_blocks - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_in, ch, cfg.base, 1, 0, bias=False),
+            nn.BatchNorm2d(ch), nn.ReLU(True),
+        ]
+        for _ in range(cfg.n_blocks - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, cfg.channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        init_dcgan_(self)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = _check_labels(y, z.shape[0], self.cfg.n_classes)
+        if y is not None:
+            z = torch.cat([z, self.embed(y)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """images (N, C, H, W) [, y (N,)] -> logits (N,); ``features(x)`` -> (N, d_features)."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        sn = _sn if cfg.spectral_norm else (lambda m: m)
+        use_bn = not cfg.spectral_norm
+        ch = cfg.d_width
+        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.channels, ch, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        for _ in range(cfg.n_blocks - 1):
+            layers.append(sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=not use_bn)))
+            if use_bn:
+                layers.append(nn.BatchNorm2d(ch * 2))
+            layers.append(nn.LeakyReLU(0.2, True))
+            ch *= 2
+        # A full-size kernel collapses the base x base map to one feature vector.
+        layers += [sn(nn.Conv2d(ch, cfg.d_features, cfg.base, 1, 0)), nn.LeakyReLU(0.2, True),
+                   nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.head = sn(nn.Linear(cfg.d_features, 1))
+        self.embed = sn(nn.Embedding(cfg.n_classes, cfg.d_features)) if cfg.n_classes else None
+        init_dcgan_(self)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features phi(x), shape (N, d_features)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = _check_labels(y, x.shape[0], self.cfg.n_classes)
+        h = self.features(x)
+        out = self.head(h).squeeze(1)
+        if y is not None:
+            out = out + (self.embed(y) * h).sum(dim=1)
+        return out
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Discriminator loss for ``kind`` in {"hinge", "ns"}."""
+    if kind == "hinge":
+        return torch.relu(1 - real_logits).mean() + torch.relu(1 + fake_logits).mean()
+    return nn.functional.softplus(-real_logits).mean() + nn.functional.softplus(fake_logits).mean()
+
+
+def g_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Generator loss for ``kind`` in {"hinge", "ns"}."""
+    if kind == "hinge":
+        return -fake_logits.mean()
+    return nn.functional.softplus(-fake_logits).mean()
