@@ -1,0 +1,30 @@
+# Set-up and the two entry points the README opens with.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STORE ?= ./cci-store
+
+.PHONY: setup run test clean
+
+$(BIN)/cci: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; anything else pulls CUDA builds
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/cci
+
+setup: $(BIN)/cci
+
+# The main job on the embedded default: local store, temporary Prefect server (SQLite), LocalCluster,
+# built-in corpus (scikit-learn digits, no download).
+run: setup
+	$(BIN)/cci ingest builtin:digits --corpus digits --store $(STORE)
+	$(BIN)/cci corpus info digits --store $(STORE)
+
+test: setup
+	OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) $(STORE)

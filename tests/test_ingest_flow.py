@@ -1,0 +1,96 @@
+"""The ingest flow under a real Prefect API, on Dask scheduler/worker processes on loopback."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cci_core.corpus import open_corpus
+from cci_core.lineage import LineageStore
+from cci_core.store import Store
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler(prefect_api):
+    """A scheduler and two workers as separate processes on 127.0.0.1."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    bindir = Path(sys.executable).parent
+    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    time.sleep(2)
+    for _ in range(2):
+        procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
+                                       "--dashboard-address", "127.0.0.1:0"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    from distributed import Client
+    with Client(addr, timeout=60) as client:
+        client.wait_for_workers(2, timeout=90)
+    yield addr
+    for p in procs[::-1]:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def test_cli_ingest_on_separate_dask_processes(tmp_path, dask_scheduler):
+    from flows.cli import app
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(src / f"{i:02d}.png")
+    (src / "broken.png").write_text("not a png")
+    store = tmp_path / "store"
+    runner = CliRunner()  # for the read-only commands; flows run as real `cci` processes
+    cci = [str(Path(sys.executable).parent / "cci")]
+
+    def run(*args):
+        return subprocess.run(cci + list(args), capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "COLUMNS": "200"})
+    res = run("ingest", str(src), "--corpus", "demo", "--store", str(store),
+              "--dask-address", dask_scheduler, "--batch-size", "4")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "added 12 images" in res.stdout and "corpus-" in res.stdout and "broken.png" in res.stderr
+    c = open_corpus(Store(store), "demo")
+    assert c.n_rows == 12 and len(c.quarantine()) == 1
+    art = LineageStore(Store(store).lineage_url).get(c.artifact_id)
+    assert art.producer.get("flow_run_id") and art.producer.get("task_name") == "commit-corpus-version"
+
+    res = run("ingest", str(src), "--corpus", "demo", "--store", str(store), "--dask-address", dask_scheduler)
+    assert res.returncode == 0 and "Nothing new" in res.stdout
+
+    res = runner.invoke(app, ["corpus", "info", "demo", "--store", str(store), "--json"])
+    assert res.exit_code == 0 and '"n_rows": 12' in res.output and "broken.png" in res.output
+    res = runner.invoke(app, ["lineage", "show", c.artifact_id, "--store", str(store)])
+    assert res.exit_code == 0 and "source" in res.output
+
+    res = run("ingest", str(tmp_path / "nope"), "--corpus", "x", "--store", str(store),
+              "--dask-address", dask_scheduler)
+    assert res.returncode == 1 and "does not exist" in res.stderr
+    res = runner.invoke(app, ["corpus", "info", "nope", "--store", str(store)])
+    assert res.exit_code == 1 and "no corpus named" in res.output
+
+
+def test_flow_on_local_cluster(tmp_path, prefect_api):
+    from flows.ingest import ingest_flow
+    from flows.runtime import dask_task_runner
+    flow = ingest_flow.with_options(task_runner=dask_task_runner(n_workers=2))
+    summary = flow("builtin:digits", "digits", store_root=str(tmp_path / "store"), batch_size=500)
+    assert summary["changed"] and summary["n_rows"] == open_corpus(Store(tmp_path / "store"), "digits").n_rows
