@@ -145,8 +145,7 @@ def test_builtin_digits_and_lineage(tmp_path):
     s = ingest_local(store, "builtin:digits", "digits")
     c = open_corpus(store, "digits")
     assert c.shape.hwc == (8, 8, 1) and s["n_rows"] == c.n_rows
-    assert 1700 < c.n_rows <= 1797  # the digits set holds a few exact duplicates
-    assert s["duplicates"] == 1797 - c.n_rows and c.read_images().max() == 255
+    assert c.n_rows == 1797 and s["duplicates"] == 0 and c.read_images().max() == 255
     lin = LineageStore(store.lineage_url)
     art = lin.get(c.artifact_id)
     assert art.kind == "corpus" and art.size == c.n_rows and art.code_version
