@@ -13,13 +13,6 @@ from cci_core.cluster_metrics import (cluster_acc, clustering_report, match_labe
                                       silhouette)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """Reference fits too: multi-threaded BLAS is many times slower on a busy 2-core box."""
-    with threadpool_limits(1):  # BLAS and OpenMP (scikit-learn's Cython loops)
-        yield
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)

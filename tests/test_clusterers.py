@@ -11,12 +11,6 @@ from cci_core.clusterers import fit_clusterer
 from cci_core.pca import PCA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    with threadpool_limits(1):  # BLAS and OpenMP (scikit-learn's Cython loops)
-        yield
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)

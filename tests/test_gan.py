@@ -5,15 +5,6 @@ import torch
 from cci_core.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other processes (~50x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(**kw) -> GANConfig:
     return GANConfig(**{"z_dim": 8, "g_width": 8, "d_width": 8, "d_features": 16, **kw})
 

@@ -10,15 +10,6 @@ from cci_core.gen_metrics import (classifier_score, cluster_fidelity, compare_re
                                   precision_recall_density_coverage, prob_fn, train_reference_cnn)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other processes (~50x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def gauss():
     rng = np.random.default_rng(0)

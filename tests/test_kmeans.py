@@ -15,14 +15,6 @@ from cci_core.pca import PCA
 
 FMNIST = "/usr/share/datasets/fashion-mnist/"
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """Reference fits too: multi-threaded BLAS is many times slower on a busy 2-core box."""
-    with threadpool_limits(1):  # BLAS and OpenMP (scikit-learn's Cython loops)
-        yield
-
-
-
 @pytest.fixture(scope="module")
 def fmnist():
     """Fashion-MNIST test split (10k) projected on 30 principal components."""

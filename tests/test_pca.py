@@ -12,14 +12,6 @@ from cci_core.pca import PCA, fit_pca
 
 FMNIST = "/usr/share/datasets/fashion-mnist/"
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """Reference fits too: multi-threaded BLAS is many times slower on a busy 2-core box."""
-    with threadpool_limits(1):  # BLAS and OpenMP (scikit-learn's Cython loops)
-        yield
-
-
-
 @pytest.fixture(scope="module")
 def fmnist():
     images = read_idx(FMNIST + "t10k-images-idx3-ubyte.gz")[:6000]

@@ -16,15 +16,6 @@ from cci_core.vae import VAEConfig
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other processes (~50x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def fashion():
     images = read_idx(f"{FMNIST}/t10k-images-idx3-ubyte.gz")[:400, :, :, None]

@@ -5,15 +5,6 @@ import torch
 from cci_core.vae import VAE, VAEConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other processes (~50x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("size", [28, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_for_every_size_and_channel_count(size, channels):
