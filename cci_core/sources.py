@@ -60,7 +60,7 @@ class Source:
                                 "items": self.files[start:start + batch_size],
                                 "labels": self.labels[start:start + batch_size]})
         else:
-            for p, part in enumerate(self.parts):
+            for part in self.parts:
                 for start in range(0, part["n"], batch_size):
                     batches.append({"kind": self.kind, "part": part, "start": start,
                                     "stop": min(part["n"], start + batch_size)})

@@ -51,7 +51,7 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _expected_errors() as exc:
-        fail(str(exc) if not isinstance(exc, KeyError) else str(exc))
+        fail(str(exc))
 
 
 def parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
