@@ -15,6 +15,11 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 SIZES = (28, 32, 64)
+
+
+def feature_map_plan(image_size: int) -> tuple[int, int]:
+    """(smallest feature map side, number of stride-2 layers): 7 and 2 for 28x28, else 4 and log2(size/4)."""
+    return (7, 2) if image_size == 28 else (4, {32: 3, 64: 4}[image_size])
 LOSSES = ("hinge", "ns")
 
 
@@ -54,12 +59,12 @@ class GANConfig:
     @property
     def base(self) -> int:
         """Spatial size of the smallest feature map: 7 for 28x28, else 4."""
-        return 7 if self.image_size == 28 else 4
+        return feature_map_plan(self.image_size)[0]
 
     @property
     def n_blocks(self) -> int:
         """Number of stride-2 up/down-sampling layers."""
-        return {28: 2, 32: 3, 64: 4}[self.image_size]
+        return feature_map_plan(self.image_size)[1]
 
 
 def init_dcgan_(module: nn.Module) -> None:

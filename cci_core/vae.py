@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SIZES = (28, 32, 64)
+from cci_core.gan import SIZES, feature_map_plan
 
 
 @dataclass
@@ -37,11 +37,11 @@ class VAEConfig:
 
     @property
     def base(self) -> int:
-        return 7 if self.image_size == 28 else 4
+        return feature_map_plan(self.image_size)[0]
 
     @property
     def n_blocks(self) -> int:
-        return {28: 2, 32: 3, 64: 4}[self.image_size]
+        return feature_map_plan(self.image_size)[1]
 
 
 class VAE(nn.Module):
