@@ -91,7 +91,7 @@ def _nearest_label(points: np.ndarray, labels: np.ndarray, radius: float | None)
     return fn
 
 
-def _centroids(X, labels: np.ndarray, k: int) -> np.ndarray:
+def centroids(X, labels: np.ndarray, k: int) -> np.ndarray:
     """Mean of each cluster's rows, (k, D); one parallel pass."""
     parts = []
     if isinstance(X, da.Array):
@@ -218,7 +218,7 @@ def _fit(X, algorithm, k, sample_size, seed, params) -> ClusterResult:
 
     labels = np.asarray(labels, dtype=np.int32)
     n_found = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    centers = _centroids(X, labels, n_found) if n_found else np.zeros((0, X.shape[1]))
+    centers = centroids(X, labels, n_found) if n_found else np.zeros((0, X.shape[1]))
     return ClusterResult(labels, centers, algorithm, n_found, int((labels < 0).sum()),
                          len(S), (what + how) if sampled else "", model,
                          {"k": k, "seed": seed, "sample_size": len(S), **params})

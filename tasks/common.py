@@ -1,6 +1,12 @@
-"""Helpers every task module uses: who produced an artifact, and its Prefect asset."""
+"""Helpers every task module uses: who produced an artifact, its Prefect asset, and where
+its Dask graphs run."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import dask
+from distributed import get_worker, worker_client
 from prefect.assets import Asset, AssetProperties, add_asset_metadata
 from prefect.runtime import flow_run, task_run
 
@@ -29,3 +35,19 @@ def annotate_asset(asset: Asset, art: Artifact) -> None:
     add_asset_metadata(asset, {"artifact_id": art.id, "uri": art.uri, "kind": art.kind,
                                "content_hash": art.content_hash, **{f"metric.{k}": v for k, v in art.metrics.items()},
                                "inputs": [i for i, _ in art.inputs]})
+
+
+@contextlib.contextmanager
+def cluster_compute() -> Iterator[None]:
+    """Inside a task on a Dask worker: run the task's Dask graphs on the whole cluster.
+
+    The task's thread secedes from the worker's pool while it waits, so a cluster of
+    one-thread workers cannot deadlock on it. Outside a worker nothing changes.
+    """
+    try:
+        get_worker()
+    except ValueError:
+        yield
+        return
+    with worker_client() as client, dask.config.set(scheduler=client.get):
+        yield

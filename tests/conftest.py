@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +34,45 @@ def prefect_api():
         os.environ["PREFECT_API_URL"] = url
         yield url
         os.environ.pop("PREFECT_API_URL", None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(prefect_api):
+    """A scheduler and two workers as separate processes on 127.0.0.1."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    bindir = Path(sys.executable).parent
+    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    time.sleep(2)
+    for _ in range(2):
+        procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
+                                       "--dashboard-address", "127.0.0.1:0"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    from distributed import Client
+    with Client(addr, timeout=60) as client:
+        client.wait_for_workers(2, timeout=90)
+    yield addr
+    for p in procs[::-1]:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+@pytest.fixture
+def run_cci():
+    """Run the real `cci` console script in a subprocess (as a user would)."""
+    cci = str(Path(sys.executable).parent / "cci")
+
+    def run(*args, timeout=600):
+        return subprocess.run([cci, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "COLUMNS": "200"})
+    return run

@@ -4,7 +4,6 @@ import itertools
 import dask.array as da
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from sklearn import metrics as skm
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
-from threadpoolctl import threadpool_limits
 
 from cci_core.choose_k import choose_k, elbow, parse_k_range
 from cci_core.cluster_pictures import nearest_to_centers, save_cluster_montages, save_scatter

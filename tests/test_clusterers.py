@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.datasets import load_digits
-from threadpoolctl import threadpool_limits
 
 from cci_core.cluster_metrics import cluster_acc, sample_rows
 from cci_core.clusterers import fit_clusterer

@@ -1,7 +1,6 @@
 """Generation metrics: FD, KID, k-NN precision/recall/density/coverage, fidelity, IS analogue."""
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
 
 from cci_core.gen_metrics import (classifier_score, cluster_fidelity, compare_reports,

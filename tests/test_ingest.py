@@ -12,7 +12,7 @@ from PIL import Image
 from cci_core.corpus import UnknownCorpusError, open_corpus
 from cci_core.idx import read_idx
 from cci_core.images import ImageShape, normalise
-from cci_core.ingest import (commit_ingest, decode_batch, ingest_local, plan_ingest, plan_writes,
+from cci_core.ingest import (decode_batch, ingest_local, plan_ingest, plan_writes,
                              prepare_array, select_new, write_segments)
 from cci_core.lineage import LineageStore
 from cci_core.sources import SourceError

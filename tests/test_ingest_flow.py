@@ -1,15 +1,8 @@
 """The ingest flow under a real Prefect API, on Dask scheduler/worker processes on loopback."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,38 +11,7 @@ from cci_core.lineage import LineageStore
 from cci_core.store import Store
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def dask_scheduler(prefect_api):
-    """A scheduler and two workers as separate processes on 127.0.0.1."""
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    bindir = Path(sys.executable).parent
-    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    time.sleep(2)
-    for _ in range(2):
-        procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
-                                       "--dashboard-address", "127.0.0.1:0"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    from distributed import Client
-    with Client(addr, timeout=60) as client:
-        client.wait_for_workers(2, timeout=90)
-    yield addr
-    for p in procs[::-1]:
-        p.terminate()
-    for p in procs:
-        p.wait(timeout=30)
-
-
-def test_cli_ingest_on_separate_dask_processes(tmp_path, dask_scheduler):
+def test_cli_ingest_on_separate_dask_processes(tmp_path, dask_scheduler, run_cci):
     from flows.cli import app
     src = tmp_path / "src"
     src.mkdir()
@@ -59,11 +21,7 @@ def test_cli_ingest_on_separate_dask_processes(tmp_path, dask_scheduler):
     (src / "broken.png").write_text("not a png")
     store = tmp_path / "store"
     runner = CliRunner()  # for the read-only commands; flows run as real `cci` processes
-    cci = [str(Path(sys.executable).parent / "cci")]
-
-    def run(*args):
-        return subprocess.run(cci + list(args), capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "COLUMNS": "200"})
+    run = run_cci
     res = run("ingest", str(src), "--corpus", "demo", "--store", str(store),
               "--dask-address", dask_scheduler, "--batch-size", "4")
     assert res.returncode == 0, res.stdout + res.stderr

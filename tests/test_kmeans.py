@@ -2,7 +2,6 @@
 import dask.array as da
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from distributed import Client, LocalCluster
 from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans
 from sklearn.datasets import load_digits

@@ -2,7 +2,6 @@
 import dask.array as da
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA as SkPCA
 

@@ -1,0 +1,101 @@
+"""The cluster flow: PCA on Dask, choose k, cluster, report, partitions, pictures."""
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+
+from cci_core.cluster_run import ClusterParams
+from cci_core.store import Store
+from tasks.cluster import (choose_k_task, cluster_task, finish_run_task, fit_embeddings_task, partition_asset,
+                           partitions_task, pictures_task, start_run_task)
+from tasks.common import asset_for
+
+METRIC_KEYS = ("n_clusters", "n_noise", "inertia", "silhouette", "silhouette_sample_size", "davies_bouldin",
+               "calinski_harabasz", "acc", "nmi", "ari", "purity")
+
+
+def artifact_key(*parts) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    text = "-".join(str(p) for p in parts).lower()
+    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:120]
+
+
+def _png_markdown(path: str, title: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n`{path}`\n"
+
+
+@flow(name="cci-cluster", log_prints=True)
+def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, algorithm: str = "kmeans",
+                 embedding: str = "pca", n_components: int | float = 50, whiten: bool = False, seed: int = 0,
+                 version: int | None = None, run_id: str | None = None, options: dict | None = None) -> dict:
+    """Cluster CORPUS into k groups (or choose k in a range); write everything to a new run.
+
+    ``options`` holds the other :class:`cci_core.cluster_run.ClusterParams` fields
+    (solver, umap_dim, sample_size, eps, ...).
+    """
+    log = get_run_logger()
+    known = {f.name for f in fields(ClusterParams)}
+    unknown = set(options or {}) - known
+    if unknown:
+        raise ValueError(f"unknown clustering option(s) {sorted(unknown)}; known: {sorted(known)}")
+    params = asdict(ClusterParams(k=k, algorithm=algorithm, embedding=embedding, n_components=n_components,
+                                  whiten=whiten, seed=seed, **(options or {})))
+    store_root = str(Store(store_root).ensure().root)
+    plan = start_run_task(store_root, corpus, params, version=version, run_id=run_id)
+    run_id = plan["run_id"]
+    log.info("Run %s: corpus %s v%d, %d images %s, %s on %s", run_id, corpus, plan["corpus_version"],
+             plan["n_rows"], "x".join(map(str, plan["shape"])), algorithm, embedding)
+    progress = create_progress_artifact(0.0, description=f"cluster {corpus}: run {run_id}")
+
+    emb = fit_embeddings_task(plan)
+    update_progress_artifact(progress, 35.0)
+    log.info("PCA: %d components explain %.1f%% of the variance", emb["n_components"],
+             100 * emb["explained_variance"])
+    choice = None
+    if ClusterParams(**params).ks() is not None:
+        choice = choose_k_task(plan, emb)
+        log.info("Chose k=%d by %s (elbow says %d, silhouette says %d)", choice["k"], choice["criterion"],
+                 choice["elbow_k"], choice["silhouette_k"])
+        create_table_artifact(key=artifact_key("choose-k", corpus), table=choice["scores"],
+                              description=f"k candidates for run {run_id}: chose {choice['k']}")
+    k_used = choice["k"] if choice else ClusterParams(**params).fixed_k()
+    update_progress_artifact(progress, 50.0)
+
+    cl = cluster_task.with_options(assets=[asset_for("clustering", run_id)])(plan, emb, k_used, choice)
+    update_progress_artifact(progress, 70.0)
+    assets = [partition_asset(run_id, c) for c in range(cl["n_clusters"])]
+    parts = partitions_task.with_options(assets=assets)(plan, emb, cl)
+    update_progress_artifact(progress, 80.0)
+    pictures = pictures_task(plan, emb, cl)
+    run = finish_run_task(plan)
+    update_progress_artifact(progress, 100.0)
+
+    create_table_artifact(
+        key=artifact_key("cluster-metrics", corpus),
+        table=[{"metric": m, "value": cl["metrics"].get(m, cl.get(m))} for m in METRIC_KEYS
+               if cl["metrics"].get(m, cl.get(m)) is not None],
+        description=f"metrics of run {run_id} ({algorithm}, k={k_used}, {embedding})")
+    create_table_artifact(
+        key=artifact_key("cluster-sizes", corpus),
+        table=[{"cluster": p["cluster"], "images": p["count"], "partition": p["artifact_id"]} for p in parts],
+        description=f"cluster sizes of run {run_id}")
+    shown = [p for p in pictures if p.endswith(("clusters.png", "scatter-pca.png", "scatter-umap.png"))]
+    create_markdown_artifact(
+        key=artifact_key("cluster-pictures", corpus), description=f"pictures of run {run_id}",
+        markdown=f"# Run `{run_id}`\n\nrun folder: `{plan['run_dir']}`\n\n"
+                 + "\n".join(_png_markdown(p, Path(p).stem) for p in shown))
+    summary = {"run_id": run_id, "run_dir": plan["run_dir"], "corpus": corpus,
+               "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "k": k_used,
+               "algorithm": algorithm, "embedding": embedding, "pca_artifact_id": emb["pca_artifact_id"],
+               "embeddings_artifact_id": emb["embeddings_artifact_id"],
+               "clustering_artifact_id": cl["clustering_artifact_id"], "metrics": cl["metrics"],
+               "n_clusters": cl["n_clusters"], "n_noise": cl["n_noise"], "extension": cl["extension"],
+               "partitions": parts, "pictures": pictures, "report": cl["report"], "choose_k": choice,
+               "status": run["status"]}
+    return summary
