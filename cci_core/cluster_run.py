@@ -8,7 +8,7 @@ so an orchestrator can pass the dicts along::
     emb = fit_embeddings(store, plan)                 # pca/, embeddings.zarr
     km = choose_k_step(store, plan, emb)              # only when k is a range
     cl = cluster_step(store, plan, emb, k)            # clustering/, reports/metrics.json
-    parts = write_partitions(store, plan, emb, cl)    # partitions/cluster-NNN.parquet
+    parts = write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")])
     pics = write_pictures(store, plan, emb, cl)       # pictures/*.png
     finish_run(store, plan)                           # run.json status "complete"
 
@@ -394,8 +394,14 @@ def run_labels(plan: dict) -> np.ndarray:
     return df["cluster"].to_numpy(np.int32)
 
 
-def write_partitions(store: Store, plan: dict, emb: dict, cl: dict, producer: dict | None = None) -> list[dict]:
-    """One Parquet file per cluster (row, image_id), each a lineage artifact."""
+def write_partitions(store: Store, plan: dict, cl: dict, inputs: list[tuple[str, str]],
+                     producer: dict | None = None) -> list[dict]:
+    """One Parquet file per cluster (row, image_id), each a lineage artifact.
+
+    cl : the clustering step's result (``clustering_artifact_id``, ``n_clusters``, ``k``)
+    inputs : what else each partition was made from besides the corpus and the clustering,
+        as ``(artifact id, role)`` (the PCA for a clustering run, the classifier for a refined one)
+    """
     run = Path(plan["run_dir"])
     df = pd.read_parquet(run / "clustering" / "labels.parquet")
     lin = _lineage(store)
@@ -409,7 +415,7 @@ def write_partitions(store: Store, plan: dict, emb: dict, cl: dict, producer: di
             params={"cluster": cluster, "run_id": plan["run_id"], "corpus": plan["corpus"],
                     "corpus_version": plan["corpus_version"], **plan["params"], "k": cl["k"]},
             metrics={"count": int(len(rows))}, producer=producer,
-            inputs=[(plan["corpus_artifact_id"], "corpus"), (emb["pca_artifact_id"], "pca"),
+            inputs=[(plan["corpus_artifact_id"], "corpus"), *inputs,
                     (cl["clustering_artifact_id"], "clustering")])
         parts.append({"cluster": cluster, "count": int(len(rows)), "path": str(path), "artifact_id": art.id})
     _update_run(store, plan["run_id"], partitions=parts)
@@ -458,7 +464,7 @@ def run_local(store: Store, corpus: str, params: ClusterParams, version: int | N
     emb = fit_embeddings(store, plan)
     choice = choose_k_step(store, plan, emb) if params.ks() else None
     cl = cluster_step(store, plan, emb, choice["k"] if choice else params.fixed_k(), choice=choice)
-    write_partitions(store, plan, emb, cl)
+    write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")])
     write_pictures(store, plan, emb, cl)
     return finish_run(store, plan)
 
@@ -468,6 +474,7 @@ def run_local(store: Store, corpus: str, params: ClusterParams, version: int | N
 def load_predictor(store: Store, run_id: str):
     """A function ``images (N, H, W, C) uint8 -> (labels, confidence)`` for a finished run.
 
+    A refined run (``cci refine``) labels with its CNN classifier (confidence = top softmax).
     kmeans / agglomerative on PCA: nearest centre (confidence = 1 - d1/d2); gmm on PCA: the
     Gaussian mixture's posterior; anything on UMAP and the density algorithms: a 15-nearest-
     neighbour vote among the run's labelled PCA rows (confidence = vote share; -1 = noise).
@@ -476,6 +483,8 @@ def load_predictor(store: Store, run_id: str):
     if run.get("status") != "complete" or "clustering" not in run:
         raise ValueError(f"run {run_id!r} has no finished clustering (status {run.get('status')!r}); "
                          "re-run `cci cluster` for it")
+    if run.get("classifier"):
+        return _classifier_predictor(run)
     p, rdir = ClusterParams(**run["params"]), store.run_dir(run_id)
     pca = PCA.load(rdir / "pca")
     cdir = rdir / "clustering"
@@ -498,12 +507,7 @@ def load_predictor(store: Store, run_id: str):
         method = "nearest-neighbour vote"
 
     def predict(images) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[..., None]
-        if tuple(images.shape[1:]) != tuple(run["shape"]):
-            raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))} but run {run_id!r} "
-                             f"clustered {'x'.join(map(str, run['shape']))} images; resize them first")
+        images = _check_shape(images, run)
         if len(images) == 0:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
         with threadpool_limits(1, user_api="blas"):
@@ -518,6 +522,30 @@ def load_predictor(store: Store, run_id: str):
             return knn.classes_[prob.argmax(1)].astype(np.int32), prob.max(1).astype(np.float32)
 
     predict.method = method
+    return predict
+
+
+def _check_shape(images: np.ndarray, run: dict) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if tuple(images.shape[1:]) != tuple(run["shape"]):
+        raise ValueError(f"images are {'x'.join(map(str, images.shape[1:]))} but run {run['run_id']!r} "
+                         f"clustered {'x'.join(map(str, run['shape']))} images; resize them first")
+    return images
+
+
+def _classifier_predictor(run: dict):
+    from cci_core.assign import assign_classifier
+    from cci_core.refine import load_classifier
+    model = load_classifier(run["classifier"])
+
+    def predict(images) -> tuple[np.ndarray, np.ndarray]:
+        images = _check_shape(images, run)
+        if len(images) == 0:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return assign_classifier(model, images)
+    predict.method = "cci classifier"
     return predict
 
 

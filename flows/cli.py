@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 from typing import Optional
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
@@ -195,6 +196,61 @@ def cluster(
 
 
 @app.command()
+def refine(
+    run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Re-clustering rounds after the warm-up."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per round."),
+    lam: Optional[float] = typer.Option(None, "--lam", help="Weight of the k-means term in J = J_CE + lam * J_kmeans."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for everything random."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+    option: list[str] = typer.Option([], "--set", help="Any other RefineConfig field, as NAME=VALUE (repeatable)."),
+    new_run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the refined run (default: RUN-refined)."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train the CCI classifier on RUN's clusters (J = J_CE + lam * J_kmeans, re-clustering its
+    embedding each round) and publish the refined clustering as a new run.
+
+    An interrupted refinement resumes from its last finished round when run again."""
+    from cci_core.refine_run import check_refine, config_from_options
+    from flows.refine import refine_flow
+    from flows.runtime import dask_task_runner, prefect_api
+    options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
+                                     device=device).items() if v is not None}
+    for item in option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--set {item!r}: write NAME=VALUE, e.g. --set trust_quantile=0.7")
+        options[name.strip()] = value.strip()
+    store_obj = Store(store)
+    config = run_guarded(config_from_options, options)
+    run_guarded(check_refine, store_obj, run_id, config, new_run_id)
+    options = {k: v for k, v in asdict(config).items()}
+    with prefect_api():
+        flow = refine_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
+        summary = run_guarded(flow, run_id, store_root=str(store_obj.root), options=options, new_run_id=new_run_id)
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    t = Table("round", "acc", "nmi", "ari", "silhouette", "selection", "changed", "seconds",
+              title=f"CCI refinement of {run_id} (kept round {summary['chosen_round']})")
+
+    def f(v):
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    for r in summary["rounds"]:
+        t.add_row(str(r.get("round")), f(r.get("acc")), f(r.get("nmi")), f(r.get("ari")), f(r.get("silhouette")),
+                  f(r.get("selection_score")), f(r.get("changed")), f(r.get("wall_seconds")))
+    out.print(t)
+    out.print(f"Refined run [bold]{summary['run_id']}[/]: {len(summary['partitions'])} clusters, "
+              f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {run_id}\n"
+              f"  classifier: {summary['classifier_artifact_id']}  ({summary['classifier']})\n"
+              f"  clustering: {summary['clustering_artifact_id']}\n  report: {summary['report']}\n"
+              f"  next: cci predict {summary['run_id']} PATH   |   cci train {summary['run_id']}",
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
 def predict(
     run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
     source: Optional[str] = typer.Argument(None, help="Images to label: folder, IDX, .npy/.npz, tar, builtin:digits."),
@@ -328,6 +384,10 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
     for a in arts:
         t.add_row(a.id, a.kind, a.name, f"{a.created_at:%Y-%m-%d %H:%M:%S}", ", ".join(i for i, _ in a.inputs))
     out.print(t)
+
+
+from flows.cli_train import register as _register_train
+_register_train(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

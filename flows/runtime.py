@@ -53,3 +53,26 @@ def dask_task_runner(address: str | None = None, n_workers: int | None = None) -
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n_workers or default_workers(), "threads_per_worker": 1, "processes": True,
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
+
+
+@contextlib.contextmanager
+def gpu_annotation() -> Iterator[bool]:
+    """Inside a flow on a Dask task runner: tasks submitted in this block ask for one ``GPU``
+    resource when some worker advertises one (``dask worker --resources GPU=1``).
+
+    On a cluster without GPU workers nothing is asked for, so the same tasks run on CPU
+    instead of waiting for a resource nobody has. Yields whether GPUs were requested.
+    """
+    import dask
+    try:
+        from prefect_dask import get_dask_client
+        with get_dask_client() as client:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
+    except Exception:  # not on a Dask task runner: nothing to annotate
+        has_gpu = False
+    if not has_gpu:
+        yield False
+        return
+    with dask.annotate(resources={"GPU": 1}):
+        yield True

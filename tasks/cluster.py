@@ -47,7 +47,8 @@ def cluster_task(plan: dict, emb: dict, k: int | None, choice: dict | None = Non
 @materialize("cci://partition/pending", name="write-partitions")
 def partitions_task(plan: dict, emb: dict, cl: dict) -> list[dict]:
     store = Store(plan["store"])
-    parts = cluster_run.write_partitions(store, plan, emb, cl, producer=producer())
+    parts = cluster_run.write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")],
+                                         producer=producer())
     lin = LineageStore(store.lineage_url)
     for part in parts:
         annotate_asset(partition_asset(plan["run_id"], part["cluster"]), lin.get(part["artifact_id"]))

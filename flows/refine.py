@@ -1,0 +1,54 @@
+"""The refine flow: train the CCI classifier on a clustering run and publish the refined
+clustering as a new run (partitions, per-round metrics, curves, montages)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from cci_core.store import Store
+from flows.cluster import _png_markdown, artifact_key
+from flows.runtime import gpu_annotation
+from tasks.cluster import finish_run_task
+from tasks.common import asset_for
+from tasks.refine import refine_pictures_task, refine_task, refined_partitions_task, start_refine_task
+
+ROUND_KEYS = ("round", "acc", "nmi", "ari", "silhouette", "selection_score", "inertia", "trusted", "changed",
+              "train_images_per_s", "wall_seconds")
+
+
+@flow(name="cci-refine", log_prints=True)
+def refine_flow(run_id: str, store_root: str | None = None, options: dict | None = None,
+                new_run_id: str | None = None) -> dict:
+    """Refine RUN's clustering with the CCI classifier; ``options`` are RefineConfig fields."""
+    log = get_run_logger()
+    store_root = str(Store(store_root).root)
+    plan = start_refine_task(store_root, run_id, options or {}, new_run_id)
+    log.info("Refining run %s (corpus %s v%d, %d images) into run %s", run_id, plan["corpus"],
+             plan["corpus_version"], plan["n_rows"], plan["run_id"])
+    assets = [asset_for("classifier", plan["run_id"]), asset_for("clustering", plan["run_id"])]
+    with gpu_annotation() as on_gpu:
+        cl = refine_task.with_options(assets=assets).submit(plan).result()
+    log.info("Chose round %d of %d%s", cl["chosen_round"], len(cl["rounds"]) - 1,
+             " (on a GPU worker)" if on_gpu else "")
+    parts = refined_partitions_task(plan, cl)
+    pictures = refine_pictures_task(plan, cl)
+    run = finish_run_task(plan)
+
+    create_table_artifact(key=artifact_key("refine-rounds", plan["corpus"]),
+                          table=[{k: r.get(k) for k in ROUND_KEYS if k in r} for r in cl["rounds"]],
+                          description=f"CCI refinement of run {run_id}, round by round "
+                                      f"(kept round {cl['chosen_round']})")
+    shown = [p for p in pictures if p.endswith(("clusters.png", "curves.png"))]
+    create_markdown_artifact(key=artifact_key("refine-pictures", plan["corpus"]),
+                             description=f"pictures of refined run {plan['run_id']}",
+                             markdown=f"# Refined run `{plan['run_id']}`\n\nfrom run `{run_id}`, folder "
+                                      f"`{plan['run_dir']}`\n\n"
+                                      + "\n".join(_png_markdown(p, Path(p).stem) for p in shown))
+    return {"run_id": plan["run_id"], "parent_run": run_id, "run_dir": plan["run_dir"], "corpus": plan["corpus"],
+            "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "status": run["status"],
+            "classifier": run["classifier"], "classifier_artifact_id": cl["classifier_artifact_id"],
+            "clustering_artifact_id": cl["clustering_artifact_id"], "chosen_round": cl["chosen_round"],
+            "rounds": cl["rounds"], "metrics": cl["metrics"], "changed_from_parent": cl["changed_from_parent"],
+            "partitions": parts, "pictures": pictures, "report": cl["report"], "gpu_resource": on_gpu}
