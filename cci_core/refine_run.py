@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cci_core import cluster_run
+from cci_core.cnn import IMAGE_SIZES
 from cci_core.corpus import open_corpus
 from cci_core.refine import RefineConfig, load_classifier, refine
 from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, validate_name
@@ -74,9 +75,10 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
         raise ValueError(f"corpus {parent['corpus']!r} has {parent['n_rows']} images, fewer than one batch "
                          f"({config.batch_size}); lower --batch-size or add images")
     h, w, _ = parent["shape"]
-    if h != w:
-        raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier needs square "
-                         "images: ingest with --size NxN")
+    if h != w or h not in IMAGE_SIZES:
+        raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
+                         f"{', '.join(f'{s}x{s}' for s in IMAGE_SIZES)} images: ingest into a new corpus "
+                         "with --size 28x28 (for example) and cluster that")
     target = validate_name(new_run_id or f"{run_id}-refined", "run id")
     path = store.run_dir(target) / "run.json"
     if path.exists() and read_json(path).get("status") == "complete":

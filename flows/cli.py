@@ -182,17 +182,17 @@ def cluster(
     out.print(f"Run [bold]{summary['run_id']}[/]: {summary['algorithm']} on {summary['embedding']} of corpus "
               f"{corpus} v{summary['corpus_version']} -> {summary['n_clusters']} clusters over "
               f"{summary['n_rows']:,} images" + (f" ({summary['n_noise']:,} noise)" if summary["n_noise"] else ""),
-              highlight=False)
+              highlight=False, soft_wrap=True)
     out.print("  " + "  ".join(f"{key}={m[key]:.4g}" for key in ("acc", "nmi", "ari", "purity", "silhouette",
                                                                "davies_bouldin", "inertia") if key in m),
-              highlight=False)
-    out.print("  sizes: " + ", ".join(str(p["count"]) for p in summary["partitions"]), highlight=False)
+              highlight=False, soft_wrap=True)
+    out.print("  sizes: " + ", ".join(str(p["count"]) for p in summary["partitions"]), highlight=False, soft_wrap=True)
     if summary["extension"]:
-        out.print(f"  note: {summary['extension']}", highlight=False)
+        out.print(f"  note: {summary['extension']}", highlight=False, soft_wrap=True)
     out.print(f"  clustering: {summary['clustering_artifact_id']}  pca: {summary['pca_artifact_id']}\n"
               f"  run folder: {summary['run_dir']}\n  report: {summary['report']}\n"
               f"  next: cci predict {summary['run_id']} PATH   |   cci refine {summary['run_id']}   |   "
-              f"cci lineage show {summary['clustering_artifact_id']}", highlight=False)
+              f"cci lineage show {summary['clustering_artifact_id']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -282,7 +282,7 @@ def predict(
     else:
         df, quarantine = run_guarded(cluster_run.predict_source, store_obj, run_id, source, fit)
     for q in quarantine:
-        err.print(f"[yellow]quarantined[/] {q['source']}: {q['reason']}", highlight=False)
+        err.print(f"[yellow]quarantined[/] {q['source']}: {q['reason']}", highlight=False, soft_wrap=True)
     if output:
         from cci_core.store import atomic_write_parquet
         atomic_write_parquet(output, df)
@@ -292,9 +292,9 @@ def predict(
     counts = df["cluster"].value_counts().sort_index()
     out.print(f"{len(df):,} images labelled against run {run_id}: "
               + ", ".join(f"cluster {c}: {n:,}" for c, n in counts.items())
-              + f"; mean confidence {df['confidence'].mean():.3f}" if len(df) else "no images to label", highlight=False)
+              + f"; mean confidence {df['confidence'].mean():.3f}" if len(df) else "no images to label", highlight=False, soft_wrap=True)
     if output:
-        out.print(f"  labels: {output}", highlight=False)
+        out.print(f"  labels: {output}", highlight=False, soft_wrap=True)
 
 
 @corpus_app.command("info")

@@ -76,6 +76,10 @@ def test_refine_bad_input_is_clear_and_overwrites_nothing(store):
     assert cr.read_run(store, "fm-hdb")["clustering"]["n_noise"] > 0
     with pytest.raises(ValueError, match="as noise"):
         rr.start_refine(store, "fm-hdb", rr.RefineConfig())
+    ingest_local(store, "builtin:digits", "digits")
+    cr.run_local(store, "digits", cr.ClusterParams(k=3, n_components=10), run_id="digits-km")
+    with pytest.raises(ValueError, match="8x8 images; the classifier takes square 28x28"):
+        rr.start_refine(store, "digits-km", rr.config_from_options({"batch_size": 64}))
     rr.refine_local(store, "fm-km", rr.config_from_options(TINY), new_run_id="done", log=lambda _: None)
     before = (store.run_dir("done") / "classifier" / "classifier.safetensors").read_bytes()
     with pytest.raises(ValueError, match="already exists and is complete"):
