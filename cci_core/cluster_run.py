@@ -154,7 +154,7 @@ def hash_files(paths) -> str:
     return h.hexdigest()
 
 
-def _lineage(store: Store) -> LineageStore:
+def lineage_store(store: Store) -> LineageStore:
     return LineageStore(store.lineage_url)
 
 
@@ -173,7 +173,17 @@ def read_run(store: Store, run_id: str) -> dict:
     return read_json(path)
 
 
-def _update_run(store: Store, run_id: str, **fields) -> dict:
+def finished_run(store: Store, run_id: str) -> dict:
+    """run.json of a run whose clustering finished; a clear error otherwise."""
+    run = read_run(store, run_id)
+    if run.get("status") != "complete" or "clustering" not in run or not run.get("partitions"):
+        raise ValueError(f"run {run_id!r} has no finished clustering (status {run.get('status')!r}); "
+                         f"finish it with `cci cluster {run.get('corpus', 'CORPUS')}` first")
+    return run
+
+
+def update_run(store: Store, run_id: str, **fields) -> dict:
+    """Merge ``fields`` into a run's run.json (written atomically)."""
     run = read_json(_run_json(store, run_id))
     run.update(fields)
     atomic_write_json(_run_json(store, run_id), run)
@@ -251,7 +261,7 @@ def fit_embeddings(store: Store, plan: dict, producer: dict | None = None) -> di
     with threadpool_limits(1, user_api="blas"):
         _write_zarr(run / "embeddings.zarr", pca.transform(feats))
     seconds = time.perf_counter() - t0
-    lin = _lineage(store)
+    lin = lineage_store(store)
     pca_params = {k: getattr(p, k) for k in ("n_components", "whiten", "solver", "seed")}
     pca_art = lin.record(
         "pca", f"{plan['run_id']}/pca", str(run / "pca"),
@@ -278,7 +288,7 @@ def fit_embeddings(store: Store, plan: dict, producer: dict | None = None) -> di
                                 sample_size=p.umap_sample, seed=p.seed)
         _write_zarr(run / "space.zarr", da.from_array(Z, chunks=(65536, Z.shape[1])))
         out.update(space="space.zarr", umap_note=note, umap_seconds=round(time.perf_counter() - t0, 3))
-    _update_run(store, plan["run_id"], embeddings=out)
+    update_run(store, plan["run_id"], embeddings=out)
     return out
 
 
@@ -288,7 +298,7 @@ def choose_k_step(store: Store, plan: dict, emb: dict) -> dict:
     result = choose_k(embeddings(plan, emb["space"]), p.ks(), sample_size=p.sample_size,
                       silhouette_size=min(p.silhouette_sample, p.sample_size), seed=p.seed,
                       criterion=p.k_criterion)
-    _update_run(store, plan["run_id"], choose_k=result)
+    update_run(store, plan["run_id"], choose_k=result)
     return result
 
 
@@ -373,7 +383,7 @@ def cluster_step(store: Store, plan: dict, emb: dict, k: int | None,
 
     headline = {m: report.get(m) for m in ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz",
                                            "acc", "nmi", "ari", "purity") if report.get(m) is not None}
-    art = _lineage(store).record(
+    art = lineage_store(store).record(
         "clustering", f"{plan['run_id']}/clustering", str(cdir), hash_files(files),
         size=sum(f.stat().st_size for f in files),
         params={**plan["params"], "k": k, "run_id": plan["run_id"]},
@@ -384,7 +394,7 @@ def cluster_step(store: Store, plan: dict, emb: dict, k: int | None,
     out = {"clustering_artifact_id": art.id, "k": k, "n_clusters": result.n_clusters,
            "n_noise": result.n_noise, "sizes": report["sizes"], "report": str(run / "reports" / "metrics.json"),
            "metrics": headline, "extension": result.extension, "fit_seconds": round(seconds, 3)}
-    _update_run(store, plan["run_id"], clustering=out)
+    update_run(store, plan["run_id"], clustering=out)
     return out
 
 
@@ -404,7 +414,7 @@ def write_partitions(store: Store, plan: dict, cl: dict, inputs: list[tuple[str,
     """
     run = Path(plan["run_dir"])
     df = pd.read_parquet(run / "clustering" / "labels.parquet")
-    lin = _lineage(store)
+    lin = lineage_store(store)
     parts = []
     for cluster in range(cl["n_clusters"]):
         rows = df[df["cluster"] == cluster][["row", "image_id"]].reset_index(drop=True)
@@ -418,7 +428,7 @@ def write_partitions(store: Store, plan: dict, cl: dict, inputs: list[tuple[str,
             inputs=[(plan["corpus_artifact_id"], "corpus"), *inputs,
                     (cl["clustering_artifact_id"], "clustering")])
         parts.append({"cluster": cluster, "count": int(len(rows)), "path": str(path), "artifact_id": art.id})
-    _update_run(store, plan["run_id"], partitions=parts)
+    update_run(store, plan["run_id"], partitions=parts)
     return parts
 
 
@@ -450,7 +460,7 @@ def write_pictures(store: Store, plan: dict, emb: dict, cl: dict) -> list[str]:
 
 def finish_run(store: Store, plan: dict, **fields) -> dict:
     """Mark the run complete (run.json is the commit point of a run)."""
-    return _update_run(store, plan["run_id"], status="complete",
+    return update_run(store, plan["run_id"], status="complete",
                        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
 
 
@@ -479,10 +489,7 @@ def load_predictor(store: Store, run_id: str):
     Gaussian mixture's posterior; anything on UMAP and the density algorithms: a 15-nearest-
     neighbour vote among the run's labelled PCA rows (confidence = vote share; -1 = noise).
     """
-    run = read_run(store, run_id)
-    if run.get("status") != "complete" or "clustering" not in run:
-        raise ValueError(f"run {run_id!r} has no finished clustering (status {run.get('status')!r}); "
-                         "re-run `cci cluster` for it")
+    run = finished_run(store, run_id)
     if run.get("classifier"):
         return _classifier_predictor(run)
     p, rdir = ClusterParams(**run["params"]), store.run_dir(run_id)

@@ -63,10 +63,7 @@ def config_from_options(options: dict | None) -> RefineConfig:
 
 def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
     """Everything checkable before training; returns the parent run.json."""
-    parent = cluster_run.read_run(store, run_id)
-    if parent.get("status") != "complete" or "clustering" not in parent:
-        raise ValueError(f"run {run_id!r} has no finished clustering (status {parent.get('status')!r}); "
-                         f"run `cci cluster {parent.get('corpus', 'CORPUS')}` first")
+    parent = cluster_run.finished_run(store, run_id)
     n_noise = parent["clustering"].get("n_noise", 0)
     if n_noise:
         raise ValueError(f"run {run_id!r} leaves {n_noise} rows as noise ({parent['params']['algorithm']}); "
@@ -137,7 +134,7 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
               "rounds": history, "sizes": sizes, "n_clusters": k, **headline, "config": plan["params"]}
     atomic_write_json(rdir / "reports" / "metrics.json", report)
 
-    lin = cluster_run._lineage(store)
+    lin = cluster_run.lineage_store(store)
     files = [cdir / "classifier.safetensors", cdir / "classifier.json"]
     clf = lin.record("classifier", f"{plan['run_id']}/classifier", str(cdir), cluster_run.hash_files(files),
                      size=sum(f.stat().st_size for f in files), params=plan["params"], metrics=headline,
@@ -154,7 +151,7 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
            "n_noise": 0, "sizes": sizes, "metrics": headline, "chosen_round": result.chosen_round,
            "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
            "changed_from_parent": float((labels != initial).mean())}
-    cluster_run._update_run(store, plan["run_id"], clustering=out, classifier=str(cdir))
+    cluster_run.update_run(store, plan["run_id"], clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
     return out
 
 

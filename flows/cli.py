@@ -21,9 +21,11 @@ app = typer.Typer(help="CCI: cluster image corpora, learn the clusters, generate
                        "on Prefect + Dask, with lineage for every artifact.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 corpus_app = typer.Typer(help="Look at corpora in the store.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Published (generated) datasets: list, show, export.", no_args_is_help=True)
 lineage_app = typer.Typer(help="Query the lineage store.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(lineage_app, name="lineage")
+app.add_typer(datasets_app, name="datasets")
 
 out = Console()
 err = Console(stderr=True)
@@ -44,7 +46,7 @@ def fail(message: str) -> None:
 def _expected_errors():
     from cci_core.corpus import UnknownCorpusError
     from cci_core.lineage import UnknownArtifactError
-    return (ValueError, LookupError, FileNotFoundError, UnknownCorpusError, UnknownArtifactError)
+    return (ValueError, LookupError, FileNotFoundError, UnknownCorpusError, UnknownArtifactError, KeyError)
 
 
 def run_guarded(fn, *args, **kwargs):
@@ -297,6 +299,91 @@ def predict(
         out.print(f"  labels: {output}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def generate(
+    run_id: str = typer.Argument(..., help="A run with trained generators (see `cci train`)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name; each call publishes a new version."),
+    per_cluster: int = typer.Option(100, "--per-cluster", "-n", help="Images to generate for each cluster."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Classifier confidence needed to mark an image accepted."),
+    models: Optional[str] = typer.Option(None, "--models", help="per-cluster or conditional (default: what was trained)."),
+    seed: int = typer.Option(0, "--seed", help="Generation seed (recorded per image in the manifest)."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+):
+    """Generate images for every cluster of RUN, score them with the run's classifier, and publish
+    them as a new dataset version (images.zarr + manifest.parquet + card.json, committed last)."""
+    from flows.generate import generate_flow
+    from flows.runtime import dask_task_runner, prefect_api
+    store_obj = Store(store)
+    from cci_core.cluster_run import read_run
+    run_guarded(read_run, store_obj, run_id)
+    with prefect_api():
+        flow = generate_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
+        out_ = run_guarded(flow, run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
+                           threshold=threshold, seed=seed, models=models)
+    if as_json:
+        print(json.dumps(out_, indent=2, default=str))
+        return
+    out.print(f"Dataset [bold]{dataset}[/] v{out_['version']}: {out_['n_images']:,} images from the {out_['models']} "
+              f"generators of run {run_id}, {out_['accepted']:,} accepted by the {out_['classifier']}\n"
+              f"  folder: {out_['path']}\n  lineage id: {out_['artifact_id']}\n  samples: {out_['sample_grid']}\n"
+              f"  next: cci datasets show {dataset}   |   cci lineage show {out_['artifact_id']}",
+              highlight=False, soft_wrap=True)
+
+
+@datasets_app.command("list")
+def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
+    """Datasets in the store with their committed versions."""
+    from cci_core.datasets import dataset_versions, list_datasets, open_dataset
+    s = Store(store)
+    rows = [{"name": n, "versions": dataset_versions(n, s), "latest": open_dataset(n, store=s).version}
+            for n in list_datasets(s)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("dataset", "latest", "versions", "images (latest)")
+    for r in rows:
+        t.add_row(r["name"], f"v{r['latest']}", ", ".join(f"v{v}" for v in r["versions"]),
+                  f"{len(open_dataset(r['name'], store=s)):,}")
+    out.print(t)
+
+
+@datasets_app.command("show")
+def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
+                  version: str = typer.Option("latest", "--version", help="v<N>, N or latest."),
+                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
+    """A dataset version's card: where its images came from, counts, how to read it."""
+    from cci_core.datasets import open_dataset
+    ds = run_guarded(open_dataset, name, version, store=Store(store))
+    card = ds.card
+    if as_json:
+        print(json.dumps(card, indent=2, default=str))
+        return
+    m = ds.manifest
+    out.print(f"[bold]{ds.name}[/] v{ds.version}  {len(ds):,} images {'x'.join(map(str, card['shape']))} uint8\n"
+              f"  path: {ds.path}\n  {card.get('description', '')}\n"
+              f"  lineage id: {card.get('lineage', {}).get('artifact_id')}\n  read it: {card['how_to_read']}",
+              highlight=False, soft_wrap=True)
+    if "cluster" in m:
+        t = Table("cluster", "images", "accepted", "mean confidence")
+        for c, g in m.groupby("cluster"):
+            t.add_row(str(c), str(len(g)), str(int(g["accepted"].sum())) if "accepted" in g else "",
+                      f"{g['confidence'].mean():.3f}" if "confidence" in g else "")
+        out.print(t)
+
+
+@datasets_app.command("export")
+def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
+                    to: str = typer.Argument(..., help="A folder (PNG files + manifest.csv) or a .parquet file."),
+                    version: str = typer.Option("latest", "--version", help="v<N>, N or latest."),
+                    store: Optional[str] = StoreOpt):
+    """Export a dataset version to a folder of PNGs or to one Parquet file (PNG bytes + manifest)."""
+    from cci_core.datasets import export_parquet, export_png, open_dataset
+    ds = run_guarded(open_dataset, name, version, store=Store(store))
+    path = export_parquet(ds, to) if to.endswith(".parquet") else export_png(ds, to)
+    out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True)
+
+
 @corpus_app.command("info")
 def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
                 version: Optional[int] = typer.Option(None, "--version", help="A version (default: latest)."),
@@ -345,12 +432,15 @@ def _label(art) -> str:
 
 
 @lineage_app.command("show")
-def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a unique prefix)."),
+def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a unique prefix), or a name "
+                                                               "such as DATASET@v2 or CORPUS@v1."),
                  downstream: bool = typer.Option(False, "--downstream", help="Show what was made from it instead."),
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """The upstream tree of an artifact (what made it), or its downstream tree."""
     from cci_core.lineage import LineageStore
     lin = LineageStore(Store(store).lineage_url)
+    if lin.find(artifact_id) is None and (named := lin.list(name=artifact_id, limit=1)):
+        artifact_id = named[0].id  # a name such as fmnist@v1, gen@v2 or <run>/clustering
     tree = run_guarded(lin.downstream if downstream else lin.upstream, artifact_id)
     key = "outputs" if downstream else "inputs"
     if as_json:
@@ -386,8 +476,11 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
     out.print(t)
 
 
-from flows.cli_train import register as _register_train
+from flows.cli_palette import register as _register_palette  # noqa: E402
+from flows.cli_train import register as _register_train  # noqa: E402
+
 _register_train(app)
+_register_palette(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -175,7 +175,7 @@ def test_nearly_constant_images_give_no_nan(tmp_path):
 def test_fashion_mnist_70k_kmeans_reaches_the_issue_figures(tmp_path):
     store = Store(tmp_path / "store")
     ingest_local(store, str(FMNIST), "fmnist")
-    plan = run = cr.run_local(store, "fmnist", cr.ClusterParams(k=10, n_components=50))
+    run = cr.run_local(store, "fmnist", cr.ClusterParams(k=10, n_components=50))
     m = run["clustering"]["metrics"]
-    assert run["clustering"]["sizes"].__len__() == 10 and sum(run["clustering"]["sizes"]) == 70000
+    assert len(run["clustering"]["sizes"]) == 10 and sum(run["clustering"]["sizes"]) == 70000
     assert m["acc"] >= 0.47 and m["nmi"] >= 0.50, m

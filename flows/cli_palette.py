@@ -1,0 +1,147 @@
+"""`cci palette`, `cci stylize` and `cci segment`: added to the `cci` app by :func:`register`.
+
+flows/cli.py wires it in with::
+
+    from flows.cli_palette import register as _register_palette
+    _register_palette(app)
+
+The shared helpers and options are imported from flows.cli inside :func:`register`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``palette``, ``stylize`` and ``segment`` commands to ``app``."""
+    from flows.cli import DaskOpt, JsonOpt, StoreOpt, WorkersOpt
+
+    @app.command()
+    def palette(
+        source: str = typer.Argument(..., help="A corpus (NAME or NAME@V), one cluster of a run (RUN_ID:C), "
+                                               "a dataset (dataset:NAME[@vN]) or an image file."),
+        colors: int = typer.Option(8, "--colors", "-k", help="Palette size K (2..256; clamped to the distinct colours)."),
+        space: str | None = typer.Option(None, "--space", help="gray (1-channel), lab (RGB default) or rgb."),
+        method: str = typer.Option("auto", "--method",
+                                   help="auto, histogram (exact k-means on the distinct colours) or pixels "
+                                        "(mini-batch k-means + Lloyd passes over the Dask pixel array)."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        store: str | None = StoreOpt, dask_address: str | None = DaskOpt, workers: int | None = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Learn a K-colour palette from every pixel of SOURCE; writes palettes/<id>/ (palette.json,
+        swatch.png, montage.png) with lineage."""
+        from cci_core import palette_run as pr
+        from cci_core.palette import METHODS, check_k
+        from cci_core.store import Store
+        from flows.cli import err, out, run_guarded
+        from flows.palette import palette_flow
+        from flows.runtime import dask_task_runner, prefect_api
+        store_obj = Store(store)
+        run_guarded(check_k, colors)
+        if method not in METHODS:
+            run_guarded(_raise, f"--method {method!r}: use one of {', '.join(METHODS)}")
+        info = run_guarded(pr.resolve_source, store_obj, source)
+        from cci_core.palette import check_space
+        run_guarded(check_space, space, info["shape"][-1])
+        with prefect_api():
+            flow = palette_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+            res = run_guarded(flow, source, colors, store_root=str(store_obj.root), space=space, method=method,
+                              seed=seed)
+        if as_json:
+            print(json.dumps(res, indent=2, default=str))
+            return
+        for msg in res["messages"]:
+            err.print(f"[yellow]note:[/] {msg}", highlight=False)
+        out.print(f"Palette [bold]{res['palette_id']}[/]: {res['k']} colours in {res['space']} from "
+                  f"{res['n_pixels']:,} pixels of {source} ({res['method']}), mse {res['mse']:.4g}", highlight=False)
+        for c in res["colors"]:
+            out.print(f"  [{c['hex']}]██[/] {c['hex']}  share {c['share']:.3f}", highlight=False)
+        out.print(f"  folder: {res['palette_dir']}\n  next: cci stylize CORPUS --palette {res['palette_id']} "
+                  f"--dataset NAME   |   cci lineage show {res['palette_id']}", highlight=False)
+
+    @app.command()
+    def stylize(
+        source: str = typer.Argument(..., help="A corpus, RUN_ID:C (one cluster) or dataset:NAME to render."),
+        palette_id: str = typer.Option(..., "--palette", "-p", help="Palette id (or a unique prefix)."),
+        dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name: a new version is published."),
+        mode: str = typer.Option("nearest", "--mode",
+                                 help="nearest (nearest palette colour), hungarian or lightness (learn SOURCE's own "
+                                      "palette and match its colours one to one: Lab distance / lightness order)."),
+        dither: bool = typer.Option(False, "--dither/--no-dither", help="Floyd-Steinberg error diffusion."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        store: str | None = StoreOpt, dask_address: str | None = DaskOpt, workers: int | None = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Render SOURCE in a palette (a new style) as a new dataset version, with lineage."""
+        from cci_core import palette_run as pr
+        from cci_core.store import Store
+        from flows.cli import out, run_guarded
+        from flows.palette import stylize_flow
+        from flows.runtime import dask_task_runner, prefect_api
+        store_obj = Store(store)
+        run_guarded(pr.check_stylize, store_obj, source, palette_id, dataset, mode)
+        with prefect_api():
+            flow = stylize_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+            res = run_guarded(flow, source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
+                              dither=dither, seed=seed)
+        if as_json:
+            print(json.dumps(res, indent=2, default=str))
+            return
+        out.print(f"Dataset [bold]{dataset}[/] v{res['version']}: {res['n_images']:,} images of {source} in palette "
+                  f"{res['palette_id']} ({mode}{', dithered' if dither else ''})\n  path: {res['path']}\n"
+                  f"  montage: {res['montage']}\n  lineage id: {res['artifact_id']}\n"
+                  f"  next: cci lineage show {res['artifact_id']}", highlight=False)
+
+    @app.command()
+    def segment(
+        image: str = typer.Argument(..., help="An image file, or a corpus / RUN_ID:C / dataset:NAME."),
+        k: int = typer.Option(5, "--k", "-k", help="Segments per image (2..255)."),
+        space: str | None = typer.Option(None, "--space", help="gray (1-channel), lab (RGB default) or rgb."),
+        position_weight: float = typer.Option(0.0, "--position-weight",
+                                              help="Weight of the standardised (x, y) position (0: colour only)."),
+        standardize: bool = typer.Option(True, "--standardize/--no-standardize",
+                                         help="Standardise each feature before k-means."),
+        out_dir: str | None = typer.Option(None, "--out", help="Folder for the PNGs of one image "
+                                                                 "(default: next to the image)."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        store: str | None = StoreOpt, dask_address: str | None = DaskOpt, workers: int | None = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Per-image k-means segmentation: a uint8 label map and a coloured overlay PNG for one image
+        (runs here, no server); label maps as Zarr for every image of a corpus (a flow)."""
+        from cci_core import palette_run as pr
+        from cci_core.segment import check_k
+        from cci_core.store import Store
+        from flows.cli import err, out, run_guarded
+        run_guarded(check_k, k)
+        if Path(image).is_file():
+            res = run_guarded(pr.segment_file, image, k, out_dir=out_dir, space=space,
+                              position_weight=position_weight, standardize=standardize, seed=seed,
+                              log=lambda m: err.print(f"[yellow]note:[/] {m}", highlight=False))
+            if as_json:
+                print(json.dumps(res, indent=2, default=str))
+                return
+            out.print(f"Segmented {image} into {res['k']} segments (sizes {res['sizes']})\n"
+                      f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
+            return
+        from flows.palette import segment_flow
+        from flows.runtime import dask_task_runner, prefect_api
+        store_obj = Store(store)
+        run_guarded(pr.resolve_source, store_obj, image)
+        with prefect_api():
+            flow = segment_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+            res = run_guarded(flow, image, k, store_root=str(store_obj.root), space=space,
+                              position_weight=position_weight, standardize=standardize, seed=seed)
+        if as_json:
+            print(json.dumps(res, indent=2, default=str))
+            return
+        out.print(f"Segmentation [bold]{res['segmentation_id']}[/]: {res['n_images']:,} images of {image}, k={k}\n"
+                  f"  labels: {res['labels']}\n  overlays: {res['overlay']}", highlight=False)
+
+
+def _raise(message: str):
+    raise ValueError(message)

@@ -1,0 +1,113 @@
+"""`cci train` and `cci evaluate`: added to the `cci` app by :func:`register`.
+
+flows/cli.py ends with::
+
+    from flows.cli_train import register as _register_train
+    _register_train(app)
+
+The shared helpers and options are imported from flows.cli inside :func:`register`, so
+importing this module first (as a test may) does not import flows.cli half-initialised.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` and ``evaluate`` commands to ``app``."""
+    from flows.cli import DaskOpt, JsonOpt, StoreOpt, WorkersOpt
+
+    @app.command()
+    def train(
+        run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
+        model: str = typer.Option("gan", "--model", help="Per-cluster generator: gan (DCGAN-style) or vae."),
+        mode: str = typer.Option("per-cluster", "--mode",
+                                 help="per-cluster (one model per cluster) or conditional (one cluster-conditional GAN)."),
+        steps: int = typer.Option(2000, "--steps", help="Training steps per cluster; the conditional GAN and the "
+                                                        "baseline get steps x trained clusters."),
+        seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per cluster (scaled the same way)."),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
+        min_size: int = typer.Option(100, "--min-size", help="Skip clusters with fewer images (listed in the report)."),
+        ema: bool = typer.Option(False, "--ema", help="Keep an EMA of the generator weights (GAN only)."),
+        checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints and sample grids."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        baseline: bool = typer.Option(True, "--baseline/--no-baseline",
+                                      help="Also train one unconditional GAN on the whole corpus, same total steps."),
+        width: int = typer.Option(32, "--width", help="Model width (GAN g_width = d_width; VAE width)."),
+        z_dim: int = typer.Option(64, "--z-dim", help="Latent size."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+        gpu_resource: Optional[bool] = typer.Option(
+            None, "--gpu-resource/--no-gpu-resource",
+            help="Ask Dask for a GPU resource per training task (default: only when the workers advertise one)."),
+        store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Train one generator per cluster of RUN (or one conditional GAN), each a parallel task,
+        plus an unconditional baseline GAN on the whole corpus with the same total steps.
+        A re-run resumes from the checkpoints."""
+        from cci_core import generator_run as gr
+        from cci_core.store import Store
+        from flows.cli import err, out, run_guarded
+        from flows.runtime import dask_task_runner, prefect_api
+        from flows.train import train_flow
+        main = dict(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size, min_size=min_size,
+                    ema=ema, checkpoint_every=checkpoint_every, seed=seed, baseline=baseline)
+        options = dict(width=width, z_dim=z_dim, device=device)
+        store_obj = Store(store)
+        # everything checkable is checked here, before a server or a cluster is started
+        plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))
+        with prefect_api():
+            flow = train_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), gpu_resource=gpu_resource,
+                                  options=options, **main)
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
+            return
+        fresh = [r for r in summary["models"] if not r.get("from_earlier_run")]
+        out.print(f"Run [bold]{run_id}[/]: trained {len(fresh)} {mode} {model} model(s) "
+                  f"({len(plan['trained_clusters'])} clusters, {summary['total_steps']} steps per full budget)",
+                  highlight=False)
+        for r in fresh:
+            losses = "  ".join(f"{k}={v:.4g}" for k, v in r["losses"].items())
+            resumed = f", resumed from {r['resumed_from']}" if r["resumed_from"] is not None else ""
+            out.print(f"  {r['name']}: {r['steps']} steps on {r['n_train']:,} images{resumed}  {losses}  "
+                      f"[dim]{r['artifact_id']}[/]", highlight=False)
+        for s in summary["skipped"]:
+            err.print(f"[yellow]skipped[/] cluster {s['cluster']}: {s['reason']}", highlight=False)
+        out.print(f"  models: {summary['run_dir']}/models\n  report: {summary['training_report']}\n"
+                  f"  next: cci evaluate {run_id}   |   cci lineage show {summary['models'][0]['artifact_id']}",
+                  highlight=False)
+
+    @app.command()
+    def evaluate(
+        run_id: str = typer.Argument(..., help="A run with trained generators (see `cci train`)."),
+        samples: int = typer.Option(500, "--samples", help="Generated images per cluster."),
+        max_real: int = typer.Option(2000, "--max-real", help="Real images per cluster compared against (sampled)."),
+        ref_steps: int = typer.Option(600, "--ref-steps", help="Training steps of the reference CNNs."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+        store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Measure what the generators of RUN make against the real images (FD, KID, precision/recall,
+        density/coverage, per-cluster fidelity, IS analogue), side by side with the baseline."""
+        from cci_core import generator_run as gr
+        from cci_core.store import Store
+        from flows.cli import out, run_guarded
+        from flows.runtime import dask_task_runner, prefect_api
+        from flows.train import evaluate_flow
+        options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
+        store_obj = Store(store)
+        run_guarded(gr.plan_evaluation, store_obj, run_id, gr.EvalParams(samples=samples, **options))
+        with prefect_api():
+            flow = evaluate_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), samples=samples, options=options)
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
+            return
+        out.print(summary["markdown"], highlight=False, markup=False)
+        out.print(f"\n  report: {summary['report']}\n  lineage id: {summary['report_artifact_id']}\n"
+                  f"  next: cci lineage show {summary['report_artifact_id']}", highlight=False)

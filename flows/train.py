@@ -1,0 +1,171 @@
+"""The train and evaluate flows: one generator per cluster fanned out to (GPU) tasks, then
+honest measures of what they generate, side by side with an unconditional baseline."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+
+import dask
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.utilities.annotations import unmapped
+
+from cci_core import generator_run as gr
+from cci_core.store import Store
+from flows.cluster import _png_markdown, artifact_key
+from tasks.cluster import partition_asset
+from tasks.common import asset_for
+from tasks.train import (
+    evaluate_group_task,
+    finish_training_task,
+    model_asset,
+    plan_evaluation_task,
+    plan_training_task,
+    prepare_references_task,
+    register_models_task,
+    report_asset,
+    train_cluster_task,
+    write_report_task,
+)
+
+
+def workers_have_gpu() -> bool:
+    """True when the flow runs on a Dask task runner whose workers advertise a ``GPU`` resource."""
+    from prefect.context import FlowRunContext
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    try:
+        client = getattr(runner, "client", None)  # DaskTaskRunner only
+        if client is None:
+            return False
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    except Exception:
+        return False
+    return any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers)
+
+
+def _gpu_context(gpu_resource: bool | None, log):
+    use = workers_have_gpu() if gpu_resource is None else gpu_resource
+    if use:
+        log.info("Tasks tagged gpu ask Dask for one GPU resource each")
+        return dask.annotate(resources={"GPU": 1})
+    log.info("No GPU resource requested (the workers advertise none): tasks tagged gpu run on any worker")
+    return contextlib.nullcontext()
+
+
+def _options(cls, options: dict | None, known: set[str]) -> dict:
+    unknown = set(options or {}) - known
+    if unknown:
+        raise ValueError(f"unknown {cls} option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return dict(options or {})
+
+
+@flow(name="cci-train", log_prints=True)
+def train_flow(run_id: str, store_root: str | None = None, model: str = "gan", mode: str = "per-cluster",
+               steps: int = 2000, seconds: float | None = None, batch_size: int = 64, min_size: int = 100,
+               ema: bool = False, checkpoint_every: int = 500, seed: int = 0, baseline: bool = True,
+               gpu_resource: bool | None = None, options: dict | None = None) -> dict:
+    """Train one generator per cluster of RUN (or one conditional GAN), plus the baseline.
+
+    ``options`` holds the other :class:`cci_core.generator_run.TrainParams` fields
+    (width, z_dim, lr, loss, ema_decay, device). ``gpu_resource``: None = ask for a Dask
+    ``GPU`` resource only when the workers advertise one.
+    """
+    log = get_run_logger()
+    params = gr.TrainParams(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size,
+                            min_size=min_size, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+                            baseline=baseline, **_options("training", options, gr.train_params_fields()))
+    store_root = str(Store(store_root).root)
+    plan = plan_training_task(store_root, run_id, asdict(params))
+    jobs = plan["jobs"]
+    for s in plan["skipped"]:
+        log.warning("Cluster %d skipped: %s", s["cluster"], s["reason"])
+    log.info("Run %s: %d training job(s) (%s %s, %d steps per cluster, %d in total)", run_id, len(jobs),
+             mode, model, steps, plan["total_steps"])
+    progress = create_progress_artifact(0.0, key=artifact_key("train-progress", run_id),
+                                        description=f"train {run_id}: models done / total ({len(jobs)})")
+    with _gpu_context(gpu_resource, log):
+        cluster_jobs = [j for j in jobs if j["kind"] == "cluster"]
+        futures = list(train_cluster_task.map(unmapped(plan), cluster_jobs)) if cluster_jobs else []
+        futures += [train_cluster_task.with_options(name=f"train-{j['name']}").submit(plan, j)
+                    for j in jobs if j["kind"] != "cluster"]
+    results = []
+    for fut in as_completed(futures):
+        r = fut.result()
+        results.append(r)
+        log.info("Trained %s: %d steps on %d images (resumed from %s)", r["name"], r["steps"], r["n_train"],
+                 r["resumed_from"])
+        update_progress_artifact(progress, 100.0 * len(results) / len(jobs),
+                                 description=f"train {run_id}: {len(results)}/{len(jobs)} models done")
+    deps = [asset_for("corpus", plan["corpus"])] + [partition_asset(run_id, k) for k in plan["trained_clusters"]]
+    register_models_task.with_options(assets=[model_asset(run_id, r["name"]) for r in results],
+                                      asset_deps=deps)(plan, results)
+    summary = finish_training_task(plan, results)
+    rows = [{"model": r["name"], "kind": r["model"], "cluster": r["cluster"], "images": r["n_train"],
+             "steps": r["steps"], "resumed_from": r["resumed_from"], "seconds": r["seconds"],
+             **{k: round(v, 4) for k, v in r["losses"].items()}, "artifact": r["artifact_id"],
+             "note": "from an earlier run" if r.get("from_earlier_run") else ""}
+            for r in summary["models"]]
+    rows += [{"model": f"cluster-{s['cluster']}", "kind": "skipped", "cluster": s["cluster"], "images": s["count"],
+              "steps": 0, "note": s["reason"]} for s in plan["skipped"]]
+    create_table_artifact(key=artifact_key("train", run_id), table=rows,
+                          description=f"generators of run {run_id} ({mode}, {model}); skipped clusters listed")
+    create_markdown_artifact(
+        key=artifact_key("train-samples", run_id), description=f"sample grids of run {run_id}",
+        markdown=f"# Generators of run `{run_id}`\n\nmodels folder: `{plan['run_dir']}/models`\n\n"
+                 + "\n".join(_png_markdown(r["samples"], f"{r['name']}: step {r['steps']}")
+                             for r in summary["models"] if r.get("samples"))
+                 + "".join(f"\n- cluster {s['cluster']} skipped: {s['reason']}" for s in plan["skipped"]))
+    return summary
+
+
+@flow(name="cci-evaluate", log_prints=True)
+def evaluate_flow(run_id: str, store_root: str | None = None, samples: int = 500,
+                  options: dict | None = None) -> dict:
+    """Measure the generators of RUN against its real images, side by side with the baseline.
+
+    ``options`` holds the other :class:`cci_core.generator_run.EvalParams` fields.
+    """
+    log = get_run_logger()
+    params = gr.EvalParams(samples=samples, **_options("evaluation", options, gr.eval_params_fields()))
+    store_root = str(Store(store_root).root)
+    plan = plan_evaluation_task(store_root, run_id, asdict(params))
+    groups = plan["groups"]
+    progress = create_progress_artifact(0.0, key=artifact_key("evaluate-progress", run_id),
+                                        description=f"evaluate {run_id}: model groups measured / {len(groups)}")
+    with _gpu_context(None, log):
+        refs = prepare_references_task.submit(plan).result()
+        futures = list(evaluate_group_task.map(unmapped(plan), unmapped(refs), groups))
+    for name, s in refs["spaces"].items():
+        log.info("Feature space %s: %s (%s)", name, s["note"], s["artifact_id"])
+    results = []
+    for fut in as_completed(futures):
+        results.append(fut.result())
+        update_progress_artifact(progress, 100.0 * len(results) / len(groups),
+                                 description=f"evaluate {run_id}: {len(results)}/{len(groups)} groups measured")
+    summary = write_report_task.with_options(assets=[report_asset(run_id)],
+                                             asset_deps=[model_asset(run_id, m["name"]) for g in groups
+                                                         for m in g["models"]])(plan, refs, results)
+    rows = []
+    for space, comp in summary["comparison"].items():
+        for metric, c in comp.items():
+            rows.append({"features": space, "measure": metric, "better": c["better"],
+                         **{g: (None if v is None else round(v, 5)) for g, v in c["values"].items()},
+                         "winner": c["winner"]})
+    if not rows:  # one group only: still show its figures
+        for space, reps in summary["headline"].items():
+            for g, r in reps.items():
+                rows += [{"features": space, "measure": m, g: r.get(m)} for m in gr.HEADLINE if m in r]
+    create_table_artifact(key=artifact_key("evaluate", run_id), table=rows,
+                          description=f"generation measures of run {run_id}: who wins each measure")
+    create_markdown_artifact(
+        key=artifact_key("evaluate-report", run_id), description=f"generation report of run {run_id}",
+        markdown=summary["markdown"] + f"\n\nreport: `{summary['report']}` ({summary['report_artifact_id']})\n\n"
+                 + "\n".join(_png_markdown(p, f"generated by {g}") for g, p in summary["grids"].items()))
+    return summary

@@ -1,0 +1,218 @@
+"""The library behind `cci train` / `cci evaluate` on a real store: builtin digits at 28x28,
+a 3-cluster run, tiny models and budgets."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cci_core import cluster_run as cr
+from cci_core import generator_run as gr
+from cci_core.ingest import ingest_local
+from cci_core.lineage import LineageStore
+from cci_core.store import Store
+
+TINY = dict(steps=20, batch_size=16, width=8, z_dim=8, checkpoint_every=10, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = Store(tmp_path_factory.mktemp("genstore"))
+    ingest_local(s, "builtin:digits", "digits28", size=(28, 28))
+    cr.run_local(s, "digits28", cr.ClusterParams(k=3, n_components=20), run_id="r3")
+    return s
+
+
+@pytest.fixture(scope="module")
+def trained(store):
+    sizes = [p["count"] for p in cr.read_run(store, "r3")["partitions"]]
+    # a min-size between the smallest and the others: exactly the smallest cluster is skipped
+    small = int(np.argmin(sizes))
+    min_size = min(sizes) + 1
+    summary = gr.train_local(store, "r3", gr.TrainParams(min_size=min_size, **TINY))
+    return summary, small, sizes
+
+
+def _finite_numbers(d: dict) -> bool:
+    return all(math.isfinite(v) for v in d.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def test_train_skips_small_cluster_records_lineage_and_baseline_budget(store, trained):
+    summary, small, sizes = trained
+    names = [m["name"] for m in summary["models"]]
+    big = [k for k in range(3) if k != small]
+    assert names == [f"cluster-{k}" for k in big] + ["baseline"]
+    assert summary["skipped"] == [{"cluster": small, "count": sizes[small],
+                                   "reason": f"{sizes[small]} images, fewer than --min-size {sizes[small] + 1}"}]
+    run = cr.read_run(store, "r3")
+    parts = {p["cluster"]: p for p in run["partitions"]}
+    lin = LineageStore(store.lineage_url)
+    for m in summary["models"]:
+        assert m["resumed_from"] is None and all(math.isfinite(v) for v in m["losses"].values())
+        d = Path(m["dir"])
+        assert (d / "generator.safetensors").exists() and (d / "loss.png").exists()
+        assert list((d / "checkpoints").glob("step-*/state.safetensors")) and Path(m["samples"]).exists()
+        art = lin.get(m["artifact_id"])
+        assert art.kind == "model" and art.params["model"] == "gan" and art.params["steps"] == 20
+        if m["kind"] == "cluster":
+            k = m["cluster"]
+            assert m["n_train"] == sizes[k] and m["steps"] == 20
+            assert sorted(art.inputs) == sorted([(parts[k]["artifact_id"], "partition"),
+                                                 (run["corpus_artifact_id"], "corpus")])
+        else:  # the baseline: whole corpus, the same total step budget
+            assert m["n_train"] == run["n_rows"] and m["steps"] == 20 * len(big)
+            assert art.inputs == [(run["corpus_artifact_id"], "corpus")]
+    assert run["training"]["model_artifact_ids"] == summary["model_artifact_ids"]
+
+    from cci_core.train_generator import generate, load_generator
+    out = generate(load_generator(summary["models"][0]["dir"], "cpu"), 5, seed=1)
+    assert out.shape == (5, 28, 28, 1) and out.dtype == np.uint8
+
+
+def test_rerun_resumes_without_redoing_and_more_steps_continue(store, trained):
+    summary, small, sizes = trained
+    params = gr.TrainParams(min_size=sizes[small] + 1, **TINY)
+    again = gr.train_local(store, "r3", params)
+    for before, after in zip(summary["models"], again["models"]):
+        assert after["resumed_from"] == before["steps"] and after["steps"] == before["steps"]
+        assert after["artifact_id"] == before["artifact_id"]  # same weights, same lineage record
+    # a larger budget continues the step count from the checkpoint (one cluster, no baseline)
+    big = max(range(3), key=lambda k: sizes[k])
+    more = gr.train_local(store, "r3", gr.TrainParams(**{**asdict_params(params), "steps": 30, "baseline": False,
+                                                         "min_size": sizes[big]}))
+    m = more["models"][0]
+    assert m["name"] == f"cluster-{big}" and m["resumed_from"] == 20 and m["steps"] == 30
+    # the models this call did not touch stay listed for `cci evaluate`
+    assert {x["name"] for x in more["models"][1:]} == {x["name"] for x in summary["models"]} - {m["name"]}
+    assert all(x["from_earlier_run"] for x in more["models"][1:])
+    # leave the run as the other tests expect it (20-step models): re-train that cluster's folder
+    import shutil
+    shutil.rmtree(Path(m["dir"]))
+    gr.train_local(store, "r3", params)
+
+
+def asdict_params(p):
+    from dataclasses import asdict
+    return asdict(p)
+
+
+def test_bad_requests_are_one_clear_error_and_write_nothing(store, trained, tmp_path):
+    from cci_core.gan import SIZES
+    assert gr.SIZES == SIZES  # the copy that keeps request checks free of torch
+    with pytest.raises(LookupError, match="no run 'nope'"):
+        gr.plan_training(store, "nope", gr.TrainParams())
+    cr.start_run(store, "digits28", cr.ClusterParams(k=3, n_components=20), run_id="unfinished")
+    with pytest.raises(ValueError, match="no finished clustering"):
+        gr.plan_training(store, "unfinished", gr.TrainParams())
+    with pytest.raises(ValueError, match="smaller than --min-size 5000"):
+        gr.plan_training(store, "r3", gr.TrainParams(min_size=5000))
+    with pytest.raises(ValueError, match="conditional GAN"):
+        gr.plan_training(store, "r3", gr.TrainParams(mode="conditional", model="vae"))
+    # models already trained with other settings are never trained over
+    with pytest.raises(ValueError, match="already holds a gan trained with other settings"):
+        gr.plan_training(store, "r3", gr.TrainParams(**{**TINY, "width": 16, "min_size": 1}))
+    # evaluate before train
+    cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=10), run_id="untrained")
+    with pytest.raises(ValueError, match="no trained models yet; run `cci train untrained` first"):
+        gr.plan_evaluation(store, "untrained", gr.EvalParams())
+    assert not (store.run_dir("untrained") / "models").exists()
+    assert not (store.run_dir("untrained") / "reports" / "generation.json").exists()
+    # 8x8 images: the generators make 28/32/64-pixel images
+    small_store = Store(tmp_path / "s8")
+    ingest_local(small_store, "builtin:digits", "digits")
+    cr.run_local(small_store, "digits", cr.ClusterParams(k=3, n_components=20), run_id="r8")
+    with pytest.raises(ValueError, match="--size 28x28"):
+        gr.plan_training(small_store, "r8", gr.TrainParams())
+
+
+def test_conditional_and_vae_modes(store):
+    cr.run_local(store, "digits28", cr.ClusterParams(k=3, n_components=20, seed=1), run_id="r3c")
+    cond = gr.train_local(store, "r3c", gr.TrainParams(mode="conditional", min_size=1, baseline=False,
+                                                       **{**TINY, "steps": 5}))
+    (m,) = cond["models"]
+    run = cr.read_run(store, "r3c")
+    assert m["name"] == "conditional" and m["steps"] == 15 and m["n_train"] == run["n_rows"]
+    art = LineageStore(store.lineage_url).get(m["artifact_id"])
+    assert sorted(i for i, r in art.inputs if r == "partition") == sorted(p["artifact_id"] for p in run["partitions"])
+    from cci_core.train_generator import generate, load_generator
+    g = load_generator(m["dir"], "cpu")
+    assert g.cfg.n_classes == 3
+    assert generate(g, 6, labels=[0, 1, 2, 0, 1, 2]).shape == (6, 28, 28, 1)
+    # the per-cluster VAE in another run folder
+    cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=20), run_id="r2v")
+    vae = gr.train_local(store, "r2v", gr.TrainParams(model="vae", min_size=1, baseline=False, **{**TINY, "steps": 5}))
+    assert [m["model"] for m in vae["models"]] == ["vae", "vae"]
+    assert all(math.isfinite(v) for m in vae["models"] for v in m["losses"].values())
+
+
+def test_evaluate_report_side_by_side_with_baseline(store, trained):
+    summary, small, _ = trained
+    rep = gr.evaluate_local(store, "r3", gr.EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
+    report = json.loads(Path(rep["report"]).read_text())
+    assert report["groups"] == ["per_cluster", "baseline"] and set(report["reports"]) == {"classifier", "reference"}
+    for space in ("classifier", "reference"):
+        for group in ("per_cluster", "baseline"):
+            r = report["reports"][space][group]
+            for key in ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "is",
+                        "n_real", "n_fake", "k", "kid_subset_size"):
+                assert key in r and math.isfinite(r[key]), (space, group, key)
+            assert r["n_fake"] == 20 * 2 and r["n_real"] == 120 * 3
+        assert set(report["comparison"][space]) >= {"fid", "kid", "precision", "recall", "density", "coverage", "is"}
+        for c in report["comparison"][space].values():
+            assert c["winner"] in ("per_cluster", "baseline", "tie")
+        assert set(report["head_to_head"][space]["per_cluster"]) >= {"fid", "coverage"}
+    per = report["reports"]["classifier"]["per_cluster"]
+    assert 0.0 <= per["fidelity"] <= 1.0 and "fidelity" not in report["reports"]["classifier"]["baseline"]
+    assert set(per["fidelity_per_cluster"]) == {str(k) for k in range(3) if k != small}
+    per_k = report["per_cluster"]["classifier"]["per_cluster"]
+    assert set(per_k) == {str(k) for k in range(3) if k != small}
+    for e in per_k.values():
+        assert e["n_fake"] == 20 and e["n_real"] == 120 and math.isfinite(e["fid"])
+    assert report["skipped"][0]["cluster"] == small and "fewer than --min-size" in report["skipped"][0]["reason"]
+    # the floor: two halves of the real sample are much closer than generated images
+    assert report["floor"]["classifier"]["fid"] < per["fid"]
+    assert report["generated"]["baseline"]["shape"] == [28, 28, 1] and report["generated"]["baseline"]["dtype"] == "uint8"
+    # no CCI classifier in this run: a CNN on the cluster labels stands in, and the report says so
+    assert report["feature_spaces"]["classifier"]["source"] == "cluster-cnn"
+    assert any("stands in" in n for n in report["notes"]) and "| fid | lower |" in report["markdown"]
+
+    lin = LineageStore(store.lineage_url)
+    ref = lin.get(report["feature_spaces"]["reference"]["artifact_id"])
+    assert ref.kind == "reference_cnn" and ref.params["labels"] == "true"
+    assert (Path(ref.uri) / "model.safetensors").exists() and (Path(ref.uri) / "model.json").exists()
+    art = lin.get(rep["report_artifact_id"])
+    assert art.kind == "report"
+    assert sorted(i for i, r in art.inputs if r == "model") == sorted(summary["model_artifact_ids"].values())
+    assert sorted(i for i, r in art.inputs if r == "features") == sorted(
+        s["artifact_id"] for s in report["feature_spaces"].values())
+    # the true-label reference CNN is trained once per corpus version: a second evaluation reuses it
+    again = gr.evaluate_local(store, "r3", gr.EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
+    assert again["feature_spaces"]["reference"]["artifact_id"] == ref.id
+
+
+def test_evaluate_uses_the_runs_cci_classifier_when_it_has_one(store, trained):
+    # a classifier folder as refinement writes it (classifier.safetensors + classifier.json)
+    from dataclasses import asdict
+
+    from cci_core.cnn import CNN, CNNConfig
+    from cci_core.store import atomic_write_json
+    from cci_core.weights import save_weights
+    cfg = CNNConfig(in_channels=1, image_size=28, n_classes=3, width=4, depth=2, embed_dim=16)
+    cdir = store.run_dir("r3") / "refine-test"
+    save_weights(cdir, CNN(cfg).state_dict(), {"cnn": asdict(cfg)}, name="classifier")
+    run_json = store.run_dir("r3") / "run.json"
+    run = json.loads(run_json.read_text())
+    atomic_write_json(run_json, {**run, "classifier": str(cdir)})
+    try:
+        rep = gr.evaluate_local(store, "r3", gr.EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
+    finally:
+        atomic_write_json(run_json, {**json.loads(run_json.read_text()), "classifier": None})
+    space = rep["feature_spaces"]["classifier"]
+    assert space["source"] == "cci-classifier" and space["dim"] == 16 and not rep["notes"]
+    lin = LineageStore(store.lineage_url)
+    assert lin.get(space["artifact_id"]).kind == "classifier"
+    assert (space["artifact_id"], "features") in lin.get(rep["report_artifact_id"]).inputs
+    assert math.isfinite(rep["headline"]["classifier"]["per_cluster"]["fidelity"])

@@ -1,0 +1,116 @@
+"""`cci train` and `cci evaluate` as a user runs them: the Prefect flows on a Dask scheduler
+with two worker processes on loopback (CPU only: no GPU resource asked for), their Prefect
+artifacts and lineage; bad input as one line, before any server starts."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cci_core import cluster_run as cr
+from cci_core.ingest import ingest_local
+from cci_core.lineage import LineageStore
+from cci_core.store import Store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = Store(tmp_path_factory.mktemp("trainflowstore"))
+    ingest_local(s, "builtin:digits", "digits28", size=(28, 28))
+    cr.run_local(s, "digits28", cr.ClusterParams(k=3, n_components=20), run_id="flowrun")
+    cr.run_local(s, "digits28", cr.ClusterParams(k=2, n_components=10), run_id="untrained")
+    return s
+
+
+def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_cci, prefect_api):
+    sizes = [p["count"] for p in cr.read_run(store, "flowrun")["partitions"]]
+    small = min(range(3), key=lambda k: sizes[k])
+    res = run_cci("train", "flowrun", "--steps", 20, "--batch-size", 16, "--width", 8, "--z-dim", 8,
+                  "--checkpoint-every", 10, "--min-size", sizes[small] + 1, "--device", "cpu",
+                  "--store", store.root, "--dask-address", dask_scheduler, "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    big = [k for k in range(3) if k != small]
+    assert [m["name"] for m in summary["models"]] == [f"cluster-{k}" for k in big] + ["baseline"]
+    assert [s["cluster"] for s in summary["skipped"]] == [small]
+    assert summary["models"][-1]["steps"] == 20 * len(big)
+    lin = LineageStore(store.lineage_url)
+    for m in summary["models"]:
+        assert all(math.isfinite(v) for v in m["losses"].values())
+        art = lin.get(m["artifact_id"])
+        assert art.kind == "model" and art.producer["flow_name"] == "cci-train"
+        assert art.producer["task_name"] == ("train-cluster" if m["kind"] == "cluster" else "train-baseline")
+        assert Path(store.run_dir("flowrun") / "models" / m["name"] / "generator.safetensors").exists()
+        assert m["worker_resources"] == {}  # CPU-only workers: no GPU resource asked for, nothing hangs
+
+    res = run_cci("evaluate", "flowrun", "--samples", 20, "--max-real", 120, "--ref-steps", 30,
+                  "--store", store.root, "--dask-address", dask_scheduler, "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ev = json.loads(res.stdout)
+    report = json.loads(Path(ev["report"]).read_text())
+    assert report["groups"] == ["per_cluster", "baseline"]
+    assert {m: c["winner"] for m, c in report["comparison"]["classifier"].items()}.keys() >= {"fid", "coverage"}
+    assert math.isfinite(report["reports"]["classifier"]["per_cluster"]["fidelity"])
+    art = lin.get(ev["report_artifact_id"])
+    assert art.kind == "report" and art.producer["flow_name"] == "cci-evaluate"
+    assert sorted(i for i, r in art.inputs if r == "model") == sorted(m["artifact_id"] for m in summary["models"])
+    assert {r for _, r in art.inputs} == {"model", "features"}
+
+    # what the operator sees in Prefect: progress, per-model table, sample grids, the comparison
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    keys = ["train-flowrun", "train-samples-flowrun", "train-progress-flowrun", "evaluate-flowrun",
+            "evaluate-report-flowrun"]
+    with get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    assert set(arts) == set(keys)
+    assert "skipped" in str(arts["train-flowrun"].data) and "baseline" in str(arts["train-flowrun"].data)
+    assert str(arts["train-samples-flowrun"].data).count("data:image/png;base64,") == 3
+    assert float(arts["train-progress-flowrun"].data) == 100.0
+    assert "winner" in str(arts["evaluate-flowrun"].data)
+
+    # a worker advertising a GPU joins: a re-run asks for it, so every training task runs there;
+    # and it resumes from the checkpoints, training nothing again
+    bindir = Path(sys.executable).parent
+    gpu = subprocess.Popen([bindir / "dask", "worker", dask_scheduler, "--nthreads", "1", "--host", "127.0.0.1",
+                            "--dashboard-address", "127.0.0.1:0", "--resources", "GPU=1", "--name", "gpu-worker"],
+                           env={**os.environ, "PREFECT_API_URL": prefect_api},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from distributed import Client
+        with Client(dask_scheduler, timeout=60) as client:
+            client.wait_for_workers(3, timeout=90)
+        from flows.runtime import dask_task_runner
+        from flows.train import train_flow
+        again = train_flow.with_options(task_runner=dask_task_runner(dask_scheduler))(
+            "flowrun", store_root=str(store.root), steps=20, batch_size=16, checkpoint_every=10,
+            min_size=sizes[small] + 1, options={"width": 8, "z_dim": 8, "device": "cpu"})
+    finally:
+        gpu.terminate()
+        gpu.wait(timeout=30)
+    assert [m["worker_resources"] for m in again["models"]] == [{"GPU": 1.0}] * len(summary["models"])
+    assert [m["resumed_from"] for m in again["models"]] == [m["steps"] for m in summary["models"]]
+    assert again["model_artifact_ids"] == summary["model_artifact_ids"]
+
+
+def test_cli_train_evaluate_bad_input_is_one_line(store):
+    # the real app in-process (the commands check the request before any server or cluster starts)
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    runner = CliRunner()
+    for args, message in [(["train", "no-such-run"], "no run 'no-such-run'"),
+                          (["train", "flowrun", "--min-size", "100000"], "smaller than --min-size 100000"),
+                          (["train", "flowrun", "--model", "vae", "--mode", "conditional"], "conditional GAN"),
+                          (["evaluate", "untrained"], "run `cci train untrained` first"),
+                          (["evaluate", "flowrun", "--samples", "3"], "--samples 3")]:
+        res = runner.invoke(app, [*args, "--store", str(store.root)], env={"COLUMNS": "200"})
+        assert res.exit_code == 1 and message in res.stderr, (args, res.stderr, res.exception)
+        assert "Traceback" not in res.stderr and "Prefect server" not in res.stderr + res.stdout
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (store.run_dir("untrained") / "models").exists()
