@@ -17,10 +17,9 @@ $(BIN)/cci: pyproject.toml
 setup: $(BIN)/cci
 
 # The main job on the embedded default: local store, temporary Prefect server (SQLite), LocalCluster,
-# built-in corpus (scikit-learn digits, no download): ingest it, then cluster it.
+# built-in corpus (scikit-learn digits at 28x28, no download): the whole pipeline, ingest to published dataset.
 run: setup
-	$(BIN)/cci ingest builtin:digits --corpus digits --store $(STORE)
-	OMP_NUM_THREADS=1 $(BIN)/cci cluster digits --k 10 --components 30 --store $(STORE)
+	OMP_NUM_THREADS=1 $(BIN)/cci run builtin:digits --store $(STORE)
 
 test: setup
 	OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider; \

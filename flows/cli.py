@@ -331,6 +331,99 @@ def generate(
               highlight=False, soft_wrap=True)
 
 
+@app.command("run")
+def run_pipeline(
+    source: str = typer.Argument("builtin:digits", help="What to ingest (default: scikit-learn's digits, no download)."),
+    corpus: str = typer.Option("digits28", "--corpus", "-c", help="Corpus name."),
+    size: Optional[str] = typer.Option("28x28", "--size", help="Image size HxW for the corpus (the models take 28, 32 or 64)."),
+    channels: Optional[int] = typer.Option(1, "--channels", help="1 (gray) or 3 (RGB)."),
+    k: int = typer.Option(10, "--k", help="Number of clusters."),
+    refine_rounds: int = typer.Option(1, "--refine-rounds", help="CCI refinement rounds."),
+    refine_steps: int = typer.Option(150, "--refine-steps", help="Classifier training steps per round."),
+    train_steps: int = typer.Option(150, "--train-steps", help="Generator training steps per cluster."),
+    per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: <corpus>-generated)."),
+    seed: int = typer.Option(0, "--seed"),
+    option: list[str] = typer.Option([], "--refine-set", help="Other RefineConfig fields, NAME=VALUE (repeatable)."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+):
+    """The whole pipeline as one Prefect flow: ingest -> cluster -> refine -> train -> generate -> evaluate.
+
+    Re-running it redoes only what is missing (stage outputs are named by their inputs)."""
+    from cci_core.refine_run import config_from_options
+    from flows.pipeline import pipeline_flow
+    from flows.runtime import dask_task_runner, prefect_api
+    refine_options = {}
+    for item in option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--refine-set {item!r}: write NAME=VALUE")
+        refine_options[name.strip()] = value.strip()
+    refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
+                      if key in refine_options}
+    store_obj = Store(store)
+    user_api = os.environ.get("PREFECT_API_URL")
+    with prefect_api():
+        flow = pipeline_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+        summary = run_guarded(flow, source, corpus, store_root=str(store_obj.root), size=parse_size(size),
+                              channels=channels, k=k, refine_rounds=refine_rounds, refine_steps=refine_steps,
+                              refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
+                              dataset=dataset, seed=seed)
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    ds = summary["dataset"]
+
+    def fmt(m):
+        return "  ".join(f"{key}={m[key]:.3f}" for key in ("acc", "nmi", "ari", "silhouette") if key in m)
+    out.print(f"[bold]Pipeline on {corpus}[/] v{summary['corpus_version']} ({summary['ingest_added']} new images)\n"
+              f"  clustering: run {summary['cluster_run']}  {fmt(summary['clustering_metrics'])}\n"
+              f"  refined:    run {summary['refined_run']}  {fmt(summary['refined_metrics'])}\n"
+              f"  dataset:    {ds['dataset']} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
+              f" at {ds['path']}\n  evaluation: {summary['evaluation_report']}\n"
+              f"  lineage:    cci lineage show {ds['artifact_id']}\n"
+              f"  read it:    cci datasets show {ds['dataset']}   (or plain zarr + pyarrow, see its card.json)\n"
+              "  Prefect UI: " + (f"{user_api.removesuffix('/api')} (flow runs, artifacts, assets)" if user_api else
+                                  "this run used a temporary server; `prefect server start`, then export "
+                                  "PREFECT_API_URL=http://127.0.0.1:4200/api and re-run to watch it in the UI"),
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
+def refresh(
+    source: str = typer.Argument(..., help="The corpus's source, with new images in it."),
+    corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus to refresh."),
+    run_id: Optional[str] = typer.Option(None, "--run", help="Run to build on (default: the newest with trained generators)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to republish (default: <corpus>-generated)."),
+    retrain_threshold: float = typer.Option(0.1, "--retrain-threshold", help="Retrain a cluster whose size grew by more than this share."),
+    per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt,
+):
+    """Ingest what is new, assign it with the classifier, report drift, retrain only the clusters
+    that changed and publish a new dataset version. With nothing new it does nothing and says so."""
+    from flows.refresh import refresh_flow
+    from flows.runtime import dask_task_runner, prefect_api
+    store_obj = Store(store)
+    with prefect_api():
+        flow = refresh_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
+        res = run_guarded(flow, source, corpus, store_root=str(store_obj.root), run_id=run_id, dataset=dataset,
+                          retrain_threshold=retrain_threshold, per_cluster=per_cluster)
+    if as_json:
+        print(json.dumps(res, indent=2, default=str))
+        return
+    if not res["changed"]:
+        out.print(res["message"], highlight=False, soft_wrap=True)
+        return
+    d = res["drift"]
+    out.print(f"Refreshed {corpus} to v{res['corpus_version']}: {d['n_new']} new images, "
+              f"{100 * d['low_confidence']:.1f}% low confidence, size shift {d['size_shift']:.3f}\n"
+              f"  retrained clusters: {res['retrained'] or 'none'}; carried over: {res['carried_over']}\n"
+              f"  new run: {res['run_id']}\n  dataset: {res['dataset']['dataset']} v{res['dataset']['version']}",
+              highlight=False, soft_wrap=True)
+
+
 @datasets_app.command("list")
 def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """Datasets in the store with their committed versions."""
