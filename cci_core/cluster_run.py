@@ -458,6 +458,32 @@ def write_pictures(store: Store, plan: dict, emb: dict, cl: dict) -> list[str]:
     return [str(x) for x in paths]
 
 
+def check_new_run_id(store: Store, run_id: str) -> str:
+    """A run id that is valid and not taken by a finished run (nothing is ever overwritten)."""
+    path = store.run_dir(validate_name(run_id, "run id")) / "run.json"
+    if path.exists() and read_json(path).get("status") == "complete":
+        raise ValueError(f"run {run_id!r} already exists and is complete; choose another --run-id")
+    return run_id
+
+
+def start_derived_run(store: Store, parent: dict, run_id: str, kind: str, params: dict, **fields) -> dict:
+    """Create (or reopen, when unfinished with the same params) a run made from PARENT's clustering
+    (a refined or a self-conditioned run); returns its run.json."""
+    rdir = store.run_dir(check_new_run_id(store, run_id))
+    existing = read_json(rdir / "run.json") if (rdir / "run.json").exists() else {}
+    if existing and existing.get("params") != params:
+        raise ValueError(f"run {run_id!r} was started with other options; resume it with the same options "
+                         "or choose another --run-id")
+    plan = {key: parent[key] for key in ("corpus", "corpus_version", "corpus_artifact_id", "n_rows", "shape",
+                                         "has_labels")}
+    plan.update(run_id=run_id, kind=kind, store=str(store.root), run_dir=str(rdir), parent_run=parent["run_id"],
+                parent_clustering_artifact_id=parent["clustering"]["clustering_artifact_id"], params=params,
+                status="running", **fields,
+                created_at=existing.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    atomic_write_json(rdir / "run.json", plan)
+    return plan
+
+
 def finish_run(store: Store, plan: dict, **fields) -> dict:
     """Mark the run complete (run.json is the commit point of a run)."""
     return update_run(store, plan["run_id"], status="complete",
@@ -492,7 +518,12 @@ def load_predictor(store: Store, run_id: str):
     run = finished_run(store, run_id)
     if run.get("classifier"):
         return _classifier_predictor(run)
-    p, rdir = ClusterParams(**run["params"]), store.run_dir(run_id)
+    rdir = store.run_dir(run_id)
+    if not (rdir / "pca" / "pca.safetensors").exists():
+        raise ValueError(f"run {run_id!r} keeps neither a PCA nor a classifier to label new images with "
+                         f"(it was made by {run.get('kind', 'another step')}); predict with the run it came from, "
+                         f"or refine it first: `cci refine {run_id}`")
+    p = ClusterParams(**run["params"])
     pca = PCA.load(rdir / "pca")
     cdir = rdir / "clustering"
     if p.embedding == "pca" and p.algorithm == "kmeans":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from cci_core import cluster_run
 from cci_core.cnn import IMAGE_SIZES
 from cci_core.corpus import open_corpus
 from cci_core.refine import RefineConfig, load_classifier, refine
-from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, validate_name
+from cci_core.store import Store, atomic_write_json, atomic_write_parquet
 
 
 def config_from_options(options: dict | None) -> RefineConfig:
@@ -76,30 +75,14 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
         raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
                          f"{', '.join(f'{s}x{s}' for s in IMAGE_SIZES)} images: ingest into a new corpus "
                          "with --size 28x28 (for example) and cluster that")
-    target = validate_name(new_run_id or f"{run_id}-refined", "run id")
-    path = store.run_dir(target) / "run.json"
-    if path.exists() and read_json(path).get("status") == "complete":
-        raise ValueError(f"run {target!r} already exists and is complete; choose another --run-id")
+    cluster_run.check_new_run_id(store, new_run_id or f"{run_id}-refined")
     return parent
 
 
 def start_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
     """Create (or reopen, when unfinished) the refined run's folder and run.json."""
     parent = check_refine(store, run_id, config, new_run_id)
-    target = new_run_id or f"{run_id}-refined"
-    rdir = store.run_dir(target)
-    existing = read_json(rdir / "run.json") if (rdir / "run.json").exists() else {}
-    if existing and existing.get("params") != asdict(config):
-        raise ValueError(f"run {target!r} was started with other refine options; resume it with the same "
-                         "options or choose another --run-id")
-    plan = {key: parent[key] for key in ("corpus", "corpus_version", "corpus_artifact_id", "n_rows", "shape",
-                                         "has_labels")}
-    plan.update(run_id=target, kind="refined", store=str(store.root), run_dir=str(rdir), parent_run=run_id,
-                parent_clustering_artifact_id=parent["clustering"]["clustering_artifact_id"],
-                params=asdict(config), status="running",
-                created_at=existing.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    atomic_write_json(rdir / "run.json", plan)
-    return plan
+    return cluster_run.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
 
 
 def refine_step(store: Store, plan: dict, log=print, producer: dict | None = None) -> dict:

@@ -569,11 +569,13 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
     out.print(t)
 
 
+from flows.cli_features import register as _register_features  # noqa: E402
 from flows.cli_palette import register as _register_palette  # noqa: E402
 from flows.cli_train import register as _register_train  # noqa: E402
 
 _register_train(app)
 _register_palette(app)
+_register_features(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

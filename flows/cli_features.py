@@ -1,0 +1,139 @@
+"""`cci features` and `cci self-condition`: added to the `cci` app by :func:`register`.
+
+flows/cli.py wires it with::
+
+    from flows.cli_features import register as _register_features
+    _register_features(app)
+
+The shared helpers and options are imported from flows.cli inside :func:`register`, so
+importing this module first does not import flows.cli half-initialised.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``features`` and ``self-condition`` commands to ``app``."""
+    from flows.cli import DaskOpt, JsonOpt, StoreOpt, WorkersOpt
+
+    @app.command()
+    def features(
+        run_id: str = typer.Argument(..., help="A finished run (clustering, refined or self-conditioned)."),
+        space: list[str] = typer.Option([], "--space", help="Compare only this space (repeatable): pixels, pca, "
+                                                            "classifier, discriminator, vae. Default: every trained one."),
+        k: Optional[int] = typer.Option(None, "--k", help="k-means clusters (default: number of classes, else the run's k)."),
+        fractions: str = typer.Option("0.01,0.1,1", "--fractions", help="Shares of the labels the probes train on."),
+        max_train: Optional[int] = typer.Option(None, "--max-train", help="Cap on the probes' train split."),
+        max_test: Optional[int] = typer.Option(None, "--max-test", help="Cap on the probes' held-out rows."),
+        forest_trees: int = typer.Option(100, "--forest-trees", help="Random-forest trees."),
+        vae_steps: Optional[int] = typer.Option(None, "--vae-steps",
+                                                help="First train one VAE on the whole corpus for this many steps."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+        store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Compare every feature space of RUN on one table: k-means ACC/NMI/ARI and sampled silhouette,
+        and (with labels) linear / k-NN / random-forest accuracy on 1, 10 and 100 % of the labels."""
+        from rich.table import Table
+
+        from cci_core import feature_spaces as fs
+        from cci_core.store import Store
+        from flows.cli import err, fail, out, run_guarded
+        from flows.features import features_flow
+        from flows.runtime import dask_task_runner, prefect_api
+        try:
+            fr = [float(f) for f in fractions.split(",") if f.strip()]
+        except ValueError:
+            fail(f"--fractions {fractions!r}: give shares like 0.01,0.1,1")
+        options = dict(k=k, fractions=fr, max_train=max_train, max_test=max_test, forest_trees=forest_trees,
+                       seed=seed, device=device)
+        store_obj = Store(store)
+        params = fs.FeatureParams(spaces=list(space) or None, **options)
+        if vae_steps is not None and vae_steps < 1:
+            fail(f"--vae-steps {vae_steps} must be a positive integer")
+        if not vae_steps or "vae" not in (params.spaces or []):
+            run_guarded(fs.plan_features, store_obj, run_id, params)  # every check before a server starts
+        with prefect_api():
+            flow = features_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
+            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), spaces=params.spaces,
+                                  vae_steps=vae_steps, options=options)
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
+            return
+        rows = summary["table"]
+
+        def cell(v):
+            return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+        if rows:  # two narrow tables: clustering, then the probes
+            first = ["space", "dim", "acc", "nmi", "ari", "silhouette", "seconds"]
+            t = Table(*first, title=f"feature spaces of run {run_id}: k-means")
+            for r in rows:
+                t.add_row(*(cell(r[c]) for c in first))
+            out.print(t)
+            probes = [c for c in rows[0] if c not in first]
+            t = Table("space", *probes, title="probe accuracy on held-out rows (share of the labels)")
+            for r in rows:
+                t.add_row(r["space"], *(cell(r[c]) for c in probes))
+            out.print(t)
+        for s in summary["skipped"]:
+            err.print(f"[yellow]not compared[/] {s['space']}: {s['reason']}", highlight=False)
+        if summary["probe_note"]:
+            err.print(f"[yellow]note[/] {summary['probe_note']}", highlight=False)
+        out.print(f"  report: {summary['report']}\n  chart: {summary['chart']}\n  lineage id: "
+                  f"{summary['report_artifact_id']}\n  next: cci lineage show {summary['report_artifact_id']}",
+                  highlight=False)
+
+    @app.command("self-condition")
+    def self_condition(
+        run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
+        k: Optional[int] = typer.Option(None, "--k", help="Number of conditions (default: the run's clusters)."),
+        steps: int = typer.Option(2000, "--steps", help="Total GAN training steps."),
+        recluster_every: int = typer.Option(500, "--recluster-every", help="Steps between re-clusterings."),
+        init: str = typer.Option("discriminator", "--init", help="discriminator (k-means of the untrained D's "
+                                                                  "features) or parent (the run's clusters)."),
+        batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
+        width: int = typer.Option(32, "--width", help="GAN width (g_width = d_width; D features = 4 x width)."),
+        z_dim: int = typer.Option(64, "--z-dim", help="Latent size."),
+        checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
+        seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
+        device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+        new_run_id: Optional[str] = typer.Option(None, "--run-id", help="The new run (default: RUN-selfcond)."),
+        store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+        as_json: bool = JsonOpt,
+    ):
+        """Train a self-conditioned GAN (conditions: k-means clusters of its own discriminator's
+        features, re-found as training goes) and publish its clustering as a new run that
+        `cci evaluate`, `cci generate` and `cci features` read. A re-run resumes."""
+        from cci_core import selfcond as sc
+        from cci_core.store import Store
+        from flows.cli import out, run_guarded
+        from flows.features import selfcond_flow
+        from flows.runtime import dask_task_runner, prefect_api
+        options = dict(k=k, steps=steps, recluster_every=recluster_every, init=init, batch_size=batch_size,
+                       width=width, z_dim=z_dim, checkpoint_every=checkpoint_every, seed=seed, device=device)
+        store_obj = Store(store)
+        run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
+        with prefect_api():
+            flow = selfcond_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
+            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
+                                  options=options)
+        if as_json:
+            print(json.dumps(summary, indent=2, default=str))
+            return
+        m = summary["metrics"]
+        out.print(f"Run [bold]{summary['run_id']}[/]: self-conditioned GAN, k={summary['k']}, {steps} steps; "
+                  f"sizes {summary['sizes']}"
+                  + (f"; acc {m['acc']:.3f} nmi {m['nmi']:.3f} ari {m['ari']:.3f}" if "nmi" in m else ""),
+                  highlight=False)
+        for h in summary["history"]:
+            changed = "" if h.get("changed") is None else f" changed {h['changed']:.1%}"
+            out.print(f"  step {h['step']}:{changed}" + (f" nmi {h['nmi']:.3f}" if "nmi" in h else ""),
+                      highlight=False)
+        out.print(f"  run: {summary['run_dir']}\n  clustering: {summary['clustering_artifact_id']}\n"
+                  f"  next: cci evaluate {summary['run_id']}   |   cci features {summary['run_id']}   |   "
+                  f"cci generate {summary['run_id']} ...", highlight=False)
