@@ -8,7 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = ("acc", "nmi", "ari", "silhouette", "selection_score", "trusted", "agreement")
+CURVES = ("acc", "nmi", "ari", "pred_nmi", "silhouette", "selection_score", "knn_consistency",
+          "trusted", "agreement")
 
 
 def plot_rounds(history: list[dict], path: str | Path) -> Path:

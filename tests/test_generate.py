@@ -24,7 +24,8 @@ def trained(tmp_path_factory):
     ingest_local(store, "builtin:digits", "d28", size=(28, 28))
     cr.run_local(store, "d28", cr.ClusterParams(k=3, n_components=20), run_id="km")
     rr.refine_local(store, "km", rr.config_from_options({"rounds": 1, "warmup_steps": 20, "steps": 20,
-                                                        "batch_size": 64, "width": 8}),
+                                                        "batch_size": 64, "width": 8, "ae_epochs": 0,
+                                                        "recluster": "kmeans"}),
                     new_run_id="ref", log=lambda _: None)
     train_local(store, "ref", TrainParams(steps=10, batch_size=32, min_size=10, checkpoint_every=10,
                                           width=8, z_dim=16, baseline=False))
