@@ -8,7 +8,10 @@ version becomes visible only when :func:`commit_ingest` writes ``corpus.json``.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
+import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +57,7 @@ def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int]
         shape = ImageShape(*(size or (inferred.height, inferred.width)), channels or inferred.channels)
         n0, version, previous = 0, 1, None
     ingest_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    acquire_lock(cdir, ingest_id)
     return {
         "corpus": corpus, "corpus_dir": str(cdir), "source": src.uri, "source_kind": src.kind,
         "source_count": src.count, "listing_hash": src.listing_hash, "shape": list(shape.hwc),
@@ -63,6 +67,57 @@ def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int]
         "batch_size": batch_size or default_batch_size(src.kind),
         "batches": src.plan(batch_size or default_batch_size(src.kind)),
     }
+
+
+def _lock_path(cdir: Path) -> Path:
+    return Path(cdir) / ".ingest.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(cdir: Path, ingest_id: str) -> None:
+    """One writer per corpus: new rows go straight into the image array beyond the committed
+    ones, so a second concurrent ingest would tear them. A lock left by a process that is
+    gone (same host) is taken over."""
+    path = _lock_path(cdir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"ingest_id": ingest_id, "pid": os.getpid(), "host": socket.gethostname(),
+          "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and held.get("pid") and not _alive(int(held["pid"])):
+                path.unlink(missing_ok=True)  # its process is gone: a crashed ingest
+                continue
+            raise ValueError(f"corpus {Path(cdir).name!r} is being written by another ingest "
+                             f"({held.get('ingest_id')}, pid {held.get('pid')} on {held.get('host')} since "
+                             f"{held.get('since')}); wait for it to finish, or delete {path} if no ingest is running")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        return
+
+
+def release_lock(plan: dict) -> None:
+    """Drop the corpus lock if this ingest holds it (after commit, or when the ingest fails)."""
+    path = _lock_path(Path(plan["corpus_dir"]))
+    try:
+        if json.loads(path.read_text()).get("ingest_id") == plan["ingest_id"]:
+            path.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
 
 
 def decode_batch(plan: dict, batch: dict) -> dict:
@@ -212,10 +267,13 @@ def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | No
 def ingest_local(store: Store, source: str, corpus: str, producer: dict | None = None, **options) -> dict:
     """All ingest steps in this process, in order (no Prefect, no Dask)."""
     plan = plan_ingest(store, source, corpus, **options)
-    decoded = [decode_batch(plan, b) for b in plan["batches"]]
-    selection = select_new(plan, decoded)
-    if selection["n_new"]:
-        prepare_array(plan, selection)
-        for group in plan_writes(plan, selection):
-            write_segments(plan, group)
-    return commit_ingest(store, plan, selection, producer)
+    try:
+        decoded = [decode_batch(plan, b) for b in plan["batches"]]
+        selection = select_new(plan, decoded)
+        if selection["n_new"]:
+            prepare_array(plan, selection)
+            for group in plan_writes(plan, selection):
+                write_segments(plan, group)
+        return commit_ingest(store, plan, selection, producer)
+    finally:
+        release_lock(plan)

@@ -26,19 +26,22 @@ def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: t
     log.info("Source %s (%s, %d items) -> corpus %s v%d: %d batches, shape %s",
              plan["source"], plan["source_kind"], plan["source_count"], corpus, plan["version"],
              len(batches), "x".join(map(str, plan["shape"])))
-    progress = create_progress_artifact(0.0, description=f"ingest {corpus}: batches decoded")
-    futures = decode_batch_task.map(unmapped(plan), batches)
-    decoded = []
-    for fut in as_completed(futures):
-        decoded.append(fut.result())
-        update_progress_artifact(progress, 100.0 * len(decoded) / len(batches))
-    selection = select_new_task(plan, decoded)
-    if selection["n_new"]:
-        ingest.prepare_array(plan, selection)
-        groups = ingest.plan_writes(plan, selection)
-        written = sum(f.result() for f in write_rows_task.map(unmapped(plan), groups))
-        log.info("Wrote %d new rows in %d parallel region writes", written, len(groups))
-    summary = commit_task.with_options(assets=[asset_for("corpus", corpus)])(store_root, plan, selection)
+    try:
+        progress = create_progress_artifact(0.0, description=f"ingest {corpus}: batches decoded")
+        futures = decode_batch_task.map(unmapped(plan), batches)
+        decoded = []
+        for fut in as_completed(futures):
+            decoded.append(fut.result())
+            update_progress_artifact(progress, 100.0 * len(decoded) / len(batches))
+        selection = select_new_task(plan, decoded)
+        if selection["n_new"]:
+            ingest.prepare_array(plan, selection)
+            groups = ingest.plan_writes(plan, selection)
+            written = sum(f.result() for f in write_rows_task.map(unmapped(plan), groups))
+            log.info("Wrote %d new rows in %d parallel region writes", written, len(groups))
+        summary = commit_task.with_options(assets=[asset_for("corpus", corpus)])(store_root, plan, selection)
+    finally:
+        ingest.release_lock(plan)  # also when a step failed: a re-run must not find the corpus locked
     quarantine_md = "\n".join(f"| `{q['source']}` | {q['reason']} |" for q in summary["quarantine"][:50])
     create_markdown_artifact(
         key=f"ingest-{corpus}".lower().replace("_", "-").replace(".", "-"),

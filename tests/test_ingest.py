@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import gzip
+import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -111,7 +114,16 @@ def test_interrupted_ingest_leaves_last_version_and_rerun_completes(tmp_path):
     c = open_corpus(store, "npy")
     assert c.version == 1 and c.n_rows == 100 and np.array_equal(c.read_images(), v1)
     assert len(c.index()) == 100
+    # while the writer is alive, a second ingest into the corpus is refused, not interleaved
+    with pytest.raises(ValueError, match="being written by another ingest"):
+        ingest_local(store, str(tmp_path / "b.npy"), "npy", batch_size=64)
+    # the writer dies (its pid no longer exists): its lock is stale and the re-run takes over
+    lock = c.dir / ".ingest.lock"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({**json.loads(lock.read_text()), "pid": dead.pid}))
     done = ingest_local(store, str(tmp_path / "b.npy"), "npy", batch_size=64)
+    assert not lock.exists()
     assert done["added"] == 200 and done["duplicates"] == 100
     c = open_corpus(store, "npy")
     assert c.n_rows == 300 and c.index()["image_id"].is_unique

@@ -61,16 +61,16 @@ def test_pipeline_then_refresh(tmp_path, prefect_api):
     assert again["cluster_run"] == summary["cluster_run"] and again["refined_run"] == summary["refined_run"]
     assert again["dataset"]["version"] == 1 and again["dataset"].get("reused")
 
-    # 300 new ankle boots: the cluster(s) they join grow, the others do not
-    boots = np.flatnonzero(y == 9)[-300:]
+    # 500 new ankle boots: the cluster(s) they join grow, the others do not
+    boots = np.flatnonzero(y == 9)[-500:]
     _write_pngs(src, X[boots], 10000)
     res = refresh_flow(str(src), "fm", store_root=str(store.root), retrain_threshold=0.2, per_cluster=8)
-    assert res["changed"] and res["drift"]["n_new"] == 300 and res["refreshed_from"] == summary["refined_run"]
+    assert res["changed"] and res["drift"]["n_new"] == 500 and res["refreshed_from"] == summary["refined_run"]
     grown = {int(c) for c, g in res["drift"]["growth"].items() if g > 0.2}
     assert set(res["retrained"]) == grown and grown and res["carried_over"]
     assert set(res["retrained"]).isdisjoint(res["carried_over"])
     new_run = read_run(store, res["run_id"])
-    assert new_run["n_rows"] == 900 and new_run["corpus_version"] == 2
+    assert new_run["n_rows"] == 1100 and new_run["corpus_version"] == 2
     assert res["dataset"]["version"] == 2 and open_dataset("fm-generated", store=store).version == 2
     assert np.array_equal(open_dataset("fm-generated", 1, store=store).images[:], v1.images[:])
 
