@@ -215,9 +215,13 @@ class _GANKind:
             loss_g = g_loss(self.D(fake, y).float(), self.cfg.loss)
         _backward_step(loss_g, self.opt_g, self.scale_g)
         if self.G_ema is not None:
+            # warm-up: a plain 0.999 average stays near the random start for the first thousands
+            # of steps, which short per-cluster budgets never leave
+            n = getattr(self, "updates_done", 0)
+            decay = min(self.ema_decay, (1.0 + n) / (10.0 + n))
             with torch.no_grad():
                 for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                    pe.lerp_(p, 1.0 - self.ema_decay)
+                    pe.lerp_(p, 1.0 - decay)
                 for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
                     be.copy_(b)
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
@@ -420,6 +424,7 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
         xb, yb = source.batch(tcfg.batch_size, gen, step)
         x = to_tensor(xb, device)
         y = None if yb is None else torch.from_numpy(yb).to(device)
+        kind.updates_done = step  # the EMA's warm-up follows the global step, so resume is exact
         losses = kind.step(x, y, gen)
         step += 1
         for k, v in losses.items():
