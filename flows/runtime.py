@@ -55,23 +55,32 @@ def dask_task_runner(address: str | None = None, n_workers: int | None = None) -
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
 
 
+def workers_have_gpu() -> bool:
+    """True when the current flow runs on a Dask task runner whose workers advertise a ``GPU`` resource."""
+    from prefect.context import FlowRunContext
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    try:
+        client = getattr(runner, "client", None)  # DaskTaskRunner only
+        if client is None:
+            return False
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    except Exception:  # not on a Dask task runner: nothing to annotate
+        return False
+    return any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers)
+
+
 @contextlib.contextmanager
-def gpu_annotation() -> Iterator[bool]:
+def gpu_annotation(force: bool | None = None) -> Iterator[bool]:
     """Inside a flow on a Dask task runner: tasks submitted in this block ask for one ``GPU``
-    resource when some worker advertises one (``dask worker --resources GPU=1``).
+    resource when some worker advertises one (``dask worker --resources GPU=1``), or when
+    ``force`` is True (``force=False`` never asks).
 
     On a cluster without GPU workers nothing is asked for, so the same tasks run on CPU
     instead of waiting for a resource nobody has. Yields whether GPUs were requested.
     """
     import dask
-    try:
-        from prefect_dask import get_dask_client
-        with get_dask_client() as client:
-            workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
-    except Exception:  # not on a Dask task runner: nothing to annotate
-        has_gpu = False
-    if not has_gpu:
+    if not (workers_have_gpu() if force is None else force):
         yield False
         return
     with dask.annotate(resources={"GPU": 1}):

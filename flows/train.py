@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict
 
-import dask
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -19,6 +18,7 @@ from prefect.utilities.annotations import unmapped
 from cci_core import generator_run as gr
 from cci_core.store import Store
 from flows.cluster import _png_markdown, artifact_key
+from flows.runtime import gpu_annotation
 from tasks.cluster import partition_asset
 from tasks.common import asset_for
 from tasks.train import (
@@ -35,28 +35,12 @@ from tasks.train import (
 )
 
 
-def workers_have_gpu() -> bool:
-    """True when the flow runs on a Dask task runner whose workers advertise a ``GPU`` resource."""
-    from prefect.context import FlowRunContext
-    ctx = FlowRunContext.get()
-    runner = getattr(ctx, "task_runner", None) if ctx else None
-    try:
-        client = getattr(runner, "client", None)  # DaskTaskRunner only
-        if client is None:
-            return False
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    except Exception:
-        return False
-    return any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers)
-
-
+@contextlib.contextmanager
 def _gpu_context(gpu_resource: bool | None, log):
-    use = workers_have_gpu() if gpu_resource is None else gpu_resource
-    if use:
-        log.info("Tasks tagged gpu ask Dask for one GPU resource each")
-        return dask.annotate(resources={"GPU": 1})
-    log.info("No GPU resource requested (the workers advertise none): tasks tagged gpu run on any worker")
-    return contextlib.nullcontext()
+    with gpu_annotation(gpu_resource) as use:
+        log.info("Tasks tagged gpu ask Dask for one GPU resource each" if use else
+                 "No GPU resource requested (the workers advertise none): tasks tagged gpu run on any worker")
+        yield
 
 
 def _options(cls, options: dict | None, known: set[str]) -> dict:
