@@ -57,6 +57,17 @@ def run_guarded(fn, *args, **kwargs):
         fail(str(exc))
 
 
+def name_values(items: list[str], flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` options (repeatable flags) as a dict; anything else is one red line."""
+    out_ = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            fail(f"{flag} {item!r}: write NAME=VALUE, e.g. {flag} trust_quantile=0.7")
+        out_[name.strip()] = value.strip()
+    return out_
+
+
 def parse_size(size: Optional[str]) -> Optional[tuple[int, int]]:
     if not size:
         return None
@@ -220,11 +231,7 @@ def refine(
     from flows.runtime import dask_task_runner, prefect_api
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
-    for item in option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            fail(f"--set {item!r}: write NAME=VALUE, e.g. --set trust_quantile=0.7")
-        options[name.strip()] = value.strip()
+    options.update(name_values(option, "--set"))
     store_obj = Store(store)
     config = run_guarded(config_from_options, options)
     run_guarded(check_refine, store_obj, run_id, config, new_run_id)
@@ -354,12 +361,7 @@ def run_pipeline(
     from cci_core.refine_run import config_from_options
     from flows.pipeline import pipeline_flow
     from flows.runtime import dask_task_runner, prefect_api
-    refine_options = {}
-    for item in option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            fail(f"--refine-set {item!r}: write NAME=VALUE")
-        refine_options[name.strip()] = value.strip()
+    refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
     store_obj = Store(store)
