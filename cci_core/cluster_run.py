@@ -56,7 +56,7 @@ from cci_core.features import image_features
 from cci_core.kmeans import MiniBatchKMeans
 from cci_core.lineage import LineageStore
 from cci_core.pca import PCA, SOLVERS
-from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, validate_name
+from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now, validate_name
 
 EMBEDDINGS = ("pca", "umap")
 REFERENCE_ROWS = 50000  # labelled rows kept for nearest-neighbour prediction
@@ -220,7 +220,7 @@ def start_run(store: Store, corpus: str, params: ClusterParams, version: int | N
             "corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,
             "n_rows": c.n_rows, "shape": list(c.shape.hwc), "has_labels": c.labels() is not None,
             "params": asdict(params), "status": "running",
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "created_at": utc_now()}
     atomic_write_json(path, plan)
     return plan
 
@@ -479,7 +479,7 @@ def start_derived_run(store: Store, parent: dict, run_id: str, kind: str, params
     plan.update(run_id=run_id, kind=kind, store=str(store.root), run_dir=str(rdir), parent_run=parent["run_id"],
                 parent_clustering_artifact_id=parent["clustering"]["clustering_artifact_id"], params=params,
                 status="running", **fields,
-                created_at=existing.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                created_at=existing.get("created_at") or utc_now())
     atomic_write_json(rdir / "run.json", plan)
     return plan
 
@@ -487,7 +487,7 @@ def start_derived_run(store: Store, parent: dict, run_id: str, kind: str, params
 def finish_run(store: Store, plan: dict, **fields) -> dict:
     """Mark the run complete (run.json is the commit point of a run)."""
     return update_run(store, plan["run_id"], status="complete",
-                       finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+                       finished_at=utc_now(), **fields)
 
 
 def run_local(store: Store, corpus: str, params: ClusterParams, version: int | None = None,

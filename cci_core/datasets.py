@@ -22,7 +22,6 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from cci_core.store import Store, atomic_write_json, read_json, validate_name
+from cci_core.store import Store, atomic_write_json, read_json, utc_now, validate_name
 
 MARKER = "_COMMITTED"
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -121,7 +120,7 @@ class DatasetWriter:
             if final.exists():  # a version folder left without its marker by a crash: never visible
                 shutil.rmtree(final)
             card = {"name": self.name, "version": version, "n_images": self.n, "shape": list(self.shape),
-                    "dtype": "uint8", "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "dtype": "uint8", "created_at": utc_now(),
                     "files": {"images": "images.zarr", "manifest": "manifest.parquet"},
                     "manifest_columns": {c: str(t) for c, t in manifest.dtypes.items()},
                     "how_to_read": READ_ME.replace("<version>", str(final)), **card}

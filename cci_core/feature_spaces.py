@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ import pandas as pd
 
 from cci_core import cluster_run
 from cci_core.corpus import open_corpus
-from cci_core.store import Store, atomic_write_json, read_json
+from cci_core.store import Store, atomic_write_json, read_json, utc_now
 
 SPACES = ("pixels", "pca", "classifier", "discriminator", "vae")
 PROBES = ("linear", "knn", "forest")
@@ -97,10 +96,6 @@ def params_fields() -> set[str]:
 
 class SpaceUnavailable(ValueError):
     """A requested feature space whose model has not been trained (the message names the command)."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- finding models
@@ -521,7 +516,7 @@ def write_report(store: Store, plan: dict, results: list[dict], producer: dict |
     if plan["probe_note"]:
         md += ["", plan["probe_note"]]
     report = {"run_id": plan["run_id"], "corpus": plan["corpus"], "corpus_version": plan["corpus_version"],
-              "created_at": _now(), "k": plan["k"], "params": plan["params"], "spaces": results, "table": rows,
+              "created_at": utc_now(), "k": plan["k"], "params": plan["params"], "spaces": results, "table": rows,
               "skipped": plan["skipped"], "probe_note": plan["probe_note"], "chart": str(chart),
               "markdown": "\n".join(md)}
     path = atomic_write_json(rdir / "features.json", report)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +46,7 @@ import numpy as np
 from cci_core.cluster_run import (finished_run, hash_files, lineage_store, partition_rows, run_labels,
                                   update_run)
 from cci_core.corpus import open_corpus
-from cci_core.store import Store, atomic_write_json, read_json
+from cci_core.store import Store, atomic_write_json, read_json, utc_now
 
 MODELS = ("gan", "vae")
 MODES = ("per-cluster", "conditional")
@@ -151,10 +150,6 @@ class EvalParams:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.kid_subset_size < 2:
             raise ValueError(f"kid_subset_size={self.kid_subset_size} must be >= 2")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- training
@@ -308,7 +303,7 @@ def train_job(store: Store, plan: dict, job: dict, producer: dict | None = None,
                "dir": str(out_dir), "generator": str(gen),
                "samples": str(res["samples"][-1]) if res["samples"] else _last_sample(out_dir),
                "loss_curve": str(res["loss_curve"]) if res["loss_curve"] else None,
-               "device": str(tcfg.device or _device_name()), "finished_at": _now()}
+               "device": str(tcfg.device or _device_name()), "finished_at": utc_now()}
     atomic_write_json(out_dir / "model.json", summary)
     return summary
 
@@ -342,7 +337,7 @@ def finish_training(store: Store, plan: dict, results: list[dict]) -> dict:
                "trained_clusters": plan["trained_clusters"], "skipped": plan["skipped"],
                "total_steps": plan["total_steps"], "models": results,
                "model_artifact_ids": {r["name"]: r["artifact_id"] for r in results},
-               "training_report": str(path), "finished_at": _now()}
+               "training_report": str(path), "finished_at": utc_now()}
     atomic_write_json(path, summary)
     update_run(store, plan["run_id"], training={"report": str(path), "mode": summary["mode"],
                                                   "model": summary["model"],
@@ -701,7 +696,7 @@ def write_report(store: Store, plan: dict, refs: dict, results: list[dict], prod
     if refs["notes"]:
         md.append("\nnotes: " + " ".join(refs["notes"]))
     report = {"run_id": plan["run_id"], "corpus": plan["corpus"], "corpus_version": plan["corpus_version"],
-              "created_at": _now(), "samples_per_cluster": plan["params"]["samples"], "params": plan["params"],
+              "created_at": utc_now(), "samples_per_cluster": plan["params"]["samples"], "params": plan["params"],
               "training": plan["training"], "trained_clusters": plan["trained_clusters"], "skipped": plan["skipped"],
               "groups": groups, "feature_spaces": {s: {k: v for k, v in i.items() if k != "features"}
                                                    for s, i in refs["spaces"].items()},

@@ -24,7 +24,7 @@ from cci_core.corpus import (INDEX_COLUMNS, chunk_rows, commit_version, ensure_i
 from cci_core.images import FITS, ImageShape
 from cci_core.lineage import LineageStore
 from cci_core.sources import SourceError, first_image_shape, load_batch, open_source
-from cci_core.store import Store, validate_name
+from cci_core.store import Store, utc_now, validate_name
 
 
 def default_batch_size(kind: str) -> int:
@@ -90,7 +90,7 @@ def acquire_lock(cdir: Path, ingest_id: str) -> None:
     path = _lock_path(cdir)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"ingest_id": ingest_id, "pid": os.getpid(), "host": socket.gethostname(),
-          "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+          "since": utc_now()}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

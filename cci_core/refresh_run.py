@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import asdict
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
 from cci_core import cluster_run
 from cci_core.corpus import open_corpus
-from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json
+from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
 
 
 def assign_new(store: Store, run_id: str, version: int | None = None, retrain_threshold: float = 0.1,
@@ -68,7 +67,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     plan.update(run_id=new_id, store=str(store.root), run_dir=str(rdir), corpus_version=c.version,
                 corpus_artifact_id=c.artifact_id, n_rows=new_n, refreshed_from=run_id, refresh_root=root,
                 status="running",
-                created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                created_at=utc_now())
     for key in ("classifier", "classifier_artifact_id", "parent_run"):
         if parent.get(key):
             plan[key] = parent[key]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,7 @@ import pandas as pd
 from cci_core import cluster_run
 from cci_core.cluster_metrics import match_labels
 from cci_core.corpus import open_corpus
-from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json
+from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
 
 SIZES = (28, 32, 64)
 INITS = ("discriminator", "parent")
@@ -88,10 +87,6 @@ class SelfCondParams:
 
 def params_fields() -> set[str]:
     return {f.name for f in fields(SelfCondParams)}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -408,7 +403,7 @@ def finish_selfcond(store: Store, plan: dict, cl: dict, parts: list[dict]) -> di
              "losses": cl["history"][-1].get("losses") or {}, "artifact_id": cl["model_artifact_id"],
              "dir": str(out_dir), "generator": str(out_dir / "generator.safetensors"),
              "samples": _last_sample(out_dir), "loss_curve": str(out_dir / "loss.png"),
-             "device": cl["device"], "self_conditioned": True, "finished_at": _now()}
+             "device": cl["device"], "self_conditioned": True, "finished_at": utc_now()}
     atomic_write_json(out_dir / "model.json", model)
     train_params = {"model": "gan", "mode": "self-conditioned", "steps": p["steps"], "batch_size": p["batch_size"],
                     "width": p["width"], "z_dim": p["z_dim"], "loss": p["loss"], "seed": p["seed"],
@@ -417,7 +412,7 @@ def finish_selfcond(store: Store, plan: dict, cl: dict, parts: list[dict]) -> di
                "corpus_version": plan["corpus_version"], "params": train_params, "mode": "self-conditioned",
                "model": "gan", "trained_clusters": clusters, "skipped": [], "total_steps": p["steps"],
                "models": [model], "model_artifact_ids": {"conditional": cl["model_artifact_id"]},
-               "training_report": str(rdir / "models" / "training.json"), "finished_at": _now()}
+               "training_report": str(rdir / "models" / "training.json"), "finished_at": utc_now()}
     atomic_write_json(rdir / "models" / "training.json", summary)
     cluster_run.update_run(store, plan["run_id"], training={
         "report": summary["training_report"], "mode": "self-conditioned", "model": "gan",

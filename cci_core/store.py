@@ -12,6 +12,7 @@ Every file another process may read is written atomically (temp file + rename).
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import os
 import re
 import uuid
@@ -63,6 +64,11 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second: the timestamp of every JSON record."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _tmp_path(path: Path) -> Path:
