@@ -52,6 +52,7 @@ class TrainConfig:
     lr: float | None = None
     betas: tuple[float, float] | None = None
     ema_decay: float | None = None       # e.g. 0.999; GAN only
+    mode_seeking: float = 0.0            # weight of the mode-seeking term; GAN only
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     n_samples: int = 64                  # images in each sample grid
@@ -68,6 +69,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.seconds is not None and self.seconds <= 0:
             raise ValueError(f"seconds={self.seconds} must be positive, or None for no time budget")
+        if self.mode_seeking < 0:
+            raise ValueError(f"mode_seeking={self.mode_seeking} must be >= 0 (0 = off)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} must be in (0, 1), or None for no EMA")
 
@@ -189,7 +192,7 @@ class _GANKind:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.scale_g, self.scale_d = self.amp.scaler(), self.amp.scaler()
-        self.ema_decay = tcfg.ema_decay
+        self.ema_decay, self.mode_seeking = tcfg.ema_decay, tcfg.mode_seeking
         self.G_ema = copy.deepcopy(self.G).eval() if tcfg.ema_decay else None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -205,14 +208,24 @@ class _GANKind:
         return self.G_ema if self.G_ema is not None else self.G
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> dict:
-        z = torch.randn((x.shape[0], self.cfg.z_dim), generator=gen).to(self.device)
+        b = x.shape[0]
+        z = torch.randn((b, self.cfg.z_dim), generator=gen).to(self.device)
         # Fakes are drawn for the same cluster ids as the real batch: the empirical prior.
+        # With mode seeking the second half repeats the first half's ids, so each pair
+        # (i, i + b//2) shares a condition and differs only in z.
+        yf = y if y is None or not self.mode_seeking else torch.cat([y[: b // 2], y[: b - b // 2]])
         with self.amp.autocast():
-            fake = self.G(z, y)
-            loss_d = d_loss(self.D(x, y).float(), self.D(fake.detach(), y).float(), self.cfg.loss)
+            fake = self.G(z, yf)
+            loss_d = d_loss(self.D(x, y).float(), self.D(fake.detach(), yf).float(), self.cfg.loss)
         _backward_step(loss_d, self.opt_d, self.scale_d)
         with self.amp.autocast():
-            loss_g = g_loss(self.D(fake, y).float(), self.cfg.loss)
+            loss_g = g_loss(self.D(fake, yf).float(), self.cfg.loss)
+            if self.mode_seeking:
+                # MSGAN (Mao et al. 2019): penalise images that move less than their z do,
+                # the within-condition collapse of conditional GANs
+                h = b // 2
+                ratio = ((fake[:h] - fake[h:2 * h]).abs().mean() / (z[:h] - z[h:2 * h]).abs().mean()).float()
+                loss_g = loss_g + self.mode_seeking / (ratio + 1e-5)
         _backward_step(loss_g, self.opt_g, self.scale_g)
         if self.G_ema is not None:
             # warm-up: a plain 0.999 average stays near the random start for the first thousands
@@ -231,8 +244,9 @@ class _VAEKind:
     kind = "vae"
 
     def __init__(self, cfg: VAEConfig, tcfg: TrainConfig, device: torch.device):
-        if tcfg.ema_decay:
-            raise ValueError("ema_decay applies to GAN generators only; set it to None for a VAE")
+        if tcfg.ema_decay or tcfg.mode_seeking:
+            raise ValueError("ema_decay and mode_seeking apply to GAN generators only; "
+                             "leave them unset for a VAE")
         self.cfg, self.device, self.amp = cfg, device, _Amp(device)
         self.vae = VAE(cfg).to(device)
         self.opt = torch.optim.Adam(self.vae.parameters(), lr=tcfg.lr or 1e-3,

@@ -26,7 +26,7 @@ def test_shapes_for_every_size_and_channel_count(size, channels, spectral_norm):
 
 
 def test_conditional_generator_and_projection_discriminator_use_the_label():
-    cfg = small(n_classes=4, spectral_norm=True)
+    cfg = small(n_classes=4, spectral_norm=True, d_condition="projection")
     G, D = Generator(cfg).eval(), Discriminator(cfg).eval()
     z = torch.randn(3, cfg.z_dim).repeat(2, 1)
     y = torch.tensor([0, 1, 2, 3, 3, 3])
@@ -42,6 +42,24 @@ def test_conditional_generator_and_projection_discriminator_use_the_label():
     torch.testing.assert_close(logits, manual)
 
 
+def test_concat_discriminator_sees_the_label_as_input_planes():
+    torch.manual_seed(0)
+    cfg = small(n_classes=4)  # d_condition="concat" is the default
+    G, D = Generator(cfg).eval(), Discriminator(cfg).eval()
+    assert D.embed is None and D.body[0].in_channels == cfg.channels + 4
+    y = torch.tensor([0, 1, 2, 3])
+    x = G(torch.randn(4, cfg.z_dim), y)
+    logits = D(x, y)
+    assert not torch.allclose(logits, D(x, torch.full((4,), 2)))   # the planes carry y
+    torch.testing.assert_close(logits, D.head(D.features(x, y)).squeeze(1))
+    with pytest.raises(ValueError, match="d_condition='concat'"):
+        D.features(x)  # its features depend on y: a clear error, not a shape error
+    # conditional batch norm: the per-class gain and bias start at 1 and 0, and training can move them
+    norm = G.blocks[0]["norm"]
+    assert torch.equal(norm.gain.weight, torch.ones_like(norm.gain.weight))
+    assert norm.gain.weight.requires_grad and norm.bias.weight.requires_grad
+
+
 def test_label_errors_are_clear():
     with pytest.raises(ValueError, match="conditional"):
         Generator(small(n_classes=3))(torch.randn(2, 8))
@@ -51,6 +69,8 @@ def test_label_errors_are_clear():
         GANConfig(image_size=48)
     with pytest.raises(ValueError, match="loss='wgan'"):
         GANConfig(loss="wgan")
+    with pytest.raises(ValueError, match="d_condition='both'"):
+        GANConfig(d_condition="both")
 
 
 @pytest.mark.parametrize("loss", ["hinge", "ns"])

@@ -1,5 +1,6 @@
 """Training loop: real Fashion-MNIST rows, checkpoints, exact resume, budgets, outputs, phases."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_gan_trains_writes_outputs_and_loads_without_pickle(fashion, tmp_path):
     init = type(G)(G.cfg)
     tensors = load_file(str(res["generator"]))  # plain safetensors, no pickle involved
     changed = [k for k in tensors if not torch.equal(tensors[k], init.state_dict()[k])]
-    assert any("net.0.weight" in k for k in changed)  # training moved the weights
+    assert any("blocks.0.up.weight" in k for k in changed)  # training moved the weights
     out = generate(G, 10, seed=1)
     assert out.shape == (10, 28, 28, 1) and out.dtype == np.uint8
     assert np.array_equal(out, generate(G, 10, seed=1, batch_size=3))
@@ -77,14 +78,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(fashion, tmp_path
     # Another seed gives other weights, so the equality above is not vacuous.
     train_generator(images, tmp_path / "other", cfg, tcfg(ema_decay=0.9, seed=4), labels=labels)
     other = final_state(tmp_path / "other")
-    assert not torch.equal(whole["G.net.0.weight"], other["G.net.0.weight"])
+    assert not torch.equal(whole["G.blocks.0.up.weight"], other["G.blocks.0.up.weight"])
     # The history survives the resume: the loss curve covers all six steps.
     assert split["history.loss_d"].shape == (6,)
 
 
 def test_conditioning_labels_can_change_between_phases(fashion, tmp_path):
     images, labels = fashion
-    cfg = tiny_gan(n_classes=10)
+    cfg = tiny_gan(n_classes=10, d_condition="projection")
     for d in ("a", "b"):
         train_generator(images, tmp_path / d, cfg, tcfg(steps=3), labels=labels)
     relabelled = (labels + 1) % 10
@@ -101,6 +102,20 @@ def test_conditioning_labels_can_change_between_phases(fashion, tmp_path):
     assert out.shape == (4, 28, 28, 1)
     with pytest.raises(ValueError, match="labels"):
         generate(load_generator(tmp_path / "b"), 4)
+
+
+def test_mode_seeking_adds_its_term_to_the_generator_loss(fashion, tmp_path):
+    images, labels = fashion
+    cfg = tiny_gan(n_classes=10)
+    plain = train_generator(images, tmp_path / "plain", cfg, tcfg(steps=3), labels=labels)
+    seeking = train_generator(images, tmp_path / "ms", cfg, tcfg(steps=3, mode_seeking=1.0), labels=labels)
+    assert all(math.isfinite(v) for v in seeking["losses"].values())
+    # 1 / (|G(z1) - G(z2)| / |z1 - z2|) is large for a fresh generator, whose images barely move with z
+    assert seeking["losses"]["loss_g"] > plain["losses"]["loss_g"] + 1.0
+    with pytest.raises(ValueError, match="mode_seeking"):
+        TrainConfig(mode_seeking=-0.5)
+    with pytest.raises(ValueError, match="GAN generators only"):
+        train_generator(images, tmp_path / "vae", VAEConfig(z_dim=4, width=8), tcfg(mode_seeking=1.0))
 
 
 def test_vae_learns_from_cluster_rows_of_a_zarr_corpus_read_in_windows(fashion, tmp_path):
