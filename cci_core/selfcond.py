@@ -55,7 +55,12 @@ class SelfCondParams:
     kmeans_iters : at most this many k-means passes per re-clustering (stops when no id changes)
     feature_rows : re-cluster on a seeded sample of this many rows (None = every row);
         every row is still assigned to its nearest centre
+    mode_seeking : weight of the mode-seeking term (MSGAN), which keeps the generator from
+        making one image per condition; 0 = off
     width, z_dim, batch_size, lr, loss, checkpoint_every, seed, device : as for ``cci train``
+
+    The discriminator is a projection discriminator with spectral norm: its features do not
+    depend on the condition, so they can be clustered to find the next conditions.
     """
     k: int | None = None
     steps: int = 2000
@@ -68,6 +73,7 @@ class SelfCondParams:
     width: int = 32
     z_dim: int = 64
     loss: str = "hinge"
+    mode_seeking: float = 1.0
     checkpoint_every: int = 500
     seed: int = 0
     device: str | None = None
@@ -77,6 +83,8 @@ class SelfCondParams:
                      "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
+        if self.mode_seeking < 0:
+            raise ValueError(f"--mode-seeking {self.mode_seeking} must be >= 0 (0 = off)")
         if self.k is not None and self.k < 2:
             raise ValueError(f"--k {self.k}: a self-conditioned GAN needs at least 2 conditions")
         if self.init not in INITS:
@@ -201,7 +209,7 @@ def gan_config(plan: dict):
     p = plan["params"]
     return GANConfig(image_size=plan["shape"][0], channels=plan["shape"][2], z_dim=p["z_dim"],
                      g_width=p["width"], d_width=p["width"], d_features=4 * p["width"], n_classes=plan["k"],
-                     loss=p["loss"])
+                     loss=p["loss"], d_condition="projection", spectral_norm=True)
 
 
 def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
@@ -329,7 +337,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
             labels = np.load(labels_file(end))
             continue
         tcfg = TrainConfig(steps=end, batch_size=p.batch_size, lr=p.lr, checkpoint_every=min(p.checkpoint_every, end),
-                           seed=p.seed, device=p.device)
+                           mode_seeking=p.mode_seeking, seed=p.seed, device=p.device)
         t0 = time.perf_counter()
         res = train_generator(images, out_dir, cfg, tcfg, n_rows=n, labels=labels, progress=progress)
         timings["train_seconds"] += time.perf_counter() - t0

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
     def features(
         run_id: str = typer.Argument(..., help="A finished run (clustering, refined or self-conditioned)."),
         space: list[str] = typer.Option([], "--space", help="Compare only this space (repeatable): pixels, pca, "
-                                                            "classifier, discriminator, vae. Default: every trained one."),
+                                                            "classifier, discriminator, selfcond, vae. "
+                                                            "Default: every trained one."),
         k: Optional[int] = typer.Option(None, "--k", help="k-means clusters (default: number of classes, else the run's k)."),
         fractions: str = typer.Option("0.01,0.1,1", "--fractions", help="Shares of the labels the probes train on."),
         max_train: Optional[int] = typer.Option(None, "--max-train", help="Cap on the probes' train split."),
@@ -99,6 +100,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
         width: int = typer.Option(32, "--width", help="GAN width (g_width = d_width; D features = 4 x width)."),
         z_dim: int = typer.Option(64, "--z-dim", help="Latent size."),
+        mode_seeking: float = typer.Option(1.0, "--mode-seeking",
+                                           help="Weight of the mode-seeking term against within-condition collapse "
+                                                "(0 = off)."),
         checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
@@ -109,31 +113,39 @@ def register(app: typer.Typer) -> None:
         """Train a self-conditioned GAN (conditions: k-means clusters of its own discriminator's
         features, re-found as training goes) and publish its clustering as a new run that
         `cci evaluate`, `cci generate` and `cci features` read. A re-run resumes."""
-        from cci_core import selfcond as sc
-        from cci_core.store import Store
-        from flows.cli import out, run_guarded
-        from flows.features import selfcond_flow
-        from flows.runtime import dask_task_runner, prefect_api
         options = dict(k=k, steps=steps, recluster_every=recluster_every, init=init, batch_size=batch_size,
-                       width=width, z_dim=z_dim, checkpoint_every=checkpoint_every, seed=seed, device=device)
-        store_obj = Store(store)
-        run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
-        with prefect_api():
-            flow = selfcond_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
-            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
-                                  options=options)
-        if as_json:
-            print(json.dumps(summary, indent=2, default=str))
-            return
-        m = summary["metrics"]
-        out.print(f"Run [bold]{summary['run_id']}[/]: self-conditioned GAN, k={summary['k']}, {steps} steps; "
-                  f"sizes {summary['sizes']}"
-                  + (f"; acc {m['acc']:.3f} nmi {m['nmi']:.3f} ari {m['ari']:.3f}" if "nmi" in m else ""),
+                       width=width, z_dim=z_dim, mode_seeking=mode_seeking, checkpoint_every=checkpoint_every,
+                       seed=seed, device=device)
+        run_self_condition(run_id, options, new_run_id, store, dask_address, workers, as_json)
+
+
+def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store: str | None,
+                       dask_address: str | None, workers: int | None, as_json: bool) -> None:
+    """Check, run the self-conditioning flow and print its summary: the body of
+    ``cci self-condition`` and of ``cci train --mode self-conditioned``."""
+    from cci_core import selfcond as sc
+    from cci_core.store import Store
+    from flows.cli import out, run_guarded
+    from flows.features import selfcond_flow
+    from flows.runtime import dask_task_runner, prefect_api
+    store_obj = Store(store)
+    run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
+    with prefect_api():
+        flow = selfcond_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
+        summary = run_guarded(flow, run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
+                              options=options)
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    m = summary["metrics"]
+    out.print(f"Run [bold]{summary['run_id']}[/]: self-conditioned GAN, k={summary['k']}, {options['steps']} steps; "
+              f"sizes {summary['sizes']}"
+              + (f"; acc {m['acc']:.3f} nmi {m['nmi']:.3f} ari {m['ari']:.3f}" if "nmi" in m else ""),
+              highlight=False)
+    for h in summary["history"]:
+        changed = "" if h.get("changed") is None else f" changed {h['changed']:.1%}"
+        out.print(f"  step {h['step']}:{changed}" + (f" nmi {h['nmi']:.3f}" if "nmi" in h else ""),
                   highlight=False)
-        for h in summary["history"]:
-            changed = "" if h.get("changed") is None else f" changed {h['changed']:.1%}"
-            out.print(f"  step {h['step']}:{changed}" + (f" nmi {h['nmi']:.3f}" if "nmi" in h else ""),
-                      highlight=False)
-        out.print(f"  run: {summary['run_dir']}\n  clustering: {summary['clustering_artifact_id']}\n"
-                  f"  next: cci evaluate {summary['run_id']}   |   cci features {summary['run_id']}   |   "
-                  f"cci generate {summary['run_id']} ...", highlight=False)
+    out.print(f"  run: {summary['run_dir']}\n  clustering: {summary['clustering_artifact_id']}\n"
+              f"  next: cci evaluate {summary['run_id']}   |   cci features {summary['run_id']}   |   "
+              f"cci generate {summary['run_id']} ...", highlight=False)

@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
         run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
         model: str = typer.Option("gan", "--model", help="Per-cluster generator: gan (DCGAN-style) or vae."),
         mode: str = typer.Option("per-cluster", "--mode",
-                                 help="per-cluster (one model per cluster) or conditional (one cluster-conditional GAN)."),
+                                 help="per-cluster (one model per cluster), conditional (one cluster-conditional GAN) "
+                                      "or self-conditioned (one GAN conditioned on clusters of its own discriminator's "
+                                      "features, published as the run RUN-selfcond)."),
         steps: int = typer.Option(2000, "--steps", help="Training steps per cluster; the conditional GAN and the "
                                                         "baseline get steps x trained clusters."),
         seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget per cluster (scaled the same way)."),
@@ -36,7 +38,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         baseline: bool = typer.Option(True, "--baseline/--no-baseline",
                                       help="Also train one unconditional GAN on the whole corpus, same total steps."),
+        recluster_every: int = typer.Option(500, "--recluster-every",
+                                            help="Self-conditioned only: steps between re-clusterings."),
         width: int = typer.Option(32, "--width", help="Model width (GAN g_width = d_width; VAE width)."),
+        d_condition: str = typer.Option("concat", "--d-condition",
+                                        help="Conditional GAN: the discriminator sees the cluster id as input planes "
+                                             "(concat) or through a projection."),
+        mode_seeking: Optional[float] = typer.Option(None, "--mode-seeking",
+                                           help="Every GAN: weight of the mode-seeking term against "
+                                                "within-cluster collapse (0 = off). [default: 1]"),
         z_dim: int = typer.Option(64, "--z-dim", help="Latent size."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
         gpu_resource: Optional[bool] = typer.Option(
@@ -50,12 +60,29 @@ def register(app: typer.Typer) -> None:
         A re-run resumes from the checkpoints."""
         from cci_core import generator_run as gr
         from cci_core.store import Store
-        from flows.cli import err, out, run_guarded
+        from flows.cli import err, fail, out, run_guarded
         from flows.runtime import dask_task_runner, prefect_api
         from flows.train import train_flow
+        if mode == "self-conditioned":
+            from cci_core.cluster_run import finished_run
+            from flows.cli_features import run_self_condition
+            refused = [(model != "gan", f"--model {model}"), (ema, "--ema"), (seconds is not None, "--seconds")]
+            for bad, flag in refused:
+                if bad:
+                    fail(f"{flag} does not apply to --mode self-conditioned (one GAN, a step budget, no EMA); drop it")
+            k = len(run_guarded(finished_run, Store(store), run_id)["partitions"])
+            # same total budget as --mode conditional: steps per cluster x clusters
+            options = dict(steps=steps * k, recluster_every=recluster_every, batch_size=batch_size, width=width,
+                           z_dim=z_dim, checkpoint_every=checkpoint_every, seed=seed, device=device)
+            if mode_seeking is not None:
+                options["mode_seeking"] = mode_seeking
+            run_self_condition(run_id, options, None, store, dask_address, workers, as_json)
+            return
         main = dict(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size, min_size=min_size,
                     ema=ema, checkpoint_every=checkpoint_every, seed=seed, baseline=baseline)
-        options = dict(width=width, z_dim=z_dim, device=device)
+        options = dict(width=width, z_dim=z_dim, d_condition=d_condition, device=device)
+        if mode_seeking is not None:
+            options["mode_seeking"] = mode_seeking
         store_obj = Store(store)
         # everything checkable is checked here, before a server or a cluster is started
         plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))

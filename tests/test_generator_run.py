@@ -19,11 +19,8 @@ TINY = dict(steps=20, batch_size=16, width=8, z_dim=8, checkpoint_every=10, devi
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = Store(tmp_path_factory.mktemp("genstore"))
-    ingest_local(s, "builtin:digits", "digits28", size=(28, 28))
-    cr.run_local(s, "digits28", cr.ClusterParams(k=3, n_components=20), run_id="r3")
-    return s
+def store(digits28_store):
+    return digits28_store("genstore", "digits28", r3=cr.ClusterParams(k=3, n_components=20))
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +145,13 @@ def test_conditional_and_vae_modes(store):
     assert all(math.isfinite(v) for m in vae["models"] for v in m["losses"].values())
 
 
+def test_mixture_counts_follow_cluster_sizes():
+    assert gr.mixture_counts({0: 600, 1: 300, 2: 100}, 100, 1) == {0: 60, 1: 30, 2: 10}
+    n = gr.mixture_counts({3: 1, 5: 1, 7: 1}, 10, 1)  # largest remainder: 10 in all, none below 3
+    assert sum(n.values()) == 10 and sorted(n.values()) == [3, 3, 4]
+    assert gr.mixture_counts({0: 990, 1: 10}, 100, 7) == {0: 99, 1: 7}  # the floor wins for a tiny cluster
+
+
 def test_evaluate_report_side_by_side_with_baseline(store, trained):
     summary, small, _ = trained
     rep = gr.evaluate_local(store, "r3", gr.EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
@@ -169,8 +173,12 @@ def test_evaluate_report_side_by_side_with_baseline(store, trained):
     assert set(per["fidelity_per_cluster"]) == {str(k) for k in range(3) if k != small}
     per_k = report["per_cluster"]["classifier"]["per_cluster"]
     assert set(per_k) == {str(k) for k in range(3) if k != small}
+    # 40 draws shared out by cluster size: the per-cluster models sample the corpus's own mixture
+    sizes = {p["cluster"]: p["count"] for p in cr.read_run(store, "r3")["partitions"] if p["cluster"] != small}
+    want = gr.mixture_counts(sizes, 40, 7)
+    assert sum(want.values()) == 40 and [e["n_fake"] for e in per_k.values()] == [want[int(k)] for k in per_k]
     for e in per_k.values():
-        assert e["n_fake"] == 20 and e["n_real"] == 120 and math.isfinite(e["fid"])
+        assert e["n_real"] == 120 and math.isfinite(e["fid"])
     assert report["skipped"][0]["cluster"] == small and "fewer than --min-size" in report["skipped"][0]["reason"]
     # the floor: two halves of the real sample are much closer than generated images
     assert report["floor"]["classifier"]["fid"] < per["fid"]
