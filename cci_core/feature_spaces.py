@@ -7,14 +7,15 @@ raises an error that names the command which trains it):
     pixels          raw pixels / 255, flattened (read from the corpus itself)
     pca             the clustering run's PCA projections (runs/<run>/embeddings.zarr)
     classifier      the CCI classifier's unit-norm embedding (`cci refine`)
-    discriminator   a GAN discriminator's penultimate features D.features(x): the
-                    self-conditioned / conditional GAN's, else the baseline's, else the
-                    per-cluster GAN trained on the most images
+    discriminator   an unconditional GAN discriminator's penultimate features D.features(x):
+                    the baseline GAN's (whole corpus), else the per-cluster GAN trained on
+                    the most images — features a GAN learns with no labels and no conditions
+    selfcond        the self-conditioned GAN's discriminator features (`cci self-condition`)
     vae             a VAE encoder's latent means: the whole-corpus VAE (models/vae-corpus,
                     :func:`train_corpus_vae`), else the per-cluster VAE trained on the most images
 
 The run, the run it was derived from (``parent_run``, e.g. a self-conditioned or refined
-run's clustering run) and ``<run>-refined`` are searched for each model.
+run's clustering run), ``<run>-refined`` and ``<run>-selfcond`` are searched for each model.
 
 Steps (each returns a small JSON-ready dict)::
 
@@ -39,7 +40,7 @@ from cci_core import cluster_run
 from cci_core.corpus import open_corpus
 from cci_core.store import Store, atomic_write_json, read_json, utc_now
 
-SPACES = ("pixels", "pca", "classifier", "discriminator", "vae")
+SPACES = ("pixels", "pca", "classifier", "discriminator", "selfcond", "vae")
 PROBES = ("linear", "knn", "forest")
 
 
@@ -101,7 +102,8 @@ class SpaceUnavailable(ValueError):
 # ----------------------------------------------------------------------------- finding models
 
 def related_runs(store: Store, run: dict) -> list[dict]:
-    """The run, its ``<run>-refined`` run, then its parents (and theirs), in that order."""
+    """The run, its ``<run>-refined`` and ``<run>-selfcond`` runs, then its parents (and
+    theirs), in that order."""
     seen, out, todo = set(), [], [run]
     while todo:
         r = todo.pop(0)
@@ -109,11 +111,12 @@ def related_runs(store: Store, run: dict) -> list[dict]:
             continue
         seen.add(r["run_id"])
         out.append(r)
-        child = store.run_dir(f"{r['run_id']}-refined") / "run.json"
-        if child.exists() and f"{r['run_id']}-refined" not in seen:
-            c = read_json(child)
-            if c.get("status") == "complete":
-                todo.append(c)
+        for suffix in ("-refined", "-selfcond"):
+            child = store.run_dir(f"{r['run_id']}{suffix}") / "run.json"
+            if child.exists() and f"{r['run_id']}{suffix}" not in seen:
+                c = read_json(child)
+                if c.get("status") == "complete":
+                    todo.append(c)
         if r.get("parent_run") and (store.run_dir(r["parent_run"]) / "run.json").exists():
             todo.append(cluster_run.read_run(store, r["parent_run"]))
     return out
@@ -164,19 +167,25 @@ def find_space(store: Store, run: dict, space: str) -> dict:
         cands = []
         for depth, r in enumerate(chain):
             for m in _trained_models(r, store):
-                if m.get("model") != "gan":
-                    continue
-                rank = {"conditional": 0, "baseline": 1}.get(m["kind"], 2)
-                cands.append((rank, depth, -int(m.get("n_train") or 0), r["run_id"], m))
+                if m.get("model") == "gan" and m["kind"] in ("baseline", "cluster"):
+                    rank = 0 if m["kind"] == "baseline" else 1
+                    cands.append((rank, depth, -int(m.get("n_train") or 0), r["run_id"], m))
         if cands:
             rank, _, _, r_id, m = min(cands, key=lambda c: c[:4])
-            what = ("self-conditioned GAN" if m.get("self_conditioned") else
-                    {0: "cluster-conditional GAN", 1: "unconditional baseline GAN"}.get(rank,
-                                                                                     f"GAN of {m['name']} ({m.get('n_train')} images)"))
+            what = "unconditional baseline GAN" if rank == 0 else f"GAN of {m['name']} ({m.get('n_train')} images)"
             return {"space": space, "source": "discriminator", "dir": m["dir"], "artifact_id": m["artifact_id"],
                     "run_id": r_id, "model": m["name"], "note": f"discriminator features of the {what} of run {r_id}"}
-        raise SpaceUnavailable(f"no GAN was trained for run {rid!r}; train one with `cci train {rid}` "
-                               f"(or `cci self-condition {rid}` for a self-conditioned GAN)")
+        raise SpaceUnavailable(f"no unconditional GAN was trained for run {rid!r}; train one with `cci train {rid}` "
+                               "(per-cluster GANs and the baseline)")
+    if space == "selfcond":
+        for r in chain:
+            for m in _trained_models(r, store):
+                if m.get("self_conditioned"):
+                    return {"space": space, "source": "discriminator", "dir": m["dir"],
+                            "artifact_id": m["artifact_id"], "run_id": r["run_id"], "model": m["name"],
+                            "note": f"discriminator features of the self-conditioned GAN of run {r['run_id']}"}
+        raise SpaceUnavailable(f"run {rid!r} has no self-conditioned GAN; train one with "
+                               f"`cci train {rid} --mode self-conditioned` (it makes run {rid}-selfcond)")
     if space == "vae":
         for r in chain:
             d = store.run_dir(r["run_id"]) / "models" / "vae-corpus"

@@ -25,6 +25,23 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
+def digits28_store(tmp_path_factory):
+    """A factory for module fixtures: a fresh store with scikit-learn's digits ingested at
+    28x28 as ``corpus`` and one finished clustering run per ``run_id=ClusterParams(...)``."""
+    from cci_core import cluster_run as cr
+    from cci_core.ingest import ingest_local
+    from cci_core.store import Store
+
+    def make(name: str, corpus: str = "d28", **runs: "cr.ClusterParams") -> Store:
+        s = Store(tmp_path_factory.mktemp(name))
+        ingest_local(s, "builtin:digits", corpus, size=(28, 28))
+        for run_id, params in runs.items():
+            cr.run_local(s, corpus, params, run_id=run_id)
+        return s
+    return make
+
+
+@pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API for the whole session; exported so Dask worker processes use it too."""
     from prefect.testing.utilities import prefect_test_harness

@@ -14,17 +14,13 @@ from cci_core import generator_run as gr
 from cci_core.corpus import open_corpus
 from cci_core.ingest import ingest_local
 from cci_core.lineage import LineageStore
-from cci_core.store import Store
 
 FAST = dict(forest_trees=20, silhouette_sample=500)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = Store(tmp_path_factory.mktemp("features"))
-    ingest_local(s, "builtin:digits", "d28", size=(28, 28))
-    cr.run_local(s, "d28", cr.ClusterParams(k=3, n_components=20), run_id="r")
-    return s
+def store(digits28_store):
+    return digits28_store("features", r=cr.ClusterParams(k=3, n_components=20))
 
 
 def test_missing_models_name_the_command(store):
@@ -45,7 +41,9 @@ def test_comparison_end_to_end(store):
     rep = fs.compare_local(store, "r", fs.FeatureParams(**FAST))
     spaces = [r["space"] for r in rep["spaces"]]
     assert spaces == ["pixels", "pca", "discriminator", "vae"]
-    assert [s["space"] for s in rep["skipped"]] == ["classifier"] and "cci refine r" in rep["skipped"][0]["reason"]
+    assert [s["space"] for s in rep["skipped"]] == ["classifier", "selfcond"]
+    assert "cci refine r" in rep["skipped"][0]["reason"]
+    assert "cci train r --mode self-conditioned" in rep["skipped"][1]["reason"]
     assert Path(rep["report"]).exists() and Path(rep["chart"]).stat().st_size > 1000
     for row in rep["table"]:
         for col in ("acc", "nmi", "ari", "silhouette", "linear_100%", "knn_1%", "forest_10%"):

@@ -8,9 +8,7 @@ import pytest
 from cci_core import cluster_run as cr
 from cci_core import generate_run
 from cci_core import selfcond as sc
-from cci_core.ingest import ingest_local
 from cci_core.lineage import LineageStore
-from cci_core.store import Store
 
 
 def _blobs(seed=0):
@@ -45,11 +43,8 @@ def test_recluster_matches_new_ids_to_old_when_features_move():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = Store(tmp_path_factory.mktemp("selfcond"))
-    ingest_local(s, "builtin:digits", "d28", size=(28, 28))
-    cr.run_local(s, "d28", cr.ClusterParams(k=3, n_components=20), run_id="r")
-    return s
+def store(digits28_store):
+    return digits28_store("selfcond", r=cr.ClusterParams(k=3, n_components=20))
 
 
 def test_selfcond_run_is_a_regular_clustering_run(store):

@@ -13,18 +13,13 @@ from pathlib import Path
 import pytest
 
 from cci_core import cluster_run as cr
-from cci_core.ingest import ingest_local
 from cci_core.lineage import LineageStore
-from cci_core.store import Store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = Store(tmp_path_factory.mktemp("trainflowstore"))
-    ingest_local(s, "builtin:digits", "digits28", size=(28, 28))
-    cr.run_local(s, "digits28", cr.ClusterParams(k=3, n_components=20), run_id="flowrun")
-    cr.run_local(s, "digits28", cr.ClusterParams(k=2, n_components=10), run_id="untrained")
-    return s
+def store(digits28_store):
+    return digits28_store("trainflowstore", "digits28", flowrun=cr.ClusterParams(k=3, n_components=20),
+                          untrained=cr.ClusterParams(k=2, n_components=10))
 
 
 def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_cci, prefect_api):
