@@ -77,8 +77,10 @@ class TrainParams:
     loss : GAN loss, ``hinge`` or ``ns``
     d_condition : how the conditional GAN's discriminator sees the cluster id: ``concat``
         (one-hot planes on the image) or ``projection``
-    mode_seeking : weight of the mode-seeking term (MSGAN) for every GAN, baseline included
-        (0 = off); on Fashion-MNIST it lifts the conditional GAN's recall and coverage
+    mode_seeking : weight of the mode-seeking term (MSGAN) for the GANs (0 = off); None = 1
+        for the conditional GAN, whose within-cluster collapse it is for (Fashion-MNIST, 3,000
+        steps: FD 4.5 -> 3.6, recall 0.82 -> 0.89), and 0 for the unconditional ones, which it
+        does not help (baseline FD 9.9 -> 9.0) or hurts (per-cluster at 300 steps: 22 -> 42)
     device : None = CUDA when present, else CPU (mixed precision only on CUDA)
     """
     model: str = "gan"
@@ -97,7 +99,7 @@ class TrainParams:
     z_dim: int = 64
     loss: str = "hinge"
     d_condition: str = "concat"
-    mode_seeking: float = 1.0
+    mode_seeking: float | None = None
     device: str | None = None
 
     def validate(self) -> None:
@@ -110,7 +112,7 @@ class TrainParams:
             raise ValueError("--mode conditional trains a cluster-conditional GAN; use --model gan with it")
         if self.d_condition not in ("concat", "projection"):
             raise ValueError(f"--d-condition {self.d_condition!r}: use concat or projection")
-        if self.mode_seeking < 0:
+        if self.mode_seeking is not None and self.mode_seeking < 0:
             raise ValueError(f"--mode-seeking {self.mode_seeking} must be >= 0 (0 = off)")
         if self.ema and self.model != "gan":
             raise ValueError("--ema keeps an average of GAN generator weights; a VAE has none (drop --ema)")
@@ -188,9 +190,15 @@ def train_config(plan: dict, job: dict):
     gan = job["kind"] == "baseline" or p["model"] == "gan"
     return TrainConfig(steps=job["steps"], seconds=job["seconds"], batch_size=p["batch_size"], lr=p["lr"],
                        ema_decay=p["ema_decay"] if (p["ema"] and gan) else None,
-                       mode_seeking=p["mode_seeking"] if gan else 0.0,
+                       mode_seeking=_mode_seeking(p["mode_seeking"], job) if gan else 0.0,
                        checkpoint_every=min(p["checkpoint_every"], job["steps"]), seed=p["seed"],
                        device=p["device"])
+
+
+def _mode_seeking(weight: float | None, job: dict) -> float:
+    if weight is not None:
+        return float(weight)
+    return 1.0 if job["kind"] == "conditional" else 0.0
 
 
 def _latest_checkpoint_info(out_dir: Path) -> dict | None:

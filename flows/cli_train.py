@@ -45,8 +45,9 @@ def register(app: typer.Typer) -> None:
                                         help="Conditional GAN: the discriminator sees the cluster id as input planes "
                                              "(concat) or through a projection."),
         mode_seeking: Optional[float] = typer.Option(None, "--mode-seeking",
-                                           help="Every GAN: weight of the mode-seeking term against "
-                                                "within-cluster collapse (0 = off). [default: 1]"),
+                                           help="GANs: weight of the mode-seeking term against within-cluster "
+                                                "collapse (0 = off). Default: 1 for the conditional and "
+                                                "self-conditioned GANs, 0 for the unconditional ones."),
         z_dim: int = typer.Option(64, "--z-dim", help="Latent size."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
         gpu_resource: Optional[bool] = typer.Option(

@@ -138,6 +138,13 @@ def test_conditional_and_vae_modes(store):
     g = load_generator(m["dir"], "cpu")
     assert g.cfg.n_classes == 3
     assert generate(g, 6, labels=[0, 1, 2, 0, 1, 2]).shape == (6, 28, 28, 1)
+    # mode seeking: on by default for the conditional GAN only; an explicit weight applies to every GAN
+    state = json.loads((Path(m["dir"]) / "checkpoints" / "step-0000015" / "state.json").read_text())
+    assert state["train"]["mode_seeking"] == 1.0 and state["model"]["d_condition"] == "concat"
+    plan = gr.plan_training(store, "r3c", gr.TrainParams(**TINY))
+    assert [gr.train_config(plan, j).mode_seeking for j in plan["jobs"]] == [0.0, 0.0, 0.0, 0.0]
+    plan = gr.plan_training(store, "r3c", gr.TrainParams(mode_seeking=0.5, **TINY))
+    assert {gr.train_config(plan, j).mode_seeking for j in plan["jobs"]} == {0.5}
     # the per-cluster VAE in another run folder
     cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=20), run_id="r2v")
     vae = gr.train_local(store, "r2v", gr.TrainParams(model="vae", min_size=1, baseline=False, **{**TINY, "steps": 5}))
