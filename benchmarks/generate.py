@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--n-fake-per-cluster", type=int, default=500)
     ap.add_argument("--n-real", type=int, default=5000, help="real test images to compare against")
     ap.add_argument("--ref-steps", type=int, default=1500, help="reference CNN training steps")
+    ap.add_argument("--mode-seeking", type=float, default=None,
+                    help="weight for every GAN; default as `cci train`: 1 for the conditional GAN, 0 otherwise")
     ap.add_argument("--no-conditional", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is much faster on a shared 2-core machine)")
@@ -94,9 +96,10 @@ def main() -> None:
     total = args.steps_per_cluster * k_clusters
     reports, seconds = {}, {}
 
-    def tc(steps):
+    def tc(steps, conditional=False):
+        ms = args.mode_seeking if args.mode_seeking is not None else (1.0 if conditional else 0.0)
         return TrainConfig(steps=steps, batch_size=args.batch_size, checkpoint_every=max(steps // 2, 1),
-                           seed=0, device="cpu")
+                           mode_seeking=ms, seed=0, device="cpu")
 
     # 1. one GAN per cluster, steps_per_cluster each
     t = time.perf_counter()
@@ -120,7 +123,7 @@ def main() -> None:
     if not args.no_conditional:
         ccfg = GANConfig(**{**cfg.__dict__, "n_classes": k_clusters})
         t = time.perf_counter()
-        train_generator(x_train, work / "conditional", ccfg, tc(total), labels=y_train)
+        train_generator(x_train, work / "conditional", ccfg, tc(total, conditional=True), labels=y_train)
         seconds["conditional"] = time.perf_counter() - t
         g = load_generator(work / "conditional", "cpu")
         reports["conditional"] = score(generate(g, n_fake, labels=intended, seed=0), intended)
@@ -138,6 +141,7 @@ def main() -> None:
         "n_clusters": k_clusters,
         "budget": {"steps_per_cluster": args.steps_per_cluster, "total_steps_per_model": total,
                    "batch_size": args.batch_size},
+        "mode_seeking": args.mode_seeking if args.mode_seeking is not None else "1 for the conditional GAN, 0 otherwise",
         "gan_config": cfg.__dict__,
         "reference_cnn": {"test_acc": ref_acc, "train_steps": args.ref_steps, "seconds": ref_seconds,
                           "feature_dim": int(f_real.shape[1])},
