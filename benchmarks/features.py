@@ -3,12 +3,13 @@ ARI, sampled silhouette) and how well linear / k-NN / random-forest probes read 
 10 % and 100 % of a seeded train split (held-out test rows), with the wall time of each stage.
 
 The pipeline is the project's own, on a temporary store: ingest the IDX files, cluster
-(PCA 50 + k-means 10), train the self-conditioned GAN (its conditions re-found on its
-discriminator's features), a whole-corpus VAE, optionally a short CCI refinement, then
-``feature_spaces.compare_local`` on the self-conditioned run (which finds the PCA, VAE and
-classifier of its parent run).
+(PCA 50 + k-means 10), optionally a short CCI refinement, train the self-conditioned GAN (its
+conditions re-found on its discriminator's features), the per-cluster GANs with the
+unconditional baseline and the conditional GAN (same total steps), a whole-corpus VAE, then
+``feature_spaces.compare_local`` on the self-conditioned run (which finds the PCA, baseline
+discriminator, VAE and classifier of its parent run), then the generator evaluation.
 
-    python benchmarks/features.py                  # ~10 minutes on 2 shared CPU cores (features part ~4)
+    python benchmarks/features.py --refine-steps 1000   # ~25 minutes on 2 shared CPU cores
     python benchmarks/features.py --gan-steps 20 --recluster-every 10 --vae-steps 10 \
         --max-train 2000 --max-test 1000 --out /tmp/f.json   # smoke
 
@@ -47,12 +48,10 @@ def uptime() -> str:
 GEN_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
 
 
-def generation_comparison(store: Store, args, stage) -> dict:
-    """Self-conditioned vs per-cluster vs cluster-conditional vs unconditional at the same total
-    step budget, measured by the generator evaluation (``cci evaluate``) of each run. The
-    ``reference`` space (a CNN trained on the true labels, shared by both runs through the
-    lineage store) is common to all four; each run's ``classifier`` space is a CNN trained on
-    that run's own clusters, so fidelity there measures self-consistency."""
+def train_generators(store: Store, args, stage) -> dict:
+    """Per-cluster GANs + the unconditional baseline, and the cluster-conditional GAN, on the
+    clustering run with the self-conditioned GAN's total step budget. The baseline's
+    discriminator is also the ``discriminator`` feature space."""
     from cci_core import generator_run as gr
     k = 10
     per = max(1, args.gan_steps // k)
@@ -61,6 +60,16 @@ def generation_comparison(store: Store, args, stage) -> dict:
     stage("train_per_cluster_and_baseline", gr.train_local, store, "fm", gr.TrainParams(mode="per-cluster", **common))
     stage("train_conditional", gr.train_local, store, "fm",
           gr.TrainParams(mode="conditional", baseline=False, **common))
+    return {"steps_per_cluster": per, "total_steps": per * k}
+
+
+def generation_comparison(store: Store, args, stage, budget: dict) -> dict:
+    """Self-conditioned vs per-cluster vs cluster-conditional vs unconditional at the same total
+    step budget, measured by the generator evaluation (``cci evaluate``) of each run. The
+    ``reference`` space (a CNN trained on the true labels, shared by both runs through the
+    lineage store) is common to all four; each run's ``classifier`` space is a CNN trained on
+    that run's own clusters, so fidelity there measures self-consistency."""
+    from cci_core import generator_run as gr
     ep = gr.EvalParams(samples=args.eval_samples, max_real=1000, ref_steps=args.ref_steps, ref_rows=20000,
                        kid_subsets=20, kid_subset_size=500, device="cpu")
     a = stage("evaluate_clustering_run", gr.evaluate_local, store, "fm", ep)
@@ -71,9 +80,9 @@ def generation_comparison(store: Store, args, stage) -> dict:
             ref = rep["headline"]["reference"][g]
             own = rep["headline"]["classifier"][g]
             name = "self_conditioned" if run == "fm-selfcond" else g
-            table.append({"model": name, "total_steps": per * k, **{m: ref.get(m) for m in GEN_METRICS},
+            table.append({"model": name, "total_steps": budget["total_steps"], **{m: ref.get(m) for m in GEN_METRICS},
                           "fidelity_own_clusters": own.get("fidelity"), "n_fake": ref.get("n_fake")})
-    return {"steps_per_cluster": per, "total_steps": per * k, "eval_params": ep.__dict__, "table": table,
+    return {**budget, "eval_params": ep.__dict__, "table": table,
             "features": "reference = CNN on the true labels (same for every model)",
             "reports": {"fm": a["report"], "fm-selfcond": b["report"]}}
 
@@ -82,7 +91,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gan-steps", type=int, default=3000)
     ap.add_argument("--recluster-every", type=int, default=500)
-    ap.add_argument("--gan-width", type=int, default=16, help="GAN width (D features = 4 x width)")
+    ap.add_argument("--gan-width", type=int, default=32,
+                    help="GAN width (D features = 4 x width), `cci train`'s default; every GAN here gets it")
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--refine-steps", type=int, default=0,
                     help="train a short CCI classifier (cci refine) with this many steps per round; 0 = skip")
@@ -90,8 +100,9 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=5000, help="cap on the probes' held-out rows")
     ap.add_argument("--forest-trees", type=int, default=50)
     ap.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True,
-                    help="also train per-cluster GANs, the conditional GAN and the baseline on the clustering run "
-                         "with the self-conditioned GAN's total step budget and compare what they generate")
+                    help="also compare what the per-cluster GANs, the conditional GAN, the baseline (all trained on "
+                         "the clustering run with the self-conditioned GAN's total step budget) and the "
+                         "self-conditioned GAN generate")
     ap.add_argument("--eval-samples", type=int, default=200, help="generated images per cluster (evaluation)")
     ap.add_argument("--ref-steps", type=int, default=300, help="reference / cluster CNN steps (evaluation)")
     ap.add_argument("--threads", type=int, default=1)
@@ -124,12 +135,13 @@ def main() -> None:
     scp = sc.SelfCondParams(steps=args.gan_steps, recluster_every=args.recluster_every, width=args.gan_width,
                             z_dim=64, batch_size=64, checkpoint_every=args.recluster_every, seed=0, device="cpu")
     run = stage("self_conditioned_gan", sc.selfcond_local, store, "fm", scp, log=print)
+    budget = train_generators(store, args, stage)
     stage("vae_whole_corpus", fs.train_corpus_vae, store, "fm", steps=args.vae_steps, width=16, z_dim=16,
           batch_size=64, device="cpu")
     params = fs.FeatureParams(k=10, max_train=args.max_train, max_test=args.max_test, forest_trees=args.forest_trees,
                               linear_max_iter=300, silhouette_sample=5000, device="cpu")
     rep = stage("compare", fs.compare_local, store, "fm-selfcond", params)
-    generation = generation_comparison(store, args, stage) if args.generation else None
+    generation = generation_comparison(store, args, stage, budget) if args.generation else None
     parent = json.loads((store.run_dir("fm") / "reports" / "metrics.json").read_text())
     result = {
         "dataset": "Fashion-MNIST train + test (70,000 images, 28x28), k = 10; labels used only to score",
