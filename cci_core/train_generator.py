@@ -471,6 +471,16 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
 
 # ---------------------------------------------------------------- using a trained generator
 
+def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
+    """load_state_dict with an error that names the file and what to do."""
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not match the {type(model).__name__} this version builds (its "
+                         f"weights were written by an older version or another configuration); train "
+                         f"the model again, e.g. `cci train RUN`. Details: {str(exc).splitlines()[0]}") from None
+
+
 def load_generator(directory: str | Path, device: str | torch.device | None = None) -> nn.Module:
     """Load ``generator.{safetensors,json}`` written by :func:`train_generator` (eval mode)."""
     device = pick_device(str(device) if device is not None else None)
@@ -481,7 +491,7 @@ def load_generator(directory: str | Path, device: str | torch.device | None = No
         model = VAE(VAEConfig(**info["model"]))
     else:
         raise ValueError(f"{directory}/generator.json has kind={info.get('kind')!r}; expected 'gan' or 'vae'")
-    model.load_state_dict(tensors)
+    _load_state(model, tensors, Path(directory) / "generator.safetensors")
     return model.to(device).eval()
 
 
@@ -495,7 +505,7 @@ def load_discriminator(out_dir: str | Path, device: str | torch.device | None = 
     if info["kind"] != "gan":
         raise ValueError(f"{ckpts[-1]} holds a {info['kind']}, which has no discriminator")
     D = Discriminator(GANConfig(**info["model"]))
-    D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
+    _load_state(D, {k[2:]: v for k, v in tensors.items() if k.startswith("D.")}, ckpts[-1] / "state.safetensors")
     return D.to(pick_device(str(device) if device is not None else None)).eval()
 
 

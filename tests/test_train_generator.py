@@ -104,6 +104,17 @@ def test_conditioning_labels_can_change_between_phases(fashion, tmp_path):
         generate(load_generator(tmp_path / "b"), 4)
 
 
+def test_weights_of_another_architecture_are_a_clear_error(fashion, tmp_path):
+    images, _ = fashion
+    train_generator(images, tmp_path, tiny_gan(), tcfg(steps=3))
+    path = tmp_path / "generator.safetensors"
+    tensors = load_file(str(path))
+    from safetensors.torch import save_file
+    save_file({k.replace("blocks.0.up", "net.0"): v for k, v in tensors.items()}, str(path))  # an older layout
+    with pytest.raises(ValueError, match=r"generator.safetensors does not match the Generator.*cci train"):
+        load_generator(tmp_path, "cpu")
+
+
 def test_mode_seeking_adds_its_term_to_the_generator_loss(fashion, tmp_path):
     images, labels = fashion
     cfg = tiny_gan(n_classes=10)
