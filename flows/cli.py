@@ -49,6 +49,15 @@ def _expected_errors():
     return (ValueError, LookupError, FileNotFoundError, UnknownCorpusError, UnknownArtifactError, KeyError)
 
 
+def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwargs):
+    """Run a Prefect flow against the Prefect API (a temporary server when none is set) with a
+    Dask task runner (the scheduler at ``dask_address``, else a LocalCluster of ``workers``);
+    expected errors become one red line and exit code 1."""
+    from flows.runtime import dask_task_runner, prefect_api
+    with prefect_api():
+        return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
+
+
 def run_guarded(fn, *args, **kwargs):
     """Run a flow or library call; expected errors become one red line and exit code 1."""
     try:
@@ -102,14 +111,12 @@ def ingest(
     Corrupt or unreadable files are quarantined (listed with reasons), not fatal.
     """
     from flows.ingest import ingest_flow
-    from flows.runtime import dask_task_runner, prefect_api
     shape = parse_size(size)
     store_obj = Store(store)
-    with prefect_api():
-        flow = ingest_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-        summary = run_guarded(flow, source, corpus, store_root=str(store_obj.root), size=shape,
-                              channels=channels, fit=fit, label_from_folder=label_from_folder,
-                              batch_size=batch_size)
+    summary = run_flow(ingest_flow, dask_address, workers,
+                       source, corpus, store_root=str(store_obj.root), size=shape,
+                       channels=channels, fit=fit, label_from_folder=label_from_folder,
+                       batch_size=batch_size)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -166,7 +173,6 @@ def cluster(
     per cluster, montages and a scatter plot, with lineage for each."""
     from cci_core.cluster_run import ClusterParams, check_request
     from flows.cluster import cluster_flow
-    from flows.runtime import dask_task_runner, prefect_api
     k_value: int | str | None = int(k) if k.strip().isdigit() else k
     if algorithm in ("dbscan", "hdbscan") and k == "10":
         k_value = None  # the density algorithms find their own number of clusters
@@ -178,10 +184,9 @@ def cluster(
     store_obj = Store(store)
     # everything checkable is checked here, before a server or a cluster is started
     run_guarded(check_request, store_obj, corpus, ClusterParams(**main, **options), version, run_id)
-    with prefect_api():
-        flow = cluster_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-        summary = run_guarded(flow, corpus, store_root=str(store_obj.root), version=version, run_id=run_id,
-                              options=options, **main)
+    summary = run_flow(cluster_flow, dask_address, workers,
+                       corpus, store_root=str(store_obj.root), version=version, run_id=run_id,
+                       options=options, **main)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -228,7 +233,6 @@ def refine(
     An interrupted refinement resumes from its last finished round when run again."""
     from cci_core.refine_run import check_refine, config_from_options
     from flows.refine import refine_flow
-    from flows.runtime import dask_task_runner, prefect_api
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
@@ -236,9 +240,8 @@ def refine(
     config = run_guarded(config_from_options, options)
     run_guarded(check_refine, store_obj, run_id, config, new_run_id)
     options = {k: v for k, v in asdict(config).items()}
-    with prefect_api():
-        flow = refine_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
-        summary = run_guarded(flow, run_id, store_root=str(store_obj.root), options=options, new_run_id=new_run_id)
+    summary = run_flow(refine_flow, dask_address, workers or 1,
+                       run_id, store_root=str(store_obj.root), options=options, new_run_id=new_run_id)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -320,14 +323,12 @@ def generate(
     """Generate images for every cluster of RUN, score them with the run's classifier, and publish
     them as a new dataset version (images.zarr + manifest.parquet + card.json, committed last)."""
     from flows.generate import generate_flow
-    from flows.runtime import dask_task_runner, prefect_api
     store_obj = Store(store)
     from cci_core.cluster_run import read_run
     run_guarded(read_run, store_obj, run_id)
-    with prefect_api():
-        flow = generate_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
-        out_ = run_guarded(flow, run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
-                           threshold=threshold, seed=seed, models=models)
+    out_ = run_flow(generate_flow, dask_address, workers or 1,
+                    run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
+                    threshold=threshold, seed=seed, models=models)
     if as_json:
         print(json.dumps(out_, indent=2, default=str))
         return
@@ -360,18 +361,16 @@ def run_pipeline(
     Re-running it redoes only what is missing (stage outputs are named by their inputs)."""
     from cci_core.refine_run import config_from_options
     from flows.pipeline import pipeline_flow
-    from flows.runtime import dask_task_runner, prefect_api
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
     store_obj = Store(store)
     user_api = os.environ.get("PREFECT_API_URL")
-    with prefect_api():
-        flow = pipeline_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-        summary = run_guarded(flow, source, corpus, store_root=str(store_obj.root), size=parse_size(size),
-                              channels=channels, k=k, refine_rounds=refine_rounds, refine_steps=refine_steps,
-                              refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
-                              dataset=dataset, seed=seed)
+    summary = run_flow(pipeline_flow, dask_address, workers,
+                       source, corpus, store_root=str(store_obj.root), size=parse_size(size),
+                       channels=channels, k=k, refine_rounds=refine_rounds, refine_steps=refine_steps,
+                       refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
+                       dataset=dataset, seed=seed)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -406,12 +405,10 @@ def refresh(
     """Ingest what is new, assign it with the classifier, report drift, retrain only the clusters
     that changed and publish a new dataset version. With nothing new it does nothing and says so."""
     from flows.refresh import refresh_flow
-    from flows.runtime import dask_task_runner, prefect_api
     store_obj = Store(store)
-    with prefect_api():
-        flow = refresh_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-        res = run_guarded(flow, source, corpus, store_root=str(store_obj.root), run_id=run_id, dataset=dataset,
-                          retrain_threshold=retrain_threshold, per_cluster=per_cluster)
+    res = run_flow(refresh_flow, dask_address, workers,
+                   source, corpus, store_root=str(store_obj.root), run_id=run_id, dataset=dataset,
+                   retrain_threshold=retrain_threshold, per_cluster=per_cluster)
     if as_json:
         print(json.dumps(res, indent=2, default=str))
         return

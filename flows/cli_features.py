@@ -44,9 +44,8 @@ def register(app: typer.Typer) -> None:
 
         from cci_core import feature_spaces as fs
         from cci_core.store import Store
-        from flows.cli import err, fail, out, run_guarded
+        from flows.cli import err, fail, out, run_flow, run_guarded
         from flows.features import features_flow
-        from flows.runtime import dask_task_runner, prefect_api
         try:
             fr = [float(f) for f in fractions.split(",") if f.strip()]
         except ValueError:
@@ -59,10 +58,9 @@ def register(app: typer.Typer) -> None:
             fail(f"--vae-steps {vae_steps} must be a positive integer")
         if not vae_steps or "vae" not in (params.spaces or []):
             run_guarded(fs.plan_features, store_obj, run_id, params)  # every check before a server starts
-        with prefect_api():
-            flow = features_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
-            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), spaces=params.spaces,
-                                  vae_steps=vae_steps, options=options)
+        summary = run_flow(features_flow, dask_address, workers or 1,
+                           run_id, store_root=str(store_obj.root), spaces=params.spaces,
+                           vae_steps=vae_steps, options=options)
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
             return
@@ -125,15 +123,13 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
     ``cci self-condition`` and of ``cci train --mode self-conditioned``."""
     from cci_core import selfcond as sc
     from cci_core.store import Store
-    from flows.cli import out, run_guarded
+    from flows.cli import out, run_flow, run_guarded
     from flows.features import selfcond_flow
-    from flows.runtime import dask_task_runner, prefect_api
     store_obj = Store(store)
     run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
-    with prefect_api():
-        flow = selfcond_flow.with_options(task_runner=dask_task_runner(dask_address, workers or 1))
-        summary = run_guarded(flow, run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
-                              options=options)
+    summary = run_flow(selfcond_flow, dask_address, workers or 1,
+                       run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
+                       options=options)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return

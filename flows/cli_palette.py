@@ -37,9 +37,8 @@ def register(app: typer.Typer) -> None:
         from cci_core import palette_run as pr
         from cci_core.palette import METHODS, check_k
         from cci_core.store import Store
-        from flows.cli import err, out, run_guarded
+        from flows.cli import err, out, run_flow, run_guarded
         from flows.palette import palette_flow
-        from flows.runtime import dask_task_runner, prefect_api
         store_obj = Store(store)
         run_guarded(check_k, colors)
         if method not in METHODS:
@@ -47,10 +46,9 @@ def register(app: typer.Typer) -> None:
         info = run_guarded(pr.resolve_source, store_obj, source)
         from cci_core.palette import check_space
         run_guarded(check_space, space, info["shape"][-1])
-        with prefect_api():
-            flow = palette_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-            res = run_guarded(flow, source, colors, store_root=str(store_obj.root), space=space, method=method,
-                              seed=seed)
+        res = run_flow(palette_flow, dask_address, workers,
+                       source, colors, store_root=str(store_obj.root), space=space, method=method,
+                       seed=seed)
         if as_json:
             print(json.dumps(res, indent=2, default=str))
             return
@@ -79,15 +77,13 @@ def register(app: typer.Typer) -> None:
         """Render SOURCE in a palette (a new style) as a new dataset version, with lineage."""
         from cci_core import palette_run as pr
         from cci_core.store import Store
-        from flows.cli import out, run_guarded
+        from flows.cli import out, run_flow, run_guarded
         from flows.palette import stylize_flow
-        from flows.runtime import dask_task_runner, prefect_api
         store_obj = Store(store)
         run_guarded(pr.check_stylize, store_obj, source, palette_id, dataset, mode)
-        with prefect_api():
-            flow = stylize_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-            res = run_guarded(flow, source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
-                              dither=dither, seed=seed)
+        res = run_flow(stylize_flow, dask_address, workers,
+                       source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
+                       dither=dither, seed=seed)
         if as_json:
             print(json.dumps(res, indent=2, default=str))
             return
@@ -116,7 +112,7 @@ def register(app: typer.Typer) -> None:
         from cci_core import palette_run as pr
         from cci_core.segment import check_k
         from cci_core.store import Store
-        from flows.cli import err, out, run_guarded
+        from flows.cli import err, out, run_flow, run_guarded
         run_guarded(check_k, k)
         if Path(image).is_file():
             res = run_guarded(pr.segment_file, image, k, out_dir=out_dir, space=space,
@@ -129,13 +125,11 @@ def register(app: typer.Typer) -> None:
                       f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
             return
         from flows.palette import segment_flow
-        from flows.runtime import dask_task_runner, prefect_api
         store_obj = Store(store)
         run_guarded(pr.resolve_source, store_obj, image)
-        with prefect_api():
-            flow = segment_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-            res = run_guarded(flow, image, k, store_root=str(store_obj.root), space=space,
-                              position_weight=position_weight, standardize=standardize, seed=seed)
+        res = run_flow(segment_flow, dask_address, workers,
+                       image, k, store_root=str(store_obj.root), space=space,
+                       position_weight=position_weight, standardize=standardize, seed=seed)
         if as_json:
             print(json.dumps(res, indent=2, default=str))
             return

@@ -61,8 +61,7 @@ def register(app: typer.Typer) -> None:
         A re-run resumes from the checkpoints."""
         from cci_core import generator_run as gr
         from cci_core.store import Store
-        from flows.cli import err, fail, out, run_guarded
-        from flows.runtime import dask_task_runner, prefect_api
+        from flows.cli import err, fail, out, run_flow, run_guarded
         from flows.train import train_flow
         if mode == "self-conditioned":
             from cci_core.cluster_run import finished_run
@@ -87,10 +86,9 @@ def register(app: typer.Typer) -> None:
         store_obj = Store(store)
         # everything checkable is checked here, before a server or a cluster is started
         plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))
-        with prefect_api():
-            flow = train_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), gpu_resource=gpu_resource,
-                                  options=options, **main)
+        summary = run_flow(train_flow, dask_address, workers,
+                           run_id, store_root=str(store_obj.root), gpu_resource=gpu_resource,
+                           options=options, **main)
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
             return
@@ -124,15 +122,13 @@ def register(app: typer.Typer) -> None:
         density/coverage, per-cluster fidelity, IS analogue), side by side with the baseline."""
         from cci_core import generator_run as gr
         from cci_core.store import Store
-        from flows.cli import out, run_guarded
-        from flows.runtime import dask_task_runner, prefect_api
+        from flows.cli import out, run_flow, run_guarded
         from flows.train import evaluate_flow
         options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
         store_obj = Store(store)
         run_guarded(gr.plan_evaluation, store_obj, run_id, gr.EvalParams(samples=samples, **options))
-        with prefect_api():
-            flow = evaluate_flow.with_options(task_runner=dask_task_runner(dask_address, workers))
-            summary = run_guarded(flow, run_id, store_root=str(store_obj.root), samples=samples, options=options)
+        summary = run_flow(evaluate_flow, dask_address, workers,
+                           run_id, store_root=str(store_obj.root), samples=samples, options=options)
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
             return
