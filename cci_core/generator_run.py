@@ -50,8 +50,10 @@ from cci_core.store import Store, atomic_write_json, read_json, utc_now
 
 MODELS = ("gan", "vae")
 MODES = ("per-cluster", "conditional")
-# cci_core.gan.SIZES, repeated so that checking a request (the CLI, before any work) needs no torch
+# cci_core.gan.SIZES and D_CONDITIONS, repeated so that checking a request (the CLI, before any
+# work) needs no torch
 SIZES = (28, 32, 64)
+D_CONDITIONS = ("concat", "projection")
 HEADLINE = ("fid", "kid", "precision", "recall", "density", "coverage", "fidelity", "is")
 
 
@@ -110,10 +112,13 @@ class TrainParams:
                              "(`cci train --mode self-conditioned`, which runs `cci self-condition`)")
         if self.mode == "conditional" and self.model != "gan":
             raise ValueError("--mode conditional trains a cluster-conditional GAN; use --model gan with it")
-        if self.d_condition not in ("concat", "projection"):
-            raise ValueError(f"--d-condition {self.d_condition!r}: use concat or projection")
+        if self.d_condition not in D_CONDITIONS:
+            raise ValueError(f"--d-condition {self.d_condition!r}: use one of {', '.join(D_CONDITIONS)}")
         if self.mode_seeking is not None and self.mode_seeking < 0:
             raise ValueError(f"--mode-seeking {self.mode_seeking} must be >= 0 (0 = off)")
+        if _mode_seeking(self.mode_seeking, self.mode) and self.batch_size < 2:
+            raise ValueError(f"--batch-size {self.batch_size}: mode seeking compares pairs of images; "
+                             "use --batch-size 2 or more, or --mode-seeking 0")
         if self.ema and self.model != "gan":
             raise ValueError("--ema keeps an average of GAN generator weights; a VAE has none (drop --ema)")
         for name in ("steps", "batch_size", "checkpoint_every", "width", "z_dim"):
@@ -190,15 +195,16 @@ def train_config(plan: dict, job: dict):
     gan = job["kind"] == "baseline" or p["model"] == "gan"
     return TrainConfig(steps=job["steps"], seconds=job["seconds"], batch_size=p["batch_size"], lr=p["lr"],
                        ema_decay=p["ema_decay"] if (p["ema"] and gan) else None,
-                       mode_seeking=_mode_seeking(p["mode_seeking"], job) if gan else 0.0,
+                       mode_seeking=_mode_seeking(p["mode_seeking"], job["kind"]) if gan else 0.0,
                        checkpoint_every=min(p["checkpoint_every"], job["steps"]), seed=p["seed"],
                        device=p["device"])
 
 
-def _mode_seeking(weight: float | None, job: dict) -> float:
+def _mode_seeking(weight: float | None, kind: str) -> float:
+    """The mode-seeking weight of a ``conditional`` GAN or another kind: unset = 1 / 0."""
     if weight is not None:
         return float(weight)
-    return 1.0 if job["kind"] == "conditional" else 0.0
+    return 1.0 if kind == "conditional" else 0.0
 
 
 def _latest_checkpoint_info(out_dir: Path) -> dict | None:

@@ -85,6 +85,9 @@ class SelfCondParams:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
         if self.mode_seeking < 0:
             raise ValueError(f"--mode-seeking {self.mode_seeking} must be >= 0 (0 = off)")
+        if self.mode_seeking and self.batch_size < 2:
+            raise ValueError(f"--batch-size {self.batch_size}: mode seeking compares pairs of images; "
+                             "use --batch-size 2 or more, or --mode-seeking 0")
         if self.k is not None and self.k < 2:
             raise ValueError(f"--k {self.k}: a self-conditioned GAN needs at least 2 conditions")
         if self.init not in INITS:

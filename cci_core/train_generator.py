@@ -71,6 +71,9 @@ class TrainConfig:
             raise ValueError(f"seconds={self.seconds} must be positive, or None for no time budget")
         if self.mode_seeking < 0:
             raise ValueError(f"mode_seeking={self.mode_seeking} must be >= 0 (0 = off)")
+        if self.mode_seeking and self.batch_size < 2:
+            raise ValueError(f"mode_seeking compares pairs of images in a batch; batch_size={self.batch_size} "
+                             "must be >= 2 (or set mode_seeking=0)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} must be in (0, 1), or None for no EMA")
 

@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         from cci_core.store import Store
         from flows.cli import err, fail, out, run_flow, run_guarded
         from flows.train import train_flow
+        # unset: each mode's own default (1 for the conditional GANs, 0 for the unconditional ones)
+        seeking = {} if mode_seeking is None else {"mode_seeking": mode_seeking}
         if mode == "self-conditioned":
             from cci_core.cluster_run import finished_run
             from flows.cli_features import run_self_condition
@@ -73,16 +75,12 @@ def register(app: typer.Typer) -> None:
             k = len(run_guarded(finished_run, Store(store), run_id)["partitions"])
             # same total budget as --mode conditional: steps per cluster x clusters
             options = dict(steps=steps * k, recluster_every=recluster_every, batch_size=batch_size, width=width,
-                           z_dim=z_dim, checkpoint_every=checkpoint_every, seed=seed, device=device)
-            if mode_seeking is not None:
-                options["mode_seeking"] = mode_seeking
+                           z_dim=z_dim, checkpoint_every=checkpoint_every, seed=seed, device=device, **seeking)
             run_self_condition(run_id, options, None, store, dask_address, workers, as_json)
             return
         main = dict(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size, min_size=min_size,
                     ema=ema, checkpoint_every=checkpoint_every, seed=seed, baseline=baseline)
-        options = dict(width=width, z_dim=z_dim, d_condition=d_condition, device=device)
-        if mode_seeking is not None:
-            options["mode_seeking"] = mode_seeking
+        options = dict(width=width, z_dim=z_dim, d_condition=d_condition, device=device, **seeking)
         store_obj = Store(store)
         # everything checkable is checked here, before a server or a cluster is started
         plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))

@@ -145,6 +145,9 @@ def test_conditional_and_vae_modes(store):
     assert [gr.train_config(plan, j).mode_seeking for j in plan["jobs"]] == [0.0, 0.0, 0.0, 0.0]
     plan = gr.plan_training(store, "r3c", gr.TrainParams(mode_seeking=0.5, **TINY))
     assert {gr.train_config(plan, j).mode_seeking for j in plan["jobs"]} == {0.5}
+    with pytest.raises(ValueError, match="--batch-size 1: mode seeking compares pairs"):
+        gr.TrainParams(mode="conditional", batch_size=1).validate()
+    gr.TrainParams(mode="conditional", batch_size=1, mode_seeking=0).validate()  # off: one image per step is fine
     # the per-cluster VAE in another run folder
     cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=20), run_id="r2v")
     vae = gr.train_local(store, "r2v", gr.TrainParams(model="vae", min_size=1, baseline=False, **{**TINY, "steps": 5}))

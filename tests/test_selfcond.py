@@ -85,3 +85,5 @@ def test_selfcond_bad_input(store):
         sc.check_selfcond(store, "nope", sc.SelfCondParams())
     with pytest.raises(ValueError, match="--init"):
         sc.check_selfcond(store, "r", sc.SelfCondParams(init="magic"))
+    with pytest.raises(ValueError, match="--batch-size 1: mode seeking compares pairs"):
+        sc.check_selfcond(store, "r", sc.SelfCondParams(batch_size=1))

@@ -125,6 +125,8 @@ def test_mode_seeking_adds_its_term_to_the_generator_loss(fashion, tmp_path):
     assert seeking["losses"]["loss_g"] > plain["losses"]["loss_g"] + 1.0
     with pytest.raises(ValueError, match="mode_seeking"):
         TrainConfig(mode_seeking=-0.5)
+    with pytest.raises(ValueError, match="batch_size=1 must be >= 2"):  # a pair is needed
+        TrainConfig(mode_seeking=1.0, batch_size=1)
     with pytest.raises(ValueError, match="GAN generators only"):
         train_generator(images, tmp_path / "vae", VAEConfig(z_dim=4, width=8), tcfg(mode_seeking=1.0))
 
