@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= ./cci-store
 
-.PHONY: setup run test clean
+.PHONY: setup system-deps run test clean
 
 $(BIN)/cci: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,13 +16,17 @@ $(BIN)/cci: pyproject.toml
 
 setup: $(BIN)/cci
 
+# Debian packages the suite needs (Fashion-MNIST, headless chromium + driver), installed when missing
+system-deps:
+	bash scripts/system-deps.sh
+
 # The main job on the embedded default: local store, temporary Prefect server (SQLite), LocalCluster,
 # built-in corpus (scikit-learn digits at 28x28, no download): the whole pipeline, ingest to published dataset.
 run: setup
 	OMP_NUM_THREADS=1 $(BIN)/cci run builtin:digits --store $(STORE)
 
-test: setup
-	OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider; \
+test: setup system-deps
+	CCI_REQUIRE_SYSTEM_DEPS=1 OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 clean:

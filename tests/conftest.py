@@ -13,6 +13,19 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_sessionstart(session):
+    # `make test` installs the Debian packages first (scripts/system-deps.sh) and sets this, so a
+    # broken install fails loudly here instead of silently skipping the real-data tests.
+    if os.environ.get("CCI_REQUIRE_SYSTEM_DEPS") == "1":
+        missing = [str(p) for p in (FASHION_MNIST, Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"))
+                   if not p.exists()]
+        if missing:
+            pytest.exit(f"missing {', '.join(missing)}: run `bash scripts/system-deps.sh` (make test does)",
+                        returncode=3)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
