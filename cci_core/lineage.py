@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -70,6 +71,13 @@ def artifact_id(kind: str, content_hash: str, params: dict, inputs: list[tuple[s
 class UnknownArtifactError(KeyError):
     def __str__(self) -> str:
         return f"no artifact {self.args[0]!r} in the lineage store (see `cci lineage list`)"
+
+
+class AmbiguousArtifactError(LookupError):
+    """A reference that matches several records; the message lists them."""
+
+
+_VERSIONED = re.compile(r"^(?P<name>.+)@v(?P<version>\d+)$")
 
 
 class LineageStore:
@@ -144,6 +152,57 @@ class LineageStore:
         if art is None:
             raise UnknownArtifactError(aid)
         return art
+
+    def resolve(self, ref: str) -> Artifact:
+        """The one record ``ref`` names.
+
+        Grammar, tried in this order: an artifact id or a unique id prefix; ``KIND:NAME`` (e.g.
+        ``corpus:fmnist@v2``, ``dataset:gen@v1``, ``clustering:RUN/clustering``); a plain ``NAME``
+        (e.g. ``fmnist@v2``, ``RUN/clustering``). ``NAME@latest`` or a bare corpus/dataset name
+        means its highest version. A name matching records of several kinds, or several records of
+        one kind, is an :class:`AmbiguousArtifactError` listing the candidates.
+        """
+        art = self.find(ref)
+        if art is not None:
+            return art
+        kind, sep, name = ref.partition(":")
+        if not sep or kind not in self.kinds():
+            kind, name = None, ref
+        matches = self.list(kind=kind, name=name)
+        if not matches:
+            matches = self._latest_version(kind, name.removesuffix("@latest"))
+        if not matches and kind is None:
+            return self.get(ref)  # an id prefix, or UnknownArtifactError
+        if not matches:
+            raise UnknownArtifactError(ref)
+        if len(matches) > 1:
+            listed = "; ".join(f"{a.kind}:{a.name} = {a.id} ({a.created_at:%Y-%m-%d %H:%M})" for a in matches[:6])
+            more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
+            raise AmbiguousArtifactError(f"{ref!r} names {len(matches)} artifacts: {listed}{more}; "
+                                         "give one of these ids" + ("" if kind else " or KIND:NAME"))
+        return matches[0]
+
+    def _latest_version(self, kind: str | None, name: str) -> list[Artifact]:
+        """The records of ``name@vN`` with the highest N (one per kind)."""
+        if "@" in name or not name:
+            return []
+        q = sa.select(artifacts_table.c.kind, artifacts_table.c.name).where(
+            artifacts_table.c.name.startswith(f"{name}@v", autoescape=True))
+        if kind:
+            q = q.where(artifacts_table.c.kind == kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        best: dict[str, tuple[int, str]] = {}
+        for k, n in rows:
+            m = _VERSIONED.match(n)
+            if m and m["name"] == name and int(m["version"]) > best.get(k, (-1, ""))[0]:
+                best[k] = (int(m["version"]), n)
+        return [a for k, (_, n) in sorted(best.items()) for a in self.list(kind=k, name=n)]
+
+    def kinds(self) -> list[str]:
+        """The kinds of artifact recorded so far."""
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(artifacts_table.c.kind).distinct()).scalars().all())
 
     def list(self, kind: str | None = None, name: str | None = None, limit: int = 1000) -> list[Artifact]:
         q = sa.select(artifacts_table.c.id).order_by(artifacts_table.c.created_at.desc()).limit(limit)

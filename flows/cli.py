@@ -49,11 +49,19 @@ def _expected_errors():
     return (ValueError, LookupError, FileNotFoundError, UnknownCorpusError, UnknownArtifactError, KeyError)
 
 
+def read_store(store: str | None) -> Store:
+    """The existing store a reading command works on; a missing or mistyped one is one red line."""
+    from flows.preflight import existing_store
+    return run_guarded(existing_store, store)
+
+
 def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwargs):
     """Run a Prefect flow against the Prefect API (a temporary server when none is set) with a
     Dask task runner (the scheduler at ``dask_address``, else a LocalCluster of ``workers``);
     expected errors become one red line and exit code 1."""
+    from flows.preflight import check_dask_address
     from flows.runtime import dask_task_runner, prefect_api
+    run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
     with prefect_api():
         return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
 
@@ -181,7 +189,7 @@ def cluster(
                    min_cluster_size=min_cluster_size)
     main = dict(k=k_value, algorithm=algorithm, embedding=embedding,
                 n_components=_number(components, "--components"), whiten=whiten, seed=seed)
-    store_obj = Store(store)
+    store_obj = read_store(store)
     # everything checkable is checked here, before a server or a cluster is started
     run_guarded(check_request, store_obj, corpus, ClusterParams(**main, **options), version, run_id)
     summary = run_flow(cluster_flow, dask_address, workers,
@@ -236,7 +244,7 @@ def refine(
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
-    store_obj = Store(store)
+    store_obj = read_store(store)
     config = run_guarded(config_from_options, options)
     run_guarded(check_refine, store_obj, run_id, config, new_run_id)
     options = {k: v for k, v in asdict(config).items()}
@@ -274,7 +282,7 @@ def predict(
 ):
     """Assign new images (or corpus rows) to the clusters of a finished run, with a confidence."""
     from cci_core import cluster_run
-    store_obj = Store(store)
+    store_obj = read_store(store)
     if (source is None) == (corpus is None):
         fail("give either a SOURCE of images or --corpus NAME")
     quarantine = []
@@ -323,9 +331,9 @@ def generate(
     """Generate images for every cluster of RUN, score them with the run's classifier, and publish
     them as a new dataset version (images.zarr + manifest.parquet + card.json, committed last)."""
     from flows.generate import generate_flow
-    store_obj = Store(store)
-    from cci_core.cluster_run import read_run
-    run_guarded(read_run, store_obj, run_id)
+    from flows.preflight import check_generate
+    store_obj = read_store(store)
+    run_guarded(check_generate, store_obj, run_id, dataset, per_cluster, threshold, models)
     out_ = run_flow(generate_flow, dask_address, workers or 1,
                     run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
                     threshold=threshold, seed=seed, models=models)
@@ -364,6 +372,9 @@ def run_pipeline(
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
+    from flows.preflight import check_pipeline
+    run_guarded(check_pipeline, source, corpus, dataset, channels, k,
+                {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
     store_obj = Store(store)
     user_api = os.environ.get("PREFECT_API_URL")
     summary = run_flow(pipeline_flow, dask_address, workers,
@@ -404,8 +415,10 @@ def refresh(
 ):
     """Ingest what is new, assign it with the classifier, report drift, retrain only the clusters
     that changed and publish a new dataset version. With nothing new it does nothing and says so."""
+    from flows.preflight import check_refresh
     from flows.refresh import refresh_flow
-    store_obj = Store(store)
+    store_obj = read_store(store)
+    run_guarded(check_refresh, store_obj, source, corpus, run_id, dataset, retrain_threshold, per_cluster)
     res = run_flow(refresh_flow, dask_address, workers,
                    source, corpus, store_root=str(store_obj.root), run_id=run_id, dataset=dataset,
                    retrain_threshold=retrain_threshold, per_cluster=per_cluster)
@@ -427,7 +440,7 @@ def refresh(
 def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """Datasets in the store with their committed versions."""
     from cci_core.datasets import dataset_versions, list_datasets, open_dataset
-    s = Store(store)
+    s = read_store(store)
     rows = [{"name": n, "versions": dataset_versions(n, s), "latest": open_dataset(n, store=s).version}
             for n in list_datasets(s)]
     if as_json:
@@ -446,7 +459,7 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
                   store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """A dataset version's card: where its images came from, counts, how to read it."""
     from cci_core.datasets import open_dataset
-    ds = run_guarded(open_dataset, name, version, store=Store(store))
+    ds = run_guarded(open_dataset, name, version, store=read_store(store))
     card = ds.card
     if as_json:
         print(json.dumps(card, indent=2, default=str))
@@ -471,7 +484,7 @@ def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
                     store: Optional[str] = StoreOpt):
     """Export a dataset version to a folder of PNGs or to one Parquet file (PNG bytes + manifest)."""
     from cci_core.datasets import export_parquet, export_png, open_dataset
-    ds = run_guarded(open_dataset, name, version, store=Store(store))
+    ds = run_guarded(open_dataset, name, version, store=read_store(store))
     path = export_parquet(ds, to) if to.endswith(".parquet") else export_png(ds, to)
     out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True)
 
@@ -482,7 +495,7 @@ def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
                 store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """Versions, size, shape, label counts, duplicates and quarantined files of a corpus."""
     from cci_core.corpus import open_corpus
-    c = run_guarded(open_corpus, Store(store), name, version)
+    c = run_guarded(open_corpus, read_store(store), name, version)
     info = c.info()
     if as_json:
         info["quarantine"] = c.quarantine().to_dict("records")
@@ -510,7 +523,7 @@ def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
 def corpus_list(store: Optional[str] = StoreOpt):
     """Corpora in the store."""
     from cci_core.corpus import open_corpus
-    s = Store(store)
+    s = read_store(store)
     t = Table("corpus", "version", "rows", "shape", "lineage id")
     for name in s.corpora():
         c = open_corpus(s, name)
@@ -524,15 +537,16 @@ def _label(art) -> str:
 
 
 @lineage_app.command("show")
-def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a unique prefix), or a name "
-                                                               "such as DATASET@v2 or CORPUS@v1."),
+def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a unique prefix), KIND:NAME "
+                                                               "(corpus:fmnist@v2, dataset:gen@v1, "
+                                                               "clustering:RUN/clustering) or a NAME that only "
+                                                               "one artifact has (fmnist@v2; fmnist = its latest)."),
                  downstream: bool = typer.Option(False, "--downstream", help="Show what was made from it instead."),
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """The upstream tree of an artifact (what made it), or its downstream tree."""
     from cci_core.lineage import LineageStore
-    lin = LineageStore(Store(store).lineage_url)
-    if lin.find(artifact_id) is None and (named := lin.list(name=artifact_id, limit=1)):
-        artifact_id = named[0].id  # a name such as fmnist@v1, gen@v2 or <run>/clustering
+    lin = LineageStore(read_store(store).lineage_url)
+    artifact_id = run_guarded(lin.resolve, artifact_id).id
     tree = run_guarded(lin.downstream if downstream else lin.upstream, artifact_id)
     key = "outputs" if downstream else "inputs"
     if as_json:
@@ -558,7 +572,7 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """Artifacts in the lineage store, newest first."""
     from cci_core.lineage import LineageStore
-    arts = LineageStore(Store(store).lineage_url).list(kind=kind)
+    arts = LineageStore(read_store(store).lineage_url).list(kind=kind)
     if as_json:
         print(json.dumps([a.to_dict() for a in arts], indent=2, default=str))
         return

@@ -43,8 +43,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from cci_core import feature_spaces as fs
-        from cci_core.store import Store
-        from flows.cli import err, fail, out, run_flow, run_guarded
+        from flows.cli import err, fail, out, read_store, run_flow, run_guarded
         from flows.features import features_flow
         try:
             fr = [float(f) for f in fractions.split(",") if f.strip()]
@@ -52,7 +51,7 @@ def register(app: typer.Typer) -> None:
             fail(f"--fractions {fractions!r}: give shares like 0.01,0.1,1")
         options = dict(k=k, fractions=fr, max_train=max_train, max_test=max_test, forest_trees=forest_trees,
                        seed=seed, device=device)
-        store_obj = Store(store)
+        store_obj = read_store(store)
         params = fs.FeatureParams(spaces=list(space) or None, **options)
         if vae_steps is not None and vae_steps < 1:
             fail(f"--vae-steps {vae_steps} must be a positive integer")
@@ -122,10 +121,9 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
     """Check, run the self-conditioning flow and print its summary: the body of
     ``cci self-condition`` and of ``cci train --mode self-conditioned``."""
     from cci_core import selfcond as sc
-    from cci_core.store import Store
-    from flows.cli import out, run_flow, run_guarded
+    from flows.cli import out, read_store, run_flow, run_guarded
     from flows.features import selfcond_flow
-    store_obj = Store(store)
+    store_obj = read_store(store)
     run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
     summary = run_flow(selfcond_flow, dask_address, workers or 1,
                        run_id, store_root=str(store_obj.root), new_run_id=new_run_id,

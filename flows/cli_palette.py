@@ -37,9 +37,10 @@ def register(app: typer.Typer) -> None:
         from cci_core import palette_run as pr
         from cci_core.palette import METHODS, check_k
         from cci_core.store import Store
-        from flows.cli import err, out, run_flow, run_guarded
+        from flows.cli import err, out, read_store, run_flow, run_guarded
         from flows.palette import palette_flow
-        store_obj = Store(store)
+        # an image file may start a new store; a corpus, run or dataset must be in an existing one
+        store_obj = Store(store) if Path(source).is_file() else read_store(store)
         run_guarded(check_k, colors)
         if method not in METHODS:
             run_guarded(_raise, f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -76,10 +77,9 @@ def register(app: typer.Typer) -> None:
     ):
         """Render SOURCE in a palette (a new style) as a new dataset version, with lineage."""
         from cci_core import palette_run as pr
-        from cci_core.store import Store
-        from flows.cli import out, run_flow, run_guarded
+        from flows.cli import out, read_store, run_flow, run_guarded
         from flows.palette import stylize_flow
-        store_obj = Store(store)
+        store_obj = read_store(store)
         run_guarded(pr.check_stylize, store_obj, source, palette_id, dataset, mode)
         res = run_flow(stylize_flow, dask_address, workers,
                        source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
@@ -111,8 +111,7 @@ def register(app: typer.Typer) -> None:
         (runs here, no server); label maps as Zarr for every image of a corpus (a flow)."""
         from cci_core import palette_run as pr
         from cci_core.segment import check_k
-        from cci_core.store import Store
-        from flows.cli import err, out, run_flow, run_guarded
+        from flows.cli import err, out, read_store, run_flow, run_guarded
         run_guarded(check_k, k)
         if Path(image).is_file():
             res = run_guarded(pr.segment_file, image, k, out_dir=out_dir, space=space,
@@ -125,7 +124,7 @@ def register(app: typer.Typer) -> None:
                       f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
             return
         from flows.palette import segment_flow
-        store_obj = Store(store)
+        store_obj = read_store(store)
         run_guarded(pr.resolve_source, store_obj, image)
         res = run_flow(segment_flow, dask_address, workers,
                        image, k, store_root=str(store_obj.root), space=space,

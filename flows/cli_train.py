@@ -60,8 +60,7 @@ def register(app: typer.Typer) -> None:
         plus an unconditional baseline GAN on the whole corpus with the same total steps.
         A re-run resumes from the checkpoints."""
         from cci_core import generator_run as gr
-        from cci_core.store import Store
-        from flows.cli import err, fail, out, run_flow, run_guarded
+        from flows.cli import err, fail, out, read_store, run_flow, run_guarded
         from flows.train import train_flow
         # unset: each mode's own default (1 for the conditional GANs, 0 for the unconditional ones)
         seeking = {} if mode_seeking is None else {"mode_seeking": mode_seeking}
@@ -72,7 +71,7 @@ def register(app: typer.Typer) -> None:
             for bad, flag in refused:
                 if bad:
                     fail(f"{flag} does not apply to --mode self-conditioned (one GAN, a step budget, no EMA); drop it")
-            k = len(run_guarded(finished_run, Store(store), run_id)["partitions"])
+            k = len(run_guarded(finished_run, read_store(store), run_id)["partitions"])
             # same total budget as --mode conditional: steps per cluster x clusters
             options = dict(steps=steps * k, recluster_every=recluster_every, batch_size=batch_size, width=width,
                            z_dim=z_dim, checkpoint_every=checkpoint_every, seed=seed, device=device, **seeking)
@@ -81,7 +80,7 @@ def register(app: typer.Typer) -> None:
         main = dict(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size, min_size=min_size,
                     ema=ema, checkpoint_every=checkpoint_every, seed=seed, baseline=baseline)
         options = dict(width=width, z_dim=z_dim, d_condition=d_condition, device=device, **seeking)
-        store_obj = Store(store)
+        store_obj = read_store(store)
         # everything checkable is checked here, before a server or a cluster is started
         plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))
         summary = run_flow(train_flow, dask_address, workers,
@@ -119,11 +118,10 @@ def register(app: typer.Typer) -> None:
         """Measure what the generators of RUN make against the real images (FD, KID, precision/recall,
         density/coverage, per-cluster fidelity, IS analogue), side by side with the baseline."""
         from cci_core import generator_run as gr
-        from cci_core.store import Store
-        from flows.cli import out, run_flow, run_guarded
+        from flows.cli import out, read_store, run_flow, run_guarded
         from flows.train import evaluate_flow
         options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
-        store_obj = Store(store)
+        store_obj = read_store(store)
         run_guarded(gr.plan_evaluation, store_obj, run_id, gr.EvalParams(samples=samples, **options))
         summary = run_flow(evaluate_flow, dask_address, workers,
                            run_id, store_root=str(store_obj.root), samples=samples, options=options)

@@ -1,0 +1,139 @@
+"""Checks the CLI runs before it starts a Prefect server or a Dask cluster.
+
+Each raises :class:`PreflightError` (a ``ValueError``) with one line naming the value at
+fault and what to do, so the CLI prints it as ``error: ...`` and exits 1 within a second
+instead of after a server start-up and a logged traceback.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cci_core.store import Store
+
+DASK_CONNECT_TIMEOUT_S = 2.5
+# what a store root holds once anything was written to it (DESIGN.md, artifact store)
+_STORE_MARKERS = ("lineage.db", "corpora", "runs", "datasets", "palettes")
+
+
+class PreflightError(ValueError):
+    """An input that is wrong before anything has started."""
+
+
+def dask_host_port(address: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``tls://``, or bare ``host:port``) as ``(host, port)``."""
+    text = address.strip()
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+        raise PreflightError(f"--dask-address {address!r}: give the scheduler as tcp://HOST:PORT "
+                             "(e.g. tcp://127.0.0.1:8786), or drop --dask-address for a local cluster")
+    return parts.hostname, port
+
+
+def check_dask_address(address: str | None, timeout: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a ``--dask-address`` nothing answers on (a TCP connect, ``timeout`` seconds)."""
+    if not address:
+        return
+    host, port = dask_host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except socket.gaierror:
+        why = f"unknown host {host!r}"
+    except (TimeoutError, socket.timeout):
+        why = f"no answer within {timeout:g} s"
+    except OSError as exc:
+        why = "connection refused" if exc.errno == errno.ECONNREFUSED else (exc.strerror or str(exc)).lower()
+    raise PreflightError(f"cannot reach the Dask scheduler at {address} ({why}); start one with "
+                         "`dask scheduler` or drop --dask-address")
+
+
+def existing_store(root: str | None) -> Store:
+    """The store at ``root`` (``--store``, ``$CCI_STORE`` or ./cci-store), which must already exist.
+
+    For commands that read a store: a mistyped path is one error line, and nothing (not even an
+    empty lineage database) is created there.
+    """
+    store = Store(root)
+    if not store.root.is_dir():
+        what = "is a file, not a folder" if store.root.exists() else "does not exist"
+        raise PreflightError(f"store {store.root} {what}: give --store the folder `cci ingest` wrote "
+                             "(default ./cci-store, or $CCI_STORE)")
+    if not any((store.root / m).exists() for m in _STORE_MARKERS):
+        raise PreflightError(f"store {store.root} is not a CCI store (no lineage.db, corpora/ or runs/ in it): "
+                             "give --store the folder `cci ingest` wrote")
+    if store.lineage_url.startswith("sqlite:///"):
+        db = Path(store.lineage_url.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise PreflightError(f"store {store.root} has no lineage database ({db} is missing): "
+                                 "give --store the folder `cci ingest` wrote, or set $CCI_LINEAGE_URL")
+    return store
+
+
+def check_source(source: str) -> None:
+    """An ingest source must be a builtin name, a URL or a path that exists."""
+    if source.startswith("builtin:") or "://" in source:
+        return
+    if not Path(source).exists():
+        raise PreflightError(f"source {source!r} does not exist: give a folder of images, an IDX, .npy/.npz or "
+                             "tar file, or builtin:digits")
+
+
+def check_positive(value: int | float | None, flag: str, minimum: int | float = 1) -> None:
+    """A numeric option that must be at least ``minimum`` (when given)."""
+    if value is not None and value < minimum:
+        raise PreflightError(f"{flag} {value}: must be at least {minimum}")
+
+
+def check_generate(store: Store, run_id: str, dataset: str, per_cluster: int, threshold: float,
+                   models: str | None) -> None:
+    """``cci generate``: the dataset name, the counts, and a run with the generators asked for."""
+    from cci_core import cluster_run
+    from cci_core.generate_run import _models as trained_models
+    from cci_core.store import validate_name
+    validate_name(dataset, "dataset name")
+    check_positive(per_cluster, "--per-cluster")
+    if not 0.0 <= threshold <= 1.0:
+        raise PreflightError(f"--threshold {threshold}: a confidence threshold lies in [0, 1]")
+    trained_models(store, cluster_run.read_run(store, run_id), models)
+
+
+def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, dataset: str | None,
+                  retrain_threshold: float, per_cluster: int) -> None:
+    """``cci refresh``: the source, the corpus, the run it builds on and the dataset name."""
+    from cci_core.cluster_run import finished_run
+    from cci_core.corpus import open_corpus
+    from cci_core.store import validate_name
+    from flows.refresh import latest_served_run
+    check_source(source)
+    open_corpus(store, corpus)
+    if dataset is not None:
+        validate_name(dataset, "dataset name")
+    check_positive(per_cluster, "--per-cluster")
+    if not 0.0 <= retrain_threshold:
+        raise PreflightError(f"--retrain-threshold {retrain_threshold}: give a share of a cluster's size, >= 0")
+    if run_id:
+        finished_run(store, run_id)
+    else:
+        latest_served_run(store, corpus)
+
+
+def check_pipeline(source: str, corpus: str, dataset: str | None, channels: int | None, k: int,
+                   counts: dict[str, int]) -> None:
+    """``cci run``: what can be known about the whole pipeline before its first stage."""
+    from cci_core.store import validate_name
+    check_source(source)
+    validate_name(corpus, "corpus name")
+    if dataset is not None:
+        validate_name(dataset, "dataset name")
+    if channels not in (None, 1, 3):
+        raise PreflightError(f"--channels {channels}: give 1 (gray) or 3 (RGB)")
+    check_positive(k, "--k", 2)
+    for flag, value in counts.items():
+        check_positive(value, flag)
