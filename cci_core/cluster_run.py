@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -56,7 +58,8 @@ from cci_core.features import image_features
 from cci_core.kmeans import MiniBatchKMeans
 from cci_core.lineage import LineageStore
 from cci_core.pca import PCA, SOLVERS
-from cci_core.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now, validate_name
+from cci_core.store import (Store, atomic_write_json, atomic_write_parquet, process_identity, read_json, utc_now,
+                            validate_name, writer_alive)
 
 EMBEDDINGS = ("pca", "umap")
 REFERENCE_ROWS = 50000  # labelled rows kept for nearest-neighbour prediction
@@ -166,8 +169,7 @@ def read_run(store: Store, run_id: str) -> dict:
     """The run.json of a run; a clear LookupError when there is no such run."""
     path = _run_json(store, validate_name(run_id, "run id"))
     if not path.exists():
-        runs = sorted(p.name for p in (store.root / "runs").glob("*") if (p / "run.json").exists()) \
-            if (store.root / "runs").exists() else []
+        runs = list_runs(store)
         hint = f"; runs in this store: {', '.join(runs[-5:])}" if runs else "; run `cci cluster CORPUS` first"
         raise LookupError(f"no run {run_id!r} in {store.root}{hint}")
     return read_json(path)
@@ -195,14 +197,13 @@ def check_request(store: Store, corpus: str, params: ClusterParams, version: int
     """Everything that can be checked before any work starts; returns the corpus.
 
     Raises a one-line error for an unknown corpus or version, bad parameters, k out of
-    range, or a run id that already finished (nothing is ever overwritten).
+    range, a run id that already finished (nothing is ever overwritten) or one another
+    process is writing now.
     """
     c = open_corpus(store, corpus, version)
     params.validate(c.n_rows, int(np.prod(c.shape.hwc)))
     if run_id:
-        path = _run_json(store, validate_name(run_id, "run id"))
-        if path.exists() and read_json(path).get("status") == "complete":
-            raise ValueError(f"run {run_id!r} already exists and is complete; choose another --run-id")
+        check_new_run_id(store, run_id)
     return c
 
 
@@ -210,18 +211,19 @@ def start_run(store: Store, corpus: str, params: ClusterParams, version: int | N
               run_id: str | None = None) -> dict:
     """Check the corpus and parameters and create ``runs/<run-id>/run.json``.
 
-    A run id that already finished is refused (nothing is overwritten); an unfinished one
-    is started again from the beginning.
+    A run id that already finished, or that a live process is writing, is refused; an
+    unfinished one left by a killed writer is removed, so the run starts from a clean folder
+    (never mixing in a killed run's files).
     """
     c = check_request(store, corpus, params, version, run_id)
     run_id = validate_name(run_id or new_run_id(corpus), "run id")
-    path = _run_json(store, run_id)
+    claim_run_dir(store, run_id)
     plan = {"run_id": run_id, "store": str(store.root), "run_dir": str(store.run_dir(run_id)),
             "corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,
             "n_rows": c.n_rows, "shape": list(c.shape.hwc), "has_labels": c.labels() is not None,
-            "params": asdict(params), "status": "running",
+            "params": asdict(params), "status": "running", "writer": process_identity(),
             "created_at": utc_now()}
-    atomic_write_json(path, plan)
+    atomic_write_json(_run_json(store, run_id), plan)
     return plan
 
 
@@ -458,34 +460,81 @@ def write_pictures(store: Store, plan: dict, emb: dict, cl: dict) -> list[str]:
     return [str(x) for x in paths]
 
 
-def check_new_run_id(store: Store, run_id: str) -> str:
-    """A run id that is valid and not taken by a finished run (nothing is ever overwritten)."""
+def _unfinished(store: Store, run_id: str) -> dict:
+    """run.json of an unfinished run ({} when there is none); a finished run id is refused."""
     path = store.run_dir(validate_name(run_id, "run id")) / "run.json"
-    if path.exists() and read_json(path).get("status") == "complete":
+    try:
+        run = read_json(path) if path.exists() else {}
+    except ValueError:  # a run.json cut short cannot happen (atomic writes); treat as unfinished
+        run = {}
+    if run.get("status") == "complete":
         raise ValueError(f"run {run_id!r} already exists and is complete; choose another --run-id")
+    return run
+
+
+def check_new_run_id(store: Store, run_id: str) -> str:
+    """A run id that is valid, not taken by a finished run (nothing is ever overwritten) and
+    not being written by another live process."""
+    run = _unfinished(store, run_id)
+    writer = run.get("writer")
+    if writer and writer.get("pid") != os.getpid() and writer_alive(writer):
+        raise ValueError(f"run {run_id!r} is being written by process {writer['pid']} on {writer.get('host')} "
+                         f"(since {writer.get('since')}); wait for it to finish or choose another --run-id")
     return run_id
 
 
+def claim_run_dir(store: Store, run_id: str, params: dict | None = None) -> dict:
+    """Make ``runs/<run-id>/`` ready for this writer; returns the run.json to resume ({} if none).
+
+    A finished run or one a live process writes is refused. An unfinished run left by a
+    killed writer is resumed when ``params`` is given and equals its parameters; otherwise its
+    folder is removed, so the new run starts clean.
+    """
+    check_new_run_id(store, run_id)
+    rdir = store.run_dir(run_id)
+    existing = _unfinished(store, run_id)
+    if params is not None and existing and existing.get("params") == params:
+        return existing
+    if rdir.exists():
+        shutil.rmtree(rdir)
+    rdir.mkdir(parents=True)
+    return {}
+
+
+def list_runs(store: Store) -> list[str]:
+    """Ids of the finished runs in the store (unfinished ones are not runs yet), sorted."""
+    base = store.root / "runs"
+    if not base.exists():
+        return []
+    done = []
+    for p in base.iterdir():
+        try:
+            if (p / "run.json").exists() and read_json(p / "run.json").get("status") == "complete":
+                done.append(p.name)
+        except ValueError:
+            continue
+    return sorted(done)
+
+
 def start_derived_run(store: Store, parent: dict, run_id: str, kind: str, params: dict, **fields) -> dict:
-    """Create (or reopen, when unfinished with the same params) a run made from PARENT's clustering
-    (a refined or a self-conditioned run); returns its run.json."""
-    rdir = store.run_dir(check_new_run_id(store, run_id))
-    existing = read_json(rdir / "run.json") if (rdir / "run.json").exists() else {}
-    if existing and existing.get("params") != params:
-        raise ValueError(f"run {run_id!r} was started with other options; resume it with the same options "
-                         "or choose another --run-id")
+    """Create a run made from PARENT's clustering (a refined or a self-conditioned run), or
+    resume an unfinished one of the same params; one started with other params is removed
+    first (see :func:`claim_run_dir`). Returns its run.json."""
+    existing = claim_run_dir(store, run_id, params)
+    rdir = store.run_dir(run_id)
     plan = {key: parent[key] for key in ("corpus", "corpus_version", "corpus_artifact_id", "n_rows", "shape",
                                          "has_labels")}
     plan.update(run_id=run_id, kind=kind, store=str(store.root), run_dir=str(rdir), parent_run=parent["run_id"],
                 parent_clustering_artifact_id=parent["clustering"]["clustering_artifact_id"], params=params,
-                status="running", **fields,
+                status="running", writer=process_identity(), **fields,
                 created_at=existing.get("created_at") or utc_now())
     atomic_write_json(rdir / "run.json", plan)
     return plan
 
 
 def finish_run(store: Store, plan: dict, **fields) -> dict:
-    """Mark the run complete (run.json is the commit point of a run)."""
+    """Mark the run complete: run.json is the commit point of a run, written after every
+    lineage record of the run (each step records its own before returning)."""
     return update_run(store, plan["run_id"], status="complete",
                        finished_at=utc_now(), **fields)
 

@@ -8,9 +8,11 @@ Layout (one folder per version)::
                          _COMMITTED        written last: a version without it does not exist
     datasets/<name>/latest.json            {"version": N}, replaced atomically after the commit
 
-A version is written in a hidden staging folder and renamed into place, then the marker is
-written; readers only see versions with the marker, so they never see half a version.
-Commits of one dataset are serialised with a lock file, so two writers get two versions.
+A version is written in a hidden staging folder (which names its writer process), its lineage
+record is written (with the final URI), then it is renamed into place and the marker written
+last: readers only see versions with the marker, so they never see half a version nor one
+without its lineage. Commits of one dataset are serialised with a lock file, so two writers
+get two versions. Staging folders of killed writers are removed when the next writer starts.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import io
 import os
 import re
 import shutil
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,8 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from cci_core.store import Store, atomic_write_json, read_json, utc_now, validate_name
+from cci_core.store import (OWNER_FILE, Store, atomic_write_bytes, atomic_write_json, make_staging, read_json,
+                            remove_stale_staging, utc_now, validate_name)
 
 MARKER = "_COMMITTED"
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -83,8 +86,8 @@ class DatasetWriter:
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise ValueError(f"shape must be (H, W, C), got {shape}")
         self.dir = store.dataset_dir(name)
-        self.staging = self.dir / f".staging-{uuid.uuid4().hex[:12]}"
-        self.staging.mkdir(parents=True)
+        remove_stale_staging(self.dir)
+        self.staging = make_staging(self.dir)
         self._images = zarr.create_array(
             str(self.staging / "images.zarr"), shape=(0, *self.shape), chunks=(chunk_rows, *self.shape),
             dtype="uint8", compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
@@ -107,8 +110,20 @@ class DatasetWriter:
         self._rows.append(manifest.reset_index(drop=True))
         self.n += len(images)
 
-    def commit(self, card: dict) -> "DatasetVersion":
-        """Write manifest and card, move the version into place, write the marker, move ``latest``."""
+    @property
+    def images(self) -> zarr.Array:
+        """The images written so far (the staging array), to read back before the commit."""
+        return self._images
+
+    def commit(self, card: dict, record: Callable[[Path, int], str | None] | None = None) -> "DatasetVersion":
+        """Write manifest and card, record lineage, move the version into place, write the marker,
+        move ``latest``.
+
+        record : ``record(final_path, version) -> artifact id``, called once the version number is
+            taken and before anything is visible: it writes the lineage record (with the final
+            URI). Its id goes into the card as ``lineage.artifact_id``. If it raises, nothing is
+            published (the staging folder is removed on leaving the ``with`` block).
+        """
         if self.n == 0:
             raise ValueError(f"dataset {self.name!r}: nothing to publish (0 images)")
         manifest = pd.concat(self._rows, ignore_index=True)
@@ -124,9 +139,13 @@ class DatasetWriter:
                     "files": {"images": "images.zarr", "manifest": "manifest.parquet"},
                     "manifest_columns": {c: str(t) for c, t in manifest.dtypes.items()},
                     "how_to_read": READ_ME.replace("<version>", str(final)), **card}
+            if record is not None:
+                aid = record(final, version)
+                card["lineage"] = {**(card.get("lineage") or {}), "artifact_id": aid}
             atomic_write_json(self.staging / "card.json", card)
+            (self.staging / OWNER_FILE).unlink(missing_ok=True)
             os.replace(self.staging, final)
-            (final / MARKER).write_text(card["created_at"] + "\n")
+            atomic_write_bytes(final / MARKER, (card["created_at"] + "\n").encode())
             atomic_write_json(self.dir / "latest.json", {"version": version})
         self.committed = open_dataset(self.name, version, store=self.store)
         return self.committed

@@ -99,9 +99,18 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
         raise ValueError(f"--per-cluster {per_cluster}: give at least 1 image per cluster")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold {threshold}: a confidence threshold lies in [0, 1]")
-    run = cluster_run.read_run(store, run_id)
+    run = cluster_run.finished_run(store, run_id)
     kind, chosen = _models(store, run, models)
     probs, classifier_id, classifier_desc = scoring_classifier(store, run)
+    inputs = [(m["artifact_id"], "model") for m in chosen]
+    inputs += [(run["clustering"]["clustering_artifact_id"], "clustering"), (run["corpus_artifact_id"], "corpus")]
+    if classifier_id:
+        inputs.append((classifier_id, "classifier"))
+    lin = cluster_run.lineage_store(store)
+    missing = [i for i, _ in inputs if lin.find(i) is None]
+    if missing:  # the dataset's lineage record could not be written: refuse before any work
+        raise LookupError(f"run {run_id!r} refers to {', '.join(missing)}, not in the lineage store "
+                          f"{store.lineage_url}; use the store the run was made in")
     shape = tuple(run["shape"])
     jobs = []  # (model dict, cluster, seed)
     for m in chosen:
@@ -128,10 +137,6 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
                 "accepted": ok}))
             accepted_by_cluster[c] = [int(ok.sum()), per_cluster]
             log(f"cluster {c}: {per_cluster} images from {m['name']}, {int(ok.sum())} accepted")
-        inputs = [(m["artifact_id"], "model") for m in chosen]
-        inputs += [(run["clustering"]["clustering_artifact_id"], "clustering"), (run["corpus_artifact_id"], "corpus")]
-        if classifier_id:
-            inputs.append((classifier_id, "classifier"))
         params = {"run_id": run_id, "per_cluster": per_cluster, "threshold": threshold, "seed": seed,
                   "models": kind, "dataset": dataset}
         content = hashes.hexdigest()
@@ -148,12 +153,15 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
                 "classifier": classifier_desc, "params": params, "metrics": metrics,
                 "lineage": {"artifact_id": dataset_id, "inputs": [{"id": i, "role": r} for i, r in inputs],
                             "show": f"cci lineage show {dataset_id}"}}
-        version = writer.commit(card)
-    lin = cluster_run.lineage_store(store)
-    art = lin.record("dataset", f"{dataset}@v{version.version}", str(version.path), content,
-                     size=int(np.prod(shape)) * writer.n, params=params, metrics=metrics, producer=producer,
-                     inputs=inputs)
-    assert art.id == dataset_id, "the card's lineage id must be the recorded one"
+
+        def record(path: Path, number: int) -> str:  # before the version is visible (publish last)
+            art = lin.record("dataset", f"{dataset}@v{number}", str(path), content,
+                             size=int(np.prod(shape)) * writer.n, params=params, metrics=metrics,
+                             producer=producer, inputs=inputs)
+            assert art.id == dataset_id, "the card's lineage id must be the recorded one"
+            return art.id
+        version = writer.commit(card, record=record)
+    art = lin.get(dataset_id)
     return {"dataset": dataset, "version": version.version, "path": str(version.path), "artifact_id": art.id,
             "n_images": writer.n, "accepted": n_acc, "acceptance_by_cluster": metrics["acceptance_by_cluster"],
             "models": kind, "classifier": classifier_desc, "run_id": run_id}

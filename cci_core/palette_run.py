@@ -37,9 +37,10 @@ from cci_core.imagegrid import make_grid, save_png
 from cci_core.lineage import artifact_id
 from cci_core.palette import Palette, check_k, learn_palette
 from cci_core.render import MODES, check_channels, match_colors, render
-from cci_core.store import Store, atomic_write_json, read_json
+from cci_core.store import Store, atomic_write_json, publish_dir, read_json, staging
 
 _PARTITION_RE = re.compile(r"^(?P<run>[A-Za-z0-9][A-Za-z0-9._-]*?)(?::|/cluster-)(?P<c>\d+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CORPUS_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*?)(?:@v?(?P<v>\d+))?$")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
@@ -56,13 +57,10 @@ def palettes_dir(store: Store) -> Path:
 
 def read_image_file(path: str | Path) -> np.ndarray:
     """One image file -> (H, W, 1 or 3) uint8; RGBA over white, P-mode and 16-bit converted."""
-    from PIL import Image, UnidentifiedImageError
-
-    from cci_core.images import to_mode
+    from cci_core.images import ImageRefused, open_image, to_mode
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
+        with open_image(path) as img:  # size cap and decompression-bomb limit before decoding
             mode = img.mode
             if mode == "P":  # a paletted image is gray when every palette entry is
                 pal = np.asarray(img.convert("RGB"))
@@ -70,9 +68,11 @@ def read_image_file(path: str | Path) -> np.ndarray:
             else:
                 channels = 1 if mode in GRAY_MODES else 3
             arr = np.asarray(to_mode(img, channels), dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no image file {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except ImageRefused as exc:
+        if not path.exists():
+            raise FileNotFoundError(f"no image file {path}") from None
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+    except OSError as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
     return arr[..., None] if arr.ndim == 2 else arr
 
@@ -105,8 +105,8 @@ def resolve_source(store: Store, source: str) -> dict:
                 "n_images": len(ds), "inputs": inputs}
     m = _PARTITION_RE.match(source)
     if m and (store.run_dir(m["run"]) / "run.json").exists():
-        from cci_core.cluster_run import read_run
-        run, c = read_run(store, m["run"]), int(m["c"])
+        from cci_core.cluster_run import finished_run
+        run, c = finished_run(store, m["run"]), int(m["c"])  # an unfinished run is not a source
         parts = {int(q["cluster"]): q for q in run.get("partitions") or []}
         if c not in parts:
             raise LookupError(f"run {m['run']!r} has no partition for cluster {c} "
@@ -157,13 +157,25 @@ def source_images(store: Store, info: dict) -> tuple[da.Array, np.ndarray, np.nd
 
 def known_palettes(store: Store) -> list[str]:
     base = palettes_dir(store)
-    return sorted(p.name for p in base.iterdir() if (p / "palette.json").exists()) if base.exists() else []
+    return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and (p / "palette.json").exists()) \
+        if base.exists() else []
 
 
 def palette_path(store: Store, palette_id: str) -> Path:
-    """The folder of a palette by id or unique id prefix; one-line error when unknown."""
+    """The folder of a palette by id or unique id prefix; one-line error when unknown.
+
+    A palette id is a name inside the store (no path): anything else is refused, so a palette
+    is always one this store made and recorded.
+    """
     base = palettes_dir(store)
+    if palette_id and not _NAME_RE.match(palette_id):
+        raise ValueError(f"palette id {palette_id!r} is not a palette id (letters, digits, '.', '_', '-'; "
+                         f"no path): give an id from `cci palette` in {store.root}")
     if palette_id and (base / palette_id / "palette.json").exists():
+        found = (base / palette_id).resolve()
+        if not found.is_relative_to(base.resolve()):
+            raise ValueError(f"palette {palette_id!r} resolves to {found}, outside {base}; "
+                             "learn the palette in this store with `cci palette SOURCE`")
         return base / palette_id
     hits = [p for p in known_palettes(store) if palette_id and p.startswith(palette_id)] if palette_id else []
     if len(hits) == 1:
@@ -226,17 +238,20 @@ def learn_palette_step(store: Store, source: str, colors: int, space: str | None
     pid = artifact_id("palette", chash, params, info["inputs"])
     pal.meta["palette_id"] = pid
     pdir = palettes_dir(store) / pid
-    paths = pal.save(pdir)
-    paths["montage"] = None
-    if montage > 0:
-        sample = _sample_rows(int(images.shape[0]), montage if info["kind"] != "file" else 1, seed)
-        before = np.asarray(images[sample].compute())
-        paths["montage"] = before_after(before, render(before, pal), pdir / "montage.png")
     metrics = {"inertia": pal.inertia, "mse": pal.inertia / max(1, pal.n_pixels), "k": pal.k,
                "n_pixels": pal.n_pixels}
-    art = lineage_store(store).record("palette", f"{info['label']}/k{pal.k}-{pal.space}", str(pdir), chash,
-                                 size=Path(paths["json"]).stat().st_size, params=params, metrics=metrics,
-                                 producer=producer, inputs=info["inputs"])
+    with staging(palettes_dir(store)) as stage:
+        paths = pal.save(stage)
+        paths["montage"] = None
+        if montage > 0:
+            sample = _sample_rows(int(images.shape[0]), montage if info["kind"] != "file" else 1, seed)
+            before = np.asarray(images[sample].compute())
+            paths["montage"] = before_after(before, render(before, pal), stage / "montage.png")
+        art = lineage_store(store).record("palette", f"{info['label']}/k{pal.k}-{pal.space}", str(pdir), chash,
+                                          size=Path(paths["json"]).stat().st_size, params=params, metrics=metrics,
+                                          producer=producer, inputs=info["inputs"])
+        publish_dir(stage, pdir)  # visible only now, after its lineage record
+    paths = {key: str(pdir / Path(v).name) if v else v for key, v in paths.items()}
     return {"palette_id": art.id, "palette_dir": str(pdir), **paths, "source": source, "source_kind": info["kind"],
             "k": pal.k, "colors_requested": int(colors), "space": pal.space, "method": pal.meta.get("method"),
             "inertia": pal.inertia, "mse": metrics["mse"], "n_pixels": pal.n_pixels,
@@ -252,7 +267,11 @@ def check_stylize(store: Store, source: str, palette_id: str, dataset: str, mode
     validate_name(dataset, "dataset name")
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
-    pal = load_palette(store, palette_id)
+    pal_dir = palette_path(store, palette_id)
+    pal = Palette.load(pal_dir)
+    if lineage_store(store).find(pal_dir.name) is None:  # the dataset's lineage could not name it
+        raise LookupError(f"palette {pal_dir.name!r} has no lineage record in {store.lineage_url}; "
+                          "learn it again with `cci palette SOURCE`")
     info = resolve_source(store, source)
     check_channels(pal, info["shape"][-1])
     return info
@@ -316,23 +335,31 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
         params = {"dataset": dataset, "palette_id": pid, "mode": mode, "dither": bool(dither), "source": info["canonical"],
                   "seed": int(seed)}
         chash = out_hash.hexdigest()
+        dataset_id = artifact_id("dataset", chash, params, inputs)
         card = {"kind": "stylized", "source": source, "source_kind": info["kind"], "palette_id": pid,
                 "mode": mode, "dither": bool(dither), "colors": pal.describe(),
                 "mapping": None if mapping is None else [int(x) for x in mapping],
                 "source_palette_id": src_pal["palette_id"] if src_pal else None,
-                "lineage_inputs": [{"id": i, "role": r} for i, r in inputs]}
-        version = writer.commit(card)
-    sample = _sample_rows(n, montage, seed)
-    before = np.asarray(images[sample].compute())
-    after = np.asarray(version.images.get_orthogonal_selection((sample,)))
-    montage_path = before_after(before, after, version.path / "before-after.png")
-    size = sum(f.stat().st_size for f in version.path.rglob("*") if f.is_file())
-    art = lineage_store(store).record("dataset", f"{dataset}@v{version.version}", str(version.path), chash, size=size,
-                                 params=params, metrics={"n_images": n}, producer=producer, inputs=inputs)
-    atomic_write_json(version.path / "lineage.json", {"artifact_id": art.id, "inputs": card["lineage_inputs"]})
+                "lineage_inputs": [{"id": i, "role": r} for i, r in inputs],
+                "lineage": {"artifact_id": dataset_id, "inputs": [{"id": i, "role": r} for i, r in inputs],
+                            "show": f"cci lineage show {dataset_id}"}}
+        sample = _sample_rows(n, montage, seed)
+        before = np.asarray(images[sample].compute())
+        after = np.asarray(writer.images.get_orthogonal_selection((sample,)))
+        before_after(before, after, writer.staging / "before-after.png")
+        atomic_write_json(writer.staging / "lineage.json", {"artifact_id": dataset_id, "inputs": card["lineage_inputs"]})
+
+        def record(path: Path, number: int) -> str:  # before the version is visible (publish last)
+            size = sum(f.stat().st_size for f in writer.staging.rglob("*") if f.is_file())
+            art = lineage_store(store).record("dataset", f"{dataset}@v{number}", str(path), chash, size=size,
+                                              params=params, metrics={"n_images": n}, producer=producer,
+                                              inputs=inputs)
+            assert art.id == dataset_id, "the card's lineage id must be the recorded one"
+            return art.id
+        version = writer.commit(card, record=record)
     return {"dataset": dataset, "version": version.version, "path": str(version.path), "n_images": n,
             "shape": [h, w, out_c], "palette_id": pid, "mode": mode, "dither": bool(dither),
-            "artifact_id": art.id, "source": source, "montage": montage_path,
+            "artifact_id": dataset_id, "source": source, "montage": str(version.path / "before-after.png"),
             "source_palette_id": src_pal["palette_id"] if src_pal else None,
             "mapping": card["mapping"], "colors": pal.describe()}
 
@@ -378,30 +405,27 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
     images = images.rechunk({0: rows_per_task})
     labels = images.map_blocks(lambda b: segment_images(np.asarray(b), k, **opts), dtype=np.uint8,
                                drop_axis=3, chunks=(images.chunks[0], (h,), (w,)))
-    tmp = store.root / "segments" / f".staging-{hashlib.sha256(repr(params).encode()).hexdigest()[:8]}"
-    arr = zarr.create_array(str(tmp / "labels.zarr"), shape=(n, h, w), chunks=(rows_per_task, h, w), dtype="uint8",
-                            compressors=[BloscCodec(cname="zstd", clevel=5)], overwrite=True)
-    labels.store(arr, lock=False)
-    chash = hashlib.sha256()
-    for s in range(0, n, rows_per_task):
-        chash.update(np.ascontiguousarray(arr[s:s + rows_per_task]).tobytes())
-    sid = artifact_id("segmentation", chash.hexdigest(), params, info["inputs"])
-    final = store.root / "segments" / sid
-    if final.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(final)
-    arr = zarr.open_array(str(final / "labels.zarr"), mode="r")
-    sample = _sample_rows(n, 16, seed)
-    imgs = np.asarray(images[sample].compute())
-    ov = np.stack([overlay(i, arr[r]) for i, r in zip(imgs, sample)])
-    mont = str(save_png(make_grid(ov, ncols=min(8, len(ov))), final / "overlay.png",
-                        scale=max(1, min(8, 256 // max(h, w)))))
-    atomic_write_json(final / "segments.json", {**params, "n_images": n, "source_rows": "see source",
-                                                "labels": str(final / "labels.zarr"), "overlay": mont})
-    art = lineage_store(store).record("segmentation", f"{info['label']}/k{k}", str(final), chash.hexdigest(),
-                                 params=params, metrics={"n_images": n}, producer=producer, inputs=info["inputs"])
+    base = store.root / "segments"
+    with staging(base) as tmp:
+        arr = zarr.create_array(str(tmp / "labels.zarr"), shape=(n, h, w), chunks=(rows_per_task, h, w),
+                                dtype="uint8", compressors=[BloscCodec(cname="zstd", clevel=5)], overwrite=True)
+        labels.store(arr, lock=False)
+        chash = hashlib.sha256()
+        for s in range(0, n, rows_per_task):
+            chash.update(np.ascontiguousarray(arr[s:s + rows_per_task]).tobytes())
+        sid = artifact_id("segmentation", chash.hexdigest(), params, info["inputs"])
+        final = base / sid
+        sample = _sample_rows(n, 16, seed)
+        imgs = np.asarray(images[sample].compute())
+        ov = np.stack([overlay(i, arr[r]) for i, r in zip(imgs, sample)])
+        save_png(make_grid(ov, ncols=min(8, len(ov))), tmp / "overlay.png", scale=max(1, min(8, 256 // max(h, w))))
+        mont = str(final / "overlay.png")
+        atomic_write_json(tmp / "segments.json", {**params, "n_images": n, "source_rows": "see source",
+                                                  "labels": str(final / "labels.zarr"), "overlay": mont})
+        art = lineage_store(store).record("segmentation", f"{info['label']}/k{k}", str(final), chash.hexdigest(),
+                                          params=params, metrics={"n_images": n}, producer=producer,
+                                          inputs=info["inputs"])
+        publish_dir(tmp, final)  # visible only now, after its lineage record
     return {"segmentation_id": art.id, "dir": str(final), "labels": str(final / "labels.zarr"), "overlay": mont,
             "n_images": n, "k": int(k), "source": source}
 

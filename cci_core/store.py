@@ -7,15 +7,22 @@ Layout (DESIGN.md)::
     <root>/runs/<run-id>/...
     <root>/datasets/<name>/<version>/...
 
-Every file another process may read is written atomically (temp file + rename).
+Every file another process may read is written atomically (temp file + rename). Anything
+bigger is written in a hidden staging folder that names its writer (:func:`make_staging`);
+the next writer removes staging folders whose writer is gone (:func:`remove_stale_staging`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from datetime import datetime, timezone
 import os
 import re
+import shutil
+import socket
+import time
 import uuid
+from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +109,109 @@ def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> Path:
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+# ----- staging folders and their writers --------------------------------------------------------
+
+OWNER_FILE = ".owner.json"
+STAGING_PREFIX = ".staging-"
+# A staging folder without an owner file is younger than this while its writer is starting.
+_UNOWNED_GRACE_S = 120.0
+
+
+def process_identity(pid: int | None = None) -> dict:
+    """Who is writing: host, pid and the process's start time (a reused pid has another)."""
+    import psutil
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "pid": pid, "started": psutil.Process(pid).create_time(),
+            "since": utc_now()}
+
+
+def writer_alive(owner: dict | None, max_age_s: float | None = None) -> bool:
+    """True while the process named by ``owner`` (:func:`process_identity`) still runs.
+
+    On this host that is checked directly (pid alive with the same start time). A writer on
+    another host is taken as alive until ``max_age_s`` (default ``$CCI_STAGING_MAX_AGE_S``,
+    else two days) has passed since it started.
+    """
+    import psutil
+    if not owner or "pid" not in owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        limit = max_age_s if max_age_s is not None else float(os.environ.get("CCI_STAGING_MAX_AGE_S", 172800))
+        return time.time() - float(owner.get("started", 0)) < limit
+    try:
+        proc = psutil.Process(int(owner["pid"]))
+        return abs(proc.create_time() - float(owner.get("started", 0))) < 1.0 and \
+            proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def make_staging(parent: str | Path, label: str = "") -> Path:
+    """A fresh hidden folder ``parent/.staging-[label-]<hex>`` that records this process as its writer."""
+    parent = Path(parent)
+    path = parent / f"{STAGING_PREFIX}{label + '-' if label else ''}{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True)
+    atomic_write_json(path / OWNER_FILE, process_identity())
+    return path
+
+
+def staging_owner(path: str | Path) -> dict | None:
+    try:
+        return read_json(Path(path) / OWNER_FILE)
+    except (OSError, ValueError):
+        return None
+
+
+def remove_stale_staging(parent: str | Path) -> list[Path]:
+    """Remove the staging folders under ``parent`` whose writer is gone (killed); returns them.
+
+    A folder without an owner file counts as stale once it is older than a short grace period
+    (its writer may be between ``mkdir`` and writing the file).
+    """
+    parent = Path(parent)
+    removed = []
+    if not parent.exists():
+        return removed
+    for path in parent.glob(f"{STAGING_PREFIX}*"):
+        if not path.is_dir():
+            continue
+        owner = staging_owner(path)
+        if owner is None:
+            try:
+                stale = time.time() - path.stat().st_mtime > _UNOWNED_GRACE_S
+            except OSError:
+                continue
+        else:
+            stale = not writer_alive(owner)
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def publish_dir(staging: str | Path, final: str | Path) -> Path:
+    """Move a finished staging folder to its content-addressed place (its lineage already
+    written). When ``final`` exists the same content is already published: the copy is dropped."""
+    staging, final = Path(staging), Path(final)
+    (staging / OWNER_FILE).unlink(missing_ok=True)
+    if final.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    return final
+
+
+@contextlib.contextmanager
+def staging(parent: str | Path, label: str = "") -> Iterator[Path]:
+    """A staging folder under ``parent`` for one writer: stale ones of killed writers are removed
+    first; this one is removed when the block fails (or was not published with
+    :func:`publish_dir`). A kill leaves it for the next writer to remove."""
+    remove_stale_staging(parent)
+    path = make_staging(parent, label)
+    try:
+        yield path
+    finally:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
