@@ -59,10 +59,14 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
     """Run a Prefect flow against the Prefect API (a temporary server when none is set) with a
     Dask task runner (the scheduler at ``dask_address``, else a LocalCluster of ``workers``);
     expected errors become one red line and exit code 1."""
+    import dask
+
+    from flows import quietlog
     from flows.preflight import check_dask_address
     from flows.runtime import dask_task_runner, prefect_api
     run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
-    with prefect_api():
+    quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
+    with prefect_api(), dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}):
         return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
 
 
