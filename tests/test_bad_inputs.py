@@ -271,6 +271,38 @@ def test_lineage_names_resolve_by_kind_name_and_version(store):
     assert json.loads(result.stdout)["id"] == corpus_id
 
 
+def _refuse(value: str) -> None:
+    raise ValueError(f"value {value!r} is refused inside a task: give another")
+
+
+def test_expected_error_inside_a_flow_prints_no_traceback(prefect_api, capfd):
+    """The safety net behind the pre-flight checks: an expected error raised in a task on a Dask
+    worker process reaches the terminal as Prefect's one-line log records and one `error:` line,
+    without the 70-110 lines of logged traceback (flows.quietlog)."""
+    import cloudpickle
+    import typer
+    from prefect import flow, task
+
+    from flows.cli import run_flow
+    refuse = task(_refuse, name="refuse")
+
+    @flow(name="refusing-flow")
+    def refusing_flow():
+        return refuse.submit("x").result()
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker cannot import a test module
+    try:
+        with pytest.raises(typer.Exit) as exited:
+            run_flow(refusing_flow, None, 1)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert exited.value.exit_code == 1
+    err = capfd.readouterr().err
+    assert "Task run failed with exception: ValueError" in err, err[-3000:]  # logged by the worker process
+    assert "Traceback" not in err, err[-3000:]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: value 'x' is refused inside a task: give another"]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     yield
