@@ -92,6 +92,12 @@ def _assign_block(x, centers: np.ndarray):
     return lab, np.einsum("ij,ij->i", diff, diff)
 
 
+def _assign_block_total(x, centers: np.ndarray):
+    """One block's labels and its summed squared distance (a named task in the Dask graph)."""
+    labels, d2 = _assign_block(x, centers)
+    return labels, d2.sum()
+
+
 class MiniBatchKMeans:
     """Mini-batch k-means with k-means++ starts, deterministic for a seed.
 
@@ -362,8 +368,7 @@ class MiniBatchKMeans:
         if not isinstance(X, da.Array):
             lab, d2 = _assign_block(X, centers)
             return lab, float(d2.sum())
-        parts = dask.compute(*[dask.delayed(lambda x: (lambda r: (r[0], r[1].sum()))(_assign_block(x, centers)))(blk)
-                               for blk in X.to_delayed().ravel()])
+        parts = dask.compute(*[dask.delayed(_assign_block_total)(blk, centers) for blk in X.to_delayed().ravel()])
         return np.concatenate([p[0] for p in parts]), float(sum(p[1] for p in parts))
 
     def predict(self, X):

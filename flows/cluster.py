@@ -53,13 +53,16 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
              plan["n_rows"], "x".join(map(str, plan["shape"])), algorithm, embedding)
     progress = create_progress_artifact(0.0, description=f"cluster {corpus}: run {run_id}")
 
-    emb = fit_embeddings_task(plan)
+    # Every compute step is submitted, not called: a called task runs in this (the client's)
+    # process, a submitted one on a worker of the flow's Dask cluster, where its own Dask
+    # graphs spread over every worker (tasks.common.cluster_compute).
+    emb = fit_embeddings_task.submit(plan).result()
     update_progress_artifact(progress, 35.0)
     log.info("PCA: %d components explain %.1f%% of the variance", emb["n_components"],
              100 * emb["explained_variance"])
     choice = None
     if ClusterParams(**params).ks() is not None:
-        choice = choose_k_task(plan, emb)
+        choice = choose_k_task.submit(plan, emb).result()
         log.info("Chose k=%d by %s (elbow says %d, silhouette says %d)", choice["k"], choice["criterion"],
                  choice["elbow_k"], choice["silhouette_k"])
         create_table_artifact(key=artifact_key("choose-k", corpus), table=choice["scores"],
@@ -67,12 +70,15 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
     k_used = choice["k"] if choice else ClusterParams(**params).fixed_k()
     update_progress_artifact(progress, 50.0)
 
-    cl = cluster_task.with_options(assets=[asset_for("clustering", run_id)])(plan, emb, k_used, choice)
+    cl = cluster_task.with_options(assets=[asset_for("clustering", run_id)]).submit(
+        plan, emb, k_used, choice).result()
     update_progress_artifact(progress, 70.0)
     assets = [partition_asset(run_id, c) for c in range(cl["n_clusters"])]
-    parts = partitions_task.with_options(assets=assets)(plan, emb, cl)
+    parts_future = partitions_task.with_options(assets=assets).submit(plan, emb, cl)
+    pictures_future = pictures_task.submit(plan, emb, cl)  # beside the partitions: they share no file
+    parts = parts_future.result()
     update_progress_artifact(progress, 80.0)
-    pictures = pictures_task(plan, emb, cl)
+    pictures = pictures_future.result()
     run = finish_run_task(plan)
     update_progress_artifact(progress, 100.0)
 

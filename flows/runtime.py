@@ -55,6 +55,21 @@ def dask_task_runner(address: str | None = None, n_workers: int | None = None) -
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
 
 
+def on_flow_cluster(subflow):
+    """SUBFLOW with a task runner on the Dask cluster of the flow running now.
+
+    A subflow otherwise runs its tasks on its own decorator's task runner (a thread pool in
+    this process) whatever cluster its parent was given. Outside a flow on a Dask task
+    runner, SUBFLOW is returned as it is.
+    """
+    from prefect.context import FlowRunContext
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    if not isinstance(runner, DaskTaskRunner):
+        return subflow
+    return subflow.with_options(task_runner=DaskTaskRunner(address=runner.client.scheduler.address))
+
+
 def workers_have_gpu() -> bool:
     """True when the current flow runs on a Dask task runner whose workers advertise a ``GPU`` resource."""
     from prefect.context import FlowRunContext
