@@ -1,13 +1,32 @@
-"""Normalise decoded images to one corpus shape: (H, W, C) uint8 with C in {1, 3}."""
+"""Open user image files safely and normalise them to one corpus shape: (H, W, C) uint8, C in {1, 3}.
+
+:func:`open_image` is the one way user-supplied image files are decoded (ingest, palette,
+segment): a size cap on the bytes read and a pixel limit checked before decoding.
+:func:`to_uint8` maps numeric arrays to bytes by a declared value range.
+"""
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 FITS = ("stretch", "crop", "pad")
+DEFAULT_MAX_FILE_BYTES = 256 << 20       # bytes read from one file or tar member
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 27       # pixels decoded from one image (134 M: about 400 MB as RGB)
+# value range name -> (low, high) of the input values that map to bytes 0..255
+VALUE_RANGES = {"0-1": (0.0, 1.0), "0-255": (0.0, 255.0), "-1-1": (-1.0, 1.0)}
+# our own check below refuses what Pillow would only warn about; its warning is noise then
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageRefused(ValueError):
+    """One image file is not decoded: a one-line reason (too big, not an image, corrupt)."""
 
 
 @dataclass(frozen=True)
@@ -106,14 +125,127 @@ def normalise_array(arr: np.ndarray, shape: ImageShape, fit: str = "stretch") ->
     return normalise(Image.fromarray(arr[..., 0] if c == 1 else arr, mode=mode), shape, fit)
 
 
-def array_to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Numeric image arrays to uint8: floats in [0, 1] are scaled by 255, other values clipped."""
-    if arr.dtype == np.uint8:
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"
+
+
+def read_capped(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of one file, refusing (without reading it) a file larger than ``max_bytes``."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(max_bytes + 1) if size <= max_bytes else b""
+    except OSError as exc:
+        raise ImageRefused(f"cannot read file: {exc.strerror or exc}") from None
+    if size > max_bytes or len(data) > max_bytes:
+        raise ImageRefused(oversize_reason(max(size, len(data)), max_bytes))
+    return data
+
+
+def oversize_reason(size: int, max_bytes: int) -> str:
+    """Why a file (or tar member) of ``size`` bytes is not read."""
+    return f"file is {_mib(size)}, over the cap of {_mib(max_bytes)} per file (--max-file-bytes): not read"
+
+
+def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               max_bytes: int = DEFAULT_MAX_FILE_BYTES, target: tuple[int, int] | None = None) -> Image.Image:
+    """Decode one image file (its first frame), refusing a decompression bomb before decoding.
+
+    Parameters
+    ----------
+    source : a path (read with :func:`read_capped`) or the file's bytes.
+    max_pixels : the most pixels this decode may produce; Pillow's ``Image.MAX_IMAGE_PIXELS``
+        is set to it too (Pillow then refuses declared sizes over twice it in ``open``).
+    max_bytes : the cap on bytes read from a path.
+    target : (height, width) the image will be resized to: JPEGs are decoded at the smallest
+        DCT scale (1/2, 1/4, 1/8) that still covers it, so a large photo costs little memory.
+
+    Raises
+    ------
+    ImageRefused with a one-line reason.
+    """
+    data = read_capped(source, max_bytes) if isinstance(source, (str, Path)) else source
+    if not data:
+        raise ImageRefused("empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.seek(0)  # GIF / multi-frame TIFF: the first frame
+        img.info["declared_size"] = img.size  # before a JPEG draft shrinks it
+        if target and img.format in ("JPEG", "MPO"):
+            img.draft(None, (target[1], target[0]))
+        if img.width * img.height > max_pixels:
+            raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+        img.load()
+    except UnidentifiedImageError:
+        raise ImageRefused("not a recognised image file (unknown or corrupt format)") from None
+    except Image.DecompressionBombError:
+        raise ImageRefused(f"image too large: it declares {img_size(data)} pixels, over the limit of "
+                           f"{max_pixels:,} decoded pixels (--max-image-pixels): not decoded") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRefused(f"truncated or corrupt image: {exc}") from None
+    return img
+
+
+def img_size(data: bytes) -> str:
+    """``WxH`` as the file's header declares it (opening reads the header only), or '?'."""
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return f"{img.width}x{img.height}"
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def decide_value_range(requested: str, dtype: np.dtype, lo: float, hi: float, n_bad: int, clip: bool,
+                       where: str) -> str:
+    """The value range of one whole source, from its dtype and min/max over all of it.
+
+    ``auto``: integers are 0-255; floats in [0, 1] are 0-1, in [-1, 1] with negatives -1-1,
+    within [0, 255] 0-255. Anything else, NaN/inf, or values outside an explicit range
+    without ``clip`` is a ValueError naming ``where``, the min/max and the options.
+    """
+    options = "--value-range 0-1, 0-255 or -1-1 (with --clip to clip values outside it)"
+    if requested not in ("auto", *VALUE_RANGES):
+        raise ValueError(f"--value-range {requested!r} is not one of auto, {', '.join(VALUE_RANGES)}")
+    if n_bad:
+        raise ValueError(f"{where}: {n_bad:,} values are NaN or infinite: replace them before ingesting")
+    kind = np.dtype(dtype).kind
+    if requested == "auto":
+        if kind == "b":
+            return "0-1"
+        if kind in "ui":
+            if lo >= 0 and hi <= 255:
+                return "0-255"
+            raise ValueError(f"{where}: integer values {lo:g}..{hi:g} do not fit 0..255: rescale them "
+                             f"to 0..255, or declare {options}")
+        if kind != "f":
+            raise ValueError(f"{where}: arrays of dtype {dtype} are not images: save integers or floats")
+        if lo >= 0 and hi <= 1:
+            return "0-1"
+        if lo >= -1 and hi <= 1:
+            return "-1-1"
+        if lo >= 0 and hi <= 255:
+            return "0-255"
+        raise ValueError(f"{where}: float values {lo:g}..{hi:g} fit none of 0..1, -1..1, 0..255: "
+                         f"declare {options}, or rescale them")
+    low, high = VALUE_RANGES[requested]
+    if (lo < low or hi > high) and not clip:
+        raise ValueError(f"{where}: values {lo:g}..{hi:g} are outside --value-range {requested} "
+                         f"({low:g}..{high:g}): pass --clip to clip them, or choose another range")
+    return requested
+
+
+def to_uint8(arr: np.ndarray, value_range: str = "0-255") -> np.ndarray:
+    """Numeric image values to bytes: ``value_range`` low..high maps to 0..255 (clipped first).
+
+    Element-wise with fixed constants, so one value always gives one byte, whatever batch
+    it arrives in.
+    """
+    low, high = VALUE_RANGES[value_range]
+    if arr.dtype == np.uint8 and (low, high) == (0.0, 255.0):
         return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        finite = arr[np.isfinite(arr)]
-        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
-        return np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
-    if arr.dtype == np.uint16:
-        return np.rint(arr / 257.0).astype(np.uint8)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    x = np.clip(arr.astype(np.float64), low, high)
+    return np.rint((x - low) * (255.0 / (high - low))).astype(np.uint8)

@@ -4,9 +4,16 @@ The Prefect flow runs :func:`decode_batch` and :func:`write_segments` as paralle
 :func:`ingest_local` runs the same steps in one process. Every step passes small dicts of
 paths and numbers. Decoded pixels go to a staging folder as ``.npy`` files; the corpus
 version becomes visible only when :func:`commit_ingest` writes ``corpus.json``.
+
+One writer per corpus: :func:`plan_ingest` takes the corpus lock *before* it reads
+``corpus.json``, and the array resize and the commit compare-and-swap on it (the version
+this ingest extends must still be the latest, else :class:`CorpusChangedError` and nothing
+is written). :func:`check_ingest_request` runs every check that needs no server.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -21,9 +28,9 @@ import pandas as pd
 
 from cci_core.corpus import (INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array,
                              read_manifest, write_rows)
-from cci_core.images import FITS, ImageShape
+from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, FITS, ImageShape
 from cci_core.lineage import LineageStore
-from cci_core.sources import SourceError, first_image_shape, load_batch, open_source
+from cci_core.sources import ReadLimits, Source, SourceError, first_image_shape, load_batch, open_source
 from cci_core.store import Store, utc_now, validate_name
 
 
@@ -31,42 +38,120 @@ def default_batch_size(kind: str) -> int:
     return 16384 if kind in ("idx", "npy", "digits") else 512
 
 
-def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int] | None = None,
-                channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
-                batch_size: int | None = None) -> dict:
-    """Inspect the source and the corpus, decide the shape and split the source into batches."""
+class CorpusChangedError(ValueError):
+    """The corpus got a new version after this ingest planned: it commits nothing."""
+
+
+def _check_options(corpus: str, size, channels, fit: str, batch_size, limits: dict) -> ReadLimits:
+    """The checks on the options alone (no file read)."""
     validate_name(corpus, "corpus name")
     if fit not in FITS:
         raise ValueError(f"--fit {fit!r} is not one of {', '.join(FITS)}")
     if channels not in (None, 1, 3):
         raise ValueError(f"--channels {channels} is not supported: use 1 or 3")
-    src = open_source(source, label_from_folder=label_from_folder)
+    if size is not None:
+        ImageShape(*size, channels or 1)  # the corpus shape's own limits (1..4096 a side)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} must be at least 1")
+    return ReadLimits(**limits)
+
+
+def _corpus_shape(src: Source, manifest: dict | None, corpus: str, size, channels,
+                  limits: ReadLimits) -> ImageShape:
+    """The shape new rows get: the corpus's own, or (new corpus) the options and the first image."""
+    if not manifest:
+        return first_image_shape(src, channels, size, limits)
+    shape = ImageShape(*manifest["shape"])
+    wanted = tuple(size or (shape.height, shape.width)) + (channels or shape.channels,)
+    if wanted != shape.hwc:
+        raise ValueError(f"corpus {corpus!r} stores images of shape {shape.hwc}, not {wanted}: "
+                         "drop --size/--channels or ingest into a new corpus")
+    return shape
+
+
+def check_ingest_request(store: Store, source: str, corpus: str, *, size: tuple[int, int] | None = None,
+                         channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
+                         batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
+                         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, follow_symlinks: bool = False) -> dict:
+    """Every ingest check that needs no server, in seconds: options, the corpus name, the
+    source (exists, not empty, labels match, value range of array data), the shape against an
+    existing corpus. Raises ValueError / SourceError with one line; returns what it found.
+    Reads nothing it writes: the store is not created."""
+    limits = _check_options(corpus, size, channels, fit, batch_size,
+                            dict(max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
+                                 follow_symlinks=follow_symlinks))
+    src = open_source(source, label_from_folder=label_from_folder, value_range=value_range, clip=clip)
     cdir = store.corpus_dir(corpus)
-    manifest = read_manifest(cdir)
-    if manifest:
-        shape = ImageShape(*manifest["shape"])
-        wanted = (size or (shape.height, shape.width)) + (channels or shape.channels,)
-        if wanted != shape.hwc:
-            raise ValueError(f"corpus {corpus!r} stores images of shape {shape.hwc}, not {wanted}: "
-                             "drop --size/--channels or ingest into a new corpus")
-        n0, version = manifest["versions"][-1]["n_rows"], len(manifest["versions"]) + 1
-        previous = manifest["versions"][-1]["artifact_id"]
-        fit = manifest.get("fit", fit)
-    else:
-        inferred = first_image_shape(src, channels)
-        shape = ImageShape(*(size or (inferred.height, inferred.width)), channels or inferred.channels)
-        n0, version, previous = 0, 1, None
+    shape = _corpus_shape(src, read_manifest(cdir), corpus, size, channels, limits)
+    return {"source": src.uri, "kind": src.kind, "count": src.count, "shape": list(shape.hwc),
+            "value_range": src.value_range}
+
+
+def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int] | None = None,
+                channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
+                batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
+                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                follow_symlinks: bool = False) -> dict:
+    """Inspect the source, lock the corpus, then read it: decide the shape and the batches.
+
+    The lock is taken before ``corpus.json`` is read, so the version this plan extends
+    cannot change under it; a failed plan releases the lock.
+    """
+    limits = _check_options(corpus, size, channels, fit, batch_size,
+                            dict(max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
+                                 follow_symlinks=follow_symlinks))
+    src = open_source(source, label_from_folder=label_from_folder, value_range=value_range, clip=clip)
+    cdir = store.corpus_dir(corpus)
     ingest_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     acquire_lock(cdir, ingest_id)
-    return {
-        "corpus": corpus, "corpus_dir": str(cdir), "source": src.uri, "source_kind": src.kind,
-        "source_count": src.count, "listing_hash": src.listing_hash, "shape": list(shape.hwc),
-        "fit": fit, "label_from_folder": label_from_folder, "n0": n0, "version": version,
-        "previous_artifact_id": previous, "ingest_id": ingest_id,
-        "staging_dir": str(cdir / "_staging" / ingest_id),
-        "batch_size": batch_size or default_batch_size(src.kind),
-        "batches": src.plan(batch_size or default_batch_size(src.kind)),
-    }
+    try:
+        manifest = read_manifest(cdir)
+        shape = _corpus_shape(src, manifest, corpus, size, channels, limits)
+        if manifest:
+            n0, version = manifest["versions"][-1]["n_rows"], len(manifest["versions"]) + 1
+            previous = manifest["versions"][-1]["artifact_id"]
+            fit = manifest.get("fit", fit)
+        else:
+            n0, version, previous = 0, 1, None
+        batch_size = batch_size or default_batch_size(src.kind)
+        return {
+            "corpus": corpus, "corpus_dir": str(cdir), "source": src.uri, "source_kind": src.kind,
+            "source_count": src.count, "listing_hash": src.listing_hash, "shape": list(shape.hwc),
+            "fit": fit, "label_from_folder": label_from_folder, "n0": n0, "version": version,
+            "previous_artifact_id": previous, "ingest_id": ingest_id,
+            "value_range": src.value_range, "clip": clip, "limits": limits.asdict(),
+            "staging_dir": str(cdir / "_staging" / ingest_id),
+            "batch_size": batch_size, "batches": src.plan(batch_size),
+        }
+    except BaseException:
+        release_lock({"corpus_dir": str(cdir), "ingest_id": ingest_id})
+        raise
+
+
+def check_still_latest(plan: dict) -> None:
+    """Compare-and-swap guard: the corpus's latest version is still the one this plan extends."""
+    manifest = read_manifest(Path(plan["corpus_dir"]))
+    versions = manifest["versions"] if manifest else []
+    latest = versions[-1]["artifact_id"] if versions else None
+    if len(versions) != plan["version"] - 1 or latest != plan["previous_artifact_id"]:
+        by = versions[-1].get("ingest_id") if versions else None
+        raise CorpusChangedError(
+            f"corpus {plan['corpus']!r} is at v{len(versions)} (written by ingest {by}) but this ingest "
+            f"({plan['ingest_id']}) planned to extend v{plan['version'] - 1}: nothing was committed; "
+            "run the same cci ingest again to add this source's new images")
+
+
+@contextlib.contextmanager
+def _flock(cdir: Path, name: str):
+    """An OS file lock (released when the process dies) around a short check-then-write."""
+    cdir.mkdir(parents=True, exist_ok=True)
+    with open(cdir / name, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _lock_path(cdir: Path) -> Path:
@@ -91,6 +176,11 @@ def acquire_lock(cdir: Path, ingest_id: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"ingest_id": ingest_id, "pid": os.getpid(), "host": socket.gethostname(),
           "since": utc_now()}
+    with _flock(Path(cdir), ".ingest.lock.guard"):  # two takeovers of one stale lock cannot interleave
+        _acquire(path, me, cdir)
+
+
+def _acquire(path: Path, me: dict, cdir: Path) -> None:
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -122,7 +212,7 @@ def release_lock(plan: dict) -> None:
 
 def decode_batch(plan: dict, batch: dict) -> dict:
     """Decode one batch into the staging folder; return paths and counts (no pixels)."""
-    result = load_batch(batch, ImageShape(*plan["shape"]), plan["fit"])
+    result = load_batch(batch, ImageShape(*plan["shape"]), plan["fit"], ReadLimits(**plan["limits"]))
     staging = Path(plan["staging_dir"])
     staging.mkdir(parents=True, exist_ok=True)
     stem = staging / f"batch-{batch['batch']:06d}"
@@ -215,7 +305,10 @@ def write_segments(plan: dict, segments: list[dict]) -> int:
 
 
 def prepare_array(plan: dict, selection: dict) -> None:
-    """Create or resize the image array to hold the new rows (before the parallel writes)."""
+    """Create or resize the image array to hold the new rows (before the parallel writes).
+
+    Checks first that no other ingest committed since the plan: resizing would cut its rows."""
+    check_still_latest(plan)
     ensure_images_array(Path(plan["corpus_dir"]), ImageShape(*plan["shape"]), selection["n1"])
 
 
@@ -239,6 +332,7 @@ def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | No
     new_q["version"] = plan["version"]
     quarantine = (pd.concat([old_q, new_q]) if old_q is not None else new_q).drop_duplicates("source", keep="first")
 
+    check_still_latest(plan)  # before the lineage record: a refused commit records nothing
     content = hashlib.sha256(("x".join(map(str, plan["shape"])) + "|" +
                               "".join(index["image_id"])).encode()).hexdigest()
     lineage = LineageStore(store.lineage_url)
@@ -246,7 +340,8 @@ def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | No
                          size=plan["source_count"], params={"kind": plan["source_kind"]})
     inputs = [(src.id, "source")] + ([(plan["previous_artifact_id"], "previous")] if plan["previous_artifact_id"] else [])
     params = {"shape": plan["shape"], "fit": plan["fit"], "label_from_folder": plan["label_from_folder"],
-              "batch_size": plan["batch_size"], "version": plan["version"], "n_rows": len(index)}
+              "batch_size": plan["batch_size"], "version": plan["version"], "n_rows": len(index),
+              "value_range": plan.get("value_range"), "clip": plan.get("clip", False)}
     art = lineage.record("corpus", f"{plan['corpus']}@v{plan['version']}", cdir.as_uri(), content,
                          size=len(index), params=params, producer=producer,
                          metrics={"added": selection["n_new"], "duplicates": selection["duplicates"],
@@ -259,7 +354,9 @@ def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | No
         "duplicates": selection["duplicates"], "quarantined": len(selection["quarantine"]),
         "source": plan["source"], "listing_hash": plan["listing_hash"], "artifact_id": art.id,
         "ingest_id": plan["ingest_id"], "created_at": datetime.now(timezone.utc).isoformat()}]
-    commit_version(cdir, manifest, index, quarantine)
+    with _flock(cdir, ".commit.lock"):  # compare-and-swap: check and publish as one step
+        check_still_latest(plan)
+        commit_version(cdir, manifest, index, quarantine)
     shutil.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'
     return {**summary, "version": plan["version"], "n_rows": len(index), "changed": True, "artifact_id": art.id}
 

@@ -3,29 +3,31 @@
 A source spec is a path or ``builtin:digits``. Supported: a folder tree of image files
 (PNG, JPEG, BMP, TIFF, WebP, GIF first frame), MNIST-format IDX files (a folder of them or
 one images file; ``.gz`` or raw), ``.npy`` / ``.npz`` arrays, a tar archive of images (read
-in memory, never extracted) and scikit-learn's digits.
+member by member, never extracted) and scikit-learn's digits.
 
-Batches are small JSON-able dicts (paths and row ranges, never pixels) so they can travel
-through Prefect; :func:`load_batch` turns one into normalised pixels, index rows and
-quarantine rows in whatever process runs it.
+Batches are small JSON-able dicts (paths, member offsets and row ranges, never pixels) so
+they can travel through Prefect; :func:`load_batch` turns one into normalised pixels, index
+rows and quarantine rows in whatever process runs it. Array sources get their value range
+decided once, from a first pass over all of them (:func:`decide_value_range`), and every
+batch carries it, so a value maps to the same byte whatever the batch size.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import os
 import re
 import tarfile
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cci_core.idx import IDXFormatError, read_idx
-from cci_core.images import ImageShape, array_to_uint8, image_id, normalise, normalise_array
+from cci_core.images import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageRefused, ImageShape,
+                             decide_value_range, image_id, normalise, normalise_array, open_image, oversize_reason,
+                             read_capped, to_uint8)
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 _IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images[-.]idx3-ubyte(\.gz)?$")
@@ -34,8 +36,27 @@ _ARRAY_KEYS = ("images", "x", "X", "data", "arr_0")
 _LABEL_KEYS = ("labels", "y", "Y", "targets", "arr_1")
 
 
+_STATS_ROWS = 8192  # rows per step of the value-range pass over an array source
+
+
 class SourceError(ValueError):
     """The source cannot be ingested at all (missing, empty, unreadable)."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one image file or tar member may cost, and whether symlinks may leave the folder."""
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    follow_symlinks: bool = False
+
+    def __post_init__(self):
+        for name in ("max_file_bytes", "max_image_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive number")
+
+    def asdict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -48,6 +69,8 @@ class Source:
     parts: list[dict] = field(default_factory=list)
     files: list[str] = field(default_factory=list)    # files / tar members (relative)
     labels: list[str | None] = field(default_factory=list)
+    members: list[list[int]] = field(default_factory=list)  # uncompressed tar: [data offset, size] per file
+    value_range: str | None = None  # array sources: decided from all values by open_source
 
     def plan(self, batch_size: int) -> list[dict]:
         """Split into batches: dicts of paths or row ranges, small enough for Prefect."""
@@ -59,11 +82,13 @@ class Source:
                 batches.append({"kind": self.kind, "root": self.uri,
                                 "items": self.files[start:start + batch_size],
                                 "labels": self.labels[start:start + batch_size]})
+                if self.members:
+                    batches[-1]["members"] = self.members[start:start + batch_size]
         else:
             for part in self.parts:
                 for start in range(0, part["n"], batch_size):
                     batches.append({"kind": self.kind, "part": part, "start": start,
-                                    "stop": min(part["n"], start + batch_size)})
+                                    "stop": min(part["n"], start + batch_size), "value_range": self.value_range})
         for i, b in enumerate(batches):
             b["batch"] = i
         return batches
@@ -81,8 +106,45 @@ def _file_sig(path: Path) -> tuple:
     return (path.name, st.st_size, st.st_mtime_ns)
 
 
-def open_source(spec: str, label_from_folder: bool = False) -> Source:
-    """Inspect a source spec; raises :class:`SourceError` with a one-line reason."""
+def open_source(spec: str, label_from_folder: bool = False, value_range: str = "auto",
+                clip: bool = False) -> Source:
+    """Inspect a source spec; raises :class:`SourceError` with a one-line reason.
+
+    For array sources (IDX, .npy/.npz, digits) this reads every value once to decide the
+    value range (see :func:`cci_core.images.decide_value_range`); ``clip`` allows values
+    outside an explicit range.
+    """
+    src = _open_source(spec, label_from_folder)
+    if src.kind not in ("files", "tar"):
+        src.value_range = _source_value_range(src, value_range, clip)
+    elif value_range not in ("auto", "0-1", "0-255", "-1-1"):
+        decide_value_range(value_range, np.dtype(np.uint8), 0, 0, 0, clip, spec)  # the message for a bad name
+    return src
+
+
+def _source_value_range(src: Source, requested: str, clip: bool) -> str:
+    """One pass over all values of an array source: min, max, NaN/inf count -> its value range."""
+    lo, hi, bad, dtypes = np.inf, -np.inf, 0, set()
+    for part in src.parts:
+        images, _ = _part_arrays(part)
+        dtypes.add(np.dtype(images.dtype))
+        for start in range(0, len(images), _STATS_ROWS):
+            block = np.asarray(images[start:start + _STATS_ROWS])
+            if block.dtype.kind == "f":
+                finite = np.isfinite(block)
+                bad += int(block.size - np.count_nonzero(finite))
+                block = block[finite]
+            if block.size:
+                lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    where = ", ".join(p["path"] for p in src.parts)
+    kinds = {d.kind for d in dtypes}
+    dtype = np.result_type(*dtypes) if len(kinds) == 1 else np.dtype(np.float64)
+    if lo > hi:  # nothing finite at all
+        lo = hi = 0.0
+    return decide_value_range(requested, dtype, lo, hi, bad, clip, where)
+
+
+def _open_source(spec: str, label_from_folder: bool) -> Source:
     if spec == "builtin:digits":
         return Source("digits", spec, _hash_listing(["sklearn-digits-1797"]), 1797,
                       parts=[{"path": spec, "n": 1797, "split": None}])
@@ -124,6 +186,9 @@ def _idx_parts(paths: list[Path], only: Path | None = None) -> list[dict]:
         labels = next((str(by_name[n]) for n in (f"{stem}-labels-idx1-ubyte.gz", f"{stem}-labels-idx1-ubyte",
                                                 f"{stem}-labels.idx1-ubyte") if n in by_name), None)
         n = _idx_count(p)
+        if labels is not None and _idx_count(Path(labels)) != n:
+            raise SourceError(f"{labels} holds {_idx_count(Path(labels)):,} labels but {p} holds {n:,} images: "
+                              "give the labels file that belongs to these images, or remove it")
         split = "train" if stem.startswith("train") else "test" if stem.startswith(("t10k", "test")) else stem
         parts.append({"path": str(p), "labels": labels, "n": n, "split": split})
     parts.sort(key=lambda q: (q["split"] != "train", q["path"]))  # train rows first
@@ -169,24 +234,36 @@ def _safe_member(name: str) -> bool:
 
 
 def _tar_source(path: Path, label_from_folder: bool) -> Source:
+    """List a tar archive in one pass. For an uncompressed archive each member's data offset
+    and size are kept, so a batch reads its members by seeking, never by scanning."""
     try:
-        with tarfile.open(path) as tf:
-            members = [m for m in tf.getmembers() if m.isfile()]
+        try:
+            with tarfile.open(path, "r:") as tf:
+                members, compressed = tf.getmembers(), False
+        except tarfile.ReadError:
+            with tarfile.open(path, "r:*") as tf:
+                members, compressed = tf.getmembers(), True
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise SourceError(f"{path}: cannot read tar archive ({exc})") from exc
-    names = sorted(m.name for m in members if not PurePosixPath(m.name).name.startswith("."))
+    by_name = {m.name: m for m in members if m.isfile()}  # a later member of one name replaces an earlier
+    names = sorted(n for n in by_name if not PurePosixPath(n).name.startswith("."))
     if not names:
         raise SourceError(f"tar archive {path} holds no files")
     labels = [n.split("/", 1)[0] if label_from_folder and "/" in n and _safe_member(n) else None for n in names]
     sig = _file_sig(path)
-    return Source("tar", str(path), _hash_listing([sig, *names]), len(names), files=names, labels=labels)
+    offsets = [] if compressed else [[by_name[n].offset_data, by_name[n].size] for n in names]
+    return Source("tar", str(path), _hash_listing([sig, *names]), len(names), files=names, labels=labels,
+                  members=offsets)
 
 
 def _array_source(path: Path) -> Source:
-    images, _ = _load_array_file(str(path))
+    images, labels = _load_array_file(str(path))
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise SourceError(f"{path}: expected an array of shape (N, H, W) or (N, H, W, C) with N > 0, "
                           f"got {images.shape}")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
+        raise SourceError(f"{path}: {len(images):,} images but {len(labels) if labels.ndim else 0:,} labels "
+                          f"(labels shape {labels.shape}): give exactly one label per image, or drop the labels")
     return Source("npy", str(path), _hash_listing([_file_sig(path)]), int(images.shape[0]),
                   parts=[{"path": str(path), "n": int(images.shape[0]), "split": None}])
 
@@ -202,7 +279,10 @@ def _load_array_file(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             if ikey is None:
                 raise SourceError(f"{path}: the .npz archive is empty")
             lkey = next((k for k in _LABEL_KEYS if k in keys and k != ikey), None)
-            return z[ikey], (z[lkey] if lkey else None)
+            labels = z[lkey] if lkey else None
+            if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
+                labels = labels[:, 0]  # a column vector of labels
+            return z[ikey], labels
     except (ValueError, OSError) as exc:
         if isinstance(exc, SourceError):
             raise
@@ -236,83 +316,148 @@ class BatchResult:
     quarantine: list[dict]
 
 
-def first_image_shape(source: Source, channels: int | None = None) -> ImageShape:
-    """Infer the corpus shape from the first decodable image of the source."""
+def first_image_shape(source: Source, channels: int | None = None, size: tuple[int, int] | None = None,
+                      limits: ReadLimits | None = None) -> ImageShape:
+    """The corpus shape: ``size`` and ``channels`` where given, the rest from the first
+    decodable image of the source (decoded for ``size`` when given, so a large photo is cheap)."""
+    if size and channels:
+        return ImageShape(*size, channels)
     if source.kind in ("files", "tar"):
+        limits = limits or ReadLimits()
         for b in source.plan(64):
-            for item in b["items"]:
+            for _, got in _read_items(b, limits):
+                if isinstance(got, _Quarantine):
+                    continue
                 try:
-                    img = _open_item(b, item)
-                except _Quarantine:
+                    img = open_image(got, max_pixels=limits.max_image_pixels, target=size)
+                except ImageRefused:
                     continue
                 c = channels or (1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
-                return ImageShape(img.height, img.width, c)
+                h, w = size or (img.height, img.width)
+                if max(h, w) > 4096:
+                    raise SourceError(f"the first image of {source.uri} is {w}x{h} pixels, more than 4096 a side: "
+                                      "give --size HxW (e.g. --size 64x64) for the corpus shape")
+                return ImageShape(h, w, c)
         raise SourceError(f"source {source.uri}: every file is unreadable, nothing to ingest "
-                          "(see the reasons with --verbose)")
+                          f"(the first: {_first_reason(source, limits)})")
     arr = _array_rows(source.parts[0], 0, 1)[0][0]
     c = channels or (1 if arr.ndim == 2 or arr.shape[-1] == 1 else 3)
-    return ImageShape(arr.shape[0], arr.shape[1], c)
+    h, w = size or arr.shape[:2]
+    if max(h, w) > 4096:
+        raise SourceError(f"the images of {source.uri} are {w}x{h} pixels, more than 4096 a side: "
+                          "give --size HxW for the corpus shape")
+    return ImageShape(h, w, c)
+
+
+def _first_reason(source: Source, limits: ReadLimits) -> str:
+    batch = source.plan(1)[0]
+    for _, got in _read_items(batch, limits):
+        if isinstance(got, _Quarantine):
+            return f"{batch['items'][0]}: {got}"
+        try:
+            open_image(got, max_pixels=limits.max_image_pixels)
+        except ImageRefused as exc:
+            return f"{batch['items'][0]}: {exc}"
+    return "?"
 
 
 class _Quarantine(Exception):
     pass
 
 
-def _open_item(batch: dict, item: str) -> Image.Image:
-    """Open one file or tar member and decode it fully; raise _Quarantine(reason)."""
-    if batch["kind"] == "tar":
-        if not _safe_member(item):
-            raise _Quarantine("unsafe member path in tar archive (absolute or '..'): not read")
-        with tarfile.open(batch["root"]) as tf:
-            data = tf.extractfile(item).read()
-    else:
-        try:
-            data = (Path(batch["root"]) / item).read_bytes()
-        except OSError as exc:
-            raise _Quarantine(f"cannot read file: {exc.strerror or exc}") from exc
-    if not data:
-        raise _Quarantine("empty file (0 bytes)")
+def _read_items(batch: dict, limits: ReadLimits):
+    """Yield ``(i, bytes or _Quarantine)`` for the items of a files/tar batch, each read once
+    with the size cap: files by path, tar members by offset, or in one streaming pass of a
+    compressed archive. Items may come out of order."""
+    items, cap = batch["items"], limits.max_file_bytes
+    if batch["kind"] == "files":
+        root = Path(batch["root"])
+        for i, item in enumerate(items):
+            path = root / item
+            target = path.resolve()
+            if not limits.follow_symlinks and not target.is_relative_to(root):
+                yield i, _Quarantine(f"symlink to {target}, outside the source folder {root}: not read "
+                                     "(--follow-symlinks reads it)")
+                continue
+            try:
+                yield i, read_capped(path, cap)
+            except ImageRefused as exc:
+                yield i, _Quarantine(str(exc))
+        return
+    todo = {}
+    for i, item in enumerate(items):
+        if _safe_member(item):
+            todo[item] = i
+        else:
+            yield i, _Quarantine("unsafe member path in tar archive (absolute or '..'): not read")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.seek(0)  # GIF / multi-frame TIFF: the first frame
-            img.load()
-    except UnidentifiedImageError:
-        raise _Quarantine("not a recognised image file (unknown or corrupt format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _Quarantine(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _Quarantine(f"truncated or corrupt image: {exc}") from None
-    return img
+        if "members" in batch:  # uncompressed: seek to each member's data
+            with open(batch["root"], "rb") as fh:
+                for item, i in list(todo.items()):
+                    del todo[item]
+                    offset, size = batch["members"][i]
+                    if size > cap:
+                        yield i, _Quarantine(oversize_reason(size, cap))
+                        continue
+                    fh.seek(offset)
+                    yield i, fh.read(size)
+            return
+        with tarfile.open(batch["root"], "r|*") as tf:  # compressed: one pass, stops when all are read
+            for m in tf:
+                i = todo.pop(m.name, None)
+                if i is not None and m.isfile():
+                    yield i, (_Quarantine(oversize_reason(m.size, cap)) if m.size > cap else tf.extractfile(m).read())
+                if not todo:
+                    break
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        for i in todo.values():
+            yield i, _Quarantine(f"cannot read tar member: {exc}")
+        return
+    for i in todo.values():
+        yield i, _Quarantine("member not found in the tar archive (it changed since it was listed)")
+
+
+def _part_arrays(part: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """All images (memory-mapped for .npy) and labels of one array part."""
+    path = part["path"]
+    if path == "builtin:digits":
+        return _load_digits()
+    if path.endswith((".npy", ".npz")):
+        return _load_array_file(path)
+    return _load_idx(path, part.get("labels"))
 
 
 def _array_rows(part: dict, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
-    path = part["path"]
-    if path == "builtin:digits":
-        images, labels = _load_digits()
-    elif path.endswith((".npy", ".npz")):
-        images, labels = _load_array_file(path)
-    else:
-        images, labels = _load_idx(path, part.get("labels"))
+    images, labels = _part_arrays(part)
     return np.asarray(images[start:stop]), (None if labels is None else np.asarray(labels[start:stop]))
 
 
-def load_batch(batch: dict, shape: ImageShape, fit: str = "stretch") -> BatchResult:
-    """Decode and normalise one batch planned by :meth:`Source.plan`."""
+def load_batch(batch: dict, shape: ImageShape, fit: str = "stretch", limits: ReadLimits | None = None) -> BatchResult:
+    """Decode and normalise one batch planned by :meth:`Source.plan` (``limits``: per-file caps)."""
     pixels, rows, quarantine = [], [], []
     if batch["kind"] in ("files", "tar"):
-        for item, label in zip(batch["items"], batch["labels"]):
-            uri = f"tar://{batch['root']}!{item}" if batch["kind"] == "tar" else str(Path(batch["root"]) / item)
+        limits = limits or ReadLimits()
+        done: dict[int, tuple] = {}
+        for i, got in _read_items(batch, limits):
             try:
-                img = _open_item(batch, item)
-                orig = (img.height, img.width, img.mode)
+                if isinstance(got, _Quarantine):
+                    raise got
                 try:
-                    px = normalise(img, shape, fit)
+                    img = open_image(got, max_pixels=limits.max_image_pixels, target=(shape.height, shape.width))
+                except ImageRefused as exc:
+                    raise _Quarantine(str(exc)) from None
+                w, h = img.info.get("declared_size", img.size)
+                try:
+                    done[i] = (normalise(img, shape, fit), (h, w, img.mode))
                 except Exception as exc:  # noqa: BLE001 - any conversion failure is quarantined
                     raise _Quarantine(f"cannot convert mode {img.mode} to the corpus shape: {exc}") from None
             except _Quarantine as q:
-                quarantine.append({"source": uri, "reason": str(q), "batch": batch["batch"]})
+                done[i] = (None, str(q))
+        for i, (item, label) in enumerate(zip(batch["items"], batch["labels"])):  # in listing order
+            uri = f"tar://{batch['root']}!{item}" if batch["kind"] == "tar" else str(Path(batch["root"]) / item)
+            px, orig = done[i]
+            if px is None:
+                quarantine.append({"source": uri, "reason": orig, "batch": batch["batch"]})
                 continue
             pixels.append(px)
             rows.append({"source": uri, "label": label, "split": None,
@@ -320,7 +465,8 @@ def load_batch(batch: dict, shape: ImageShape, fit: str = "stretch") -> BatchRes
     else:
         part = batch["part"]
         images, labels = _array_rows(part, batch["start"], batch["stop"])
-        images = array_to_uint8(images)
+        # decided once for the whole source (open_source), never from this batch alone
+        images = to_uint8(images, batch.get("value_range") or "0-255")
         for i, arr in enumerate(images):
             row = batch["start"] + i
             uri = f"{part['path']}#{row}"

@@ -6,6 +6,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
+from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.store import Store
 from tasks.common import asset_for
 from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
@@ -15,17 +16,24 @@ from cci_core import ingest
 @flow(name="cci-ingest", log_prints=True)
 def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: tuple[int, int] | None = None,
                 channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
-                batch_size: int | None = None) -> dict:
+                batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
+                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                follow_symlinks: bool = False) -> dict:
     """Ingest SOURCE into CORPUS: a new corpus version with only the images not stored yet."""
     log = get_run_logger()
     store_root = str(Store(store_root).ensure().root)
     plan = plan_ingest_task(store_root, source, corpus, size=tuple(size) if size else None,
                             channels=channels, fit=fit, label_from_folder=label_from_folder,
-                            batch_size=batch_size)
+                            batch_size=batch_size, value_range=value_range, clip=clip,
+                            max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
+                            follow_symlinks=follow_symlinks)
     batches = plan.pop("batches")
     log.info("Source %s (%s, %d items) -> corpus %s v%d: %d batches, shape %s",
              plan["source"], plan["source_kind"], plan["source_count"], corpus, plan["version"],
              len(batches), "x".join(map(str, plan["shape"])))
+    if plan["value_range"]:
+        log.info("Array values read as the range %s (decided from all of the source)%s",
+                 plan["value_range"], ", out-of-range values clipped" if plan["clip"] else "")
     try:
         progress = create_progress_artifact(0.0, description=f"ingest {corpus}: batches decoded")
         futures = decode_batch_task.map(unmapped(plan), batches)
