@@ -21,6 +21,7 @@ from cci_core.augment import STRONG, AugmentConfig, random_view
 from cci_core.cnn import CNN
 from cci_core.device import use_amp
 from cci_core.torch_data import CorpusImages
+from cci_core.train_steps import optimizer_step, progress_line
 
 
 class Projection(nn.Module):
@@ -92,17 +93,11 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
         with torch.autocast(device.type, enabled=use_amp(device)):
             z = proj(model.features(x))
         loss = nt_xent(z[:len(rows)], z[len(rows):], temperature)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(opt, scaler, loss, sched)
         losses.append(loss.item())
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            el = time.perf_counter() - t0
-            rate = 2 * (step + 1) * batch_size / el
-            log(f"contrastive step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.4f}, "
-                f"{rate:.0f} images/s, {el:.0f}s, ~{el / (step + 1) * (steps - step - 1):.0f}s left")
+            log(progress_line("contrastive", step + 1, steps, 2 * (step + 1) * batch_size,
+                              time.perf_counter() - t0, loss=np.mean(losses[-log_every:])))
     seconds = time.perf_counter() - t0
     return {"cl_steps": steps, "cl_loss": float(np.mean(losses[-max(1, steps // 10):])),
             "cl_seconds": seconds,

@@ -31,6 +31,7 @@ from cci_core.augment import STRONG, WEAK, AugmentConfig, random_view
 from cci_core.cnn import CNN
 from cci_core.device import use_amp
 from cci_core.torch_data import CorpusImages
+from cci_core.train_steps import optimizer_step, progress_line
 
 
 # ----- neighbours -------------------------------------------------------------------------
@@ -159,18 +160,13 @@ def train_scan(model: CNN, data: CorpusImages, neighbours: np.ndarray, steps: in
         with torch.autocast(device.type, enabled=use_amp(device)):
             logits = model(x)
         loss, c, e = scan_loss(logits[:batch_size], logits[batch_size:], entropy_weight)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(opt, scaler, loss)
         cons.append(c.item())
         ent.append(e.item())
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            el = time.perf_counter() - t0
-            log(f"scan step {step + 1}/{steps}: consistency {np.mean(cons[-log_every:]):.4f}, "
-                f"entropy {np.mean(ent[-log_every:]):.4f}, "
-                f"{2 * (step + 1) * batch_size / el:.0f} images/s, "
-                f"~{el / (step + 1) * (steps - step - 1):.0f}s left")
+            log(progress_line("scan", step + 1, steps, 2 * (step + 1) * batch_size,
+                              time.perf_counter() - t0, consistency=np.mean(cons[-log_every:]),
+                              entropy=np.mean(ent[-log_every:])))
     seconds = time.perf_counter() - t0
     return {"scan_steps": steps, "scan_consistency": float(np.mean(cons[-max(1, steps // 10):])),
             "scan_entropy": float(np.mean(ent[-max(1, steps // 10):])), "scan_seconds": seconds,
@@ -262,19 +258,12 @@ def self_label_round(model: CNN, data: CorpusImages, probs: np.ndarray, steps: i
         km = torch.zeros((), device=device)
         if cen is not None and lam > 0 and bool(mask.any()):
             km = ((F.normalize(f[mask].float(), dim=1) - cen[target[mask]]) ** 2).sum(1).mean()
-        loss = ce + lam * km
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(opt, scaler, ce + lam * km, sched)
         ce_sum, km_sum, kept = ce_sum + ce.item(), km_sum + km.item(), kept + int(mask.sum())
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
-            el = time.perf_counter() - t0
-            log(f"self-label step {step + 1}/{steps}: ce {ce_sum / (step + 1):.4f}, "
-                f"kept {kept / ((step + 1) * batch_size):.3f}, "
-                f"{2 * (step + 1) * batch_size / el:.0f} images/s, "
-                f"~{el / (step + 1) * (steps - step - 1):.0f}s left")
+            log(progress_line("self-label", step + 1, steps, 2 * (step + 1) * batch_size,
+                              time.perf_counter() - t0, ce=ce_sum / (step + 1),
+                              kept=kept / ((step + 1) * batch_size)))
     seconds = time.perf_counter() - t0
     return {"sl_steps": steps, "sl_pool": int(sum(p.size for p in pools)),
             "sl_loss_ce": ce_sum / steps, "sl_loss_kmeans": km_sum / steps,

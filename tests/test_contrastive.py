@@ -63,15 +63,19 @@ def test_nt_xent_prefers_matching_views():
 def test_contrastive_pretraining_is_deterministic_and_learns():
     data = CorpusImages(_images(64))
 
+    lines = []
+
     def run():
         torch.manual_seed(0)
         model = CNN(CNNConfig(width=4, depth=2, embed_dim=8))
         stats = pretrain_contrastive(model, data, epochs=2, batch_size=16, seed=5,
-                                     device=torch.device("cpu"))
+                                     device=torch.device("cpu"), log=lines.append, log_every=4)
         return model, stats
 
     (m1, s1), (m2, _) = run(), run()
     assert s1["cl_steps"] == 8 and s1["cl_images_per_s"] > 0 and np.isfinite(s1["cl_loss"])
+    assert len(lines) == 4 and lines[1].startswith("contrastive step 8/8: loss ")
+    assert "images/s" in lines[0] and lines[1].endswith("~0s left")
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
     head = CNN(CNNConfig(width=4, depth=2, embed_dim=8)).head  # the head is left alone
