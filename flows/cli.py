@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.store import Store
 
 app = typer.Typer(help="CCI: cluster image corpora, learn the clusters, generate new images - "
@@ -115,6 +116,16 @@ def ingest(
                                            help="Use each file's first folder level as its label."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size",
                                              help="Images per parallel task (default 512 files, 16384 array rows)."),
+    value_range: str = typer.Option("auto", "--value-range",
+                                    help="Array sources: the values that map to 0..255: 0-1, 0-255 or -1-1; auto "
+                                         "decides from the whole source (integers 0-255; floats 0-1, -1-1 or 0-255)."),
+    clip: bool = typer.Option(False, "--clip", help="Clip array values outside --value-range instead of refusing."),
+    max_file_bytes: int = typer.Option(DEFAULT_MAX_FILE_BYTES, "--max-file-bytes",
+                                       help="Largest file or tar member read; larger ones are quarantined."),
+    max_image_pixels: int = typer.Option(DEFAULT_MAX_IMAGE_PIXELS, "--max-image-pixels",
+                                         help="Most pixels one image may decode to (decompression-bomb guard)."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
+                                         help="Read file symlinks that point outside the source folder."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
     as_json: bool = JsonOpt,
 ):
@@ -122,13 +133,16 @@ def ingest(
 
     Corrupt or unreadable files are quarantined (listed with reasons), not fatal.
     """
+    from cci_core.ingest import check_ingest_request
     from flows.ingest import ingest_flow
     shape = parse_size(size)
     store_obj = Store(store)
-    summary = run_flow(ingest_flow, dask_address, workers,
-                       source, corpus, store_root=str(store_obj.root), size=shape,
-                       channels=channels, fit=fit, label_from_folder=label_from_folder,
-                       batch_size=batch_size)
+    options = dict(size=shape, channels=channels, fit=fit, label_from_folder=label_from_folder,
+                   batch_size=batch_size, value_range=value_range, clip=clip, max_file_bytes=max_file_bytes,
+                   max_image_pixels=max_image_pixels, follow_symlinks=follow_symlinks)
+    # everything checkable is checked here, before a server or a cluster is started
+    run_guarded(check_ingest_request, store_obj, source, corpus, **options)
+    summary = run_flow(ingest_flow, dask_address, workers, source, corpus, store_root=str(store_obj.root), **options)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
