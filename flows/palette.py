@@ -36,8 +36,8 @@ def palette_flow(source: str, colors: int = 8, store_root: str | None = None, sp
     log = get_run_logger()
     store_root = str(Store(store_root).ensure().root)
     progress = create_progress_artifact(0.0, description=f"palette of {source}, {colors} colours")
-    out = learn_palette_task.with_options(assets=[palette_asset(source, colors, space)])(
-        store_root, source, colors, space=space, method=method, seed=seed)
+    out = learn_palette_task.with_options(assets=[palette_asset(source, colors, space)]).submit(
+        store_root, source, colors, space=space, method=method, seed=seed).result()
     update_progress_artifact(progress, 100.0)
     for msg in out["messages"]:
         log.warning(msg)
@@ -63,8 +63,8 @@ def stylize_flow(source: str, palette_id: str, dataset: str, store_root: str | N
     store_root = str(Store(store_root).ensure().root)
     check_stylize_task(store_root, source, palette_id, dataset, mode)
     progress = create_progress_artifact(0.0, description=f"stylize {source} with {palette_id}")
-    out = stylize_task.with_options(assets=[dataset_asset(dataset)])(
-        store_root, source, palette_id, dataset, mode=mode, dither=dither, seed=seed)
+    out = stylize_task.with_options(assets=[dataset_asset(dataset)]).submit(
+        store_root, source, palette_id, dataset, mode=mode, dither=dither, seed=seed).result()
     update_progress_artifact(progress, 100.0)
     log.info("Dataset %s v%d: %d images in palette %s (%s%s) -> %s", dataset, out["version"], out["n_images"],
              out["palette_id"], mode, ", dithered" if dither else "", out["path"])
@@ -82,8 +82,8 @@ def segment_flow(source: str, k: int = 5, store_root: str | None = None, space: 
                  position_weight: float = 0.0, standardize: bool = True, seed: int = 0) -> dict:
     """Per-image k-means segmentation of every image of SOURCE (label maps as Zarr)."""
     store_root = str(Store(store_root).ensure().root)
-    out = segment_corpus_task(store_root, source, k, space=space, position_weight=position_weight,
-                              standardize=standardize, seed=seed)
+    out = segment_corpus_task.submit(store_root, source, k, space=space, position_weight=position_weight,
+                                     standardize=standardize, seed=seed).result()
     create_markdown_artifact(key=artifact_key("segment", out["segmentation_id"]),
                              markdown=f"# Segmentation `{out['segmentation_id']}`\n\n`{out['labels']}`\n\n"
                                       + _png_markdown(out["overlay"], "overlays"),
