@@ -391,9 +391,9 @@ def run_pipeline(
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
     from flows.preflight import check_pipeline
-    run_guarded(check_pipeline, source, corpus, dataset, channels, k,
-                {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
     store_obj = Store(store)
+    run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k,
+                {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
     user_api = os.environ.get("PREFECT_API_URL")
     summary = run_flow(pipeline_flow, dask_address, workers,
                        source, corpus, store_root=str(store_obj.root), size=parse_size(size),

@@ -76,15 +76,6 @@ def existing_store(root: str | None) -> Store:
     return store
 
 
-def check_source(source: str) -> None:
-    """An ingest source must be a builtin name, a URL or a path that exists."""
-    if source.startswith("builtin:") or "://" in source:
-        return
-    if not Path(source).exists():
-        raise PreflightError(f"source {source!r} does not exist: give a folder of images, an IDX, .npy/.npz or "
-                             "tar file, or builtin:digits")
-
-
 def check_positive(value: int | float | None, flag: str, minimum: int | float = 1) -> None:
     """A numeric option that must be at least ``minimum`` (when given)."""
     if value is not None and value < minimum:
@@ -109,10 +100,11 @@ def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, da
     """``cci refresh``: the source, the corpus, the run it builds on and the dataset name."""
     from cci_core.cluster_run import finished_run
     from cci_core.corpus import open_corpus
+    from cci_core.ingest import check_ingest_request
     from cci_core.store import validate_name
     from flows.refresh import latest_served_run
-    check_source(source)
     open_corpus(store, corpus)
+    check_ingest_request(store, source, corpus)  # what its ingest stage checks, now
     if dataset is not None:
         validate_name(dataset, "dataset name")
     check_positive(per_cluster, "--per-cluster")
@@ -124,16 +116,14 @@ def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, da
         latest_served_run(store, corpus)
 
 
-def check_pipeline(source: str, corpus: str, dataset: str | None, channels: int | None, k: int,
-                   counts: dict[str, int]) -> None:
+def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int] | None, channels: int | None,
+                   dataset: str | None, k: int, counts: dict[str, int]) -> None:
     """``cci run``: what can be known about the whole pipeline before its first stage."""
+    from cci_core.ingest import check_ingest_request
     from cci_core.store import validate_name
-    check_source(source)
-    validate_name(corpus, "corpus name")
     if dataset is not None:
         validate_name(dataset, "dataset name")
-    if channels not in (None, 1, 3):
-        raise PreflightError(f"--channels {channels}: give 1 (gray) or 3 (RGB)")
     check_positive(k, "--k", 2)
     for flag, value in counts.items():
         check_positive(value, flag)
+    check_ingest_request(store, source, corpus, size=size, channels=channels)  # what its ingest stage checks

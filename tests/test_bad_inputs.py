@@ -32,7 +32,7 @@ from cci_core.cluster_run import ClusterParams
 AWAITING_OTHER_HELPERS: set[str] = {
     "ingest-missing-source", "ingest-empty-folder", "ingest-all-bad-folder", "ingest-float-out-of-range",
     "ingest-npz-more-labels", "ingest-npz-fewer-labels", "ingest-bad-corpus-name", "ingest-bad-channels",
-    "ingest-bad-fit",
+    "ingest-bad-fit", "run-bad-channels", "run-npz-fewer-labels", "refresh-float-out-of-range",
 }
 
 TALLY: dict[str, str] = {}  # case id -> clear error | traceback | silent result | loss | other
@@ -163,6 +163,9 @@ CASES = [
     ("run-k-below-2", "run builtin:digits --k 1 --store {S}", ["--k", "1"]),
     ("run-bad-corpus-name", "run builtin:digits --corpus ../x --store {S}", ["../x"]),
     ("run-bad-size", "run builtin:digits --size abc --store {S}", ["--size", "abc"]),
+    ("run-bad-channels", "run builtin:digits --channels 2 --store {S}", ["--channels", "2"]),
+    ("run-npz-fewer-labels", "run {I}/fewer_labels.npz --store {S}", ["fewer_labels.npz", "40"]),
+    ("refresh-float-out-of-range", "refresh {I}/wide.npy --corpus d28 --store {S}", ["wide.npy", "--value-range"]),
     ("run-unreachable-dask", "run builtin:digits --dask-address tcp://127.0.0.1:1 --store {S}",
      ["tcp://127.0.0.1:1"]),
     # ingest (new corpus "newc" in the same store: a refused ingest creates nothing)
@@ -289,6 +292,10 @@ def test_expected_error_inside_a_flow_prints_no_traceback(prefect_api, capfd):
     @flow(name="refusing-flow")
     def refusing_flow():
         return refuse.submit("x").result()
+    from prefect.logging.configuration import setup_logging
+    # Prefect may have set up its console handlers during an earlier in-process CliRunner call,
+    # bound to that call's (now closed) stderr: bind them to this test's stderr
+    setup_logging(incremental=False)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker cannot import a test module
     try:
         with pytest.raises(typer.Exit) as exited:
