@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,11 @@ DEFAULT_MAX_FILE_BYTES = 256 << 20       # bytes read from one file or tar membe
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 27       # pixels decoded from one image (134 M: about 400 MB as RGB)
 # value range name -> (low, high) of the input values that map to bytes 0..255
 VALUE_RANGES = {"0-1": (0.0, 1.0), "0-255": (0.0, 255.0), "-1-1": (-1.0, 1.0)}
-# our own check below refuses what Pillow would only warn about; its warning is noise then
+# Pillow's own guard, set explicitly: Image.open refuses a declared size over twice it.
+# open_image applies its per-call limit itself, so this is only ever raised, never lowered
+# (a small --max-image-pixels must not break other image reading in the same process).
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+# our own check refuses what Pillow would only warn about; its warning is noise then
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -154,8 +159,8 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_IMAG
     Parameters
     ----------
     source : a path (read with :func:`read_capped`) or the file's bytes.
-    max_pixels : the most pixels this decode may produce; Pillow's ``Image.MAX_IMAGE_PIXELS``
-        is set to it too (Pillow then refuses declared sizes over twice it in ``open``).
+    max_pixels : the most pixels this decode may produce (checked after a JPEG draft, before
+        decoding); Pillow's ``Image.MAX_IMAGE_PIXELS`` is raised to it when it is larger.
     max_bytes : the cap on bytes read from a path.
     target : (height, width) the image will be resized to: JPEGs are decoded at the smallest
         DCT scale (1/2, 1/4, 1/8) that still covers it, so a large photo costs little memory.
@@ -167,36 +172,29 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_IMAG
     data = read_capped(source, max_bytes) if isinstance(source, (str, Path)) else source
     if not data:
         raise ImageRefused("empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    limit = f"over the limit of {max_pixels:,} decoded pixels (--max-image-pixels): not decoded"
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
         img.seek(0)  # GIF / multi-frame TIFF: the first frame
         img.info["declared_size"] = img.size  # before a JPEG draft shrinks it
         if target and img.format in ("JPEG", "MPO"):
             img.draft(None, (target[1], target[0]))
         if img.width * img.height > max_pixels:
-            raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+            raise ImageRefused(f"image too large: {img.width}x{img.height} to decode, {limit}")
         img.load()
+    except ImageRefused:
+        raise
     except UnidentifiedImageError:
         raise ImageRefused("not a recognised image file (unknown or corrupt format)") from None
-    except Image.DecompressionBombError:
-        raise ImageRefused(f"image too large: it declares {img_size(data)} pixels, over the limit of "
-                           f"{max_pixels:,} decoded pixels (--max-image-pixels): not decoded") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its limit
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageRefused(f"image too large: it declares {int(declared[1]) if declared else 0:,} pixels, "
+                           f"{limit}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRefused(f"truncated or corrupt image: {exc}") from None
     return img
-
-
-def img_size(data: bytes) -> str:
-    """``WxH`` as the file's header declares it (opening reads the header only), or '?'."""
-    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return f"{img.width}x{img.height}"
-    except Exception:  # noqa: BLE001 - only for the message
-        return "?"
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def decide_value_range(requested: str, dtype: np.dtype, lo: float, hi: float, n_bad: int, clip: bool,
