@@ -32,8 +32,9 @@ def refine_flow(run_id: str, store_root: str | None = None, options: dict | None
         cl = refine_task.with_options(assets=assets).submit(plan).result()
     log.info("Chose round %d of %d%s", cl["chosen_round"], len(cl["rounds"]) - 1,
              " (on a GPU worker)" if on_gpu else "")
-    parts = refined_partitions_task(plan, cl)
-    pictures = refine_pictures_task(plan, cl)
+    parts_future = refined_partitions_task.submit(plan, cl)
+    pictures = refine_pictures_task.submit(plan, cl).result()
+    parts = parts_future.result()
     run = finish_run_task(plan)
 
     create_table_artifact(key=artifact_key("refine-rounds", plan["corpus"]),
