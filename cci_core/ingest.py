@@ -83,6 +83,9 @@ def check_ingest_request(store: Store, source: str, corpus: str, *, size: tuple[
                                  follow_symlinks=follow_symlinks))
     src = open_source(source, label_from_folder=label_from_folder, value_range=value_range, clip=clip)
     cdir = store.corpus_dir(corpus)
+    held = _holder(_lock_path(cdir))
+    if held is not None:  # the plan checks again under the lock; this only says it sooner
+        raise _busy(cdir, held)
     shape = _corpus_shape(src, read_manifest(cdir), corpus, size, channels, limits)
     return {"source": src.uri, "kind": src.kind, "count": src.count, "shape": list(shape.hwc),
             "value_range": src.value_range}
@@ -180,21 +183,37 @@ def acquire_lock(cdir: Path, ingest_id: str) -> None:
         _acquire(path, me, cdir)
 
 
+def _holder(path: Path) -> dict | None:
+    """Who holds the lock at ``path``: its record, or None when there is no lock or its
+    process is gone (same host: a crashed ingest, whose lock may be taken over)."""
+    try:
+        held = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        held = {}
+    if held.get("host") == socket.gethostname() and held.get("pid") and not _alive(int(held["pid"])):
+        return None
+    return held
+
+
+def _busy(cdir: Path, held: dict) -> ValueError:
+    return ValueError(f"corpus {Path(cdir).name!r} is being written by another ingest "
+                      f"({held.get('ingest_id')}, pid {held.get('pid')} on {held.get('host')} since "
+                      f"{held.get('since')}); wait for it to finish, or delete {_lock_path(cdir)} if no ingest "
+                      "is running")
+
+
 def _acquire(path: Path, me: dict, cdir: Path) -> None:
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                held = json.loads(path.read_text())
-            except (OSError, ValueError):
-                held = {}
-            if held.get("host") == me["host"] and held.get("pid") and not _alive(int(held["pid"])):
+            held = _holder(path)
+            if held is None:
                 path.unlink(missing_ok=True)  # its process is gone: a crashed ingest
                 continue
-            raise ValueError(f"corpus {Path(cdir).name!r} is being written by another ingest "
-                             f"({held.get('ingest_id')}, pid {held.get('pid')} on {held.get('host')} since "
-                             f"{held.get('since')}); wait for it to finish, or delete {path} if no ingest is running")
+            raise _busy(cdir, held) from None
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         return

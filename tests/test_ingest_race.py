@@ -14,7 +14,7 @@ from PIL import Image
 
 from cci_core.corpus import open_corpus
 from cci_core.images import image_id
-from cci_core.ingest import (CorpusChangedError, decode_batch, ingest_local, plan_ingest, prepare_array,
+from cci_core.ingest import (CorpusChangedError, check_ingest_request, decode_batch, ingest_local, plan_ingest, prepare_array,
                              release_lock, select_new, commit_ingest)
 from cci_core.store import Store
 
@@ -122,6 +122,8 @@ def test_lock_is_taken_before_the_corpus_is_read_and_released_when_planning_fail
     plan = plan_ingest(store, str(a), "race")
     with pytest.raises(ValueError, match="being written by another ingest"):
         plan_ingest(store, str(a), "race")
+    with pytest.raises(ValueError, match="being written by another ingest"):  # said before any server starts
+        check_ingest_request(store, str(a), "race")
     release_lock(plan)
     ingest_local(store, str(a), "race")
     with pytest.raises(ValueError, match="stores images of shape"):
