@@ -76,7 +76,7 @@ def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] 
                                     for e in extracted]]
     deps = [asset_for("corpus", plan["corpus"])]
     summary = write_features_report_task.with_options(assets=[features_report_asset(run_id)],
-                                                      asset_deps=deps)(plan, results)
+                                                      asset_deps=deps).submit(plan, results).result()
     create_table_artifact(key=artifact_key("features", run_id), table=summary["table"],
                           description=f"feature spaces of run {run_id}: k-means acc/nmi/ari, silhouette, "
                                       f"probe accuracy at {', '.join(f'{100 * f:g}%' for f in params.fractions)} of "
@@ -103,7 +103,7 @@ def selfcond_flow(run_id: str, store_root: str | None = None, new_run_id: str | 
              run_id, plan["run_id"], plan["k"], params.steps, params.recluster_every)
     with gpu_annotation() as on_gpu:
         cl = train_selfcond_task.with_options(assets=[asset_for("clustering", plan["run_id"])]).submit(plan).result()
-    parts = selfcond_partitions_task(plan, cl)
+    parts = selfcond_partitions_task.submit(plan, cl).result()
     run = finish_selfcond_task(plan, cl, parts)
     create_table_artifact(key=artifact_key("self-condition", plan["run_id"]),
                           table=[{k: h.get(k) for k in ("step", "changed", "passes", "acc", "nmi", "ari")}
