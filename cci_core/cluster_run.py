@@ -140,6 +140,13 @@ class ClusterParams:
                              "(at most the number of images and of pixel values), or a ratio in (0, 1)")
         if self.sample_size < 2 or self.silhouette_sample < 2:
             raise ValueError("--sample-size and the silhouette sample must be >= 2")
+        if self.eps is not None and not self.eps > 0:
+            raise ValueError(f"--eps {self.eps}: the DBSCAN radius must be > 0")
+        for flag, value, low in (("--min-samples", self.min_samples, 1), ("--min-cluster-size", self.min_cluster_size, 2),
+                                 ("--umap-dim", self.umap_dim, 1), ("--umap-neighbors", self.umap_neighbors, 2),
+                                 ("--umap-sample", self.umap_sample, 2)):
+            if value is not None and value < low:
+                raise ValueError(f"{flag} {value}: must be at least {low}")
 
 
 def new_run_id(corpus: str) -> str:

@@ -168,6 +168,8 @@ class LineageStore:
         kind, sep, name = ref.partition(":")
         if not sep or kind not in self.kinds():
             kind, name = None, ref
+        if not name.strip():
+            raise UnknownArtifactError(ref)
         matches = self.list(kind=kind, name=name)
         if not matches:
             matches = self._latest_version(kind, name.removesuffix("@latest"))

@@ -65,6 +65,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
     from flows import quietlog
     from flows.preflight import check_dask_address
     from flows.runtime import dask_task_runner, prefect_api
+    if workers is not None and workers < 1:
+        fail(f"--workers {workers}: give at least 1 worker process")
     run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
     quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
     with prefect_api(), dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}):
@@ -321,6 +323,9 @@ def predict(
         df, quarantine = run_guarded(cluster_run.predict_source, store_obj, run_id, source, fit)
     for q in quarantine:
         err.print(f"[yellow]quarantined[/] {q['source']}: {q['reason']}", highlight=False, soft_wrap=True)
+    if quarantine and not len(df):
+        fail(f"source {source}: none of its images could be read ({len(quarantine)} quarantined, listed above); "
+             "nothing to label")
     if output:
         from cci_core.store import atomic_write_parquet
         atomic_write_parquet(output, df)

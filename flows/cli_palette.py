@@ -124,8 +124,10 @@ def register(app: typer.Typer) -> None:
                       f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
             return
         from flows.palette import segment_flow
+        from cci_core.palette import check_space
         store_obj = read_store(store)
-        run_guarded(pr.resolve_source, store_obj, image)
+        info = run_guarded(pr.resolve_source, store_obj, image)
+        run_guarded(check_space, space, info["shape"][-1])
         res = run_flow(segment_flow, dask_address, workers,
                        image, k, store_root=str(store_obj.root), space=space,
                        position_weight=position_weight, standardize=standardize, seed=seed)

@@ -43,15 +43,35 @@ def check_dask_address(address: str | None, timeout: float = DASK_CONNECT_TIMEOU
     host, port = dask_host_port(address)
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return
+            pass
     except socket.gaierror:
         why = f"unknown host {host!r}"
     except (TimeoutError, socket.timeout):
         why = f"no answer within {timeout:g} s"
     except OSError as exc:
         why = "connection refused" if exc.errno == errno.ECONNREFUSED else (exc.strerror or str(exc)).lower()
+    else:
+        if _dask_handshake(address, timeout):
+            return
+        why = f"something listens there but gave no Dask handshake within {timeout:g} s"
     raise PreflightError(f"cannot reach the Dask scheduler at {address} ({why}); start one with "
                          "`dask scheduler` or drop --dask-address")
+
+
+def _dask_handshake(address: str, timeout: float) -> bool:
+    """True when the peer at ``address`` completes Dask's comm handshake (a scheduler or worker)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address if "://" in address else f"tcp://{address}", timeout=timeout)
+        await comm.close()
+    try:
+        asyncio.run(asyncio.wait_for(probe(), timeout + 1))
+    except Exception:  # whatever a non-Dask peer makes the comm layer raise (even a huge frame length)
+        return False
+    return True
 
 
 def existing_store(root: str | None) -> Store:

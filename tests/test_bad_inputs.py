@@ -58,6 +58,16 @@ def store(digits28_store):
 
 
 @pytest.fixture(scope="module")
+def not_dask_port():
+    """A TCP port that accepts connections but speaks no Dask (a mistyped port of another service)."""
+    import socket
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        yield srv.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad-sources")
     (d / "empty").mkdir()
@@ -102,6 +112,7 @@ CASES = [
     ("lineage-show-file-as-store", "lineage show x --store {I}/wide.npy", ["wide.npy", "not a folder"]),
     ("lineage-show-unknown-name", "lineage show nosuch@v9 --store {S}", ["nosuch@v9", "cci lineage list"]),
     ("lineage-show-unknown-kind-name", "lineage show corpus:d28@v7 --store {S}", ["corpus:d28@v7"]),
+    ("lineage-show-kind-without-name", "lineage show clustering: --store {S}", ["clustering:"]),
     ("lineage-show-ambiguous-name", "lineage show d28@v1 --store {S}", ["d28@v1", "corpus:d28@v1", "dataset:d28@v1"]),
     ("corpus-info-unknown", "corpus info nosuch --store {S}", ["nosuch"]),
     ("corpus-info-unknown-version", "corpus info d28 --version 9 --store {S}", ["9"]),
@@ -122,12 +133,21 @@ CASES = [
      ["tcp://127.0.0.1:1", "connection refused", "dask scheduler"]),
     ("cluster-malformed-dask", "cluster d28 --dask-address tcp://127.0.0.1 --store {S}",
      ["--dask-address", "tcp://127.0.0.1"]),
+    ("cluster-not-a-dask-peer", "cluster d28 --dask-address tcp://127.0.0.1:{P} --store {S}",
+     ["tcp://127.0.0.1:", "no Dask handshake"]),
+    ("cluster-no-workers", "cluster d28 --workers 0 --store {S}", ["--workers 0"]),
+    ("cluster-negative-eps", "cluster d28 --algorithm dbscan --eps -1 --store {S}", ["--eps", "-1"]),
+    ("cluster-min-cluster-size-1", "cluster d28 --algorithm hdbscan --min-cluster-size 1 --store {S}",
+     ["--min-cluster-size 1"]),
+    ("cluster-umap-dim-0", "cluster d28 --embedding umap --umap-dim 0 --store {S}", ["--umap-dim 0"]),
     # refine, predict
     ("refine-unknown-run", "refine nosuch --store {S}", ["nosuch"]),
     ("refine-unknown-option", "refine run1 --set bogus=1 --store {S}", ["bogus"]),
     ("refine-option-without-value", "refine run1 --set rounds --store {S}", ["rounds", "NAME=VALUE"]),
     ("predict-unknown-run", "predict nosuch --corpus d28 --store {S}", ["nosuch"]),
     ("predict-nothing-to-label", "predict run1 --store {S}", ["--corpus"]),
+    ("predict-all-unreadable", "predict run1 {I}/allbad --store {S}", ["allbad", "nothing to label"]),
+    ("predict-float-out-of-range", "predict run1 {I}/wide.npy --store {S}", ["wide.npy", "--value-range"]),
     ("predict-bad-rows", "predict run1 --corpus d28 --rows 5:1 --store {S}", ["5:1"]),
     # train, evaluate, generate
     ("train-unknown-run", "train nosuch --store {S}", ["nosuch"]),
@@ -148,6 +168,8 @@ CASES = [
      ["../../../etc/passwd"]),
     ("stylize-unknown-palette", "stylize d28 --palette nosuch --dataset s --store {S}", ["nosuch"]),
     ("segment-k-below-2", "segment d28 --k 1 --store {S}", ["1"]),
+    ("segment-bad-space", "segment d28 --space xyz --store {S}", ["--space", "xyz"]),
+    ("segment-colour-space-on-gray", "segment d28 --space rgb --store {S}", ["--space rgb", "gray"]),
     ("segment-unknown-source", "segment nosuch --store {S}", ["nosuch"]),
     # features, self-condition
     ("features-unknown-run", "features nosuch --store {S}", ["nosuch"]),
@@ -207,11 +229,11 @@ def classify(exit_code: int, stderr: str, stdout: str, changed: bool, fragments:
 
 
 @pytest.mark.parametrize("case_id,argv,fragments", list(_params()))
-def test_bad_input_is_one_clear_line(case_id, argv, fragments, store, inputs, monkeypatch):
+def test_bad_input_is_one_clear_line(case_id, argv, fragments, store, inputs, not_dask_port, monkeypatch):
     from flows.cli import app
     monkeypatch.setattr("flows.runtime.prefect_api", _no_server)
     monkeypatch.setenv("COLUMNS", "400")
-    args = argv.format(S=store.root, I=inputs).split()
+    args = argv.format(S=store.root, I=inputs, P=not_dask_port).split()
     before = _store_state(store.root)
     t0 = time.time()
     result = CliRunner().invoke(app, args)
@@ -272,6 +294,25 @@ def test_lineage_names_resolve_by_kind_name_and_version(store):
                                 ["lineage", "show", "corpus:d28@v1", "--json", "--store", str(store.root)])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["id"] == corpus_id
+
+
+def test_dask_address_check_accepts_a_scheduler_and_nothing_else(not_dask_port):
+    """The pre-flight check speaks Dask's handshake: a live scheduler passes at once, a port that
+    only accepts TCP is refused within the timeout, a closed port at once."""
+    from distributed import LocalCluster
+
+    from flows.preflight import PreflightError, check_dask_address
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        t0 = time.time()
+        check_dask_address(cluster.scheduler_address)
+        assert time.time() - t0 < 2
+    t0 = time.time()
+    with pytest.raises(PreflightError, match="no Dask handshake"):
+        check_dask_address(f"tcp://127.0.0.1:{not_dask_port}", timeout=1.0)
+    assert time.time() - t0 < 5
+    with pytest.raises(PreflightError, match="connection refused"):
+        check_dask_address("127.0.0.1:1")  # bare host:port is read as tcp://
 
 
 def _refuse(value: str) -> None:
