@@ -121,7 +121,9 @@ class DatasetWriter:
 
         record : ``record(final_path, version) -> artifact id``, called once the version number is
             taken and before anything is visible: it writes the lineage record (with the final
-            URI). Its id goes into the card as ``lineage.artifact_id``. If it raises, nothing is
+            URI; its parameters should hold the version, so that each version has a record of
+            its own even when two versions hold the same images). Its id goes into the card as
+            ``lineage.artifact_id``. If it raises, nothing is
             published (the staging folder is removed on leaving the ``with`` block).
         """
         if self.n == 0:
@@ -141,7 +143,8 @@ class DatasetWriter:
                     "how_to_read": READ_ME.replace("<version>", str(final)), **card}
             if record is not None:
                 aid = record(final, version)
-                card["lineage"] = {**(card.get("lineage") or {}), "artifact_id": aid}
+                card["lineage"] = {**(card.get("lineage") or {}), "artifact_id": aid,
+                                   "show": f"cci lineage show {aid}"}
             atomic_write_json(self.staging / "card.json", card)
             (self.staging / OWNER_FILE).unlink(missing_ok=True)
             os.replace(self.staging, final)

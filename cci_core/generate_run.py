@@ -28,7 +28,6 @@ import pandas as pd
 
 from cci_core import cluster_run
 from cci_core.datasets import DatasetWriter, open_dataset
-from cci_core.lineage import artifact_id
 from cci_core.store import Store, read_json, validate_name
 
 MANIFEST_SCHEMA = {
@@ -140,7 +139,6 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
         params = {"run_id": run_id, "per_cluster": per_cluster, "threshold": threshold, "seed": seed,
                   "models": kind, "dataset": dataset}
         content = hashes.hexdigest()
-        dataset_id = artifact_id("dataset", content, params, inputs)
         n_acc = sum(a for a, _ in accepted_by_cluster.values())
         metrics = {"n_images": writer.n, "accepted": n_acc, "acceptance_rate": n_acc / writer.n,
                    "acceptance_by_cluster": {str(c): a / n for c, (a, n) in sorted(accepted_by_cluster.items())}}
@@ -151,18 +149,15 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
                 "run_id": run_id, "clustering_artifact_id": run["clustering"]["clustering_artifact_id"],
                 "models": {m["name"]: m["artifact_id"] for m in chosen}, "classifier_artifact_id": classifier_id,
                 "classifier": classifier_desc, "params": params, "metrics": metrics,
-                "lineage": {"artifact_id": dataset_id, "inputs": [{"id": i, "role": r} for i, r in inputs],
-                            "show": f"cci lineage show {dataset_id}"}}
+                "lineage": {"inputs": [{"id": i, "role": r} for i, r in inputs]}}
 
         def record(path: Path, number: int) -> str:  # before the version is visible (publish last)
-            art = lin.record("dataset", f"{dataset}@v{number}", str(path), content,
-                             size=int(np.prod(shape)) * writer.n, params=params, metrics=metrics,
-                             producer=producer, inputs=inputs)
-            assert art.id == dataset_id, "the card's lineage id must be the recorded one"
-            return art.id
+            return lin.record("dataset", f"{dataset}@v{number}", str(path), content,
+                              size=int(np.prod(shape)) * writer.n, params={**params, "version": number},
+                              metrics=metrics, producer=producer, inputs=inputs).id
         version = writer.commit(card, record=record)
-    art = lin.get(dataset_id)
-    return {"dataset": dataset, "version": version.version, "path": str(version.path), "artifact_id": art.id,
+    return {"dataset": dataset, "version": version.version, "path": str(version.path),
+            "artifact_id": version.card["lineage"]["artifact_id"],
             "n_images": writer.n, "accepted": n_acc, "acceptance_by_cluster": metrics["acceptance_by_cluster"],
             "models": kind, "classifier": classifier_desc, "run_id": run_id}
 

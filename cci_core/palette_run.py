@@ -335,31 +335,28 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
         params = {"dataset": dataset, "palette_id": pid, "mode": mode, "dither": bool(dither), "source": info["canonical"],
                   "seed": int(seed)}
         chash = out_hash.hexdigest()
-        dataset_id = artifact_id("dataset", chash, params, inputs)
         card = {"kind": "stylized", "source": source, "source_kind": info["kind"], "palette_id": pid,
                 "mode": mode, "dither": bool(dither), "colors": pal.describe(),
                 "mapping": None if mapping is None else [int(x) for x in mapping],
                 "source_palette_id": src_pal["palette_id"] if src_pal else None,
                 "lineage_inputs": [{"id": i, "role": r} for i, r in inputs],
-                "lineage": {"artifact_id": dataset_id, "inputs": [{"id": i, "role": r} for i, r in inputs],
-                            "show": f"cci lineage show {dataset_id}"}}
+                "lineage": {"inputs": [{"id": i, "role": r} for i, r in inputs]}}
         sample = _sample_rows(n, montage, seed)
         before = np.asarray(images[sample].compute())
         after = np.asarray(writer.images.get_orthogonal_selection((sample,)))
         before_after(before, after, writer.staging / "before-after.png")
-        atomic_write_json(writer.staging / "lineage.json", {"artifact_id": dataset_id, "inputs": card["lineage_inputs"]})
 
         def record(path: Path, number: int) -> str:  # before the version is visible (publish last)
             size = sum(f.stat().st_size for f in writer.staging.rglob("*") if f.is_file())
             art = lineage_store(store).record("dataset", f"{dataset}@v{number}", str(path), chash, size=size,
-                                              params=params, metrics={"n_images": n}, producer=producer,
-                                              inputs=inputs)
-            assert art.id == dataset_id, "the card's lineage id must be the recorded one"
+                                              params={**params, "version": number}, metrics={"n_images": n},
+                                              producer=producer, inputs=inputs)
+            atomic_write_json(writer.staging / "lineage.json", {"artifact_id": art.id, "inputs": card["lineage_inputs"]})
             return art.id
         version = writer.commit(card, record=record)
     return {"dataset": dataset, "version": version.version, "path": str(version.path), "n_images": n,
             "shape": [h, w, out_c], "palette_id": pid, "mode": mode, "dither": bool(dither),
-            "artifact_id": dataset_id, "source": source, "montage": str(version.path / "before-after.png"),
+            "artifact_id": version.card["lineage"]["artifact_id"], "source": source, "montage": str(version.path / "before-after.png"),
             "source_palette_id": src_pal["palette_id"] if src_pal else None,
             "mapping": card["mapping"], "colors": pal.describe()}
 

@@ -119,13 +119,16 @@ def test_stylized_version_carries_its_recorded_lineage_and_a_failure_publishes_n
     art = lin.get(ds.card["lineage"]["artifact_id"])
     assert art.id == out["artifact_id"] and art.uri == str(ds.path) and art.name == "sty-ok@v1"
     assert (ds.path / "before-after.png").exists() and (ds.path / "lineage.json").exists()
+    again = pr.stylize_step(store, "km:1", store.palette, "sty-ok", montage=0)  # the same images again
+    assert again["version"] == 2 and again["artifact_id"] != out["artifact_id"]  # a record of its own
+    assert lin.get(again["artifact_id"]).uri == again["path"]
 
     def fail(*args, **kwargs):
         raise RuntimeError("killed while recording")
     monkeypatch.setattr(LineageStore, "record", fail)
     with pytest.raises(RuntimeError, match="killed while recording"):
         pr.stylize_step(store, "km:2", store.palette, "sty-ok")
-    assert dataset_versions("sty-ok", store) == [1]
+    assert dataset_versions("sty-ok", store) == [1, 2]
     assert not list(store.dataset_dir("sty-ok").glob(".staging-*"))
 
 
