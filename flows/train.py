@@ -133,9 +133,9 @@ def evaluate_flow(run_id: str, store_root: str | None = None, samples: int = 500
         results.append(fut.result())
         update_progress_artifact(progress, 100.0 * len(results) / len(groups),
                                  description=f"evaluate {run_id}: {len(results)}/{len(groups)} groups measured")
-    summary = write_report_task.with_options(assets=[report_asset(run_id)],
-                                             asset_deps=[model_asset(run_id, m["name"]) for g in groups
-                                                         for m in g["models"]])(plan, refs, results)
+    report_deps = [model_asset(run_id, m["name"]) for g in groups for m in g["models"]]
+    summary = write_report_task.with_options(assets=[report_asset(run_id)], asset_deps=report_deps).submit(
+        plan, refs, results).result()
     rows = []
     for space, comp in summary["comparison"].items():
         for metric, c in comp.items():
