@@ -595,7 +595,10 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """Artifacts in the lineage store, newest first."""
     from cci_core.lineage import LineageStore
-    arts = LineageStore(read_store(store).lineage_url).list(kind=kind)
+    lin = LineageStore(read_store(store).lineage_url)
+    if kind and kind not in (known := lin.kinds()):
+        fail(f"--kind {kind!r}: no artifact of that kind; the store holds {', '.join(known) or 'none yet'}")
+    arts = lin.list(kind=kind)
     if as_json:
         print(json.dumps([a.to_dict() for a in arts], indent=2, default=str))
         return

@@ -26,15 +26,6 @@ from typer.testing import CliRunner
 
 from cci_core.cluster_run import ClusterParams
 
-# Cases whose fix belongs to another helper of issue 15 (ingest checks: helper A; publish
-# order and palette paths: helper C). They are run like every other case and expected to
-# pass once that work lands; until then they are reported as xfail, never skipped.
-AWAITING_OTHER_HELPERS: set[str] = {
-    "ingest-missing-source", "ingest-empty-folder", "ingest-all-bad-folder", "ingest-float-out-of-range",
-    "ingest-npz-more-labels", "ingest-npz-fewer-labels", "ingest-bad-corpus-name", "ingest-bad-channels",
-    "ingest-bad-fit", "run-bad-channels", "run-npz-fewer-labels", "refresh-float-out-of-range",
-}
-
 TALLY: dict[str, str] = {}  # case id -> clear error | traceback | silent result | loss | other
 
 
@@ -112,6 +103,7 @@ CASES = [
     ("lineage-show-file-as-store", "lineage show x --store {I}/wide.npy", ["wide.npy", "not a folder"]),
     ("lineage-show-unknown-name", "lineage show nosuch@v9 --store {S}", ["nosuch@v9", "cci lineage list"]),
     ("lineage-show-unknown-kind-name", "lineage show corpus:d28@v7 --store {S}", ["corpus:d28@v7"]),
+    ("lineage-list-unknown-kind", "lineage list --kind corpra --store {S}", ["--kind", "corpra", "corpus"]),
     ("lineage-show-kind-without-name", "lineage show clustering: --store {S}", ["clustering:"]),
     ("lineage-show-ambiguous-name", "lineage show d28@v1 --store {S}", ["d28@v1", "corpus:d28@v1", "dataset:d28@v1"]),
     ("corpus-info-unknown", "corpus info nosuch --store {S}", ["nosuch"]),
@@ -207,13 +199,6 @@ CASES = [
 ]
 
 
-def _params():
-    for case_id, argv, fragments in CASES:
-        marks = [pytest.mark.xfail(reason="awaits another helper's fix (issue 15)", strict=False)] \
-            if case_id in AWAITING_OTHER_HELPERS else []
-        yield pytest.param(case_id, argv, fragments, id=case_id, marks=marks)
-
-
 def classify(exit_code: int, stderr: str, stdout: str, changed: bool, fragments: list[str]) -> str:
     """What a bad input produced, in the issue's words."""
     if changed:
@@ -228,7 +213,7 @@ def classify(exit_code: int, stderr: str, stdout: str, changed: bool, fragments:
     return "other"
 
 
-@pytest.mark.parametrize("case_id,argv,fragments", list(_params()))
+@pytest.mark.parametrize("case_id,argv,fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(case_id, argv, fragments, store, inputs, not_dask_port, monkeypatch):
     from flows.cli import app
     monkeypatch.setattr("flows.runtime.prefect_api", _no_server)
