@@ -67,8 +67,10 @@ def _dask_handshake(address: str, timeout: float) -> bool:
     async def probe() -> None:
         comm = await connect(address if "://" in address else f"tcp://{address}", timeout=timeout)
         await comm.close()
-    try:
-        asyncio.run(asyncio.wait_for(probe(), timeout + 1))
+    from concurrent.futures import ThreadPoolExecutor
+    try:  # in a thread of its own: the caller may already run an event loop (a notebook, an async test)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, asyncio.wait_for(probe(), timeout + 1)).result()
     except Exception:  # whatever a non-Dask peer makes the comm layer raise (even a huge frame length)
         return False
     return True

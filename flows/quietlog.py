@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 
-# the error classes the CLI reports as one line (flows.cli._expected_errors)
+# the error classes the CLI reports as one line (the project's own errors derive from them:
+# UnknownCorpusError, UnknownArtifactError, SourceError, PreflightError, ...)
 EXPECTED = (ValueError, LookupError, FileNotFoundError)
 
 
