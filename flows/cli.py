@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Optional
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
@@ -507,7 +508,15 @@ def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
     """Export a dataset version to a folder of PNGs or to one Parquet file (PNG bytes + manifest)."""
     from cci_core.datasets import export_parquet, export_png, open_dataset
     ds = run_guarded(open_dataset, name, version, store=read_store(store))
-    path = export_parquet(ds, to) if to.endswith(".parquet") else export_png(ds, to)
+    target = Path(to)
+    if to.endswith(".parquet") and target.is_dir():
+        fail(f"{to} is a folder: give a new .parquet file path, or a folder path (without .parquet) for PNGs")
+    if not to.endswith(".parquet") and target.exists() and not target.is_dir():
+        fail(f"{to} is a file: give a folder for the PNGs, or a path ending in .parquet")
+    try:
+        path = export_parquet(ds, to) if to.endswith(".parquet") else export_png(ds, to)
+    except OSError as exc:  # a read-only or full disk, a parent that is a file
+        fail(f"cannot write {to}: {exc.strerror or exc}")
     out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True)
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -41,10 +42,17 @@ def _no_server():
 
 @pytest.fixture(scope="module")
 def store(digits28_store):
-    s = digits28_store("bad-inputs", corpus="d28", run1=ClusterParams(k=10, n_components=20))
-    # a dataset record with the same name as the corpus's: `d28@v1` alone is ambiguous
     from cci_core.cluster_run import lineage_store
-    lineage_store(s).record("dataset", "d28@v1", str(s.root / "datasets" / "d28" / "v1"), "0" * 64)
+    from cci_core.corpus import open_corpus
+    from cci_core.datasets import DatasetWriter
+    s = digits28_store("bad-inputs", corpus="d28", run1=ClusterParams(k=10, n_components=20))
+    # a published dataset named like the corpus: `d28@v1` alone names both (the wrong artifact)
+    corpus = open_corpus(s, "d28")
+    with DatasetWriter(s, "d28", (28, 28, 1)) as writer:
+        writer.append(corpus.images()[:8], pd.DataFrame({"source_row": range(8)}))
+        writer.commit({"description": "eight corpus rows"}, record=lambda path, version: lineage_store(s).record(
+            "dataset", f"d28@v{version}", str(path), "1" * 64, params={"version": version},
+            inputs=[(corpus.artifact_id, "source")]).id)
     return s
 
 
@@ -72,6 +80,7 @@ def inputs(tmp_path_factory):
     np.savez(d / "fewer_labels.npz", images=rng.integers(0, 256, (100, 8, 8), dtype=np.uint8),
              labels=np.arange(40) % 10)
     (d / "empty_store").mkdir()
+    (d / "dir.parquet").mkdir()
     return d
 
 
@@ -111,6 +120,11 @@ CASES = [
     ("corpus-list-missing-store", "corpus list --store /nonexistent/cci", ["/nonexistent/cci"]),
     ("datasets-show-unknown", "datasets show nosuch --store {S}", ["nosuch"]),
     ("datasets-list-missing-store", "datasets list --store /nonexistent/cci", ["/nonexistent/cci"]),
+    ("datasets-show-bad-version", "datasets show d28 --version abc --store {S}", ["abc"]),
+    ("datasets-show-missing-version", "datasets show d28 --version 7 --store {S}", ["7"]),
+    ("datasets-export-into-a-file", "datasets export d28 {I}/wide.npy --store {S}", ["wide.npy", "is a file"]),
+    ("datasets-export-parquet-onto-folder", "datasets export d28 {I}/dir.parquet --store {S}",
+     ["dir.parquet", "is a folder"]),
     ("datasets-export-unknown", "datasets export nosuch {I}/out --store {S}", ["nosuch"]),
     # cluster
     ("cluster-unknown-corpus", "cluster nosuch --store {S}", ["nosuch"]),
