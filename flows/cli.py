@@ -264,6 +264,8 @@ def refine(
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
+    from flows.preflight import check_device
+    run_guarded(check_device, options.get("device"))
     store_obj = read_store(store)
     config = run_guarded(config_from_options, options)
     run_guarded(check_refine, store_obj, run_id, config, new_run_id)
@@ -395,7 +397,8 @@ def run_pipeline(
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
-    from flows.preflight import check_pipeline
+    from flows.preflight import check_device, check_pipeline
+    run_guarded(check_device, refine_options.get("device"))
     store_obj = Store(store)
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k,
                 {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})

@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
             fr = [float(f) for f in fractions.split(",") if f.strip()]
         except ValueError:
             fail(f"--fractions {fractions!r}: give shares like 0.01,0.1,1")
+        from flows.preflight import check_device
+        run_guarded(check_device, device)
         options = dict(k=k, fractions=fr, max_train=max_train, max_test=max_test, forest_trees=forest_trees,
                        seed=seed, device=device)
         store_obj = read_store(store)
@@ -123,6 +125,8 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
     from cci_core import selfcond as sc
     from flows.cli import out, read_store, run_flow, run_guarded
     from flows.features import selfcond_flow
+    from flows.preflight import check_device
+    run_guarded(check_device, options.get("device"))
     store_obj = read_store(store)
     run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
     summary = run_flow(selfcond_flow, dask_address, workers or 1,

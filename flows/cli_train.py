@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
         from cci_core import generator_run as gr
         from flows.cli import err, fail, out, read_store, run_flow, run_guarded
         from flows.train import train_flow
+        from flows.preflight import check_device
+        run_guarded(check_device, device)
         # unset: each mode's own default (1 for the conditional GANs, 0 for the unconditional ones)
         seeking = {} if mode_seeking is None else {"mode_seeking": mode_seeking}
         if mode == "self-conditioned":
@@ -120,6 +122,8 @@ def register(app: typer.Typer) -> None:
         from cci_core import generator_run as gr
         from flows.cli import out, read_store, run_flow, run_guarded
         from flows.train import evaluate_flow
+        from flows.preflight import check_device
+        run_guarded(check_device, device)
         options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
         store_obj = read_store(store)
         run_guarded(gr.plan_evaluation, store_obj, run_id, gr.EvalParams(samples=samples, **options))

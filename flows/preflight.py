@@ -149,3 +149,17 @@ def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int]
     for flag, value in counts.items():
         check_positive(value, flag)
     check_ingest_request(store, source, corpus, size=size, channels=channels)  # what its ingest stage checks
+
+
+def check_device(device: str | None) -> None:
+    """``--device`` must name a torch device type (``cpu``, ``cuda``, ``cuda:1``, ...).
+
+    Only the spelling is checked: the workers that train may have GPUs this process lacks.
+    """
+    if device is None:
+        return
+    import torch
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise PreflightError(f"--device {device!r}: give cpu, cuda or cuda:N (default: cuda when present)") from None

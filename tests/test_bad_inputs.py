@@ -149,6 +149,7 @@ CASES = [
     # refine, predict
     ("refine-unknown-run", "refine nosuch --store {S}", ["nosuch"]),
     ("refine-unknown-option", "refine run1 --set bogus=1 --store {S}", ["bogus"]),
+    ("refine-bad-device", "refine run1 --device nosuch --store {S}", ["--device", "nosuch"]),
     ("refine-option-without-value", "refine run1 --set rounds --store {S}", ["rounds", "NAME=VALUE"]),
     ("predict-unknown-run", "predict nosuch --corpus d28 --store {S}", ["nosuch"]),
     ("predict-nothing-to-label", "predict run1 --store {S}", ["--corpus"]),
@@ -158,6 +159,8 @@ CASES = [
     # train, evaluate, generate
     ("train-unknown-run", "train nosuch --store {S}", ["nosuch"]),
     ("train-unknown-model", "train run1 --model nosuch --store {S}", ["nosuch"]),
+    ("train-bad-device", "train run1 --device gpu0 --store {S}", ["--device", "gpu0"]),
+    ("selfcond-bad-device", "self-condition run1 --device cdua --store {S}", ["--device", "cdua"]),
     ("train-unreachable-dask", "train run1 --steps 5 --dask-address tcp://127.0.0.1:1 --store {S}",
      ["tcp://127.0.0.1:1"]),
     ("evaluate-no-generators", "evaluate run1 --store {S}", ["run1", "cci train"]),
