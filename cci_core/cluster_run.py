@@ -220,7 +220,8 @@ def start_run(store: Store, corpus: str, params: ClusterParams, version: int | N
 
     A run id that already finished, or that a live process is writing, is refused; an
     unfinished one left by a killed writer is removed, so the run starts from a clean folder
-    (never mixing in a killed run's files).
+    (never mixing in a killed run's files). The writer recorded is the calling process: call
+    this in the process of the command (the flow), so that killing the command frees the id.
     """
     c = check_request(store, corpus, params, version, run_id)
     run_id = validate_name(run_id or new_run_id(corpus), "run id")
