@@ -25,6 +25,7 @@ from flows.cluster import artifact_key, cluster_flow
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.refine import refine_flow
+from flows.runtime import on_flow_cluster
 from flows.train import evaluate_flow, train_flow
 
 
@@ -66,7 +67,7 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
     root = str(store.root)
     dataset = dataset or f"{corpus}-generated"
 
-    ing = ingest_flow(source, corpus, store_root=root, size=size, channels=channels)
+    ing = on_flow_cluster(ingest_flow)(source, corpus, store_root=root, size=size, channels=channels)
     c = open_corpus(store, corpus)
     params = ClusterParams(k=k, n_components=n_components, seed=seed)
     run_id = f"{corpus}-v{c.version}-{stage_id(c.artifact_id, asdict(params))}"
@@ -74,8 +75,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
         log.info("Clustering %s already done for corpus %s v%d with these parameters: reusing it",
                  run_id, corpus, c.version)
     else:
-        cluster_flow(corpus, store_root=root, k=k, n_components=n_components, seed=seed, version=c.version,
-                     run_id=run_id)
+        on_flow_cluster(cluster_flow)(corpus, store_root=root, k=k, n_components=n_components, seed=seed,
+                                      version=c.version, run_id=run_id)
 
     refine_opts = {"rounds": refine_rounds, "steps": refine_steps, "warmup_steps": refine_steps, "seed": seed,
                    "batch_size": 128, **(refine_options or {})}
@@ -83,13 +84,13 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
     if _complete(store, refined):
         log.info("Refined run %s already done: reusing it", refined)
     else:
-        refine_flow(run_id, store_root=root, options=refine_opts, new_run_id=refined)
+        on_flow_cluster(refine_flow)(run_id, store_root=root, options=refine_opts, new_run_id=refined)
 
     train_options = dict(train_options or {})
     explicit = {k: train_options.pop(k) for k in list(train_options)
                 if k in inspect.signature(train_flow.fn).parameters}
-    training = train_flow(refined, store_root=root, model=model, steps=train_steps, min_size=min_size, seed=seed,
-                          options=train_options, **explicit)
+    training = on_flow_cluster(train_flow)(refined, store_root=root, model=model, steps=train_steps,
+                                           min_size=min_size, seed=seed, options=train_options, **explicit)
     gen_params = {"per_cluster": per_cluster, "seed": seed}
     reuse = _reusable_dataset(store, dataset, refined, gen_params, set(training["model_artifact_ids"].values()))
     if reuse is not None:
@@ -98,8 +99,10 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                      "artifact_id": reuse.card["lineage"]["artifact_id"], "n_images": len(reuse),
                      "accepted": int(reuse.manifest["accepted"].sum()), "reused": True}
     else:
-        published = generate_flow(refined, dataset, store_root=root, per_cluster=per_cluster, seed=seed)
-    evaluation = evaluate_flow(refined, store_root=root, samples=eval_samples, options=eval_options)
+        published = on_flow_cluster(generate_flow)(refined, dataset, store_root=root, per_cluster=per_cluster,
+                                                   seed=seed)
+    evaluation = on_flow_cluster(evaluate_flow)(refined, store_root=root, samples=eval_samples,
+                                                options=eval_options)
 
     run = read_run(store, refined)
     summary = {"corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,

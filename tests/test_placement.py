@@ -2,8 +2,8 @@
 (conftest's ``dask_scheduler``), the scheduler's own task stream shows the Prefect task runs of
 the cluster and palette flows, and the Dask blocks inside them (PCA moments, the k-means
 assignment pass, the palette histogram), executed on those workers: had they run in this (the
-client's) process the scheduler would never have seen them. An address with nothing listening
-fails the flow before any of its work runs anywhere."""
+client's) process the scheduler would never have seen them. Subflows run on the parent's
+cluster. An address with nothing listening fails the flow before any of its work runs anywhere."""
 from __future__ import annotations
 
 import contextlib
@@ -62,6 +62,29 @@ def test_palette_flow_runs_on_the_workers(store, dask_scheduler, prefect_api):
             "d28", 4, store_root=str(store.root))
     assert pal["k"] == 4 and pal["n_pixels"] == 1797 * 28 * 28
     assert_on_workers(placed, workers, ("learn_palette_task", "gray_hist"))
+
+
+def test_subflows_run_on_the_parent_flows_cluster(store, dask_scheduler, prefect_api):
+    """A subflow runs its tasks on its own decorator's runner (a thread pool here) unless the
+    pipeline hands it the parent's cluster with ``on_flow_cluster``."""
+    from prefect import flow
+
+    from flows.palette import palette_flow
+    from flows.runtime import on_flow_cluster
+
+    @flow
+    def parent(colors: int, same_cluster: bool) -> dict:
+        sub = on_flow_cluster(palette_flow) if same_cluster else palette_flow
+        return sub("d28", colors, store_root=str(store.root))
+
+    for colors, same_cluster in ((3, False), (5, True)):
+        with scheduler_records(dask_scheduler) as (placed, workers):
+            out = parent.with_options(task_runner=dask_task_runner(dask_scheduler))(colors, same_cluster)
+        assert out["k"] == colors
+        if same_cluster:
+            assert_on_workers(placed, workers, ("learn_palette_task", "gray_hist"))
+        else:
+            assert "learn_palette_task" not in placed
 
 
 def test_nothing_listening_fails_and_nothing_runs(store, prefect_api):
