@@ -95,7 +95,20 @@ def existing_store(root: str | None) -> Store:
         if not db.is_file():
             raise PreflightError(f"store {store.root} has no lineage database ({db} is missing): "
                                  "give --store the folder `cci ingest` wrote, or set $CCI_LINEAGE_URL")
+        _check_sqlite(db)
     return store
+
+
+def _check_sqlite(db: Path) -> None:
+    """The lineage database opens read-only and reads as SQLite."""
+    import contextlib
+    import sqlite3
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise PreflightError(f"lineage database {db} cannot be read ({exc}); restore it from a backup or give "
+                             "--store another store") from None
 
 
 def check_positive(value: int | float | None, flag: str, minimum: int | float = 1) -> None:

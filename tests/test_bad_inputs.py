@@ -81,6 +81,8 @@ def inputs(tmp_path_factory):
              labels=np.arange(40) % 10)
     (d / "empty_store").mkdir()
     (d / "dir.parquet").mkdir()
+    (d / "corrupt_store" / "corpora").mkdir(parents=True)
+    (d / "corrupt_store" / "lineage.db").write_bytes(b"this is not SQLite " * 100)
     return d
 
 
@@ -109,6 +111,7 @@ CASES = [
     ("lineage-show-missing-store", "lineage show d28@v1 --store /nonexistent/cci", ["/nonexistent/cci", "--store"]),
     ("lineage-list-missing-store", "lineage list --store /nonexistent/cci", ["/nonexistent/cci"]),
     ("lineage-list-not-a-store", "lineage list --store {I}/empty_store", ["empty_store", "not a CCI store"]),
+    ("lineage-list-corrupt-database", "lineage list --store {I}/corrupt_store", ["lineage.db", "cannot be read"]),
     ("lineage-show-file-as-store", "lineage show x --store {I}/wide.npy", ["wide.npy", "not a folder"]),
     ("lineage-show-unknown-name", "lineage show nosuch@v9 --store {S}", ["nosuch@v9", "cci lineage list"]),
     ("lineage-show-unknown-kind-name", "lineage show corpus:d28@v7 --store {S}", ["corpus:d28@v7"]),
