@@ -146,9 +146,12 @@ class LineageStore:
         if art is None:
             with self.engine.connect() as conn:
                 ids = conn.execute(sa.select(artifacts_table.c.id)
-                                   .where(artifacts_table.c.id.startswith(aid)).limit(2)).scalars().all()
+                                   .where(artifacts_table.c.id.startswith(aid, autoescape=True)).limit(6)).scalars().all()
             if len(ids) == 1:
                 art = self.find(ids[0])
+            elif len(ids) > 1 and aid:
+                raise AmbiguousArtifactError(f"id prefix {aid!r} fits {', '.join(ids[:5])}"
+                                             + (" and more" if len(ids) > 5 else "") + "; give more of the id")
         if art is None:
             raise UnknownArtifactError(aid)
         return art

@@ -295,6 +295,8 @@ def test_lineage_names_resolve_by_kind_name_and_version(store):
     assert "corpus:d28@v1" in str(refused.value) and "dataset:d28@v1" in str(refused.value)
     assert lin.resolve("run1/clustering").kind == "clustering"
     assert lin.resolve(corpus_id[:12]).id == corpus_id  # an id prefix still works
+    with pytest.raises(AmbiguousArtifactError, match="give more of the id"):
+        lin.resolve("c")  # corpus-..., clustering-..., classifier...: a prefix of several ids
     result = CliRunner().invoke(__import__("flows.cli", fromlist=["app"]).app,
                                 ["lineage", "show", "corpus:d28@v1", "--json", "--store", str(store.root)])
     assert result.exit_code == 0, result.stderr
