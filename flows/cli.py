@@ -32,11 +32,25 @@ app.add_typer(datasets_app, name="datasets")
 out = Console()
 err = Console(stderr=True)
 
+def _dask_address_now(value: str | None) -> str | None:
+    """Checked while the command line is parsed: before the command's imports and any server."""
+    from flows.preflight import check_dask_address
+    run_guarded(check_dask_address, value)
+    return value
+
+
+def _workers_now(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        fail(f"--workers {value}: give at least 1 worker process")
+    return value
+
+
 StoreOpt = typer.Option(None, "--store", envvar="CCI_STORE",
                         help="Artifact store root (default ./cci-store, or $CCI_STORE).")
-DaskOpt = typer.Option(None, "--dask-address", envvar="CCI_DASK_ADDRESS",
+DaskOpt = typer.Option(None, "--dask-address", envvar="CCI_DASK_ADDRESS", callback=_dask_address_now,
                        help="Use an existing Dask scheduler (tcp://host:port) instead of a LocalCluster.")
-WorkersOpt = typer.Option(None, "--workers", help="LocalCluster worker processes (default: cores, at most 4).")
+WorkersOpt = typer.Option(None, "--workers", callback=_workers_now,
+                          help="LocalCluster worker processes (default: cores, at most 4).")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout (for other programs).")
 
 
@@ -200,7 +214,6 @@ def cluster(
     """Cluster a corpus: PCA on Dask, k-means (or another algorithm), metrics, one partition
     per cluster, montages and a scatter plot, with lineage for each."""
     from cci_core.cluster_run import ClusterParams, check_request
-    from flows.cluster import cluster_flow
     k_value: int | str | None = int(k) if k.strip().isdigit() else k
     if algorithm in ("dbscan", "hdbscan") and k == "10":
         k_value = None  # the density algorithms find their own number of clusters
@@ -212,6 +225,7 @@ def cluster(
     store_obj = read_store(store)
     # everything checkable is checked here, before a server or a cluster is started
     run_guarded(check_request, store_obj, corpus, ClusterParams(**main, **options), version, run_id)
+    from flows.cluster import cluster_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(cluster_flow, dask_address, workers,
                        corpus, store_root=str(store_obj.root), version=version, run_id=run_id,
                        options=options, **main)
@@ -260,7 +274,6 @@ def refine(
 
     An interrupted refinement resumes from its last finished round when run again."""
     from cci_core.refine_run import check_refine, config_from_options
-    from flows.refine import refine_flow
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
@@ -270,6 +283,7 @@ def refine(
     config = run_guarded(config_from_options, options)
     run_guarded(check_refine, store_obj, run_id, config, new_run_id)
     options = {k: v for k, v in asdict(config).items()}
+    from flows.refine import refine_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(refine_flow, dask_address, workers or 1,
                        run_id, store_root=str(store_obj.root), options=options, new_run_id=new_run_id)
     if as_json:
@@ -355,10 +369,10 @@ def generate(
 ):
     """Generate images for every cluster of RUN, score them with the run's classifier, and publish
     them as a new dataset version (images.zarr + manifest.parquet + card.json, committed last)."""
-    from flows.generate import generate_flow
     from flows.preflight import check_generate
     store_obj = read_store(store)
     run_guarded(check_generate, store_obj, run_id, dataset, per_cluster, threshold, models)
+    from flows.generate import generate_flow  # after the checks: importing the flow (Prefect) takes seconds
     out_ = run_flow(generate_flow, dask_address, workers or 1,
                     run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
                     threshold=threshold, seed=seed, models=models)
@@ -393,7 +407,6 @@ def run_pipeline(
 
     Re-running it redoes only what is missing (stage outputs are named by their inputs)."""
     from cci_core.refine_run import config_from_options
-    from flows.pipeline import pipeline_flow
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
@@ -403,6 +416,7 @@ def run_pipeline(
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k,
                 {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
     user_api = os.environ.get("PREFECT_API_URL")
+    from flows.pipeline import pipeline_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(pipeline_flow, dask_address, workers,
                        source, corpus, store_root=str(store_obj.root), size=parse_size(size),
                        channels=channels, k=k, refine_rounds=refine_rounds, refine_steps=refine_steps,
@@ -442,9 +456,9 @@ def refresh(
     """Ingest what is new, assign it with the classifier, report drift, retrain only the clusters
     that changed and publish a new dataset version. With nothing new it does nothing and says so."""
     from flows.preflight import check_refresh
-    from flows.refresh import refresh_flow
     store_obj = read_store(store)
     run_guarded(check_refresh, store_obj, source, corpus, run_id, dataset, retrain_threshold, per_cluster)
+    from flows.refresh import refresh_flow  # after the checks: importing the flow (Prefect) takes seconds
     res = run_flow(refresh_flow, dask_address, workers,
                    source, corpus, store_root=str(store_obj.root), run_id=run_id, dataset=dataset,
                    retrain_threshold=retrain_threshold, per_cluster=per_cluster)

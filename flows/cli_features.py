@@ -44,7 +44,6 @@ def register(app: typer.Typer) -> None:
 
         from cci_core import feature_spaces as fs
         from flows.cli import err, fail, out, read_store, run_flow, run_guarded
-        from flows.features import features_flow
         try:
             fr = [float(f) for f in fractions.split(",") if f.strip()]
         except ValueError:
@@ -59,6 +58,7 @@ def register(app: typer.Typer) -> None:
             fail(f"--vae-steps {vae_steps} must be a positive integer")
         if not vae_steps or "vae" not in (params.spaces or []):
             run_guarded(fs.plan_features, store_obj, run_id, params)  # every check before a server starts
+        from flows.features import features_flow  # after the checks: importing the flow (Prefect) takes seconds
         summary = run_flow(features_flow, dask_address, workers or 1,
                            run_id, store_root=str(store_obj.root), spaces=params.spaces,
                            vae_steps=vae_steps, options=options)
@@ -124,11 +124,11 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
     ``cci self-condition`` and of ``cci train --mode self-conditioned``."""
     from cci_core import selfcond as sc
     from flows.cli import out, read_store, run_flow, run_guarded
-    from flows.features import selfcond_flow
     from flows.preflight import check_device
     run_guarded(check_device, options.get("device"))
     store_obj = read_store(store)
     run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
+    from flows.features import selfcond_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(selfcond_flow, dask_address, workers or 1,
                        run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
                        options=options)

@@ -38,7 +38,6 @@ def register(app: typer.Typer) -> None:
         from cci_core.palette import METHODS, check_k
         from cci_core.store import Store
         from flows.cli import err, out, read_store, run_flow, run_guarded
-        from flows.palette import palette_flow
         # an image file may start a new store; a corpus, run or dataset must be in an existing one
         store_obj = Store(store) if Path(source).is_file() else read_store(store)
         run_guarded(check_k, colors)
@@ -47,6 +46,7 @@ def register(app: typer.Typer) -> None:
         info = run_guarded(pr.resolve_source, store_obj, source)
         from cci_core.palette import check_space
         run_guarded(check_space, space, info["shape"][-1])
+        from flows.palette import palette_flow  # after the checks: importing the flow (Prefect) takes seconds
         res = run_flow(palette_flow, dask_address, workers,
                        source, colors, store_root=str(store_obj.root), space=space, method=method,
                        seed=seed)
@@ -78,9 +78,9 @@ def register(app: typer.Typer) -> None:
         """Render SOURCE in a palette (a new style) as a new dataset version, with lineage."""
         from cci_core import palette_run as pr
         from flows.cli import out, read_store, run_flow, run_guarded
-        from flows.palette import stylize_flow
         store_obj = read_store(store)
         run_guarded(pr.check_stylize, store_obj, source, palette_id, dataset, mode)
+        from flows.palette import stylize_flow  # after the checks: importing the flow (Prefect) takes seconds
         res = run_flow(stylize_flow, dask_address, workers,
                        source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
                        dither=dither, seed=seed)

@@ -61,7 +61,6 @@ def register(app: typer.Typer) -> None:
         A re-run resumes from the checkpoints."""
         from cci_core import generator_run as gr
         from flows.cli import err, fail, out, read_store, run_flow, run_guarded
-        from flows.train import train_flow
         from flows.preflight import check_device
         run_guarded(check_device, device)
         # unset: each mode's own default (1 for the conditional GANs, 0 for the unconditional ones)
@@ -85,6 +84,7 @@ def register(app: typer.Typer) -> None:
         store_obj = read_store(store)
         # everything checkable is checked here, before a server or a cluster is started
         plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))
+        from flows.train import train_flow  # after the checks: importing the flow (Prefect) takes seconds
         summary = run_flow(train_flow, dask_address, workers,
                            run_id, store_root=str(store_obj.root), gpu_resource=gpu_resource,
                            options=options, **main)
@@ -121,12 +121,12 @@ def register(app: typer.Typer) -> None:
         density/coverage, per-cluster fidelity, IS analogue), side by side with the baseline."""
         from cci_core import generator_run as gr
         from flows.cli import out, read_store, run_flow, run_guarded
-        from flows.train import evaluate_flow
         from flows.preflight import check_device
         run_guarded(check_device, device)
         options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
         store_obj = read_store(store)
         run_guarded(gr.plan_evaluation, store_obj, run_id, gr.EvalParams(samples=samples, **options))
+        from flows.train import evaluate_flow  # after the checks: importing the flow (Prefect) takes seconds
         summary = run_flow(evaluate_flow, dask_address, workers,
                            run_id, store_root=str(store_obj.root), samples=samples, options=options)
         if as_json:
