@@ -4,7 +4,10 @@ Layout (one folder per version)::
 
     datasets/<name>/v<N>/images.zarr       (n, H, W, C) uint8, Zarr v3, Blosc-zstd
                          manifest.parquet  one row per image (image_id, ... provenance)
+                         data.parquet      the images as PNG bytes + the manifest, with Hugging Face
+                                           ``datasets`` features (Image, ClassLabel clusters)
                          card.json         schema, sources, metrics, lineage ids, how to read it
+                         README.md         the same card for people and the Hub (YAML front matter)
                          _COMMITTED        written last: a version without it does not exist
     datasets/<name>/latest.json            {"version": N}, replaced atomically after the commit
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -28,16 +32,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
+from cci_core import dataset_card
 from cci_core.store import (OWNER_FILE, Store, atomic_write_bytes, atomic_write_json, make_staging, read_json,
                             remove_stale_staging, utc_now, validate_name)
 
 MARKER = "_COMMITTED"
 _VERSION_RE = re.compile(r"^v(\d+)$")
-READ_ME = ("import zarr, pyarrow.parquet as pq; images = zarr.open_array('<version>/images.zarr', mode='r'); "
-           "manifest = pq.read_table('<version>/manifest.parquet').to_pandas()  # row i of manifest is images[i]")
+READ_ME = ("paths relative to the version folder: import zarr, pyarrow.parquet as pq; "
+           "images = zarr.open_array('images.zarr', mode='r'); "
+           "manifest = pq.read_table('manifest.parquet').to_pandas()  # row i of manifest is images[i]; "
+           "or datasets.load_dataset('parquet', data_files='data.parquet') (see README.md)")
 
 
 class UnknownDatasetError(LookupError):
@@ -131,6 +140,9 @@ class DatasetWriter:
         manifest = pd.concat(self._rows, ignore_index=True)
         manifest.insert(0, "index", np.arange(self.n, dtype=np.int64))
         manifest.to_parquet(self.staging / "manifest.parquet", index=False)
+        clusters = sorted(int(c) for c in manifest["cluster"].unique()) if "cluster" in manifest else []
+        write_hf_parquet(self._images, manifest, self.staging / "data.parquet",
+                         dataset_card.class_names(card, clusters) if clusters else None)
         with _lock(self.dir):
             version = (_versions(self.dir) or [0])[-1] + 1
             final = self.dir / f"v{version}"
@@ -138,14 +150,17 @@ class DatasetWriter:
                 shutil.rmtree(final)
             card = {"name": self.name, "version": version, "n_images": self.n, "shape": list(self.shape),
                     "dtype": "uint8", "created_at": utc_now(),
-                    "files": {"images": "images.zarr", "manifest": "manifest.parquet"},
+                    "files": {"images": "images.zarr", "manifest": "manifest.parquet", "data": "data.parquet",
+                              "card": "README.md"},
                     "manifest_columns": {c: str(t) for c, t in manifest.dtypes.items()},
-                    "how_to_read": READ_ME.replace("<version>", str(final)), **card}
+                    "how_to_read": READ_ME, "license": "other", "intended_use": dataset_card.INTENDED_USE,
+                    "limitations": dataset_card.LIMITATIONS, **card}
             if record is not None:
                 aid = record(final, version)
                 card["lineage"] = {**(card.get("lineage") or {}), "artifact_id": aid,
                                    "show": f"cci lineage show {aid}"}
             atomic_write_json(self.staging / "card.json", card)
+            atomic_write_bytes(self.staging / "README.md", dataset_card.readme(card).encode())
             (self.staging / OWNER_FILE).unlink(missing_ok=True)
             os.replace(self.staging, final)
             atomic_write_bytes(final / MARKER, (card["created_at"] + "\n").encode())
@@ -255,36 +270,91 @@ def list_datasets(store: Store) -> list[str]:
     return sorted(p.name for p in base.iterdir() if _versions(p)) if base.exists() else []
 
 
+def _png(img: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+_HF_VALUE = [(pa.types.is_boolean, "bool"), (pa.types.is_int8, "int8"), (pa.types.is_int16, "int16"),
+             (pa.types.is_int32, "int32"), (pa.types.is_int64, "int64"), (pa.types.is_float32, "float32"),
+             (pa.types.is_float64, "float64"), (pa.types.is_string, "string"), (pa.types.is_large_string, "large_string")]
+
+
+def hf_features(schema: pa.Schema, class_names: list[str] | None) -> dict:
+    """Hugging Face ``datasets`` features (``Features.to_dict()`` form) of a data.parquet schema."""
+    feats: dict = {}
+    for f in schema:
+        if f.name == "image":
+            feats[f.name] = {"_type": "Image"}
+        elif f.name == "cluster" and class_names is not None:
+            feats[f.name] = {"names": list(class_names), "_type": "ClassLabel"}
+        else:
+            dtype = next((d for test, d in _HF_VALUE if test(f.type)), "string")
+            feats[f.name] = {"dtype": dtype, "_type": "Value"}
+    return feats
+
+
+def write_hf_parquet(images: zarr.Array, manifest: pd.DataFrame, path: str | Path,
+                     class_names: list[str] | None = None, block: int = 4096) -> Path:
+    """One Parquet file that ``datasets.load_dataset("parquet", ...)`` reads as images with named clusters.
+
+    The ``image`` column is a struct {bytes: PNG, path: null}, the way ``datasets`` stores an
+    ``Image`` feature, followed by the manifest columns (``cluster`` as int64, a ``ClassLabel``
+    with ``class_names``). The features go in the schema metadata under ``huggingface``, where
+    ``datasets`` looks for them; pyarrow, pandas and DuckDB read the file as plain columns.
+    Written in row groups of ``block`` images (never all images in memory).
+    """
+    manifest = manifest.reset_index(drop=True)
+    if class_names is not None and "cluster" in manifest:
+        manifest = manifest.assign(cluster=manifest["cluster"].astype(np.int64))
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    first = pa.Table.from_pandas(manifest.iloc[:0], preserve_index=False)
+    schema = pa.schema([pa.field("image", image_type), *first.schema])
+    meta = {"huggingface": json.dumps({"info": {"features": hf_features(schema, class_names)}})}
+    schema = schema.with_metadata(meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, schema) as out:
+        for start in range(0, len(manifest), block):
+            pngs = [_png(img) for img in images[start:start + block]]
+            part = pa.Table.from_pandas(manifest.iloc[start:start + len(pngs)], schema=first.schema, preserve_index=False)
+            col = pa.array([{"bytes": b, "path": None} for b in pngs], type=image_type)
+            out.write_table(pa.Table.from_arrays([col, *part.columns], schema=schema), row_group_size=block)
+    return path
+
+
 def export_png(ds: DatasetVersion, out_dir: str | Path) -> Path:
-    """Every image as ``<index>-<image_id[:12]>.png`` plus ``manifest.csv``."""
+    """Every image as ``<index>-<image_id[:12]>.png`` plus ``metadata.csv``, the ``imagefolder`` layout.
+
+    ``metadata.csv`` has ``file_name`` first, then the manifest columns and, where the dataset has
+    clusters, ``cluster_name``: ``datasets.load_dataset("imagefolder", data_dir=...)`` keeps them.
+    """
     from PIL import Image
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = ds.manifest
     images = ds.images
+    names = []
     for start in range(0, len(manifest), 4096):
         block = images[start:start + 4096]
         for i, img in enumerate(block):
             row = manifest.iloc[start + i]
-            Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(
-                out / f"{int(row['index']):06d}-{str(row.get('image_id', ''))[:12]}.png")
-    manifest.to_csv(out / "manifest.csv", index=False)
+            names.append(f"{int(row['index']):06d}-{str(row.get('image_id', ''))[:12]}.png")
+            Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(out / names[-1])
+    meta = manifest.copy()
+    meta.insert(0, "file_name", names)
+    if "cluster" in meta:
+        labels = dataset_card.class_names(ds.card, sorted(int(c) for c in meta["cluster"].unique()))
+        meta.insert(meta.columns.get_loc("cluster") + 1, "cluster_name", [labels[int(c)] for c in meta["cluster"]])
+    meta.to_csv(out / "metadata.csv", index=False)
     return out
 
 
 def export_parquet(ds: DatasetVersion, path: str | Path) -> Path:
-    """One Parquet file: the manifest plus a ``png`` bytes column holding each image."""
-    from PIL import Image
-    rows = []
-    images = ds.images
-    for start in range(0, len(ds), 4096):
-        for img in images[start:start + 4096]:
-            buf = io.BytesIO()
-            Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(buf, format="PNG")
-            rows.append(buf.getvalue())
-    df = ds.manifest
-    df["png"] = rows
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False)
-    return path
+    """One Parquet file: an ``image`` column (PNG bytes, Hugging Face ``Image`` feature) and the manifest."""
+    m = ds.manifest
+    names = (dataset_card.class_names(ds.card, sorted(int(c) for c in m["cluster"].unique()))
+             if "cluster" in m else None)
+    return write_hf_parquet(ds.images, m, path, names)

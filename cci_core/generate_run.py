@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core import cluster_run
+from cci_core import cluster_run, dataset_card
 from cci_core.datasets import DatasetWriter, open_dataset
 from cci_core.store import Store, read_json, validate_name
 
@@ -86,8 +86,10 @@ def scoring_classifier(store: Store, run: dict, device=None):
 
 def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int = 100,
                      threshold: float = 0.5, seed: int = 0, models: str | None = None,
-                     batch_size: int = 512, producer: dict | None = None, log=print) -> dict:
+                     batch_size: int = 512, producer: dict | None = None, log=print, progress=None) -> dict:
     """Generate ``per_cluster`` images for every trained cluster and publish a dataset version.
+
+    ``progress(done, total, note)``, when given, is called after each cluster's images.
 
     Returns a summary: dataset, version, path, counts, acceptance per cluster, artifact id.
     """
@@ -119,7 +121,7 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
     accepted_by_cluster: dict[int, list[int]] = {}
     hashes = hashlib.sha256()
     with DatasetWriter(store, dataset, shape) as writer:
-        for m, c, s in jobs:
+        for j, (m, c, s) in enumerate(jobs):
             gen = load_generator(m["dir"])
             labels = np.full(per_cluster, c) if kind == "conditional" else None
             imgs = generate(gen, per_cluster, labels=labels, seed=s, batch_size=batch_size)
@@ -136,6 +138,8 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
                 "accepted": ok}))
             accepted_by_cluster[c] = [int(ok.sum()), per_cluster]
             log(f"cluster {c}: {per_cluster} images from {m['name']}, {int(ok.sum())} accepted")
+            if progress is not None:
+                progress(j + 1, len(jobs), f"cluster {c}: {int(ok.sum())} of {per_cluster} accepted")
         params = {"run_id": run_id, "per_cluster": per_cluster, "threshold": threshold, "seed": seed,
                   "models": kind, "dataset": dataset}
         content = hashes.hexdigest()
@@ -149,7 +153,8 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
                 "run_id": run_id, "clustering_artifact_id": run["clustering"]["clustering_artifact_id"],
                 "models": {m["name"]: m["artifact_id"] for m in chosen}, "classifier_artifact_id": classifier_id,
                 "classifier": classifier_desc, "params": params, "metrics": metrics,
-                "lineage": {"inputs": [{"id": i, "role": r} for i, r in inputs]}}
+                "lineage": {"inputs": [{"id": i, "role": r} for i, r in inputs]},
+                **dataset_card.generated_card_fields(store, run, kind)}
 
         def record(path: Path, number: int) -> str:  # before the version is visible (publish last)
             return lin.record("dataset", f"{dataset}@v{number}", str(path), content,

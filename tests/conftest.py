@@ -106,3 +106,17 @@ def run_cci():
         return subprocess.run([cci, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "COLUMNS": "200"})
     return run
+
+
+@pytest.fixture(scope="session")
+def published_store(tmp_path_factory):
+    """A store with a generated, evaluated and published dataset ``gen@v1`` of the tiny trained
+    run ``ref`` (tests/tiny_run.py): 12 images for each of its 3 clusters."""
+    from cci_core import generate_run as gen
+    from cci_core import generator_run as gr
+    from cci_core.store import Store
+    from tiny_run import train_tiny
+    store = train_tiny(Store(tmp_path_factory.mktemp("published")))
+    gr.evaluate_local(store, "ref", gr.EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
+    gen.generate_dataset(store, "ref", "gen", per_cluster=12, threshold=0.4, seed=3, log=lambda _: None)
+    return store

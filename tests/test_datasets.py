@@ -98,10 +98,16 @@ def test_exports(tmp_path):
     store = Store(tmp_path)
     v, imgs = _publish(store, "gen", 9)
     out = export_png(v, tmp_path / "png")
-    assert len(list(out.glob("*.png"))) == 9 and (out / "manifest.csv").exists()
+    assert len(list(out.glob("*.png"))) == 9
+    meta = pd.read_csv(out / "metadata.csv")
+    assert list(meta.columns[:2]) == ["file_name", "index"] and all((out / f).exists() for f in meta["file_name"])
+    assert list(meta["cluster_name"][:4]) == ["cluster-0", "cluster-1", "cluster-2", "cluster-0"]
     path = export_parquet(v, tmp_path / "x.parquet")
     df = pd.read_parquet(path)
     from io import BytesIO
 
     from PIL import Image
-    assert np.array_equal(np.asarray(Image.open(BytesIO(df["png"][4]))), imgs[4, ..., 0])
+    assert np.array_equal(np.asarray(Image.open(BytesIO(df["image"][4]["bytes"]))), imgs[4, ..., 0])
+    assert pd.read_parquet(v.path / "data.parquet")["image"][4] == df["image"][4]  # the published copy
+    card = (v.path / "README.md").read_text()
+    assert card.startswith("---\nlicense: other\n") and str(tmp_path) not in card + (v.path / "card.json").read_text()

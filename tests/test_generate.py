@@ -7,29 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from cci_core import cluster_run as cr
 from cci_core import generate_run as gr
-from cci_core import refine_run as rr
 from cci_core.datasets import open_dataset
-from cci_core.generator_run import TrainParams, train_local
-from cci_core.ingest import ingest_local
 from cci_core.lineage import LineageStore
 from cci_core.store import Store
+from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """digits at 28x28, k-means k=3, a tiny refinement (the classifier), tiny per-cluster GANs."""
-    store = Store(tmp_path_factory.mktemp("gen"))
-    ingest_local(store, "builtin:digits", "d28", size=(28, 28))
-    cr.run_local(store, "d28", cr.ClusterParams(k=3, n_components=20), run_id="km")
-    rr.refine_local(store, "km", rr.config_from_options({"rounds": 1, "warmup_steps": 20, "steps": 20,
-                                                        "batch_size": 64, "width": 8, "ae_epochs": 0,
-                                                        "recluster": "kmeans"}),
-                    new_run_id="ref", log=lambda _: None)
-    train_local(store, "ref", TrainParams(steps=10, batch_size=32, min_size=10, checkpoint_every=10,
-                                          width=8, z_dim=16, baseline=False))
-    return store
+    return train_tiny(Store(tmp_path_factory.mktemp("gen")))
 
 
 def test_generate_publishes_a_scored_version_with_lineage_to_the_source(trained):
