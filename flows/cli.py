@@ -74,6 +74,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
     """Run a Prefect flow against the Prefect API (a temporary server when none is set) with a
     Dask task runner (the scheduler at ``dask_address``, else a LocalCluster of ``workers``);
     expected errors become one red line and exit code 1."""
+    from flows.preflight import check_prefect_api
+    run_guarded(check_prefect_api)  # a PREFECT_API_URL nobody answers: one line, not Prefect's retries and traceback
     import dask
 
     from flows import quietlog

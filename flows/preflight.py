@@ -176,3 +176,26 @@ def check_device(device: str | None) -> None:
         torch.device(device)
     except (RuntimeError, ValueError):
         raise PreflightError(f"--device {device!r}: give cpu, cuda or cuda:N (default: cuda when present)") from None
+
+
+def check_prefect_api(timeout: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    """A configured ``PREFECT_API_URL`` must answer (any HTTP reply will do: Cloud may ask for a key).
+
+    Unset, the CLI starts a temporary server instead, and there is nothing to check.
+    """
+    from prefect.settings import PREFECT_API_URL
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    import httpx
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+        return
+    except httpx.TimeoutException:
+        why = f"no answer within {timeout:g} s"
+    except httpx.ConnectError as exc:
+        why = "connection refused" if "refused" in str(exc).lower() else str(exc) or "cannot connect"
+    except httpx.HTTPError as exc:
+        why = str(exc) or type(exc).__name__
+    raise PreflightError(f"cannot reach the Prefect API at {url} ({why}); start it with `prefect server start`, "
+                         "or unset PREFECT_API_URL to run on a temporary server")

@@ -263,10 +263,13 @@ def test_subprocess_errors_are_one_line(store, inputs):
                  "tcp://127.0.0.1:1"),
         "generate": ([cci, "generate", "run1", "--dataset", "g", "--store", str(store.root)], "cci train"),
     }
+    # a Prefect API that was set but is not running: refused before any flow run, not after retries
+    cases["prefect-api"] = ([cci, "cluster", "d28", "--k", "3", "--store", str(store.root)], "http://127.0.0.1:1/api")
+    envs = {"prefect-api": {**env, "PREFECT_API_URL": "http://127.0.0.1:1/api"}}
     before = _store_state(store.root)
     t0 = time.time()
-    procs = {k: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for k, (argv, _) in cases.items()}
+    procs = {k: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=envs.get(k, env)) for k, (argv, _) in cases.items()}
     results = {k: p.communicate(timeout=120) for k, p in procs.items()}
     elapsed = time.time() - t0
     for key, (stdout, stderr) in results.items():
@@ -276,7 +279,7 @@ def test_subprocess_errors_are_one_line(store, inputs):
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], (key, stderr)
     assert _store_state(store.root) == before
-    assert elapsed < 60, f"three refusals took {elapsed:.0f} s"
+    assert elapsed < 60, f"four refusals took {elapsed:.0f} s"
 
 
 def test_lineage_names_resolve_by_kind_name_and_version(store):
