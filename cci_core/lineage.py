@@ -3,6 +3,11 @@
 Records live in a SQL database reached through SQLAlchemy (SQLite by default, any
 SQLAlchemy URL works, e.g. PostgreSQL). An artifact id is derived from its content, so
 recording the same thing twice returns the same record (idempotent re-runs).
+
+URIs are stored relative to the store root (``store://corpora/fmnist``), so a copied store
+resolves in its new place; :meth:`LineageStore.resolve_uri` turns one into a local path. URIs
+outside the store (``builtin:digits``, an image folder elsewhere) and records written before
+this (absolute paths, ``file://``) are kept and read as they are.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import sqlalchemy as sa
 
@@ -54,6 +61,7 @@ class Artifact:
     code_version: str
     producer: dict
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (input id, role)
+    stored_uri: str = ""  # the URI as recorded (store-relative); ``uri`` is it resolved to a local path
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -78,13 +86,38 @@ class AmbiguousArtifactError(LookupError):
 
 
 _VERSIONED = re.compile(r"^(?P<name>.+)@v(?P<version>\d+)$")
+STORE_SCHEME = "store://"
+
+
+def _sqlite_root(url: str) -> Path | None:
+    """The folder of a SQLite database file (the store root when the DB is the store's own)."""
+    try:
+        u = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).resolve().parent
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local path an absolute path or a ``file://`` URI names, else None."""
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if uri.startswith("/") else None
 
 
 class LineageStore:
-    """Record and query artifacts. ``url`` is a SQLAlchemy URL."""
+    """Record and query artifacts. ``url`` is a SQLAlchemy URL.
 
-    def __init__(self, url: str):
+    root : the store root that URIs are relative to; by default the folder of a SQLite
+        database (the store's own ``lineage.db``), so every process that opens the same URL
+        resolves URIs the same way. Without one (PostgreSQL), URIs are kept as given.
+    """
+
+    def __init__(self, url: str, root: str | Path | None = None):
         self.url = url
+        self.root = Path(root).resolve() if root else _sqlite_root(url)
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
@@ -92,6 +125,26 @@ class LineageStore:
             def _wal(dbapi_conn, _):  # concurrent readers while one process writes
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
         _meta.create_all(self.engine)
+
+    def portable_uri(self, uri: str) -> str:
+        """``store://<path relative to the root>`` for a path (or ``file://`` URI) inside the store, else ``uri``."""
+        path = _local_path(uri)
+        if self.root is None or path is None:
+            return uri
+        try:
+            rel = path.resolve().relative_to(self.root)
+        except ValueError:
+            return uri
+        return STORE_SCHEME + ("" if rel == Path(".") else rel.as_posix())
+
+    def resolve_uri(self, stored: str) -> str:
+        """The local path of a recorded URI: ``store://x`` under this store's root, ``file://`` as a
+        path; anything else (``builtin:digits``, an old absolute path) as it is."""
+        if stored.startswith(STORE_SCHEME) and self.root is not None:
+            rel = stored[len(STORE_SCHEME):]
+            return str(self.root / rel) if rel else str(self.root)
+        path = _local_path(stored)
+        return str(path) if path is not None else stored
 
     def record(self, kind: str, name: str, uri: str, content_hash: str, *, size: int | None = None,
                params: dict | None = None, metrics: dict | None = None, producer: dict | None = None,
@@ -112,7 +165,7 @@ class LineageStore:
             for parent, _ in inputs:
                 if conn.execute(sa.select(artifacts_table.c.id).where(artifacts_table.c.id == parent)).first() is None:
                     raise UnknownArtifactError(parent)
-            row = dict(id=aid, kind=kind, name=name, uri=uri, content_hash=content_hash, size=size,
+            row = dict(id=aid, kind=kind, name=name, uri=self.portable_uri(uri), content_hash=content_hash, size=size,
                        created_at=datetime.now(timezone.utc), params=params, metrics=metrics,
                        code_version=code_version(), producer=producer or {})
             conn.execute(artifacts_table.insert().values(**row))
@@ -138,6 +191,7 @@ class LineageStore:
         d = dict(row)
         if d["created_at"].tzinfo is None:  # SQLite drops the zone
             d["created_at"] = d["created_at"].replace(tzinfo=timezone.utc)
+        d["stored_uri"], d["uri"] = d["uri"], self.resolve_uri(d["uri"])
         return Artifact(**d, inputs=[(i, r) for i, r in ins])
 
     def get(self, aid: str) -> Artifact:
@@ -226,18 +280,32 @@ class LineageStore:
                                 .where(inputs_table.c.input_id == aid)).all()
         return [(a, r) for a, r in rows]
 
-    def upstream(self, aid: str) -> dict:
-        """The tree of what made ``aid``: ``{"artifact": Artifact, "role": None, "inputs": [...]}``."""
-        def walk(node_id: str, role: str | None, seen: frozenset) -> dict:
-            art = self.get(node_id)
-            children = [] if art.id in seen else [walk(i, r, seen | {art.id}) for i, r in art.inputs]
-            return {"artifact": art, "role": role, "inputs": children}
-        return walk(aid, None, frozenset())
+    def upstream(self, aid: str, depth: int | None = None, once: bool = False) -> dict:
+        """The tree of what made ``aid``: ``{"artifact": Artifact, "role": None, "inputs": [...]}``.
 
-    def downstream(self, aid: str) -> dict:
-        """The tree of what was made from ``aid``."""
-        def walk(node_id: str, role: str | None, seen: frozenset) -> dict:
+        depth : levels below ``aid`` to walk (None: all)
+        once : each artifact is expanded the first time it is met; later meetings are leaves
+            marked ``"seen": True`` (a shared ancestor is listed once, not under every child)
+        """
+        return self._walk(self.get(aid).id, "inputs", lambda a: a.inputs, depth, once)
+
+    def downstream(self, aid: str, depth: int | None = None, once: bool = False) -> dict:
+        """The tree of what was made from ``aid`` (``"outputs"``); ``depth`` and ``once`` as in :meth:`upstream`."""
+        return self._walk(self.get(aid).id, "outputs", lambda a: self.outputs_of(a.id), depth, once)
+
+    def _walk(self, aid: str, key: str, nexts, depth: int | None, once: bool) -> dict:
+        expanded: set[str] = set()
+
+        def walk(node_id: str, role: str | None, path: frozenset, level: int) -> dict:
             art = self.get(node_id)
-            kids = [] if art.id in seen else [walk(c, r, seen | {art.id}) for c, r in self.outputs_of(art.id)]
-            return {"artifact": art, "role": role, "outputs": kids}
-        return walk(self.get(aid).id, None, frozenset())
+            node = {"artifact": art, "role": role, key: []}
+            if art.id in path or (once and art.id in expanded):
+                node["seen"] = True
+                return node
+            expanded.add(art.id)
+            if depth is None or level < depth:
+                node[key] = [walk(i, r, path | {art.id}, level + 1) for i, r in nexts(art)]
+            else:
+                node["truncated"] = len(nexts(art))
+            return node
+        return walk(aid, None, frozenset(), 0)

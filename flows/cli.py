@@ -521,19 +521,29 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
 
 @datasets_app.command("export")
 def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
-                    to: str = typer.Argument(..., help="A folder (PNG files + manifest.csv) or a .parquet file."),
+                    to: str = typer.Argument(..., help="A folder (imagefolder: PNG files + metadata.csv) or a "
+                                                       ".parquet file (Hugging Face Image column + manifest)."),
                     version: str = typer.Option("latest", "--version", help="v<N>, N or latest."),
+                    fmt: str = typer.Option("auto", "--format",
+                                            help="imagefolder, parquet, or auto (parquet when TO ends in .parquet)."),
                     store: Optional[str] = StoreOpt):
-    """Export a dataset version to a folder of PNGs or to one Parquet file (PNG bytes + manifest)."""
+    """Export a dataset version to an imagefolder (PNGs + metadata.csv with file_name and the cluster
+    labels, for datasets.load_dataset("imagefolder", data_dir=TO)) or to one Parquet file.
+
+    Example: cci datasets export gen ./gen-png --format imagefolder
+    """
     from cci_core.datasets import export_parquet, export_png, open_dataset
+    if fmt not in ("auto", "imagefolder", "parquet"):
+        fail(f"--format {fmt!r}: use imagefolder, parquet or auto")
+    as_parquet = fmt == "parquet" or (fmt == "auto" and to.endswith(".parquet"))
     ds = run_guarded(open_dataset, name, version, store=read_store(store))
     target = Path(to)
-    if to.endswith(".parquet") and target.is_dir():
+    if as_parquet and target.is_dir():
         fail(f"{to} is a folder: give a new .parquet file path, or a folder path (without .parquet) for PNGs")
-    if not to.endswith(".parquet") and target.exists() and not target.is_dir():
+    if not as_parquet and target.exists() and not target.is_dir():
         fail(f"{to} is a file: give a folder for the PNGs, or a path ending in .parquet")
     try:
-        path = export_parquet(ds, to) if to.endswith(".parquet") else export_png(ds, to)
+        path = export_parquet(ds, to) if as_parquet else export_png(ds, to)
     except OSError as exc:  # a read-only or full disk, a parent that is a file
         fail(f"cannot write {to}: {exc.strerror or exc}")
     out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True)
@@ -592,29 +602,72 @@ def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a 
                                                                "clustering:RUN/clustering) or a NAME that only "
                                                                "one artifact has (fmnist@v2; fmnist = its latest)."),
                  downstream: bool = typer.Option(False, "--downstream", help="Show what was made from it instead."),
+                 depth: Optional[int] = typer.Option(None, "--depth", min=0, help="Levels to show (default: all)."),
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
-    """The upstream tree of an artifact (what made it), or its downstream tree."""
+    """The upstream tree of an artifact (what made it), or its downstream tree. Each artifact is
+    shown once; a shared ancestor met again is a one-line reference.
+
+    Example: cci lineage show dataset:gen@v1 --depth 2
+    """
     from cci_core.lineage import LineageStore
     lin = LineageStore(read_store(store).lineage_url)
     artifact_id = run_guarded(lin.resolve, artifact_id).id
-    tree = run_guarded(lin.downstream if downstream else lin.upstream, artifact_id)
+    walk = lin.downstream if downstream else lin.upstream
+    tree = run_guarded(walk, artifact_id, depth=depth, once=True)
     key = "outputs" if downstream else "inputs"
     if as_json:
         def plain(node):
-            return {"role": node["role"], **node["artifact"].to_dict(), key: [plain(n) for n in node[key]]}
+            return {"role": node["role"], **node["artifact"].to_dict(), key: [plain(n) for n in node[key]],
+                    **{k: node[k] for k in ("seen", "truncated") if k in node}}
         print(json.dumps(plain(tree), indent=2, default=str))
         return
     root = Tree(_label(tree["artifact"]))
 
     def add(parent, node):
         for child in node[key]:
-            add(parent.add(f"[cyan]{child['role']}[/]: " + _label(child["artifact"])), child)
+            art = child["artifact"]
+            if child.get("seen"):
+                parent.add(f"[cyan]{child['role']}[/]: [bold]{art.id}[/] {art.name}  [dim](shown above)[/]")
+                continue
+            more = f"  [dim]({child['truncated']} more below; raise --depth)[/]" if child.get("truncated") else ""
+            add(parent.add(f"[cyan]{child['role']}[/]: " + _label(art) + more), child)
     add(root, tree)
     art = tree["artifact"]
     out.print(root)
     out.print(f"  kind: {art.kind}  created: {art.created_at:%Y-%m-%d %H:%M:%S}  code: {art.code_version}\n"
               f"  params: {json.dumps(art.params, default=str)}\n  producer: {json.dumps(art.producer)}",
               highlight=False, soft_wrap=True)
+
+
+@lineage_app.command("export")
+def lineage_export(ref: Optional[str] = typer.Argument(None, help="Export this artifact's lineage (id, KIND:NAME "
+                                                                   "or NAME); default: the whole store."),
+                   fmt: str = typer.Option("openlineage", "--format",
+                                           help="openlineage (JSON Lines of run events), prov (PROV-JSON) or dot "
+                                                "(Graphviz)."),
+                   output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here (default: stdout)."),
+                   downstream: bool = typer.Option(False, "--downstream", help="What was made from REF instead."),
+                   store: Optional[str] = StoreOpt):
+    """Export lineage as OpenLineage run events, W3C PROV-JSON or a Graphviz graph (store-relative URIs).
+
+    Example: cci lineage export dataset:gen@v1 --format dot -o gen.dot && dot -Tsvg gen.dot -o gen.svg
+    """
+    from cci_core.lineage import LineageStore
+    from cci_core.lineage_export import FORMATS, export
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if output and Path(output).is_dir():
+        fail(f"-o {output} is a folder: give a file path")
+    lin = LineageStore(read_store(store).lineage_url)
+    text = run_guarded(export, lin, fmt, ref, downstream)
+    if not output:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(output).write_text(text)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    err.print(f"Wrote {fmt} lineage to {output}", highlight=False, soft_wrap=True)
 
 
 @lineage_app.command("list")
