@@ -335,7 +335,10 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
         params = {"dataset": dataset, "palette_id": pid, "mode": mode, "dither": bool(dither), "source": info["canonical"],
                   "seed": int(seed)}
         chash = out_hash.hexdigest()
-        card = {"kind": "stylized", "source": source, "source_kind": info["kind"], "palette_id": pid,
+        shown = Path(source).name if info["kind"] == "file" else source  # no producer path in the card
+        card = {"kind": "stylized", "source": shown, "source_kind": info["kind"], "palette_id": pid,
+                "description": f"{shown} rendered in palette {pid} ({mode}{', dithered' if dither else ''})",
+                "license_note": f"The terms of the source images ({shown}) apply.",
                 "mode": mode, "dither": bool(dither), "colors": pal.describe(),
                 "mapping": None if mapping is None else [int(x) for x in mapping],
                 "source_palette_id": src_pal["palette_id"] if src_pal else None,

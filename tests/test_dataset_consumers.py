@@ -105,3 +105,20 @@ def test_cards_say_what_the_version_is_with_relative_paths(published_store):
     assert f"fid {ev['fid']:.4g}" in readme and "## Intended use" in readme and "## Limitations" in readme
     assert card["lineage"]["artifact_id"] in readme
     assert card["how_to_read"].startswith("paths relative to the version folder")
+
+
+def test_clusters_are_named_by_majority_source_label(tmp_path):
+    from cci_core.dataset_card import cluster_profile, label_names, source_license
+    source = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+    labels = np.array(["7"] * 91 + ["5"] * 9 + [None] * 5 + ["0"] * 3, dtype=object)
+    parts = []
+    for c, rows in enumerate([np.arange(105), np.arange(105, 108)]):
+        path = tmp_path / f"cluster-{c:03d}.parquet"
+        pd.DataFrame({"row": rows}).to_parquet(path)
+        parts.append({"cluster": c, "count": len(rows), "path": str(path)})
+    prof = cluster_profile(parts, labels, label_names(source))
+    assert prof["0"] == {"size": 105, "name": "cluster-0 (mostly Sneaker, 0.91)", "majority_label": "Sneaker",
+                         "purity": 0.91, "labelled": 100}  # unlabelled rows do not count
+    assert prof["1"]["name"] == "cluster-1 (mostly T-shirt/top, 1.00)"
+    assert cluster_profile(parts, None)["1"] == {"size": 3, "name": "cluster-1"}
+    assert source_license(source) == "mit" and source_license("/data/photos") == "other"
