@@ -500,6 +500,8 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
                   version: str = typer.Option("latest", "--version", help="v<N>, N or latest."),
                   store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """A dataset version's card: where its images came from, counts, how to read it."""
+    from rich.markup import escape
+
     from cci_core.datasets import open_dataset
     ds = run_guarded(open_dataset, name, version, store=read_store(store))
     card = ds.card
@@ -509,12 +511,13 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
     m = ds.manifest
     out.print(f"[bold]{ds.name}[/] v{ds.version}  {len(ds):,} images {'x'.join(map(str, card['shape']))} uint8\n"
               f"  path: {ds.path}\n  {card.get('description', '')}\n"
-              f"  lineage id: {card.get('lineage', {}).get('artifact_id')}\n  read it: {card['how_to_read']}",
+              f"  lineage id: {card.get('lineage', {}).get('artifact_id')}\n  read it: {escape(card['how_to_read'])}",
               highlight=False, soft_wrap=True)
     if "cluster" in m:
-        t = Table("cluster", "images", "accepted", "mean confidence")
+        names = {str(c): e.get("name", "") for c, e in (card.get("clusters") or {}).items()}
+        t = Table("cluster", "name (majority source label, purity)", "images", "accepted", "mean confidence")
         for c, g in m.groupby("cluster"):
-            t.add_row(str(c), str(len(g)), str(int(g["accepted"].sum())) if "accepted" in g else "",
+            t.add_row(str(c), names.get(str(c), ""), str(len(g)), str(int(g["accepted"].sum())) if "accepted" in g else "",
                       f"{g['confidence'].mean():.3f}" if "confidence" in g else "")
         out.print(t)
 
