@@ -43,15 +43,21 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+def autoencoder_steps(epochs: float, n: int, batch_size: int) -> int:
+    """Optimiser steps of :func:`pretrain_autoencoder` for ``epochs`` over ``n`` images."""
+    return max(1, int(round(epochs * n / batch_size)))
+
+
 def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch_size: int = 256,
                          lr: float = 2e-3, weight_decay: float = 1e-4, shift: float = 0.08,
-                         scale: tuple = (0.9, 1.1), seed: int = 0, device=None) -> dict:
+                         scale: tuple = (0.9, 1.1), seed: int = 0, device=None, on_step=None) -> dict:
     """Train ``model``'s trunk and embedding head as the encoder of an autoencoder.
 
     ``epochs`` (may be fractional) times the corpus size images are seen, in uniform random
     batches; AdamW with cosine decay; binary cross-entropy of the reconstruction against
     the un-augmented image. Every draw comes from ``seed`` (deterministic on CPU). The
     model's classification head is untouched. Returns loss and throughput statistics.
+    ``on_step(step, steps)``, when given, is called after every step.
     """
     device = device or next(model.parameters()).device
     cfg = model.config
@@ -59,7 +65,7 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
     decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.image_size, cfg.width).to(device)
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(decoder.parameters())
-    steps = max(1, int(round(epochs * len(data) / batch_size)))
+    steps = autoencoder_steps(epochs, len(data), batch_size)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -69,7 +75,7 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
     model.train()
     decoder.train()
     t0, loss_sum = time.perf_counter(), 0.0
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         x = data.batch(rng.integers(0, len(data), batch_size)).to(device)
         xa = augment(x, gen, shift, scale, False, 0.0)
         with torch.autocast(device.type, enabled=use_amp(device)):
@@ -81,6 +87,8 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
         scaler.update()
         sched.step()
         loss_sum += loss.item()
+        if on_step is not None:
+            on_step(step, steps)
     seconds = time.perf_counter() - t0
     return {"ae_steps": steps, "ae_loss": loss_sum / steps, "ae_seconds": seconds,
             "ae_images_per_s": steps * batch_size / max(seconds, 1e-9)}

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cci_core.features import lazy_images
-from cci_core.imagegrid import make_grid, save_png
+from cci_core.imagegrid import make_grid, save_labelled_rows, save_png
 
 
 def _block_nearest(x, lab, offset, centers, n):
@@ -83,7 +83,7 @@ def _fetch_images(images, rows: np.ndarray, n_rows: int | None) -> np.ndarray:
 def save_cluster_montages(images, X, labels, centers, out_dir, n_per_cluster: int = 16,
                           n_rows: int | None = None, scale: int = 2) -> list[Path]:
     """Write ``cluster-<c>.png`` for every cluster: its images nearest the centre, nearest
-    first, plus ``clusters.png`` with one row per cluster.
+    first, plus ``clusters.png`` with one row per cluster, labelled with its id and size.
 
     images : (N, H, W[, C]) uint8 zarr / numpy / dask, row i belongs to X[i]
     """
@@ -97,7 +97,9 @@ def save_cluster_montages(images, X, labels, centers, out_dir, n_per_cluster: in
         rows_of_grid.append(np.concatenate([imgs, pad]) if len(pad) else imgs)
     if rows_of_grid:
         overview = make_grid(np.concatenate(rows_of_grid), ncols=n_per_cluster)
-        paths.append(save_png(overview, out_dir / "clusters.png", scale=scale))
+        sizes = np.bincount(np.asarray(labels)[np.asarray(labels) >= 0], minlength=len(rows_of_grid))
+        paths.append(save_labelled_rows(overview, [f"cluster {c}: {sizes[c]}" for c in range(len(rows_of_grid))],
+                                        out_dir / "clusters.png", scale=scale))
     return paths
 
 

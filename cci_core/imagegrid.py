@@ -48,3 +48,30 @@ def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> Path:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     img.save(path)
     return path
+
+
+def save_labelled_rows(grid: np.ndarray, labels: list[str], path: str | Path, scale: int = 1,
+                       pad: int = 2) -> Path:
+    """Save a grid of ``len(labels)`` equal rows (from :func:`make_grid`) as PNG with each
+    row's label written in a white strip on its left (Pillow's default font)."""
+    from PIL import ImageDraw, ImageFont
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(grid)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    img = Image.fromarray(arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)  # only to measure
+    width = max((int(draw.textlength(t, font=font)) for t in labels), default=0) + 8
+    out = Image.new(img.mode, (img.width + width, img.height), 255 if img.mode == "L" else (255,) * len(img.mode))
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    row_h = (img.height - pad * scale) / max(len(labels), 1)
+    ink = 0 if img.mode == "L" else (0,) * len(img.mode)
+    for i, text in enumerate(labels):
+        draw.text((4, pad * scale + i * row_h + row_h / 2), text, fill=ink, font=font, anchor="lm")
+    out.save(path)
+    return path

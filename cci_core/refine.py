@@ -247,9 +247,10 @@ def _centres(Z: np.ndarray, labels: np.ndarray, k: int) -> torch.Tensor:
 
 def train_round(model: CNN, teacher: CNN, data: CorpusImages, labels: np.ndarray,
                 trusted: np.ndarray, centres: torch.Tensor | None, steps: int,
-                cfg: RefineConfig, seed: int, device) -> dict:
+                cfg: RefineConfig, seed: int, device, on_step=None) -> dict:
     """Train ``steps`` steps on the joint loss over trusted rows, class-balanced; the
-    teacher follows the student as an exponential moving average."""
+    teacher follows the student as an exponential moving average. ``on_step(step)``, when
+    given, is called after every step."""
     k = model.config.n_classes
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -289,6 +290,8 @@ def train_round(model: CNN, teacher: CNN, data: CorpusImages, labels: np.ndarray
                 bt.copy_(bs)
         ce_sum += ce.item()
         km_sum += float(km.detach())
+        if on_step is not None:
+            on_step(step)
     seconds = time.perf_counter() - t0
     return {"loss_ce": ce_sum / steps, "loss_kmeans": km_sum / steps, "train_seconds": seconds,
             "train_images_per_s": steps * cfg.batch_size / max(seconds, 1e-9)}
@@ -348,7 +351,7 @@ def load_classifier(directory: str | Path, device=None) -> CNN:
 
 
 def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | None = None,
-           out_dir: str | Path | None = None, y_true=None, log=print) -> RefineResult:
+           out_dir: str | Path | None = None, y_true=None, log=print, progress=None) -> RefineResult:
     """Refine a clustering with the CCI classifier.
 
     Parameters
@@ -362,6 +365,8 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     out_dir : checkpoints and artifacts; an existing one with finished rounds is resumed
     y_true : (n_rows,) known classes, optional, ONLY for ACC/NMI/ARI in the metrics
     log : callable taking one string (progress lines)
+    progress : callable ``progress(done, total, note)`` or None; called as training steps
+        complete (every ~2 % of all rounds' steps) and when a round starts or ends
 
     Returns
     -------
@@ -406,6 +411,16 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         start = last + 1
         log(f"resuming after round {last} from {d}")
 
+    # progress counts optimiser steps: the autoencoder's (round 0), then each round's training
+    from cci_core.autoencoder import autoencoder_steps
+    ae = autoencoder_steps(cfg.ae_epochs, n, cfg.batch_size) if cfg.ae_epochs > 0 else 0
+    budget = [cfg.warmup_steps if r == 0 else cfg.steps for r in range(cfg.rounds + 1)]
+    total, every = ae + sum(budget), max(1, (ae + sum(budget)) // 50)
+
+    def report(r: int, step: int, what: str) -> None:
+        if progress is not None:
+            progress(ae + sum(budget[:r]) + step, total, f"round {r}/{cfg.rounds}, {what}")
+
     for r in range(start, cfg.rounds + 1):
         t0 = time.perf_counter()
         seed = cfg.seed * 1000 + r
@@ -414,11 +429,15 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
             from cci_core.autoencoder import pretrain_autoencoder
             rec.update(pretrain_autoencoder(
                 model, data, cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.ae_lr,
-                weight_decay=cfg.weight_decay, shift=cfg.ae_shift, seed=seed, device=device))
+                weight_decay=cfg.weight_decay, shift=cfg.ae_shift, seed=seed, device=device,
+                on_step=lambda s, steps: progress is not None and (s % every == 0 or s == steps) and progress(
+                    s, total, f"round 0/{cfg.rounds}, autoencoder epoch {cfg.ae_epochs * s / steps:.1f}"
+                              f"/{cfg.ae_epochs:g}")))
             teacher.load_state_dict(model.state_dict())
             state["Z"], _ = embed_corpus(teacher, data, device, normalize=False)
             log(f"  r0: autoencoder {rec['ae_seconds']:.0f}s, "
                 f"{rec['ae_images_per_s']:.0f} images/s, loss {rec['ae_loss']:.4f}")
+        report(r, 0, "clustering")
         if state["Z"] is not None:
             Z = state["Z"]                                                    # (a)
             new, space, margin = cluster_embedding(                           # (b)
@@ -441,8 +460,8 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
                     **_score(new, y_true), "cluster_seconds": time.perf_counter() - t0})
         log(f"  r{r}: clustered at {rec['cluster_seconds']:.0f}s, changed {rec['changed']:.3f}"
             + (f", acc {rec['acc']:.4f}, nmi {rec['nmi']:.4f}" if "acc" in rec else ""))
-        stats = train_round(model, teacher, data, new, trusted, centres,
-                            cfg.warmup_steps if r == 0 else cfg.steps, cfg, seed, device)
+        stats = train_round(model, teacher, data, new, trusted, centres, budget[r], cfg, seed, device,
+                            on_step=lambda s, r=r: s % every == 0 and report(r, s, f"step {s}/{budget[r]}"))
         state = {"labels": new,
                  **dict(zip("ZP", embed_corpus(teacher, data, device, normalize=False)))}
         pred = state["P"].argmax(1)
@@ -455,6 +474,7 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         log("round {round}: ".format(**rec) + ", ".join(
             f"{key} {rec[key]:.4f}" for key in ("acc", "nmi", "pred_acc", "selection_score",
                                                 "trusted") if rec.get(key) is not None))
+        report(r, budget[r], "done" + (f", acc {rec['acc']:.4g}" if "acc" in rec else ""))
         if out is not None:
             _save_round(out, r, model, teacher, state, history, cfg)
         else:

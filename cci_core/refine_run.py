@@ -85,9 +85,10 @@ def start_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
     return cluster_run.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
 
 
-def refine_step(store: Store, plan: dict, log=print, producer: dict | None = None) -> dict:
+def refine_step(store: Store, plan: dict, log=print, producer: dict | None = None, progress=None) -> dict:
     """Train the classifier (resuming finished rounds), save it and the refined labels,
-    record lineage; returns the clustering summary (ids, sizes, per-round metrics)."""
+    record lineage; returns the clustering summary (ids, sizes, per-round metrics).
+    ``progress(done, total, note)`` follows the training steps (see :func:`cci_core.refine.refine`)."""
     config = RefineConfig(**plan["params"])
     rdir = Path(plan["run_dir"])
     c = open_corpus(store, plan["corpus"], plan["corpus_version"])
@@ -95,7 +96,8 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
     initial = cluster_run.run_labels(parent)
     y = c.labels()
     y_codes = pd.factorize(y)[0] if y is not None else None
-    result = refine(c.images(), c.n_rows, initial, config, out_dir=rdir / "refine", y_true=y_codes, log=log)
+    result = refine(c.images(), c.n_rows, initial, config, out_dir=rdir / "refine", y_true=y_codes, log=log,
+                    progress=progress)
     k = int(initial.max()) + 1
     labels = np.asarray(result.labels, dtype=np.int32)  # ids already matched round to round
 

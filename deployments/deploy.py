@@ -13,6 +13,9 @@ Deployments:
                 classifier, measure drift, retrain only the clusters that changed, publish a new
                 dataset version; does nothing (and says so) when nothing is new
 
+Dead runs end: ``deploy()`` also creates the automation of :mod:`deployments.automations`, which
+marks a run tagged ``cci`` Crashed 90 s after its last heartbeat (the runs beat every 30 s).
+
 GPU work: training tasks are tagged ``gpu``; ``prefect concurrency-limit create gpu <number of GPUs>``
 holds them to the GPUs there are. To train on Dask GPU workers, start
 ``dask worker tcp://SCHEDULER:8786 --resources GPU=1`` on each GPU machine and pass the scheduler as the
@@ -36,9 +39,16 @@ def deploy(pool: str = "cci-process", source: str = "builtin:digits", corpus: st
     ``pipeline_params`` / ``refresh_params`` override the flows' own defaults (any parameter of
     ``pipeline_flow`` / ``refresh_flow``, e.g. ``{"k": 4, "train_steps": 10}``); ``job_variables``
     go to the work pool's job (for a process pool e.g. ``{"env": {"OMP_NUM_THREADS": "1"}}``);
-    ``refresh_paused`` registers the refresh with its schedule paused.
+    ``refresh_paused`` registers the refresh with its schedule paused. The flow runs beat every
+    30 s and the server gets the automation that marks a run Crashed when its beats stop
+    (:mod:`deployments.automations`).
     """
     from prefect import flow
+
+    from deployments.automations import ensure_crash_automation
+    from flows.liveness import heartbeat_env
+    job_variables = dict(job_variables or {})
+    job_variables["env"] = {**heartbeat_env(), **(job_variables.get("env") or {})}
     store_root = str(Path(store_root or ROOT / "cci-store").resolve())
     common = {"source": source, "corpus": corpus, "store_root": store_root}
     ids = []
@@ -51,6 +61,7 @@ def deploy(pool: str = "cci-process", source: str = "builtin:digits", corpus: st
                               parameters={**common, **(refresh_params or {})}, job_variables=job_variables,
                               description="Scheduled corpus refresh: ingest, assign, drift, retrain what changed, "
                                           "publish.", tags=["cci"], print_next_steps=False))
+    ensure_crash_automation()
     return ids
 
 

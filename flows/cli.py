@@ -85,7 +85,11 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
         fail(f"--workers {workers}: give at least 1 worker process")
     run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
     quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
-    with prefect_api(), dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}):
+    from flows.liveness import heartbeats
+    from flows.naming import tagged
+    # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
+    with prefect_api(), heartbeats(), tagged(flow, *args, **kwargs), \
+            dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}):
         return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
 
 

@@ -11,6 +11,8 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from cci_core.cluster_run import ClusterParams
 from cci_core.store import Store
+from flows import naming
+from flows.readable import fig, file_link
 from tasks.cluster import (choose_k_task, cluster_task, finish_run_task, fit_embeddings_task, partition_asset,
                            partitions_task, pictures_task, start_run_task)
 from tasks.common import asset_for
@@ -27,10 +29,10 @@ def artifact_key(*parts) -> str:
 
 def _png_markdown(path: str, title: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n`{path}`\n"
+    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n{file_link(path)}\n"
 
 
-@flow(name="cci-cluster", log_prints=True)
+@flow(name="cci-cluster", log_prints=True, flow_run_name=naming.cluster_name)
 def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, algorithm: str = "kmeans",
                  embedding: str = "pca", n_components: int | float = 50, whiten: bool = False, seed: int = 0,
                  version: int | None = None, run_id: str | None = None, options: dict | None = None) -> dict:
@@ -70,11 +72,14 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
     k_used = choice["k"] if choice else ClusterParams(**params).fixed_k()
     update_progress_artifact(progress, 50.0)
 
-    cl = cluster_task.with_options(assets=[asset_for("clustering", run_id)]).submit(
+    # the corpus upstream: the clustering's asset event names what it was made from
+    cl = cluster_task.with_options(assets=[asset_for("clustering", run_id)],
+                                   asset_deps=[asset_for("corpus", corpus)]).submit(
         plan, emb, k_used, choice).result()
     update_progress_artifact(progress, 70.0)
     assets = [partition_asset(run_id, c) for c in range(cl["n_clusters"])]
-    parts_future = partitions_task.with_options(assets=assets).submit(plan, emb, cl)
+    parts_future = partitions_task.with_options(assets=assets, asset_deps=[asset_for("clustering", run_id)]).submit(
+        plan, emb, cl)
     pictures_future = pictures_task.submit(plan, emb, cl)  # beside the partitions: they share no file
     parts = parts_future.result()
     update_progress_artifact(progress, 80.0)
@@ -84,17 +89,19 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
 
     create_table_artifact(
         key=artifact_key("cluster-metrics", corpus),
-        table=[{"metric": m, "value": cl["metrics"].get(m, cl.get(m))} for m in METRIC_KEYS
+        table=[{"metric": m, "value": fig(cl["metrics"].get(m, cl.get(m)))} for m in METRIC_KEYS
                if cl["metrics"].get(m, cl.get(m)) is not None],
         description=f"metrics of run {run_id} ({algorithm}, k={k_used}, {embedding})")
     create_table_artifact(
         key=artifact_key("cluster-sizes", corpus),
-        table=[{"cluster": p["cluster"], "images": p["count"], "partition": p["artifact_id"]} for p in parts],
+        table=[{"cluster": p["cluster"], "images": p["count"], "partition": p["artifact_id"],
+                "file": file_link(p["path"], Path(p["path"]).name) if p.get("path") else ""} for p in parts],
         description=f"cluster sizes of run {run_id}")
     shown = [p for p in pictures if p.endswith(("clusters.png", "scatter-pca.png", "scatter-umap.png"))]
     create_markdown_artifact(
         key=artifact_key("cluster-pictures", corpus), description=f"pictures of run {run_id}",
-        markdown=f"# Run `{run_id}`\n\nrun folder: `{plan['run_dir']}`\n\n"
+        markdown=f"# Run `{run_id}`\n\ncorpus `{corpus}` v{plan['corpus_version']}; run folder: "
+                 f"{file_link(plan['run_dir'])}; lineage: `cci lineage show {cl['clustering_artifact_id']}`\n\n"
                  + "\n".join(_png_markdown(p, Path(p).stem) for p in shown))
     summary = {"run_id": run_id, "run_dir": plan["run_dir"], "corpus": corpus,
                "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "k": k_used,

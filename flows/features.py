@@ -12,6 +12,7 @@ from cci_core import selfcond as sc
 from cci_core.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
+from flows import naming
 from tasks.common import asset_for
 from tasks.features import (
     embeddings_asset,
@@ -36,7 +37,7 @@ def _options(what: str, options: dict | None, known: set[str]) -> dict:
     return dict(options or {})
 
 
-@flow(name="cci-features", log_prints=True)
+@flow(name="cci-features", log_prints=True, flow_run_name=naming.features_name)
 def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] | None = None,
                   vae_steps: int | None = None, options: dict | None = None) -> dict:
     """Compare every feature space of RUN: k-means ACC/NMI/ARI + sampled silhouette, and linear /
@@ -89,7 +90,7 @@ def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] 
     return summary
 
 
-@flow(name="cci-self-condition", log_prints=True)
+@flow(name="cci-self-condition", log_prints=True, flow_run_name=naming.selfcond_name)
 def selfcond_flow(run_id: str, store_root: str | None = None, new_run_id: str | None = None,
                   options: dict | None = None) -> dict:
     """Train a self-conditioned GAN from RUN (conditions: k-means of its discriminator's

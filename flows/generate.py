@@ -11,6 +11,8 @@ from cci_core.imagegrid import make_grid, save_png
 from cci_core.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
+from flows import naming
+from flows.readable import fig, file_link
 from tasks.common import asset_for
 from tasks.generate import generate_task
 
@@ -27,26 +29,27 @@ def _sample_grid(store: Store, out: dict, per_cluster: int = 8) -> Path:
                     / f"generated-{out['dataset']}-v{out['version']}.png", scale=2)
 
 
-@flow(name="cci-generate", log_prints=True)
+@flow(name="cci-generate", log_prints=True, flow_run_name=naming.generate_name)
 def generate_flow(run_id: str, dataset: str, store_root: str | None = None, per_cluster: int = 100,
                   threshold: float = 0.5, seed: int = 0, models: str | None = None) -> dict:
     """Publish PER_CLUSTER generated images for every cluster of RUN as a new version of DATASET."""
     store = Store(store_root)
     with gpu_annotation():
-        out = generate_task.with_options(assets=[asset_for("dataset", dataset)]).submit(
+        out = generate_task.with_options(assets=[asset_for("dataset", dataset)],
+                                         asset_deps=[asset_for("clustering", run_id)]).submit(
             str(store.root), run_id, dataset, per_cluster, threshold, seed, models).result()
     get_run_logger().info("Published %s v%d: %d images, %d accepted", dataset, out["version"], out["n_images"],
                           out["accepted"])
     grid = _sample_grid(store, out)
     create_table_artifact(key=artifact_key("dataset", dataset),
-                          table=[{"cluster": c, "acceptance": round(a, 4)}
+                          table=[{"cluster": c, "acceptance": fig(a)}
                                  for c, a in out["acceptance_by_cluster"].items()],
                           description=f"{dataset} v{out['version']}: share of images the classifier accepts")
     create_markdown_artifact(
         key=artifact_key("dataset-summary", dataset), description=f"dataset {dataset} v{out['version']}",
         markdown=f"# Dataset `{dataset}` v{out['version']}\n\n- images: {out['n_images']} ({out['accepted']} "
                  f"accepted by the {out['classifier']})\n- from run `{run_id}` ({out['models']} generators)\n"
-                 f"- folder: `{out['path']}`\n- lineage: `cci lineage show {out['artifact_id']}`\n\n"
+                 f"- folder: {file_link(out['path'])}\n- lineage: `cci lineage show {out['artifact_id']}`\n\n"
                  + _png_markdown(str(grid), "generated images, one row per cluster"))
     out["sample_grid"] = str(grid)
     return out

@@ -11,9 +11,11 @@ from cci_core.store import Store
 from tasks.common import asset_for
 from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
 from cci_core import ingest
+from flows import naming
+from flows.readable import file_link
 
 
-@flow(name="cci-ingest", log_prints=True)
+@flow(name="cci-ingest", log_prints=True, flow_run_name=naming.ingest_name)
 def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: tuple[int, int] | None = None,
                 channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
                 batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
@@ -57,6 +59,7 @@ def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: t
         markdown=(f"# Corpus `{corpus}` v{summary['version']}\n\n"
                   f"- rows: {summary['n_rows']} (added {summary['added']}, duplicates {summary['duplicates']}, "
                   f"quarantined {summary['quarantined']})\n- shape: {'x'.join(map(str, summary['shape']))}\n"
-                  f"- lineage id: `{summary['artifact_id']}`\n- store: `{store_root}`\n"
+                  f"- lineage: `cci lineage show {summary['artifact_id']}`\n"
+                  f"- folder: {file_link(Store(store_root).corpus_dir(corpus))}\n"
                   + (f"\n| quarantined file | reason |\n|---|---|\n{quarantine_md}\n" if quarantine_md else "")))
     return summary

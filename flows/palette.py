@@ -13,6 +13,7 @@ from prefect.artifacts import (
 
 from cci_core.store import Store
 from flows.cluster import _png_markdown, artifact_key
+from flows import naming
 from tasks.palette import (
     check_stylize_task,
     dataset_asset,
@@ -29,7 +30,7 @@ def _color_table(colors: list[dict]) -> list[dict]:
             for c in colors]
 
 
-@flow(name="cci-palette", log_prints=True)
+@flow(name="cci-palette", log_prints=True, flow_run_name=naming.palette_name)
 def palette_flow(source: str, colors: int = 8, store_root: str | None = None, space: str | None = None,
                  method: str = "auto", seed: int = 0) -> dict:
     """Learn a COLORS-colour palette from every pixel of SOURCE (corpus, RUN:CLUSTER, dataset:NAME, file)."""
@@ -54,7 +55,7 @@ def palette_flow(source: str, colors: int = 8, store_root: str | None = None, sp
     return out
 
 
-@flow(name="cci-stylize", log_prints=True)
+@flow(name="cci-stylize", log_prints=True, flow_run_name=naming.stylize_name)
 def stylize_flow(source: str, palette_id: str, dataset: str, store_root: str | None = None, mode: str = "nearest",
                  dither: bool = False, seed: int = 0) -> dict:
     """Render SOURCE in palette PALETTE_ID (nearest colour, or a one-to-one transfer) as a new
@@ -77,7 +78,7 @@ def stylize_flow(source: str, palette_id: str, dataset: str, store_root: str | N
     return out
 
 
-@flow(name="cci-segment", log_prints=True)
+@flow(name="cci-segment", log_prints=True, flow_run_name=naming.segment_name)
 def segment_flow(source: str, k: int = 5, store_root: str | None = None, space: str | None = None,
                  position_weight: float = 0.0, standardize: bool = True, seed: int = 0) -> dict:
     """Per-image k-means segmentation of every image of SOURCE (label maps as Zarr)."""

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from cci_core.cluster_run import ClusterParams, read_run
 from cci_core.corpus import open_corpus
@@ -25,6 +25,8 @@ from flows.cluster import artifact_key, cluster_flow
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.refine import refine_flow
+from flows.naming import call_tagged
+from flows.readable import file_link, fig, metrics_text, run_link
 from flows.runtime import on_flow_cluster
 from flows.train import evaluate_flow, train_flow
 
@@ -53,6 +55,79 @@ def _reusable_dataset(store: Store, dataset: str, run_id: str, params: dict, mod
     return ds if same else None
 
 
+STAGES = ("ingest", "cluster", "refine", "train", "generate", "evaluate")
+
+
+class Stages:
+    """The pipeline's six stages: a progress artifact "stage n of 6", each subflow run on the
+    parent's Dask cluster with its own name and tags, and the id of the flow run of each."""
+
+    def __init__(self, corpus: str):
+        self.corpus = corpus
+        self.flow_runs: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+        self.progress = create_progress_artifact(0.0, key=artifact_key("pipeline-progress", corpus),
+                                                 description=f"pipeline {corpus}: stage 1 of 6 (ingest)")
+
+    def _advance(self, stage: str, note: str) -> None:
+        n = STAGES.index(stage) + 1
+        nxt = f", next: {STAGES[n]}" if n < len(STAGES) else ""
+        update_progress_artifact(self.progress, 100.0 * n / len(STAGES),
+                                 description=f"pipeline {self.corpus}: stage {n} of 6 ({stage}) {note}{nxt}")
+
+    def run(self, stage: str, subflow, *args, **kwargs):
+        n = STAGES.index(stage) + 1
+        update_progress_artifact(self.progress, 100.0 * (n - 1) / len(STAGES),
+                                 description=f"pipeline {self.corpus}: stage {n} of 6 ({stage}) running")
+        state = call_tagged(on_flow_cluster(subflow), *args, return_state=True, **kwargs)
+        self.flow_runs[stage] = str(state.state_details.flow_run_id)
+        result = state.result()
+        self._advance(stage, "done")
+        return result
+
+    def skip(self, stage: str, note: str) -> None:
+        self.notes[stage] = note
+        self._advance(stage, note)
+
+    def link(self, stage: str) -> str:
+        if stage in self.flow_runs:
+            return run_link(self.flow_runs[stage], stage)
+        return f"{stage} ({self.notes.get(stage, 'not run')})"
+
+
+def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, evaluation: dict) -> str:
+    """The pipeline's summary: each stage's headline figures, its flow run and its output."""
+    ds = s["dataset"]
+    n_models = len(training.get("models", []))
+    gen = ""
+    for space, groups in (evaluation.get("headline") or {}).items():
+        gen = "; ".join(f"{g}: {metrics_text(m, ('fid', 'kid', 'precision', 'recall', 'coverage'))}"
+                        for g, m in groups.items())
+        gen = f"{space} features — {gen}"
+        break
+    rows = [
+        ("ingest", f"corpus `{s['corpus']}` v{s['corpus_version']}: {s['ingest_added']} new images",
+         file_link(store.corpus_dir(s["corpus"]), "corpus folder")),
+        ("cluster", f"run `{s['cluster_run']}`: {metrics_text(s['clustering_metrics']) or 'no labels to score'}",
+         file_link(store.run_dir(s["cluster_run"]), "run folder")),
+        ("refine", f"run `{s['refined_run']}`: {metrics_text(s['refined_metrics']) or 'no labels to score'}",
+         file_link(store.run_dir(s["refined_run"]) / "partitions", "partitions")
+         if (store.run_dir(s["refined_run"]) / "partitions").exists()
+         else file_link(store.run_dir(s["refined_run"]), "run folder")),
+        ("train", f"{n_models} generators", file_link(store.run_dir(s["refined_run"]) / "models", "models")),
+        ("generate", f"dataset `{ds['dataset']}` v{ds['version']}: {ds['n_images']} images, {ds['accepted']} "
+                     f"accepted ({fig(ds['accepted'] / max(ds['n_images'], 1))})",
+         file_link(ds["path"], "dataset version")),
+        ("evaluate", gen or "see the report", file_link(s["evaluation_report"], "report")
+         if s.get("evaluation_report") else ""),
+    ]
+    table = "\n".join(f"| {stages.link(st)} | {what} | {where} |" for st, what, where in rows)
+    return (f"# Pipeline on `{s['corpus']}` v{s['corpus_version']}\n\n| stage (flow run) | headline | output |\n"
+            f"|---|---|---|\n{table}\n\nstore: {file_link(s['store'])}\n\n"
+            f"Lineage of the dataset (self-hosted Prefect has no Assets page): "
+            f"`cci lineage show {ds['artifact_id']}`\n")
+
+
 @flow(name="cci-pipeline", log_prints=True, flow_run_name="pipeline {corpus} from {source}")
 def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", store_root: str | None = None,
                   size: tuple[int, int] | None = (28, 28), channels: int | None = 1, k: int = 10,
@@ -66,31 +141,34 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
     store = Store(store_root).ensure()
     root = str(store.root)
     dataset = dataset or f"{corpus}-generated"
+    stages = Stages(corpus)
 
-    ing = on_flow_cluster(ingest_flow)(source, corpus, store_root=root, size=size, channels=channels)
+    ing = stages.run("ingest", ingest_flow, source, corpus, store_root=root, size=size, channels=channels)
     c = open_corpus(store, corpus)
     params = ClusterParams(k=k, n_components=n_components, seed=seed)
     run_id = f"{corpus}-v{c.version}-{stage_id(c.artifact_id, asdict(params))}"
     if _complete(store, run_id):
         log.info("Clustering %s already done for corpus %s v%d with these parameters: reusing it",
                  run_id, corpus, c.version)
+        stages.skip("cluster", "reused")
     else:
-        on_flow_cluster(cluster_flow)(corpus, store_root=root, k=k, n_components=n_components, seed=seed,
-                                      version=c.version, run_id=run_id)
+        stages.run("cluster", cluster_flow, corpus, store_root=root, k=k, n_components=n_components, seed=seed,
+                   version=c.version, run_id=run_id)
 
     refine_opts = {"rounds": refine_rounds, "steps": refine_steps, "warmup_steps": refine_steps, "seed": seed,
                    "batch_size": 128, **(refine_options or {})}
     refined = f"{run_id}-r{stage_id(refine_opts)}"
     if _complete(store, refined):
         log.info("Refined run %s already done: reusing it", refined)
+        stages.skip("refine", "reused")
     else:
-        on_flow_cluster(refine_flow)(run_id, store_root=root, options=refine_opts, new_run_id=refined)
+        stages.run("refine", refine_flow, run_id, store_root=root, options=refine_opts, new_run_id=refined)
 
     train_options = dict(train_options or {})
     explicit = {k: train_options.pop(k) for k in list(train_options)
                 if k in inspect.signature(train_flow.fn).parameters}
-    training = on_flow_cluster(train_flow)(refined, store_root=root, model=model, steps=train_steps,
-                                           min_size=min_size, seed=seed, options=train_options, **explicit)
+    training = stages.run("train", train_flow, refined, store_root=root, model=model, steps=train_steps,
+                          min_size=min_size, seed=seed, options=train_options, **explicit)
     gen_params = {"per_cluster": per_cluster, "seed": seed}
     reuse = _reusable_dataset(store, dataset, refined, gen_params, set(training["model_artifact_ids"].values()))
     if reuse is not None:
@@ -98,11 +176,12 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
         published = {"dataset": dataset, "version": reuse.version, "path": str(reuse.path),
                      "artifact_id": reuse.card["lineage"]["artifact_id"], "n_images": len(reuse),
                      "accepted": int(reuse.manifest["accepted"].sum()), "reused": True}
+        stages.skip("generate", "reused")
     else:
-        published = on_flow_cluster(generate_flow)(refined, dataset, store_root=root, per_cluster=per_cluster,
-                                                   seed=seed)
-    evaluation = on_flow_cluster(evaluate_flow)(refined, store_root=root, samples=eval_samples,
-                                                options=eval_options)
+        published = stages.run("generate", generate_flow, refined, dataset, store_root=root,
+                               per_cluster=per_cluster, seed=seed)
+    evaluation = stages.run("evaluate", evaluate_flow, refined, store_root=root, samples=eval_samples,
+                            options=eval_options)
 
     run = read_run(store, refined)
     summary = {"corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,
@@ -110,13 +189,6 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                "clustering_metrics": read_run(store, run_id)["clustering"]["metrics"],
                "refined_metrics": run["clustering"]["metrics"], "dataset": published,
                "evaluation_report": evaluation.get("report"), "store": root}
-    create_markdown_artifact(
-        key=artifact_key("pipeline", corpus), description=f"pipeline on {corpus}",
-        markdown=(f"# Pipeline on `{corpus}` v{c.version}\n\n| stage | output |\n|---|---|\n"
-                  f"| ingest | corpus `{corpus}` v{c.version}, {ing['added']} new images |\n"
-                  f"| cluster | run `{run_id}` |\n| refine | run `{refined}` |\n"
-                  f"| train | `{store.run_dir(refined) / 'models'}` |\n"
-                  f"| generate | dataset `{dataset}` v{published['version']} ({published['n_images']} images) |\n"
-                  f"| evaluate | `{evaluation.get('report')}` |\n\n"
-                  f"Lineage of the dataset: `cci lineage show {published['artifact_id']}`\n"))
+    create_markdown_artifact(key=artifact_key("pipeline", corpus), description=f"pipeline on {corpus}",
+                             markdown=_summary_markdown(store, summary, stages, training, evaluation))
     return summary

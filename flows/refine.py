@@ -10,6 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from cci_core.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
+from flows import naming
+from flows.readable import fig_row, file_link, metrics_text
 from tasks.cluster import finish_run_task
 from tasks.common import asset_for
 from tasks.refine import refine_pictures_task, refine_task, refined_partitions_task, start_refine_task
@@ -18,7 +20,7 @@ ROUND_KEYS = ("round", "acc", "nmi", "ari", "silhouette", "selection_score", "in
               "train_images_per_s", "wall_seconds")
 
 
-@flow(name="cci-refine", log_prints=True)
+@flow(name="cci-refine", log_prints=True, flow_run_name=naming.refine_name)
 def refine_flow(run_id: str, store_root: str | None = None, options: dict | None = None,
                 new_run_id: str | None = None) -> dict:
     """Refine RUN's clustering with the CCI classifier; ``options`` are RefineConfig fields."""
@@ -29,7 +31,8 @@ def refine_flow(run_id: str, store_root: str | None = None, options: dict | None
              plan["corpus_version"], plan["n_rows"], plan["run_id"])
     assets = [asset_for("classifier", plan["run_id"]), asset_for("clustering", plan["run_id"])]
     with gpu_annotation() as on_gpu:
-        cl = refine_task.with_options(assets=assets).submit(plan).result()
+        upstream = [asset_for("clustering", run_id), asset_for("corpus", plan["corpus"])]
+        cl = refine_task.with_options(assets=assets, asset_deps=upstream).submit(plan).result()
     log.info("Chose round %d of %d%s", cl["chosen_round"], len(cl["rounds"]) - 1,
              " (on a GPU worker)" if on_gpu else "")
     parts_future = refined_partitions_task.submit(plan, cl)
@@ -38,14 +41,16 @@ def refine_flow(run_id: str, store_root: str | None = None, options: dict | None
     run = finish_run_task(plan)
 
     create_table_artifact(key=artifact_key("refine-rounds", plan["corpus"]),
-                          table=[{k: r.get(k) for k in ROUND_KEYS if k in r} for r in cl["rounds"]],
+                          table=[fig_row({k: r.get(k) for k in ROUND_KEYS if k in r}) for r in cl["rounds"]],
                           description=f"CCI refinement of run {run_id}, round by round "
                                       f"(kept round {cl['chosen_round']})")
     shown = [p for p in pictures if p.endswith(("clusters.png", "curves.png"))]
     create_markdown_artifact(key=artifact_key("refine-pictures", plan["corpus"]),
                              description=f"pictures of refined run {plan['run_id']}",
-                             markdown=f"# Refined run `{plan['run_id']}`\n\nfrom run `{run_id}`, folder "
-                                      f"`{plan['run_dir']}`\n\n"
+                             markdown=f"# Refined run `{plan['run_id']}`\n\nfrom run `{run_id}`; "
+                                      f"{metrics_text(cl['metrics'])}\n\nfolder {file_link(plan['run_dir'])}, "
+                                      f"partitions {file_link(Path(plan['run_dir']) / 'partitions')}; lineage: "
+                                      f"`cci lineage show {cl['clustering_artifact_id']}`\n\n"
                                       + "\n".join(_png_markdown(p, Path(p).stem) for p in shown))
     return {"run_id": plan["run_id"], "parent_run": run_id, "run_dir": plan["run_dir"], "corpus": plan["corpus"],
             "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "status": run["status"],

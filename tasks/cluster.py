@@ -15,26 +15,26 @@ from cci_core.store import Store
 from tasks.common import annotate_asset, asset_for, cluster_compute, producer
 
 
-@task(name="start-run")
+@task(name="start-run", task_run_name="start run {corpus}")
 def start_run_task(store_root: str, corpus: str, params: dict, version: int | None = None,
                    run_id: str | None = None) -> dict:
     return cluster_run.start_run(Store(store_root), corpus, cluster_run.ClusterParams(**params),
                                  version=version, run_id=run_id)
 
 
-@task(name="fit-pca-embeddings")
+@task(name="fit-pca-embeddings", task_run_name="pca {plan[run_id]}")
 def fit_embeddings_task(plan: dict) -> dict:
     with cluster_compute():
         return cluster_run.fit_embeddings(Store(plan["store"]), plan, producer=producer())
 
 
-@task(name="choose-k")
+@task(name="choose-k", task_run_name="choose k {plan[run_id]}")
 def choose_k_task(plan: dict, emb: dict) -> dict:
     with cluster_compute():
         return cluster_run.choose_k_step(Store(plan["store"]), plan, emb)
 
 
-@materialize("cci://clustering/pending", name="cluster-embeddings")
+@materialize("cci://clustering/pending", name="cluster-embeddings", task_run_name="cluster {plan[run_id]} k={k}")
 def cluster_task(plan: dict, emb: dict, k: int | None, choice: dict | None = None) -> dict:
     store = Store(plan["store"])
     with cluster_compute():
@@ -44,7 +44,7 @@ def cluster_task(plan: dict, emb: dict, k: int | None, choice: dict | None = Non
     return out
 
 
-@materialize("cci://partition/pending", name="write-partitions")
+@materialize("cci://partition/pending", name="write-partitions", task_run_name="partitions {plan[run_id]}")
 def partitions_task(plan: dict, emb: dict, cl: dict) -> list[dict]:
     store = Store(plan["store"])
     parts = cluster_run.write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")],
@@ -59,12 +59,12 @@ def partition_asset(run_id: str, cluster: int):
     return asset_for("partition", f"{run_id}/cluster-{cluster}")
 
 
-@task(name="draw-pictures")
+@task(name="draw-pictures", task_run_name="pictures {plan[run_id]}")
 def pictures_task(plan: dict, emb: dict, cl: dict) -> list[str]:
     with cluster_compute():
         return cluster_run.write_pictures(Store(plan["store"]), plan, emb, cl)
 
 
-@task(name="finish-run")
+@task(name="finish-run", task_run_name="finish {plan[run_id]}")
 def finish_run_task(plan: dict, **fields) -> dict:
     return cluster_run.finish_run(Store(plan["store"]), plan, **fields)

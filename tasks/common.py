@@ -1,9 +1,10 @@
-"""Helpers every task module uses: who produced an artifact, its Prefect asset, and where
-its Dask graphs run."""
+"""Helpers every task module uses: who produced an artifact, its Prefect asset, where its
+Dask graphs run, and a progress artifact a pure ``cci_core`` loop can update."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import dask
 from distributed import get_worker, worker_client
@@ -51,3 +52,32 @@ def cluster_compute() -> Iterator[None]:
         return
     with worker_client() as client, dask.config.set(scheduler=client.get):
         yield
+
+
+def progress_artifact(description: str, key: str | None = None,
+                      min_seconds: float = 2.0) -> Callable[[float, float, str], None]:
+    """A ``progress(done, total, note)`` callable for ``cci_core`` loops, shown in the Prefect UI
+    as one progress artifact of the current flow run (created on the first call).
+
+    Works in a task on a Dask worker too (the worker reports to ``PREFECT_API_URL``). Updates
+    come at most every ``min_seconds`` (and always at the end); a failing update is dropped:
+    progress display must never fail a run.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    state = {"id": None, "at": 0.0}
+
+    def progress(done: float, total: float, note: str = "") -> None:
+        pct = max(0.0, min(100.0, 100.0 * done / total)) if total else 0.0
+        now = time.monotonic()
+        if state["id"] is not None and now - state["at"] < min_seconds and pct < 100.0:
+            return
+        text = f"{description}: {note}" if note else description
+        try:
+            if state["id"] is None:
+                state["id"] = create_progress_artifact(pct, key=key, description=text)
+            else:
+                update_progress_artifact(state["id"], pct, description=text)
+        except Exception:  # noqa: BLE001 - see the docstring
+            return
+        state["at"] = now
+    return progress

@@ -10,27 +10,27 @@ from cci_core.store import Store
 from tasks.common import annotate_asset, asset_for, producer
 
 
-@task(name="plan-ingest")
+@task(name="plan-ingest", task_run_name="plan ingest {corpus}")
 def plan_ingest_task(store_root: str, source: str, corpus: str, **options) -> dict:
     return ingest.plan_ingest(Store(store_root), source, corpus, **options)
 
 
-@task(name="decode-batch", retries=1, retry_delay_seconds=1)
+@task(name="decode-batch", retries=1, retry_delay_seconds=1, task_run_name="decode {plan[corpus]} batch {batch[batch]}")
 def decode_batch_task(plan: dict, batch: dict) -> dict:
     return ingest.decode_batch(plan, batch)
 
 
-@task(name="select-new")
+@task(name="select-new", task_run_name="select new {plan[corpus]}")
 def select_new_task(plan: dict, decoded: list[dict]) -> dict:
     return ingest.select_new(plan, decoded)
 
 
-@task(name="write-rows", retries=1, retry_delay_seconds=1)
+@task(name="write-rows", retries=1, retry_delay_seconds=1, task_run_name="write rows {plan[corpus]}")
 def write_rows_task(plan: dict, segments: list[dict]) -> int:
     return ingest.write_segments(plan, segments)
 
 
-@materialize("cci://corpus/pending", name="commit-corpus-version")
+@materialize("cci://corpus/pending", name="commit-corpus-version", task_run_name="commit {plan[corpus]}")
 def commit_task(store_root: str, plan: dict, selection: dict) -> dict:
     store = Store(store_root)
     summary = ingest.commit_ingest(store, plan, selection, producer=producer())

@@ -6,13 +6,12 @@ flow asks Dask for a ``GPU`` resource for them only when the workers advertise o
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import materialize
 
 from cci_core import generator_run as gr
 from cci_core.lineage import LineageStore
 from cci_core.store import Store
-from tasks.common import annotate_asset, asset_for, producer
+from tasks.common import annotate_asset, asset_for, producer, progress_artifact
 
 
 def model_asset(run_id: str, name: str):
@@ -23,28 +22,15 @@ def report_asset(run_id: str):
     return asset_for("report", f"{run_id}/generation")
 
 
-@task(name="plan-training")
+@task(name="plan-training", task_run_name="plan training {run_id}")
 def plan_training_task(store_root: str, run_id: str, params: dict) -> dict:
     return gr.plan_training(Store(store_root), run_id, gr.TrainParams(**params))
 
 
 def _progress_reporter(job: dict):
-    """A train_generator progress callback updating a Prefect progress artifact every ~5%."""
-    state = {"id": None, "last": -1.0}
-
-    def report(step: int, total: int, losses: dict) -> None:
-        pct = 100.0 * step / max(total, 1)
-        if pct - state["last"] < 5.0 and step < total:
-            return
-        try:
-            if state["id"] is None:
-                state["id"] = create_progress_artifact(pct, description=f"training {job['name']}: step {step}/{total}")
-            else:
-                update_progress_artifact(state["id"], pct, description=f"training {job['name']}: step {step}/{total}")
-        except Exception:  # progress display must never fail a training run
-            pass
-        state["last"] = pct
-    return report
+    """A train_generator progress callback (step, total, losses) on a Prefect progress artifact."""
+    progress = progress_artifact(f"training {job['name']}")
+    return lambda step, total, losses: progress(step, total, f"step {step}/{total}")
 
 
 def worker_info() -> dict:
@@ -57,7 +43,7 @@ def worker_info() -> dict:
         return {}
 
 
-@task(name="train-cluster", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@task(name="train-cluster", tags=["gpu"], retries=1, retry_delay_seconds=5, task_run_name="train {job[name]}")
 def train_cluster_task(plan: dict, job: dict) -> dict:
     """Train (or resume) one generator: one cluster, the conditional GAN, or the baseline.
     A retry (or a later re-run) resumes from the job's last checkpoint."""
@@ -65,7 +51,7 @@ def train_cluster_task(plan: dict, job: dict) -> dict:
     return {**result, **worker_info()}
 
 
-@materialize("cci://model/pending", name="register-models")
+@materialize("cci://model/pending", name="register-models", task_run_name="register models {plan[run_id]}")
 def register_models_task(plan: dict, results: list[dict]) -> list[str]:
     """Attach each model's lineage record to its Prefect asset (one asset per model)."""
     lin = LineageStore(Store(plan["store"]).lineage_url)
@@ -74,27 +60,27 @@ def register_models_task(plan: dict, results: list[dict]) -> list[str]:
     return [r["artifact_id"] for r in results]
 
 
-@task(name="finish-training")
+@task(name="finish-training", task_run_name="finish training {plan[run_id]}")
 def finish_training_task(plan: dict, results: list[dict]) -> dict:
     return gr.finish_training(Store(plan["store"]), plan, results)
 
 
-@task(name="plan-evaluation")
+@task(name="plan-evaluation", task_run_name="plan evaluation {run_id}")
 def plan_evaluation_task(store_root: str, run_id: str, params: dict) -> dict:
     return gr.plan_evaluation(Store(store_root), run_id, gr.EvalParams(**params))
 
 
-@task(name="prepare-references", tags=["gpu"])
+@task(name="prepare-references", tags=["gpu"], task_run_name="references {plan[run_id]}")
 def prepare_references_task(plan: dict) -> dict:
     return gr.prepare_references(Store(plan["store"]), plan, producer=producer())
 
 
-@task(name="evaluate-models", tags=["gpu"])
+@task(name="evaluate-models", tags=["gpu"], task_run_name="evaluate {group[group]}")
 def evaluate_group_task(plan: dict, refs: dict, group: dict) -> dict:
     return gr.evaluate_group(Store(plan["store"]), plan, refs, group)
 
 
-@materialize("cci://report/pending", name="write-generation-report")
+@materialize("cci://report/pending", name="write-generation-report", task_run_name="report {plan[run_id]}")
 def write_report_task(plan: dict, refs: dict, results: list[dict]) -> dict:
     store = Store(plan["store"])
     summary = gr.write_report(store, plan, refs, results, producer=producer())

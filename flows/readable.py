@@ -1,0 +1,45 @@
+"""Artifact text a person reads: figures to 4 significant digits, links to folders and runs."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def fig(value, digits: int = 4):
+    """VALUE rounded to DIGITS significant digits (ints, text and None unchanged)."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value) or value == 0:
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def fig_row(row: dict, digits: int = 4) -> dict:
+    """A table row with every float rounded by :func:`fig`."""
+    return {k: fig(v, digits) for k, v in row.items()}
+
+
+def file_link(path: str | Path, text: str | None = None) -> str:
+    """A markdown link to a local file or folder (``file://`` URI), shown as its path."""
+    p = Path(path).resolve()
+    return f"[{text or p}]({p.as_uri()})"
+
+
+def ui_url() -> str | None:
+    """The Prefect UI's address (derived from ``PREFECT_API_URL`` when not set)."""
+    from prefect.settings import PREFECT_UI_URL
+    try:
+        url = PREFECT_UI_URL.value()
+    except Exception:  # noqa: BLE001 - no UI known: links are left out
+        return None
+    return url.rstrip("/") if url else None
+
+
+def run_link(flow_run_id, text: str) -> str:
+    """A markdown link to a flow run's page in the Prefect UI (the text alone without a UI)."""
+    base = ui_url()
+    return f"[{text}]({base}/runs/flow-run/{flow_run_id})" if base and flow_run_id else text
+
+
+def metrics_text(metrics: dict, keys=("acc", "nmi", "ari", "silhouette", "fid", "kid", "coverage")) -> str:
+    """``acc 0.6123, nmi 0.5901`` from the headline KEYS present in METRICS."""
+    return ", ".join(f"{k} {fig(float(metrics[k]))}" for k in keys
+                     if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool))
