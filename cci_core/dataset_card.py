@@ -74,6 +74,13 @@ def evaluation_summary(report: dict, group: str) -> dict:
             **{m: round(float(rep[m]), 4) for m in keep if isinstance(rep.get(m), (int, float))}}
 
 
+def _local_partitions(store, run: dict) -> list[dict]:
+    """The run's partitions with their paths in this store (run.json holds the writer's absolute ones)."""
+    rdir = store.run_dir(run["run_id"]) / "partitions"
+    return [{**p, "path": str(rdir / f"cluster-{int(p['cluster']):03d}.parquet")}
+            if (rdir / f"cluster-{int(p['cluster']):03d}.parquet").exists() else p for p in run["partitions"]]
+
+
 def generated_card_fields(store, run: dict, kind: str) -> dict:
     """Card fields of a dataset generated from ``run``'s models of ``kind`` (``cluster`` or ``conditional``):
     license of the source corpus, the clusters (named by majority source label and purity where the
@@ -83,7 +90,7 @@ def generated_card_fields(store, run: dict, kind: str) -> dict:
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])
     source = " ".join(str(v.get("source", "")) for v in corpus.versions[: corpus.version])
     fields = {"license": source_license(source),
-              "clusters": cluster_profile(run["partitions"], corpus.labels(), label_names(source)),
+              "clusters": cluster_profile(_local_partitions(store, run), corpus.labels(), label_names(source)),
               "reproducibility": "On CPU the same seed, models and classifier give byte-identical images and "
                                  "manifest (each cluster's draw has its own recorded seed). On a GPU, "
                                  "non-deterministic kernels can change pixels between runs."}
