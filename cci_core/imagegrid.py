@@ -40,14 +40,19 @@ def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> Path:
     """Save an (H, W, C) or (H, W) uint8 array as PNG, optionally upscaled (nearest)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _image(array, scale).save(path)
+    return path
+
+
+def _image(array: np.ndarray, scale: int = 1) -> Image.Image:
+    """An (H, W, C) or (H, W) uint8 array as a Pillow image, upscaled (nearest) by ``scale``."""
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     img = Image.fromarray(arr)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    img.save(path)
-    return path
+    return img
 
 
 def save_labelled_rows(grid: np.ndarray, labels: list[str], path: str | Path, scale: int = 1,
@@ -57,12 +62,7 @@ def save_labelled_rows(grid: np.ndarray, labels: list[str], path: str | Path, sc
     from PIL import ImageDraw, ImageFont
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.asarray(grid)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    img = Image.fromarray(arr)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    img = _image(grid, scale)
     font = ImageFont.load_default()
     draw = ImageDraw.Draw(img)  # only to measure
     width = max((int(draw.textlength(t, font=font)) for t in labels), default=0) + 8
