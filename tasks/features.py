@@ -23,23 +23,24 @@ def features_report_asset(run_id: str):
 
 # ----- cci features
 
-@task(name="plan-features")
+@task(name="plan-features", task_run_name="plan features {run_id}")
 def plan_features_task(store_root: str, run_id: str, params: dict) -> dict:
     return fs.plan_features(Store(store_root), run_id, fs.FeatureParams(**params))
 
 
-@task(name="train-corpus-vae", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@task(name="train-corpus-vae", tags=["gpu"], retries=1, retry_delay_seconds=5, task_run_name="train vae {run_id}")
 def train_corpus_vae_task(store_root: str, run_id: str, steps: int, seed: int, device: str | None) -> dict:
     return fs.train_corpus_vae(Store(store_root), run_id, steps=steps, seed=seed, device=device, producer=producer())
 
 
-@task(name="locate-features")
+@task(name="locate-features", task_run_name="locate {space[space]}")
 def locate_space_task(plan: dict, space: dict) -> dict:
     """Pixels and PCA: read where they already are (the corpus, the run's embeddings.zarr)."""
     return fs.extract_space(Store(plan["store"]), plan, space)
 
 
-@materialize("cci://embeddings/pending", name="extract-features", tags=["gpu"], retries=1, retry_delay_seconds=5)
+@materialize("cci://embeddings/pending", name="extract-features", tags=["gpu"], retries=1, retry_delay_seconds=5,
+             task_run_name="extract {space[space]}")
 def extract_space_task(plan: dict, space: dict) -> dict:
     """Embed the corpus with one trained model (on the device chosen on the worker that runs it)
     into Zarr; the lineage record is attached to the task's Prefect asset."""
@@ -50,12 +51,12 @@ def extract_space_task(plan: dict, space: dict) -> dict:
     return ext
 
 
-@task(name="evaluate-feature-space")
+@task(name="evaluate-feature-space", task_run_name="evaluate {ext[space]}")
 def evaluate_space_task(plan: dict, ext: dict) -> dict:
     return fs.evaluate_space(Store(plan["store"]), plan, ext)
 
 
-@materialize("cci://report/pending", name="write-features-report")
+@materialize("cci://report/pending", name="write-features-report", task_run_name="report {plan[run_id]}")
 def write_features_report_task(plan: dict, results: list[dict]) -> dict:
     store = Store(plan["store"])
     summary = fs.write_report(store, plan, results, producer=producer())
@@ -66,12 +67,13 @@ def write_features_report_task(plan: dict, results: list[dict]) -> dict:
 
 # ----- the self-conditioned GAN
 
-@task(name="start-self-conditioned")
+@task(name="start-self-conditioned", task_run_name="start self-conditioning {run_id}")
 def start_selfcond_task(store_root: str, run_id: str, params: dict, new_run_id: str | None) -> dict:
     return sc.start_selfcond(Store(store_root), run_id, sc.SelfCondParams(**params), new_run_id)
 
 
-@materialize("cci://clustering/pending", name="train-self-conditioned-gan", tags=["gpu"])
+@materialize("cci://clustering/pending", name="train-self-conditioned-gan", tags=["gpu"],
+             task_run_name="train self-conditioned gan {plan[run_id]}")
 def train_selfcond_task(plan: dict) -> dict:
     """Train phase by phase, re-clustering on the discriminator's features; a retry or a
     re-run resumes from the last finished phase."""
@@ -82,12 +84,12 @@ def train_selfcond_task(plan: dict) -> dict:
     return cl
 
 
-@task(name="write-self-conditioned-partitions")
+@task(name="write-self-conditioned-partitions", task_run_name="partitions {plan[run_id]}")
 def selfcond_partitions_task(plan: dict, cl: dict) -> list[dict]:
     return cluster_run.write_partitions(Store(plan["store"]), plan, cl, [(cl["model_artifact_id"], "model")],
                                         producer=producer())
 
 
-@task(name="finish-self-conditioned")
+@task(name="finish-self-conditioned", task_run_name="finish {plan[run_id]}")
 def finish_selfcond_task(plan: dict, cl: dict, parts: list[dict]) -> dict:
     return sc.finish_selfcond(Store(plan["store"]), plan, cl, parts)

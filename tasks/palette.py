@@ -30,7 +30,7 @@ def _log():
         return None
 
 
-@materialize("cci://palette/pending", name="learn-palette")
+@materialize("cci://palette/pending", name="learn-palette", task_run_name="palette {source} {colors} colours")
 def learn_palette_task(store_root: str, source: str, colors: int, space: str | None = None, method: str = "auto",
                        seed: int = 0) -> dict:
     store = Store(store_root)
@@ -41,12 +41,12 @@ def learn_palette_task(store_root: str, source: str, colors: int, space: str | N
     return out
 
 
-@task(name="check-stylize")
+@task(name="check-stylize", task_run_name="check stylize {source}")
 def check_stylize_task(store_root: str, source: str, palette_id: str, dataset: str, mode: str) -> dict:
     return palette_run.check_stylize(Store(store_root), source, palette_id, dataset, mode)
 
 
-@materialize("cci://dataset/pending", name="stylize")
+@materialize("cci://dataset/pending", name="stylize", task_run_name="stylize {source} into {dataset}")
 def stylize_task(store_root: str, source: str, palette_id: str, dataset: str, mode: str = "nearest",
                  dither: bool = False, seed: int = 0) -> dict:
     store = Store(store_root)
@@ -57,7 +57,7 @@ def stylize_task(store_root: str, source: str, palette_id: str, dataset: str, mo
     return out
 
 
-@task(name="segment-corpus")
+@task(name="segment-corpus", task_run_name="segment {source} k={k}")
 def segment_corpus_task(store_root: str, source: str, k: int, space: str | None = None,
                         position_weight: float = 0.0, standardize: bool = True, seed: int = 0) -> dict:
     with cluster_compute():
