@@ -55,12 +55,14 @@ def deploy(pool: str = "cci-process", source: str = "builtin:digits", corpus: st
     pipeline = flow.from_source(source=str(ROOT), entrypoint="flows/pipeline.py:pipeline_flow")
     ids.append(pipeline.deploy(name="cci-pipeline", work_pool_name=pool, parameters={**common, **(pipeline_params or {})},
                                description="The whole CCI pipeline on one corpus, on demand.",
-                               job_variables=job_variables, tags=["cci"], print_next_steps=False))
+                               job_variables=job_variables, tags=["cci", "stage:pipeline", f"corpus:{corpus}"],
+                               print_next_steps=False))
     refresh = flow.from_source(source=str(ROOT), entrypoint="flows/refresh.py:refresh_flow")
     ids.append(refresh.deploy(name="cci-refresh", work_pool_name=pool, cron=refresh_cron, paused=refresh_paused,
                               parameters={**common, **(refresh_params or {})}, job_variables=job_variables,
                               description="Scheduled corpus refresh: ingest, assign, drift, retrain what changed, "
-                                          "publish.", tags=["cci"], print_next_steps=False))
+                                          "publish.", tags=["cci", "stage:refresh", f"corpus:{corpus}"],
+                              print_next_steps=False))
     ensure_crash_automation()
     return ids
 

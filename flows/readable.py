@@ -9,7 +9,8 @@ def fig(value, digits: int = 4):
     """VALUE rounded to DIGITS significant digits (ints, text and None unchanged)."""
     if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value) or value == 0:
         return value
-    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+    places = digits - 1 - math.floor(math.log10(abs(value)))
+    return round(value, places) if places > 0 else int(round(value, places))  # 65030, not 65030.0
 
 
 def fig_row(row: dict, digits: int = 4) -> dict:

@@ -1,7 +1,9 @@
 """The operator's path, end to end: a real Prefect server (SQLite) on 127.0.0.1, a process work pool,
 the project's deployments, a worker, one `cci-pipeline` run on a tiny corpus, its artifacts checked
 through the API, then its page in the Prefect UI loaded in headless Chromium (screenshots saved as
-test artifacts). Every process the test starts is stopped at the end.
+test artifacts), its subflows named from their inputs and tagged. A second test runs `cci refine` against
+a real server and watches its flow run page while it runs: the progress artifact advances round by round
+(screenshots of each step). Every process the tests start is stopped at the end.
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); skipped only without them.
 """
@@ -143,10 +145,23 @@ def _save(path: Path) -> None:
         shutil.copy2(path, Path(dest) / path.name)
 
 
-def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
+def _chromium(tmp_path: Path):
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1600,1200",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
+                              options=opts)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -233,6 +248,13 @@ def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
                         f"{_run_logs(api, run_ids)}\n{procs.tails(80)}")
         print(f"flow run {fr['name']!r} completed in {time.monotonic() - t_run:.0f} s")
         assert fr["name"] == f"pipeline {CORPUS} from builtin:digits"
+        # every stage's run is named from its inputs and tagged with its stage and corpus
+        names = {s["name"] for s in subflows}
+        assert f"ingest {CORPUS} from builtin:digits" in names and f"cluster {CORPUS} k={TINY['k']}" in names, names
+        assert any(n.startswith("refine ") for n in names) and any(n.startswith("generate ") for n in names), names
+        for s in subflows:
+            assert "cci" in s["tags"] and f"corpus:{CORPUS}" in s["tags"], (s["name"], s["tags"])
+            assert any(t.startswith("stage:") and t != "stage:pipeline" for t in s["tags"]), (s["name"], s["tags"])
         sub_names = {s["flow_id"] for s in subflows}
         flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, timeout=30).json()}
         assert {"cci-ingest", "cci-cluster", "cci-refine", "cci-train", "cci-generate"} <= \
@@ -265,15 +287,7 @@ def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
         assert ds.version == 1 and len(ds) > 0 and ds.images.shape[1:3] == (28, 28)
 
         # 7. the flow run's page in the Prefect UI, in headless Chromium
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = str(CHROMIUM)
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1600,1200",
-                    f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-            opts.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
-                                  options=opts)
-        driver.set_page_load_timeout(60)
+        driver = _chromium(tmp_path)
         page = f"{ui}/runs/flow-run/{flow_run_id}"
         driver.get(page)
 
@@ -338,3 +352,85 @@ def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
         for name in ("server", "worker"):
             if procs.log(name).exists():
                 _save(procs.log(name))
+
+
+def test_refine_progress_advances_in_the_ui(tmp_path, monkeypatch):
+    """`cci refine` against a real server: while it runs, its flow run page (Artifacts tab) shows the
+    progress artifact advancing round by round (screenshots); the run is named and tagged."""
+    from selenium.webdriver.common.by import By
+
+    from cci_core import cluster_run as cr
+    from cci_core.ingest import ingest_local
+    from cci_core.store import Store
+
+    if not CHROMEDRIVER.exists():
+        pytest.fail(f"{CHROMIUM} is installed but {CHROMEDRIVER} is not: apt-get install chromium-driver")
+    store = Store(tmp_path / "store")
+    ingest_local(store, "builtin:digits", "d28", size=(28, 28))
+    cr.run_local(store, "d28", cr.ClusterParams(k=4, n_components=10), run_id="run1")
+    port = _free_port()
+    ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+                "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+                "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    procs = Procs(tmp_path)
+    driver = None
+    try:
+        server = procs.start("server", [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
+                             env)
+        _wait_for_api(api, server, procs)
+        refine = procs.start("refine", [BIN / "cci", "refine", "run1", "--store", store.root, "--rounds", "2",
+                                        "--steps", "150", "--batch-size", "32", "--set", "warmup_steps=150",
+                                        "--set", "ae_epochs=0", "--set", "width=8", "--set", "recluster=kmeans"], env)
+        t0, run = time.monotonic(), None
+        while run is None:
+            assert refine.poll() is None, f"cci refine exited early\n{procs.tails()}"
+            assert time.monotonic() - t0 < 180, f"no running flow run 'refine run1'\n{procs.tails()}"
+            runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["refine run1"]}}},
+                              timeout=30).json()
+            run = next((r for r in runs if r["state_type"] == "RUNNING"), None)
+            time.sleep(1)
+        assert {"cci", "stage:refine", "corpus:d28", "run:run1"} <= set(run["tags"]), run["tags"]
+        driver = _chromium(tmp_path)
+        page = f"{ui}/runs/flow-run/{run['id']}"
+        shown: list[str] = []  # the progress descriptions the page showed, in order
+        tab = "//*[normalize-space(.)='Artifacts' and not(.//*[normalize-space(.)='Artifacts'])]"
+        text = ""
+        while refine.poll() is None and time.monotonic() - t0 < 400:
+            driver.get(page)
+            time.sleep(2)
+            found = [e for e in driver.find_elements(By.XPATH, tab) if e.is_displayed()]
+            if found:
+                found[0].click()
+                time.sleep(2)  # the tab fetches its artifacts
+            text = driver.find_element(By.TAG_NAME, "body").text
+            (tmp_path / "last-page.txt").write_text(text)
+            driver.save_screenshot(str(tmp_path / "last-page.png"))
+            line = next((ln for ln in text.splitlines() if "refine run1 into" in ln), None)
+            if line and (not shown or line != shown[-1]):
+                shown.append(line)
+                shot = tmp_path / f"refine-progress-{len(shown)}.png"
+                driver.save_screenshot(str(shot))
+                _save(shot)
+        assert refine.wait(timeout=300) == 0, procs.tails()
+        assert len(shown) >= 2 and any("round" in s for s in shown), (shown, text[:3000])
+        import re
+        at = [tuple(map(int, m.groups())) for s in shown if (m := re.search(r"round (\d+)/\d+, step (\d+)", s))]
+        assert len(at) >= 2 and at == sorted(at), shown  # it advanced, round by round
+        fr = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=30).json()
+        assert fr["state_type"] == "COMPLETED" and fr["name"] == "refine run1"
+        driver.get(f"{ui}/runs/flow-run/{run['id']}")
+        time.sleep(3)
+        text = driver.find_element(By.TAG_NAME, "body").text
+        shot = tmp_path / "refine-done.png"
+        driver.save_screenshot(str(shot))
+        _save(shot)
+        assert "refine run1" in text and "stage:refine" in text, text[:3000]
+        print(f"progress seen in the UI: {shown}; screenshots in {tmp_path}")
+    finally:
+        if driver is not None:
+            driver.quit()
+        procs.stop_all()
