@@ -18,6 +18,7 @@ from rich.tree import Tree
 
 from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.store import Store
+from flows.cli_output import QuietOpt, VerboseOpt
 
 app = typer.Typer(help="CCI: cluster image corpora, learn the clusters, generate new images - "
                        "on Prefect + Dask, with lineage for every artifact.",
@@ -71,25 +72,45 @@ def read_store(store: str | None) -> Store:
 
 
 def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwargs):
-    """Run a Prefect flow against the Prefect API (a temporary server when none is set) with a
-    Dask task runner (the scheduler at ``dask_address``, else a LocalCluster of ``workers``);
+    """Run a Prefect flow against the Prefect API (the store's warm server, else a temporary one
+    when none is set) with a Dask task runner (the scheduler at ``dask_address``, the warm one, else
+    a LocalCluster of ``workers``), showing one line or progress bar per stage (flows.cli_output);
     expected errors become one red line and exit code 1."""
-    from flows.preflight import check_prefect_api
-    run_guarded(check_prefect_api)  # a PREFECT_API_URL nobody answers: one line, not Prefect's retries and traceback
-    import dask
+    import contextlib
 
-    from flows import quietlog
-    from flows.preflight import check_dask_address
-    from flows.runtime import dask_task_runner, prefect_api
-    if workers is not None and workers < 1:
-        fail(f"--workers {workers}: give at least 1 worker process")
-    run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
-    quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
-    from flows.liveness import heartbeats
-    from flows.naming import tagged
-    # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
-    with prefect_api(), heartbeats(), tagged(flow, *args, **kwargs), \
-            dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}):
+    from flows import cli_output
+    from flows.server import warm
+    cli_output.configure_logging()  # before the LocalCluster's workers inherit the environment
+    state = None if dask_address else warm(kwargs.get("store_root"))
+    if state:
+        os.environ["PREFECT_API_URL"] = state["api_url"]
+        dask_address = state["dask_address"]
+        cli_output.say(err, f"Using the warm server of this store: Prefect {state['api_url']}, Dask "
+                            f"{dask_address} (`cci server stop` ends them)")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.preflight import check_prefect_api
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("PREFECT_API_URL"):  # Prefect may have read its settings before the warm server's URL
+            stack.enter_context(temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}))
+        run_guarded(check_prefect_api)  # a PREFECT_API_URL nobody answers: one line, not Prefect's retries and traceback
+        import dask
+
+        from flows import quietlog
+        from flows.preflight import check_dask_address
+        from flows.runtime import dask_task_runner, prefect_api
+        if workers is not None and workers < 1:
+            fail(f"--workers {workers}: give at least 1 worker process")
+        run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
+        quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
+        from flows.liveness import heartbeats
+        from flows.naming import tagged
+        api_url = stack.enter_context(prefect_api(announce=lambda msg: cli_output.say(err, msg)))
+        # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
+        stack.enter_context(heartbeats())
+        stack.enter_context(tagged(flow, *args, **kwargs))
+        stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}))
+        stack.enter_context(cli_output.StageProgress(err, api_url))
         return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
 
 
@@ -149,11 +170,13 @@ def ingest(
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks",
                                          help="Read file symlinks that point outside the source folder."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
     """Ingest SOURCE into a corpus: a new version holding only images not stored yet.
 
     Corrupt or unreadable files are quarantined (listed with reasons), not fatal.
+
+    Example: cci ingest /usr/share/datasets/fashion-mnist --corpus fmnist
     """
     from cci_core.ingest import check_ingest_request
     from flows.ingest import ingest_flow
@@ -190,10 +213,31 @@ def _number(text: str, what: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+def _version(text: str) -> int | None:
+    """``--version`` as every command takes it: ``3``, ``v3`` or ``latest`` (None)."""
+    value = str(text).strip().lower()
+    if value in ("", "latest"):
+        return None
+    digits = value.removeprefix("v")
+    if not digits.isdigit():
+        fail(f"--version {text!r}: give a version number such as 3 or v3, or latest")
+    return int(digits)
+
+
+def _k_option(text: str) -> int | str:
+    """``--k``: one number of clusters (an int) or a range to choose from (checked here, kept as text)."""
+    from cci_core.choose_k import parse_k_range
+    try:
+        ks = parse_k_range(text)
+    except ValueError as exc:
+        fail(f"--k {text}: {exc}")
+    return ks[0] if text.strip().isdigit() else text.strip()
+
+
 @app.command()
 def cluster(
     corpus: str = typer.Argument(..., help="Corpus name in the store."),
-    k: str = typer.Option("10", "--k", help="Number of clusters, or a range to choose from: 5:30, 5:30:5 or 4,8,16."),
+    k: str = typer.Option("10", "--k", "-k", help="Number of clusters, or a range to choose from: 5:30 or 5:30:5."),
     algorithm: str = typer.Option("kmeans", "--algorithm", "-a",
                                   help="kmeans (all rows), gmm, agglomerative, dbscan or hdbscan (on a sample, "
                                        "extended to every row)."),
@@ -212,15 +256,19 @@ def cluster(
     min_samples: Optional[int] = typer.Option(None, "--min-samples", help="DBSCAN / HDBSCAN core point size."),
     min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="HDBSCAN smallest cluster."),
     seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
-    version: Optional[int] = typer.Option(None, "--version", help="Corpus version (default: latest)."),
+    version: Optional[int] = typer.Option(None, "--version", parser=lambda t: _version(t),
+                                          metavar="VERSION", help="Corpus version: 3, v3 or latest (default: latest)."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the run (default: <corpus>-<time>-<hex>)."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
     """Cluster a corpus: PCA on Dask, k-means (or another algorithm), metrics, one partition
-    per cluster, montages and a scatter plot, with lineage for each."""
+    per cluster, montages and a scatter plot, with lineage for each.
+
+    Example: cci cluster fmnist -k 10   (or -k 5:30 to choose k by silhouette)
+    """
     from cci_core.cluster_run import ClusterParams, check_request
-    k_value: int | str | None = int(k) if k.strip().isdigit() else k
+    k_value: int | str | None = _k_option(k)
     if algorithm in ("dbscan", "hdbscan") and k == "10":
         k_value = None  # the density algorithms find their own number of clusters
     options = dict(solver=solver, umap_dim=umap_dim, umap_neighbors=umap_neighbors, umap_sample=umap_sample,
@@ -273,12 +321,15 @@ def refine(
     option: list[str] = typer.Option([], "--set", help="Any other RefineConfig field, as NAME=VALUE (repeatable)."),
     new_run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the refined run (default: RUN-refined)."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
     """Train the CCI classifier on RUN's clusters (J = J_CE + lam * J_kmeans, re-clustering its
     embedding each round) and publish the refined clustering as a new run.
 
-    An interrupted refinement resumes from its last finished round when run again."""
+    An interrupted refinement resumes from its last finished round when run again.
+
+    Example: cci refine RUN --rounds 2 --steps 800
+    """
     from cci_core.refine_run import check_refine, config_from_options
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
@@ -322,7 +373,10 @@ def predict(
     output: Optional[str] = typer.Option(None, "--out", "-o", help="Write the labels to this Parquet file."),
     store: Optional[str] = StoreOpt, as_json: bool = JsonOpt,
 ):
-    """Assign new images (or corpus rows) to the clusters of a finished run, with a confidence."""
+    """Assign new images (or corpus rows) to the clusters of a finished run, with a confidence.
+
+    Example: cci predict RUN ./new-images -o labels.parquet
+    """
     from cci_core import cluster_run
     store_obj = read_store(store)
     if (source is None) == (corpus is None):
@@ -371,10 +425,13 @@ def generate(
     models: Optional[str] = typer.Option(None, "--models", help="per-cluster or conditional (default: what was trained)."),
     seed: int = typer.Option(0, "--seed", help="Generation seed (recorded per image in the manifest)."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
     """Generate images for every cluster of RUN, score them with the run's classifier, and publish
-    them as a new dataset version (images.zarr + manifest.parquet + card.json, committed last)."""
+    them as a new dataset version (images.zarr + manifest.parquet + card.json, committed last).
+
+    Example: cci generate RUN --dataset fmnist-gen --per-cluster 100
+    """
     from flows.preflight import check_generate
     store_obj = read_store(store)
     run_guarded(check_generate, store_obj, run_id, dataset, per_cluster, threshold, models)
@@ -398,7 +455,7 @@ def run_pipeline(
     corpus: str = typer.Option("digits28", "--corpus", "-c", help="Corpus name."),
     size: Optional[str] = typer.Option("28x28", "--size", help="Image size HxW for the corpus (the models take 28, 32 or 64)."),
     channels: Optional[int] = typer.Option(1, "--channels", help="1 (gray) or 3 (RGB)."),
-    k: int = typer.Option(10, "--k", help="Number of clusters."),
+    k: str = typer.Option("10", "--k", "-k", help="Number of clusters, or a range to choose from: 5:30 or 5:30:5."),
     refine_rounds: int = typer.Option(1, "--refine-rounds", help="CCI refinement rounds."),
     refine_steps: int = typer.Option(150, "--refine-steps", help="Classifier training steps per round."),
     train_steps: int = typer.Option(150, "--train-steps", help="Generator training steps per cluster."),
@@ -407,11 +464,14 @@ def run_pipeline(
     seed: int = typer.Option(0, "--seed"),
     option: list[str] = typer.Option([], "--refine-set", help="Other RefineConfig fields, NAME=VALUE (repeatable)."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
     """The whole pipeline as one Prefect flow: ingest -> cluster -> refine -> train -> generate -> evaluate.
 
-    Re-running it redoes only what is missing (stage outputs are named by their inputs)."""
+    Re-running it redoes only what is missing (stage outputs are named by their inputs).
+
+    Example: cci run builtin:digits -k 10 --quiet
+    """
     from cci_core.refine_run import config_from_options
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
@@ -419,13 +479,14 @@ def run_pipeline(
     from flows.preflight import check_device, check_pipeline
     run_guarded(check_device, refine_options.get("device"))
     store_obj = Store(store)
-    run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k,
+    k_value = _k_option(k)
+    run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
                 {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
     user_api = os.environ.get("PREFECT_API_URL")
     from flows.pipeline import pipeline_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(pipeline_flow, dask_address, workers,
                        source, corpus, store_root=str(store_obj.root), size=parse_size(size),
-                       channels=channels, k=k, refine_rounds=refine_rounds, refine_steps=refine_steps,
+                       channels=channels, k=k_value, refine_rounds=refine_rounds, refine_steps=refine_steps,
                        refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
                        dataset=dataset, seed=seed)
     if as_json:
@@ -451,16 +512,19 @@ def run_pipeline(
 @app.command()
 def refresh(
     source: str = typer.Argument(..., help="The corpus's source, with new images in it."),
+    run_id: Optional[str] = typer.Argument(None, help="Run to build on (default: the newest with trained generators)."),
     corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus to refresh."),
-    run_id: Optional[str] = typer.Option(None, "--run", help="Run to build on (default: the newest with trained generators)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to republish (default: <corpus>-generated)."),
     retrain_threshold: float = typer.Option(0.1, "--retrain-threshold", help="Retrain a cluster whose size grew by more than this share."),
     per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
     """Ingest what is new, assign it with the classifier, report drift, retrain only the clusters
-    that changed and publish a new dataset version. With nothing new it does nothing and says so."""
+    that changed and publish a new dataset version. With nothing new it does nothing and says so.
+
+    Example: cci refresh ./images --corpus photos   (or: cci refresh ./images RUN --corpus photos)
+    """
     from flows.preflight import check_refresh
     store_obj = read_store(store)
     run_guarded(check_refresh, store_obj, source, corpus, run_id, dataset, retrain_threshold, per_cluster)
@@ -484,7 +548,10 @@ def refresh(
 
 @datasets_app.command("list")
 def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
-    """Datasets in the store with their committed versions."""
+    """Datasets in the store with their committed versions.
+
+    Example: cci datasets list --json
+    """
     from cci_core.datasets import dataset_versions, list_datasets, open_dataset
     s = read_store(store)
     rows = [{"name": n, "versions": dataset_versions(n, s), "latest": open_dataset(n, store=s).version}
@@ -503,7 +570,10 @@ def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
 def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
                   version: str = typer.Option("latest", "--version", help="v<N>, N or latest."),
                   store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
-    """A dataset version's card: where its images came from, counts, how to read it."""
+    """A dataset version's card: where its images came from, counts, how to read it.
+
+    Example: cci datasets show fmnist-gen --version v2
+    """
     from rich.markup import escape
 
     from cci_core.datasets import open_dataset
@@ -558,9 +628,13 @@ def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
 
 @corpus_app.command("info")
 def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
-                version: Optional[int] = typer.Option(None, "--version", help="A version (default: latest)."),
+                version: Optional[int] = typer.Option(None, "--version", parser=lambda t: _version(t),
+                                                      metavar="VERSION", help="3, v3 or latest (default: latest)."),
                 store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
-    """Versions, size, shape, label counts, duplicates and quarantined files of a corpus."""
+    """Versions, size, shape, label counts, duplicates and quarantined files of a corpus.
+
+    Example: cci corpus info fmnist --version v1
+    """
     from cci_core.corpus import open_corpus
     c = run_guarded(open_corpus, read_store(store), name, version)
     info = c.info()
@@ -588,7 +662,10 @@ def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
 
 @corpus_app.command("list")
 def corpus_list(store: Optional[str] = StoreOpt):
-    """Corpora in the store."""
+    """Corpora in the store.
+
+    Example: cci corpus list --store ./cci-store
+    """
     from cci_core.corpus import open_corpus
     s = read_store(store)
     t = Table("corpus", "version", "rows", "shape", "lineage id")
@@ -680,7 +757,10 @@ def lineage_export(ref: Optional[str] = typer.Argument(None, help="Export this a
 @lineage_app.command("list")
 def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (corpus, clustering, ...)."),
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
-    """Artifacts in the lineage store, newest first."""
+    """Artifacts in the lineage store, newest first.
+
+    Example: cci lineage list --kind clustering
+    """
     from cci_core.lineage import LineageStore
     lin = LineageStore(read_store(store).lineage_url)
     if kind and kind not in (known := lin.kinds()):
@@ -697,11 +777,13 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
 
 from flows.cli_features import register as _register_features  # noqa: E402
 from flows.cli_palette import register as _register_palette  # noqa: E402
+from flows.cli_server import register as _register_server  # noqa: E402
 from flows.cli_train import register as _register_train  # noqa: E402
 
 _register_train(app)
 _register_palette(app)
 _register_features(app)
+_register_server(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

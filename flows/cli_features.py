@@ -19,6 +19,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the ``features`` and ``self-condition`` commands to ``app``."""
     from flows.cli import DaskOpt, JsonOpt, StoreOpt, WorkersOpt
+    from flows.cli_output import QuietOpt, VerboseOpt
 
     @app.command()
     def features(
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
         space: list[str] = typer.Option([], "--space", help="Compare only this space (repeatable): pixels, pca, "
                                                             "classifier, discriminator, selfcond, vae. "
                                                             "Default: every trained one."),
-        k: Optional[int] = typer.Option(None, "--k", help="k-means clusters (default: number of classes, else the run's k)."),
+        k: Optional[int] = typer.Option(None, "--k", "-k", help="k-means clusters (default: number of classes, else the run's k)."),
         fractions: str = typer.Option("0.01,0.1,1", "--fractions", help="Shares of the labels the probes train on."),
         max_train: Optional[int] = typer.Option(None, "--max-train", help="Cap on the probes' train split."),
         max_test: Optional[int] = typer.Option(None, "--max-test", help="Cap on the probes' held-out rows."),
@@ -36,10 +37,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
         store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
         """Compare every feature space of RUN on one table: k-means ACC/NMI/ARI and sampled silhouette,
-        and (with labels) linear / k-NN / random-forest accuracy on 1, 10 and 100 % of the labels."""
+        and (with labels) linear / k-NN / random-forest accuracy on 1, 10 and 100 % of the labels.
+
+        Example: cci features RUN --space pixels --space pca
+        """
         from rich.table import Table
 
         from cci_core import feature_spaces as fs
@@ -91,8 +95,10 @@ def register(app: typer.Typer) -> None:
     @app.command("self-condition")
     def self_condition(
         run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
-        k: Optional[int] = typer.Option(None, "--k", help="Number of conditions (default: the run's clusters)."),
-        steps: int = typer.Option(2000, "--steps", help="Total GAN training steps."),
+        k: Optional[int] = typer.Option(None, "--k", "-k", help="Number of conditions (clusters) (default: the run's "
+                                                                "clusters)."),
+        steps: int = typer.Option(2000, "--steps", help="Training steps per cluster (condition), as in `cci train`: "
+                                                        "the one GAN trains steps x k in all."),
         recluster_every: int = typer.Option(500, "--recluster-every", help="Steps between re-clusterings."),
         init: str = typer.Option("discriminator", "--init", help="discriminator (k-means of the untrained D's "
                                                                   "features) or parent (the run's clusters)."),
@@ -107,12 +113,18 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
         new_run_id: Optional[str] = typer.Option(None, "--run-id", help="The new run (default: RUN-selfcond)."),
         store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
         """Train a self-conditioned GAN (conditions: k-means clusters of its own discriminator's
         features, re-found as training goes) and publish its clustering as a new run that
-        `cci evaluate`, `cci generate` and `cci features` read. A re-run resumes."""
-        options = dict(k=k, steps=steps, recluster_every=recluster_every, init=init, batch_size=batch_size,
+        `cci evaluate`, `cci generate` and `cci features` read. A re-run resumes.
+
+        Example: cci self-condition RUN -k 10 --steps 200
+        """
+        from cci_core.cluster_run import finished_run
+        from flows.cli import read_store, run_guarded
+        n_conditions = k or len(run_guarded(finished_run, read_store(store), run_id)["partitions"])
+        options = dict(k=k, steps=steps * n_conditions, recluster_every=recluster_every, init=init, batch_size=batch_size,
                        width=width, z_dim=z_dim, mode_seeking=mode_seeking, checkpoint_every=checkpoint_every,
                        seed=seed, device=device)
         run_self_condition(run_id, options, new_run_id, store, dask_address, workers, as_json)

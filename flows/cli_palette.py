@@ -18,22 +18,27 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the ``palette``, ``stylize`` and ``segment`` commands to ``app``."""
     from flows.cli import DaskOpt, JsonOpt, StoreOpt, WorkersOpt
+    from flows.cli_output import QuietOpt, VerboseOpt
 
     @app.command()
     def palette(
         source: str = typer.Argument(..., help="A corpus (NAME or NAME@V), one cluster of a run (RUN_ID:C), "
                                                "a dataset (dataset:NAME[@vN]) or an image file."),
-        colors: int = typer.Option(8, "--colors", "-k", help="Palette size K (2..256; clamped to the distinct colours)."),
+        colors: int = typer.Option(8, "--colors", "-n", help="Palette size: number of colours (2..256; clamped to the "
+                                                              "distinct colours)."),
         space: str | None = typer.Option(None, "--space", help="gray (1-channel), lab (RGB default) or rgb."),
         method: str = typer.Option("auto", "--method",
                                    help="auto, histogram (exact k-means on the distinct colours) or pixels "
                                         "(mini-batch k-means + Lloyd passes over the Dask pixel array)."),
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         store: str | None = StoreOpt, dask_address: str | None = DaskOpt, workers: int | None = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
         """Learn a K-colour palette from every pixel of SOURCE; writes palettes/<id>/ (palette.json,
-        swatch.png, montage.png) with lineage."""
+        swatch.png, montage.png) with lineage.
+
+        Example: cci palette fmnist --colors 8
+        """
         from cci_core import palette_run as pr
         from cci_core.palette import METHODS, check_k
         from cci_core.store import Store
@@ -73,9 +78,12 @@ def register(app: typer.Typer) -> None:
         dither: bool = typer.Option(False, "--dither/--no-dither", help="Floyd-Steinberg error diffusion."),
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         store: str | None = StoreOpt, dask_address: str | None = DaskOpt, workers: int | None = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
-        """Render SOURCE in a palette (a new style) as a new dataset version, with lineage."""
+        """Render SOURCE in a palette (a new style) as a new dataset version, with lineage.
+
+        Example: cci stylize fmnist --palette PALETTE_ID --dataset fmnist-styled
+        """
         from cci_core import palette_run as pr
         from flows.cli import out, read_store, run_flow, run_guarded
         store_obj = read_store(store)
@@ -105,10 +113,13 @@ def register(app: typer.Typer) -> None:
                                                                  "(default: next to the image)."),
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         store: str | None = StoreOpt, dask_address: str | None = DaskOpt, workers: int | None = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
         """Per-image k-means segmentation: a uint8 label map and a coloured overlay PNG for one image
-        (runs here, no server); label maps as Zarr for every image of a corpus (a flow)."""
+        (runs here, no server); label maps as Zarr for every image of a corpus (a flow).
+
+        Example: cci segment photo.jpg -k 5 --out ./seg
+        """
         from cci_core import palette_run as pr
         from cci_core.segment import check_k
         from flows.cli import err, out, read_store, run_flow, run_guarded

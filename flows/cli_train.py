@@ -19,6 +19,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add the ``train`` and ``evaluate`` commands to ``app``."""
     from flows.cli import DaskOpt, JsonOpt, StoreOpt, WorkersOpt
+    from flows.cli_output import QuietOpt, VerboseOpt
 
     @app.command()
     def train(
@@ -54,11 +55,14 @@ def register(app: typer.Typer) -> None:
             None, "--gpu-resource/--no-gpu-resource",
             help="Ask Dask for a GPU resource per training task (default: only when the workers advertise one)."),
         store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
         """Train one generator per cluster of RUN (or one conditional GAN), each a parallel task,
         plus an unconditional baseline GAN on the whole corpus with the same total steps.
-        A re-run resumes from the checkpoints."""
+        A re-run resumes from the checkpoints.
+
+        Example: cci train RUN --steps 2000 --model gan
+        """
         from cci_core import generator_run as gr
         from flows.cli import err, fail, out, read_store, run_flow, run_guarded
         from flows.preflight import check_device
@@ -115,10 +119,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Every random draw derives from it."),
         device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
         store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
     ):
         """Measure what the generators of RUN make against the real images (FD, KID, precision/recall,
-        density/coverage, per-cluster fidelity, IS analogue), side by side with the baseline."""
+        density/coverage, per-cluster fidelity, IS analogue), side by side with the baseline.
+
+        Example: cci evaluate RUN --samples 500
+        """
         from cci_core import generator_run as gr
         from flows.cli import out, read_store, run_flow, run_guarded
         from flows.preflight import check_device

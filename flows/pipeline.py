@@ -130,7 +130,7 @@ def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, eva
 
 @flow(name="cci-pipeline", log_prints=True, flow_run_name="pipeline {corpus} from {source}")
 def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", store_root: str | None = None,
-                  size: tuple[int, int] | None = (28, 28), channels: int | None = 1, k: int = 10,
+                  size: tuple[int, int] | None = (28, 28), channels: int | None = 1, k: int | str = 10,
                   n_components: int = 50, refine_rounds: int = 1, refine_steps: int = 150,
                   refine_options: dict | None = None, model: str = "gan", train_steps: int = 150,
                   min_size: int = 50, per_cluster: int = 64, dataset: str | None = None,

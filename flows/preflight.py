@@ -152,13 +152,17 @@ def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, da
 
 
 def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int] | None, channels: int | None,
-                   dataset: str | None, k: int, counts: dict[str, int]) -> None:
+                   dataset: str | None, k: int | str, counts: dict[str, int]) -> None:
     """``cci run``: what can be known about the whole pipeline before its first stage."""
     from cci_core.ingest import check_ingest_request
     from cci_core.store import validate_name
     if dataset is not None:
         validate_name(dataset, "dataset name")
-    check_positive(k, "--k", 2)
+    if isinstance(k, str):  # a range to choose from, as `cci cluster --k` takes
+        from cci_core.choose_k import parse_k_range
+        parse_k_range(k)
+    else:
+        check_positive(k, "--k", 2)
     for flag, value in counts.items():
         check_positive(value, flag)
     check_ingest_request(store, source, corpus, size=size, channels=channels)  # what its ingest stage checks

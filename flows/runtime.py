@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterator
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -27,11 +26,9 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
         return
     from prefect.server.api.server import SubprocessASGIServer
     announce("No PREFECT_API_URL set: starting a temporary Prefect server for this run "
-             "(run `prefect server start` and export PREFECT_API_URL to keep one and watch the UI)")
-    t0 = time.time()
+             "(`cci server start` keeps one and a Dask cluster warm between commands)")
     server = SubprocessASGIServer()
     server.start()
-    announce(f"Temporary Prefect server ready at {server.api_url} ({time.time() - t0:.0f} s)")
     os.environ["PREFECT_API_URL"] = server.api_url
     # Stop the server at interpreter exit, not here: Prefect drains its log and event
     # workers in atexit hooks registered after this one (so they run first); stopping it

@@ -192,7 +192,7 @@ CASES = [
     ("refresh-missing-source", "refresh {I}/nosuch --corpus d28 --store {S}", ["nosuch"]),
     ("refresh-unknown-corpus", "refresh builtin:digits --corpus nosuch --store {S}", ["nosuch"]),
     ("refresh-no-served-run", "refresh builtin:digits --corpus d28 --store {S}", ["d28", "cci run"]),
-    ("refresh-unknown-run", "refresh builtin:digits --corpus d28 --run nosuch --store {S}", ["nosuch"]),
+    ("refresh-unknown-run", "refresh builtin:digits nosuch --corpus d28 --store {S}", ["nosuch"]),
     ("run-missing-source", "run {I}/nosuch --store {S}", ["nosuch"]),
     ("run-k-below-2", "run builtin:digits --k 1 --store {S}", ["--k", "1"]),
     ("run-bad-corpus-name", "run builtin:digits --corpus ../x --store {S}", ["../x"]),
