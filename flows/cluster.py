@@ -59,7 +59,7 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
     # process, a submitted one on a worker of the flow's Dask cluster, where its own Dask
     # graphs spread over every worker (tasks.common.cluster_compute).
     emb = fit_embeddings_task.submit(plan).result()
-    update_progress_artifact(progress, 35.0)
+    update_progress_artifact(progress, 35.0, description=f"cluster {corpus}: run {run_id}, embedding fitted")
     log.info("PCA: %d components explain %.1f%% of the variance", emb["n_components"],
              100 * emb["explained_variance"])
     choice = None
@@ -70,22 +70,22 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
         create_table_artifact(key=artifact_key("choose-k", corpus), table=choice["scores"],
                               description=f"k candidates for run {run_id}: chose {choice['k']}")
     k_used = choice["k"] if choice else ClusterParams(**params).fixed_k()
-    update_progress_artifact(progress, 50.0)
+    update_progress_artifact(progress, 50.0, description=f"cluster {corpus}: run {run_id}, k={k_used}")
 
     # the corpus upstream: the clustering's asset event names what it was made from
     cl = cluster_task.with_options(assets=[asset_for("clustering", run_id)],
                                    asset_deps=[asset_for("corpus", corpus)]).submit(
         plan, emb, k_used, choice).result()
-    update_progress_artifact(progress, 70.0)
+    update_progress_artifact(progress, 70.0, description=f"cluster {corpus}: run {run_id}, clustered")
     assets = [partition_asset(run_id, c) for c in range(cl["n_clusters"])]
     parts_future = partitions_task.with_options(assets=assets, asset_deps=[asset_for("clustering", run_id)]).submit(
         plan, emb, cl)
     pictures_future = pictures_task.submit(plan, emb, cl)  # beside the partitions: they share no file
     parts = parts_future.result()
-    update_progress_artifact(progress, 80.0)
+    update_progress_artifact(progress, 80.0, description=f"cluster {corpus}: run {run_id}, partitions written")
     pictures = pictures_future.result()
     run = finish_run_task(plan)
-    update_progress_artifact(progress, 100.0)
+    update_progress_artifact(progress, 100.0, description=f"cluster {corpus}: run {run_id}, done")
 
     create_table_artifact(
         key=artifact_key("cluster-metrics", corpus),
