@@ -105,7 +105,7 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
         quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
         from flows.liveness import heartbeats
         from flows.naming import tagged
-        api_url = stack.enter_context(prefect_api(announce=lambda msg: cli_output.say(err, msg)))
+        api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: cli_output.say(err, msg)))
         # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
         stack.enter_context(heartbeats())
         stack.enter_context(tagged(flow, *args, **kwargs))
@@ -482,7 +482,9 @@ def run_pipeline(
     k_value = _k_option(k)
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
                 {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
-    user_api = os.environ.get("PREFECT_API_URL")
+    from flows.server import warm
+    warm_state = None if dask_address else warm(store_obj.root)
+    user_api = os.environ.get("PREFECT_API_URL") or (warm_state or {}).get("api_url")  # a server that outlives the run
     from flows.pipeline import pipeline_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(pipeline_flow, dask_address, workers,
                        source, corpus, store_root=str(store_obj.root), size=parse_size(size),

@@ -12,6 +12,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 
+TEMPORARY_SERVER_TIMEOUT_S = 120
+
+
+class ServerStartError(RuntimeError, ValueError):
+    """The temporary Prefect server did not come up (a ValueError: the CLI prints it as one line)."""
+
+
 @contextlib.contextmanager
 def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[str]:
     """Use ``PREFECT_API_URL`` when set; otherwise start one temporary local server.
@@ -27,8 +34,16 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
     from prefect.server.api.server import SubprocessASGIServer
     announce("No PREFECT_API_URL set: starting a temporary Prefect server for this run "
              "(`cci server start` keeps one and a Dask cluster warm between commands)")
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    # Prefect's 20 s default is too short on a busy machine (it then raises with a traceback)
+    timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), TEMPORARY_SERVER_TIMEOUT_S)
     server = SubprocessASGIServer()
-    server.start()
+    try:
+        server.start(timeout=timeout)
+    except RuntimeError as exc:
+        raise ServerStartError(f"the temporary Prefect server did not start within {timeout} s ({exc}); "
+                               "start one that lasts with `cci server start`, or retry when the machine "
+                               "is less busy") from None
     os.environ["PREFECT_API_URL"] = server.api_url
     # Stop the server at interpreter exit, not here: Prefect drains its log and event
     # workers in atexit hooks registered after this one (so they run first); stopping it
