@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from cci_core.cnn import CNN
 from cci_core.device import use_amp
+from cci_core.seeding import seeded
 from cci_core.torch_data import CorpusImages, augment
 
 
@@ -61,8 +62,8 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
     """
     device = device or next(model.parameters()).device
     cfg = model.config
-    torch.manual_seed(seed)
-    decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.image_size, cfg.width).to(device)
+    with seeded(seed):
+        decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.image_size, cfg.width).to(device)
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(decoder.parameters())
     steps = autoencoder_steps(epochs, len(data), batch_size)

@@ -52,6 +52,7 @@ from cci_core.cnn import CNN, CNNConfig
 from cci_core.device import pick_device, use_amp
 from cci_core.kmeans import MiniBatchKMeans
 from cci_core.pca import PCA
+from cci_core.seeding import seeded
 from cci_core.torch_data import CorpusImages, augment
 from cci_core.weights import load_weights, save_weights
 
@@ -393,9 +394,9 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     device = pick_device(cfg.device)
     out = Path(out_dir) if out_dir is not None else None
 
-    torch.manual_seed(cfg.seed)
-    model = CNN(CNNConfig(in_channels=c, image_size=h, n_classes=k, width=cfg.width,
-                          depth=cfg.depth, embed_dim=cfg.embed_dim)).to(device)
+    with seeded(cfg.seed):
+        model = CNN(CNNConfig(in_channels=c, image_size=h, n_classes=k, width=cfg.width,
+                              depth=cfg.depth, embed_dim=cfg.embed_dim)).to(device)
     teacher = copy.deepcopy(model)
     # carried from round to round: labels, the teacher's embedding Z and probabilities P
     state = {"labels": init.astype(np.int64), "Z": None, "P": None}

@@ -30,6 +30,7 @@ from torch import nn
 from cci_core.device import pick_device, use_amp
 from cci_core.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 from cci_core.imagegrid import make_grid, save_png
+from cci_core.seeding import seeded
 from cci_core.vae import VAE, VAEConfig
 from cci_core.weights import load_weights, save_weights
 
@@ -414,8 +415,8 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
             raise ValueError(f"labels must be cluster ids in [0, {n_classes}); got {lab.min()}..{lab.max()}")
 
     device = pick_device(tcfg.device)
-    torch.manual_seed(tcfg.seed)
-    kind = _make_kind(model_cfg, tcfg, device)
+    with seeded(tcfg.seed):  # initial weights from the seed alone, whatever other threads do
+        kind = _make_kind(model_cfg, tcfg, device)
     gen = torch.Generator().manual_seed(tcfg.seed)
     source = RowSource(images, rows, n_rows, labels, tcfg.batch_size, tcfg.max_memory_bytes, tcfg.seed)
     fixed = torch.Generator().manual_seed(tcfg.seed + 1)
