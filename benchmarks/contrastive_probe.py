@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--tol", type=float, default=0.005)
+    ap.add_argument("--bn-train", action="store_true", help="update BN statistics in self-labelling")
     ap.add_argument("--gmm", action="store_true", help="also GMM on the embedding (slow)")
     ap.add_argument("--umap", action="store_true", help="also UMAP(10) + GMM on the embedding")
     ap.add_argument("--seed", type=int, default=0)
@@ -166,7 +167,8 @@ def main() -> None:
                            else torch.zeros(Zu.shape[1]) for c in range(k)])
         cen = torch.nn.functional.normalize(cen, dim=1)
         st = self_label_round(model, data, P, args.sl_steps, threshold=args.threshold,
-                              lam=args.lam, centres=cen, lr=args.lr, seed=args.seed * 100 + r,
+                              lam=args.lam, centres=cen, lr=args.lr,
+                              freeze_bn=not args.bn_train, seed=args.seed * 100 + r,
                               device=device, log=log, log_every=100)
         Z, P = embed(f"round{r}")
         new = P.argmax(1)

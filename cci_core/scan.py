@@ -216,8 +216,20 @@ def confident_rows(probs: np.ndarray, threshold: float) -> list[np.ndarray]:
     return pools
 
 
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """``model.train()``, but with ``freeze_bn`` the batch-norm layers stay in eval mode:
+    fine-tuning then keeps the statistics the clustering was read with (batches of
+    augmented, class-balanced views would shift them, and with them every prediction)."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def self_label_round(model: CNN, data: CorpusImages, probs: np.ndarray, steps: int, *,
-                     threshold: float = 0.95, lam: float = 0.1, centres: torch.Tensor | None = None,
+                     threshold: float = 0.95, freeze_bn: bool = True, lam: float = 0.1,
+                     centres: torch.Tensor | None = None,
                      batch_size: int = 256, lr: float = 1e-4, weight_decay: float = 1e-4,
                      weak: AugmentConfig = WEAK, strong: AugmentConfig = STRONG,
                      seed: int = 0, device=None, log: Callable[[str], None] | None = None,
@@ -228,7 +240,8 @@ def self_label_round(model: CNN, data: CorpusImages, probs: np.ndarray, steps: i
     ``threshold``, a cluster uniformly then a row of it (class-balanced); the loss is
     :func:`self_label_loss` (the weak view must still reach ``threshold`` in this step)
     plus ``lam`` times mean ||unit embedding(strong view) - centres[target]||^2 over the
-    same rows (``centres`` (k, E) unit rows; no k-means term without them).
+    same rows (``centres`` (k, E) unit rows; no k-means term without them). With
+    ``freeze_bn`` (default) batch-norm statistics are not updated (:func:`train_mode`).
     """
     device = device or next(model.parameters()).device
     pools = [p for p in confident_rows(probs, threshold) if p.size]
@@ -242,7 +255,7 @@ def self_label_round(model: CNN, data: CorpusImages, probs: np.ndarray, steps: i
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     cen = centres.to(device) if centres is not None else None
-    model.train()
+    train_mode(model, freeze_bn)
     t0, ce_sum, km_sum, kept = time.perf_counter(), 0.0, 0.0, 0
     for step in range(steps):
         which = rng.integers(0, len(pools), batch_size)

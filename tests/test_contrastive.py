@@ -147,10 +147,16 @@ def test_self_label_round_reads_only_confident_rows():
     torch.manual_seed(0)
     model = CNN(CNNConfig(width=4, depth=2, embed_dim=8, n_classes=3))
     centres = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    bn = model.trunk[0][1]
+    before = bn.running_mean.clone()
     stats = self_label_round(model, data, probs, steps=3, threshold=0.9, centres=centres,
                              batch_size=8, seed=0, device=torch.device("cpu"))
     assert set(data.read) <= set(np.flatnonzero(sure).tolist())
     assert stats["sl_pool"] == int(sure.sum()) and 0 <= stats["sl_kept"] <= 1
+    assert torch.equal(bn.running_mean, before)  # batch-norm statistics frozen by default
+    self_label_round(model, data, probs, steps=1, threshold=0.9, freeze_bn=False,
+                     batch_size=8, seed=0, device=torch.device("cpu"))
+    assert not torch.equal(bn.running_mean, before)
     with pytest.raises(ValueError, match="threshold"):
         self_label_round(model, data, np.full((40, 3), 1 / 3, np.float32), steps=1,
                          threshold=0.9, device=torch.device("cpu"))
