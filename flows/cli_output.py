@@ -58,11 +58,12 @@ def configure_logging() -> None:
     The environment variable is read by Prefect's logging config when Prefect is imported (in
     this process and in each LocalCluster worker); handlers that already exist are set too.
     """
-    level = "0" if mode() == VERBOSE else "WARNING"
     if mode() == VERBOSE:
         os.environ.pop(_CONSOLE_LEVEL, None)
     else:
-        os.environ[_CONSOLE_LEVEL] = level
+        os.environ[_CONSOLE_LEVEL] = "WARNING"
+        # a LocalCluster's teardown warns about slow workers it then kills: nothing lost, nothing to do
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     import sys
     if "prefect.logging.handlers" in sys.modules:
         from prefect.logging.handlers import PrefectConsoleHandler
@@ -167,7 +168,8 @@ class StageProgress:
             return []
         runs = self._post("flow_runs/filter", {"flow_runs": {"id": {"any_": [top]}}})
         runs += self._post("flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [top]}}})
-        return sorted(runs, key=lambda r: (r["id"] != top, r.get("start_time") or r.get("created") or ""))
+        # subflows first: the top run ends after them, and its line comes last
+        return sorted(runs, key=lambda r: (r["id"] == top, r.get("start_time") or r.get("created") or ""))
 
     def _tasks(self, run_id: str) -> tuple[int, int]:
         flows = {"id": {"any_": [run_id]}}
