@@ -17,7 +17,6 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from cci_core.store import Store
 from flows.cli_output import QuietOpt, VerboseOpt
 
 app = typer.Typer(help="CCI: cluster image corpora, learn the clusters, generate new images - "
@@ -65,7 +64,7 @@ def _expected_errors():
     return EXPECTED
 
 
-def read_store(store: str | None) -> Store:
+def read_store(store: str | None) -> "Store":  # noqa: F821 - imported where used (pandas: 0.3 s)
     """The existing store a reading command works on; a missing or mistyped one is one red line."""
     from flows.preflight import existing_store
     return run_guarded(existing_store, store)
@@ -181,6 +180,7 @@ def ingest(
     from cci_core.ingest import check_ingest_request
     from flows.ingest import ingest_flow
     shape = parse_size(size)
+    from cci_core.store import Store
     store_obj = Store(store)
     options = dict(size=shape, channels=channels, fit=fit, label_from_folder=label_from_folder,
                    batch_size=batch_size, value_range=value_range, clip=clip, max_file_bytes=max_file_bytes,
@@ -478,6 +478,7 @@ def run_pipeline(
                       if key in refine_options}
     from flows.preflight import check_device, check_pipeline
     run_guarded(check_device, refine_options.get("device"))
+    from cci_core.store import Store
     store_obj = Store(store)
     k_value = _k_option(k)
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
