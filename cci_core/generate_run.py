@@ -84,6 +84,20 @@ def scoring_classifier(store: Store, run: dict, device=None):
     return space_fns(space, device)[1], aid, desc
 
 
+def devices_used(run: dict, chosen: list[dict], here: str) -> tuple[bool | None, dict]:
+    """(deterministic, devices): where the scoring classifier and each generator were trained and
+    where this generation ran. True only when every one of them is the CPU (CUDA kernels and mixed
+    precision are not bitwise repeatable), False when one is not, None when one was not recorded
+    (runs made before devices were recorded, the evaluation's stand-in cluster CNN)."""
+    devices = {"generate": here, "train": {m["name"]: m.get("device") or "unknown" for m in chosen},
+               "classifier": (run.get("clustering") or {}).get("device") if run.get("classifier") else None}
+    devices["classifier"] = devices["classifier"] or "unknown"
+    flat = [devices["generate"], devices["classifier"], *devices["train"].values()]
+    if any(d not in ("cpu", "unknown") for d in flat):
+        return False, devices
+    return (None if "unknown" in flat else True), devices
+
+
 def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int = 100,
                      threshold: float = 0.5, seed: int = 0, models: str | None = None,
                      batch_size: int = 512, producer: dict | None = None, log=print, progress=None) -> dict:
@@ -93,6 +107,7 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
 
     Returns a summary: dataset, version, path, counts, acceptance per cluster, artifact id.
     """
+    from cci_core.device import pick_device
     from cci_core.train_generator import generate, load_generator
 
     validate_name(dataset, "dataset name")
@@ -143,6 +158,7 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
         params = {"run_id": run_id, "per_cluster": per_cluster, "threshold": threshold, "seed": seed,
                   "models": kind, "dataset": dataset}
         content = hashes.hexdigest()
+        deterministic, devices = devices_used(run, chosen, str(pick_device(None)))
         n_acc = sum(a for a, _ in accepted_by_cluster.values())
         metrics = {"n_images": writer.n, "accepted": n_acc, "acceptance_rate": n_acc / writer.n,
                    "acceptance_by_cluster": {str(c): a / n for c, (a, n) in sorted(accepted_by_cluster.items())}}
@@ -154,7 +170,8 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
                 "models": {m["name"]: m["artifact_id"] for m in chosen}, "classifier_artifact_id": classifier_id,
                 "classifier": classifier_desc, "params": params, "metrics": metrics,
                 "lineage": {"inputs": [{"id": i, "role": r} for i, r in inputs]},
-                **dataset_card.generated_card_fields(store, run, kind)}
+                **dataset_card.generated_card_fields(store, run, kind),
+                "deterministic": deterministic, "devices": devices}
 
         def record(path: Path, number: int) -> str:  # before the version is visible (publish last)
             return lin.record("dataset", f"{dataset}@v{number}", str(path), content,

@@ -30,6 +30,7 @@ import pandas as pd
 from cci_core import cluster_run
 from cci_core.cnn import IMAGE_SIZES
 from cci_core.corpus import open_corpus
+from cci_core.device import pick_device
 from cci_core.refine import RefineConfig, load_classifier, refine
 from cci_core.store import Store, atomic_write_json, atomic_write_parquet
 
@@ -135,7 +136,8 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
     out = {"clustering_artifact_id": clustering.id, "classifier_artifact_id": clf.id, "k": k, "n_clusters": k,
            "n_noise": 0, "sizes": sizes, "metrics": headline, "chosen_round": result.chosen_round,
            "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
-           "changed_from_parent": float((labels != initial).mean())}
+           "changed_from_parent": float((labels != initial).mean()),
+           "device": str(pick_device(config.device))}  # a CUDA-trained classifier is not bitwise repeatable
     cluster_run.update_run(store, plan["run_id"], clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
     return out
 

@@ -79,3 +79,15 @@ def test_generators_trained_in_threads_match_sequential(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         threads = list(pool.map(lambda i: train("threads", i), range(4)))
     assert len(set(one_by_one)) == 4 and threads == one_by_one
+
+
+def test_card_says_when_a_gpu_made_the_dataset_unrepeatable():
+    from cci_core.generate_run import devices_used
+    refined = {"classifier": "runs/r/classifier", "clustering": {"device": "cpu"}}
+    cpu = [{"name": "cluster-0", "device": "cpu"}, {"name": "cluster-1", "device": "cpu"}]
+    assert devices_used(refined, cpu, "cpu")[0] is True
+    assert devices_used(refined, cpu, "cuda")[0] is False
+    assert devices_used(refined, [*cpu[:1], {"name": "cluster-1", "device": "cuda:0"}], "cpu") == (
+        False, {"generate": "cpu", "train": {"cluster-0": "cpu", "cluster-1": "cuda:0"}, "classifier": "cpu"})
+    assert devices_used({"classifier": "c", "clustering": {"device": "cuda"}}, cpu, "cpu")[0] is False
+    assert devices_used({}, cpu, "cpu")[0] is None  # scored by a stand-in CNN whose device was not recorded
