@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from cci_core.augment import STRONG, AugmentConfig, random_view
 from cci_core.cnn import CNN
 from cci_core.device import use_amp
+from cci_core.seeding import seeded
 from cci_core.torch_data import CorpusImages
 from cci_core.train_steps import optimizer_step, progress_line
 
@@ -66,8 +67,8 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
     ``cl_seconds``, ``cl_images_per_s`` (images through forward + backward, both views)
     """
     device = device or next(model.parameters()).device
-    torch.manual_seed(seed)
-    proj = Projection(model.config.embed_dim).to(device)
+    with seeded(seed):
+        proj = Projection(model.config.embed_dim).to(device)
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(proj.parameters())
     n = len(data)

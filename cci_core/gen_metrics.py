@@ -25,6 +25,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from cci_core.device import pick_device
+from cci_core.seeding import seeded
 from cci_core.train_generator import to_tensor
 
 LOWER_IS_BETTER = ("fid", "kid")
@@ -346,8 +347,8 @@ def train_reference_cnn(images, labels, n_classes: int | None = None, steps: int
                          f"(got {labels.shape[0]} labels)")
     n_classes = n_classes or int(labels.max()) + 1
     dev = pick_device(device)
-    torch.manual_seed(seed)
-    model = ReferenceCNN(images.shape[3], n_classes).to(dev)
+    with seeded(seed):
+        model = ReferenceCNN(images.shape[3], n_classes).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     for _ in range(steps):

@@ -257,6 +257,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
 
     from cci_core.device import pick_device
     from cci_core.gan import Discriminator
+    from cci_core.seeding import seeded
     from cci_core.train_generator import TrainConfig, load_discriminator, train_generator
     p = SelfCondParams(**plan["params"])
     rdir, k = Path(plan["run_dir"]), plan["k"]
@@ -320,8 +321,8 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
             history = [{"step": 0, "init": "parent", "sizes": np.bincount(labels, minlength=k).tolist(),
                         **_scores(labels, y_codes)}]
         else:
-            torch.manual_seed(p.seed)
-            D0 = Discriminator(cfg).to(device)
+            with seeded(p.seed):
+                D0 = Discriminator(cfg).to(device)
             res, _, entry = cluster_step(D0, None, 0)
             parent_labels = cluster_run.run_labels(cluster_run.read_run(store, plan["parent_run"]))
             if parent_labels.max() < k and parent_labels.min() >= 0:  # start ids aligned with the parent's
