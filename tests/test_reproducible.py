@@ -1,5 +1,5 @@
-"""Same seed, same inputs -> the same dataset: two real `cci run` in two fresh stores, each on its
-own LocalCluster of two worker processes, publish byte-identical images and manifest; generators
+"""Same seed, same inputs -> the same dataset: two real `cci run` at once in two fresh stores, each
+on its own LocalCluster of two worker processes, publish byte-identical images and manifest; generators
 trained as concurrent threads of one process get the same weights as trained one by one."""
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ SMALL = ["--k", "4", "--refine-steps", "20", "--train-steps", "20", "--per-clust
          "--refine-set", "recluster=kmeans"]
 
 
-def _cci_run(store: Path) -> dict:
+def _cci_runs(*stores: Path) -> list[dict]:
+    """`cci run` into each store at the same time (the runs' timings differ; their outputs must not)."""
     cci = Path(sys.executable).parent / "cci"
     # CPU only, as a user without a GPU: CUDA kernels are not bitwise repeatable (the card says so)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "200"}
-    done = subprocess.run([str(cci), "run", "builtin:digits", "--store", str(store), *SMALL, "--json"],
-                          capture_output=True, text=True, timeout=900, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout[done.stdout.index("{"):])
+    procs = [subprocess.Popen([str(cci), "run", "builtin:digits", "--store", str(s), *SMALL, "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for s in stores]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(out[out.index("{"):]) for out, _ in outs]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -35,7 +38,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_byte_identical_dataset(tmp_path, prefect_api):
-    first, second = _cci_run(tmp_path / "a"), _cci_run(tmp_path / "b")
+    first, second = _cci_runs(tmp_path / "a", tmp_path / "b")
     a, b = Path(first["dataset"]["path"]), Path(second["dataset"]["path"])
     assert a != b and first["refined_run"] == second["refined_run"]
 
