@@ -152,7 +152,8 @@ def main() -> None:
     dump()
     if args.scan_steps:
         st = train_scan(model, data, nb, args.scan_steps, entropy_weight=args.entropy,
-                        seed=args.seed, device=device, log=log, log_every=100)
+                        seed=args.seed, freeze_bn=not args.bn_train, device=device, log=log,
+                        log_every=100)
         Z, P = embed("scan")
         res["stages"]["scan"] = {**st, **score(y, P.argmax(1)),
                                  "confident_0.95": float((P.max(1) >= 0.95).mean())}

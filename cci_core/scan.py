@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from cci_core.augment import STRONG, WEAK, AugmentConfig, random_view
 from cci_core.cnn import CNN
 from cci_core.device import use_amp
+from cci_core.seeding import seeded
 from cci_core.torch_data import CorpusImages
 from cci_core.train_steps import optimizer_step, progress_line
 
@@ -106,8 +107,8 @@ def train_scan_heads(features, neighbours: np.ndarray, k: int, *, n_heads: int =
     t0 = time.perf_counter()
     H = torch.as_tensor(np.asarray(features, dtype=np.float32))
     n, d = H.shape
-    torch.manual_seed(seed)
-    heads = nn.Linear(d, n_heads * k)  # all heads in one matrix: one product per batch
+    with seeded(seed):
+        heads = nn.Linear(d, n_heads * k)  # all heads in one matrix: one product per batch
     opt = torch.optim.Adam(heads.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     batch_size = min(batch_size, n)
@@ -130,7 +131,8 @@ def train_scan_heads(features, neighbours: np.ndarray, k: int, *, n_heads: int =
             count += 1
         last = sums / max(count, 1)
     best = int(np.argmin(last))
-    head = nn.Linear(d, k)
+    with seeded(seed):  # its init is overwritten, but draws must not touch another's block
+        head = nn.Linear(d, k)
     with torch.no_grad():
         head.weight.copy_(heads.weight[best * k:(best + 1) * k])
         head.bias.copy_(heads.bias[best * k:(best + 1) * k])
@@ -138,20 +140,32 @@ def train_scan_heads(features, neighbours: np.ndarray, k: int, *, n_heads: int =
                   "scan_head_seconds": time.perf_counter() - t0}
 
 
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """``model.train()``, but with ``freeze_bn`` the batch-norm layers stay in eval mode:
+    fine-tuning then keeps the statistics the clustering was read with (batches of
+    augmented, class-balanced views would shift them, and with them every prediction)."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def train_scan(model: CNN, data: CorpusImages, neighbours: np.ndarray, steps: int, *,
                batch_size: int = 256, lr: float = 1e-4, weight_decay: float = 1e-4,
                entropy_weight: float = 5.0, views: AugmentConfig = STRONG, seed: int = 0,
-               device=None, log: Callable[[str], None] | None = None,
+               freeze_bn: bool = True, device=None, log: Callable[[str], None] | None = None,
                log_every: int = 50) -> dict:
     """Fine-tune the whole CNN (trunk, embedding head, cluster head) with the SCAN loss on
-    augmented views of rows and of one random neighbour of each. Returns statistics."""
+    augmented views of rows and of one random neighbour of each (batch-norm statistics
+    frozen with ``freeze_bn``, see :func:`train_mode`). Returns statistics."""
     device = device or next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler(enabled=use_amp(device))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     n = len(data)
-    model.train()
+    train_mode(model, freeze_bn)
     t0, cons, ent = time.perf_counter(), [], []
     for step in range(steps):
         rows = rng.integers(0, n, batch_size)
@@ -214,17 +228,6 @@ def confident_rows(probs: np.ndarray, threshold: float) -> list[np.ndarray]:
         rows = np.flatnonzero((lab == c) & (top >= threshold))
         pools.append(rows[np.argsort(-top[rows], kind="stable")])
     return pools
-
-
-def train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    """``model.train()``, but with ``freeze_bn`` the batch-norm layers stay in eval mode:
-    fine-tuning then keeps the statistics the clustering was read with (batches of
-    augmented, class-balanced views would shift them, and with them every prediction)."""
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
 
 
 def self_label_round(model: CNN, data: CorpusImages, probs: np.ndarray, steps: int, *,
