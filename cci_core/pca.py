@@ -233,7 +233,9 @@ class PCA:
         return 1.0 / np.sqrt(np.maximum(self.explained_variance_, floor))
 
     def _project(self, x: np.ndarray) -> np.ndarray:
-        w = self.components_.T * self._scale()[None, :]
+        # One memory layout whatever produced components_ (eigh gives Fortran order, a loaded
+        # model C order): BLAS picks its kernel by layout, and kernels round differently.
+        w = np.ascontiguousarray(self.components_.T * self._scale()[None, :])
         bias = (self.mean_ @ w).astype(np.float32)  # (x - mean) @ w without an N×D copy
         return np.asarray(x, dtype=np.float32) @ w.astype(np.float32) - bias
 
