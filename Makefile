@@ -26,7 +26,7 @@ run: setup
 	OMP_NUM_THREADS=1 $(BIN)/cci run builtin:digits --store $(STORE)
 
 test: setup system-deps
-	CCI_REQUIRE_SYSTEM_DEPS=1 OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider; \
+	CCI_REQUIRE_SYSTEM_DEPS=1 OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 clean:
