@@ -39,7 +39,7 @@ MANIFEST_SCHEMA = {
     "accepted": "bool: classifier_label == cluster and confidence >= threshold"}
 
 
-def _models(store: Store, run: dict, which: str | None) -> tuple[str, list[dict]]:
+def chosen_models(store: Store, run: dict, which: str | None) -> tuple[str, list[dict]]:
     path = store.run_dir(run["run_id"]) / "models" / "training.json"
     if not path.exists():
         raise ValueError(f"run {run['run_id']!r} has no trained generators; run `cci train {run['run_id']}` first")
@@ -116,7 +116,7 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold {threshold}: a confidence threshold lies in [0, 1]")
     run = cluster_run.finished_run(store, run_id)
-    kind, chosen = _models(store, run, models)
+    kind, chosen = chosen_models(store, run, models)
     probs, classifier_id, classifier_desc = scoring_classifier(store, run)
     inputs = [(m["artifact_id"], "model") for m in chosen]
     inputs += [(run["clustering"]["clustering_artifact_id"], "clustering"), (run["corpus_artifact_id"], "corpus")]

@@ -121,13 +121,13 @@ def check_generate(store: Store, run_id: str, dataset: str, per_cluster: int, th
                    models: str | None) -> None:
     """``cci generate``: the dataset name, the counts, and a run with the generators asked for."""
     from cci_core import cluster_run
-    from cci_core.generate_run import _models as trained_models
+    from cci_core.generate_run import chosen_models
     from cci_core.store import validate_name
     validate_name(dataset, "dataset name")
     check_positive(per_cluster, "--per-cluster")
     if not 0.0 <= threshold <= 1.0:
         raise PreflightError(f"--threshold {threshold}: a confidence threshold lies in [0, 1]")
-    trained_models(store, cluster_run.read_run(store, run_id), models)
+    chosen_models(store, cluster_run.read_run(store, run_id), models)
 
 
 def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, dataset: str | None,

@@ -47,14 +47,18 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def read_state(store_root: str | Path) -> dict | None:
-    """The warm server recorded for this store, or None when there is none or its processes are gone."""
-    path = state_path(store_root)
+def _recorded(store_root: str | Path) -> dict | None:
+    """The state file's content as written by :func:`start`, or None when absent or unreadable."""
     try:
-        state = json.loads(path.read_text())
+        return json.loads(state_path(store_root).read_text())
     except (OSError, ValueError):
         return None
-    if not all(_alive(int(pid)) for pid in state.get("pids", {}).values()):
+
+
+def read_state(store_root: str | Path) -> dict | None:
+    """The warm server recorded for this store, or None when there is none or its processes are gone."""
+    state = _recorded(store_root)
+    if state is None or not all(_alive(int(pid)) for pid in state.get("pids", {}).values()):
         return None
     return state
 
@@ -148,22 +152,19 @@ def start(store_root: str | Path, workers: int, announce=print) -> dict:
              "workers": workers, "pids": {name: proc.pid for name, proc in procs.items()},
              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_seconds": round(time.monotonic() - t0, 2),
              "log": str(root / LOG_FILE)}
-    tmp = state_path(root).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(state_path(root))
+    from cci_core.store import atomic_write_json  # lazy: pandas is not needed to start the CLI
+    atomic_write_json(state_path(root), state)
     return state
 
 
 def stop(store_root: str | Path) -> dict | None:
     """Stop the warm server of ``store_root`` (both process groups) and forget it; None if there was none."""
-    path = state_path(store_root)
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    state = _recorded(store_root)
+    if state is None:
         return None
     for pid in state.get("pids", {}).values():
         _kill_group(int(pid))
-    path.unlink(missing_ok=True)
+    state_path(store_root).unlink(missing_ok=True)
     (Path(store_root) / ".cci-dask-address").unlink(missing_ok=True)
     return state
 
