@@ -37,11 +37,11 @@ from distributed import Client, LocalCluster  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from cci_core.cluster_metrics import cluster_acc, inertia  # noqa: E402
-from cci_core.features import image_features, lazy_images  # noqa: E402
-from cci_core.idx import read_idx  # noqa: E402
-from cci_core.kmeans import MiniBatchKMeans  # noqa: E402
-from cci_core.pca import PCA  # noqa: E402
+from cci_core.cluster.cluster_metrics import cluster_acc, inertia  # noqa: E402
+from cci_core.cluster.features import image_features, lazy_images  # noqa: E402
+from cci_core.ingest.idx import read_idx  # noqa: E402
+from cci_core.cluster.kmeans import MiniBatchKMeans  # noqa: E402
+from cci_core.cluster.pca import PCA  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CHUNK = 16384

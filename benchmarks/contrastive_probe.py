@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from cci_core.cluster_metrics import cluster_acc
-from cci_core.cnn import CNN, CNNConfig
-from cci_core.contrastive import pretrain_contrastive
-from cci_core.device import pick_device
-from cci_core.idx import read_idx
-from cci_core.refine import embed_corpus
-from cci_core.scan import (mine_neighbours, neighbour_purity, self_label_round, train_scan,
+from cci_core.cluster.cluster_metrics import cluster_acc
+from cci_core.refine.cnn import CNN, CNNConfig
+from cci_core.refine.contrastive import pretrain_contrastive
+from cci_core.common.device import pick_device
+from cci_core.ingest.idx import read_idx
+from cci_core.refine.refine import embed_corpus
+from cci_core.refine.scan import (mine_neighbours, neighbour_purity, self_label_round, train_scan,
                            train_scan_heads)
-from cci_core.torch_data import CorpusImages
+from cci_core.common.torch_data import CorpusImages
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "contrastive_probe.json"
@@ -126,7 +126,7 @@ def main() -> None:
     if args.umap:
         from sklearn.mixture import GaussianMixture
 
-        from cci_core.manifold import umap_embed
+        from cci_core.cluster.manifold import umap_embed
         t = time.perf_counter()
         U, _, _ = umap_embed(Zn, n_components=10, n_neighbors=20, min_dist=0.0,
                              sample_size=len(Zn), seed=args.seed)

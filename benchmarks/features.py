@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from cci_core import cluster_run as cr
-from cci_core import feature_spaces as fs
-from cci_core import selfcond as sc
-from cci_core.ingest import ingest_local
-from cci_core.store import Store
+from cci_core.cluster import cluster_run as cr
+from cci_core.features import feature_spaces as fs
+from cci_core.generate import selfcond as sc
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.store import Store
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "features.json"
@@ -52,7 +52,7 @@ def train_generators(store: Store, args, stage) -> dict:
     """Per-cluster GANs + the unconditional baseline, and the cluster-conditional GAN, on the
     clustering run with the self-conditioned GAN's total step budget. The baseline's
     discriminator is also the ``discriminator`` feature space."""
-    from cci_core import generator_run as gr
+    from cci_core.generate import generator_run as gr
     k = 10
     per = max(1, args.gan_steps // k)
     common = dict(steps=per, width=args.gan_width, z_dim=64, batch_size=64, min_size=1, checkpoint_every=per,
@@ -69,7 +69,7 @@ def generation_comparison(store: Store, args, stage, budget: dict) -> dict:
     ``reference`` space (a CNN trained on the true labels, shared by both runs through the
     lineage store) is common to all four; each run's ``classifier`` space is a CNN trained on
     that run's own clusters, so fidelity there measures self-consistency."""
-    from cci_core import generator_run as gr
+    from cci_core.generate import generator_run as gr
     ep = gr.EvalParams(samples=args.eval_samples, max_real=1000, ref_steps=args.ref_steps, ref_rows=20000,
                        kid_subsets=20, kid_subset_size=500, device="cpu")
     a = stage("evaluate_clustering_run", gr.evaluate_local, store, "fm", ep)
@@ -127,8 +127,8 @@ def main() -> None:
     stage("ingest", ingest_local, store, str(DATA), "fmnist")
     stage("cluster_pca50_kmeans10", cr.run_local, store, "fmnist", cr.ClusterParams(k=10, n_components=50), run_id="fm")
     if args.refine_steps:
-        from cci_core.refine import RefineConfig
-        from cci_core.refine_run import refine_local
+        from cci_core.refine.refine import RefineConfig
+        from cci_core.refine.refine_run import refine_local
         stage("refine", refine_local, store, "fm",
               RefineConfig(rounds=1, steps=args.refine_steps, warmup_steps=args.refine_steps, ae_epochs=1.0),
               log=lambda *a: None)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cci_core.gan import GANConfig
-from cci_core.gen_metrics import (compare_reports, comparison_table, evaluate_features,
+from cci_core.generate.gan import GANConfig
+from cci_core.generate.gen_metrics import (compare_reports, comparison_table, evaluate_features,
                                   feature_fn, frechet_distance, prob_fn, train_reference_cnn)
-from cci_core.idx import read_idx
-from cci_core.train_generator import TrainConfig, generate, load_generator, train_generator
+from cci_core.ingest.idx import read_idx
+from cci_core.generate.train_generator import TrainConfig, generate, load_generator, train_generator
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 OUT = Path(__file__).parent / "results" / "generate.json"

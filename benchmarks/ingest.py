@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cci_core.ingest import ingest_local
-from cci_core.store import Store
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.store import Store
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 

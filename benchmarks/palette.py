@@ -3,9 +3,9 @@
 Part 1, scikit-learn's two sample photographs (china.jpg, flower.jpg) at 16 and 64 colours:
   mean CIEDE2000 (scikit-image) and PSNR (dB, RGB) of the rendered image against the original,
   and wall time (learn + render; best of ``--reps``) for
-  * this project: ``cci_core.palette.learn_palette`` (k-means in CIELAB over every pixel; by
+  * this project: ``cci_core.palette.palette.learn_palette`` (k-means in CIELAB over every pixel; by
     default the exact histogram path on the distinct colours, and ``method="pixels"``: mini-batch
-    k-means + Lloyd passes over the Dask pixel array) + ``cci_core.render.render``;
+    k-means + Lloyd passes over the Dask pixel array) + ``cci_core.palette.render.render``;
   * Pillow ``Image.quantize``: median cut and fast octree;
   * scikit-learn's colour-quantisation recipe: KMeans fitted on 1,000 random pixels (RGB in
     [0, 1], random_state=0), predict every pixel.
@@ -50,8 +50,8 @@ def quality(img, out, ref_lab):
 
 
 def ours(img, k, method="auto"):
-    from cci_core.palette import learn_palette
-    from cci_core.render import render
+    from cci_core.palette.palette import learn_palette
+    from cci_core.palette.render import render
     pal = learn_palette(img, k, method=method)
     return render(img, pal), {"path": pal.meta["method"], "n_bins": pal.meta.get("n_bins")}
 
@@ -108,9 +108,9 @@ def hwm_mb():  # peak resident set of this process (VmHWM starts afresh at exec,
             return int(line.split()[1]) / 1024
 sys.path.insert(0, {root!r})
 import dask.array as da
-from cci_core.corpus import open_corpus
-from cci_core.palette import learn_palette
-from cci_core.store import Store
+from cci_core.store.corpus import open_corpus
+from cci_core.palette.palette import learn_palette
+from cci_core.store.store import Store
 rss0 = hwm_mb()
 c = open_corpus(Store({store!r}), "fmnist")
 t0 = time.perf_counter()
@@ -124,9 +124,9 @@ print(json.dumps({{"seconds": dt, "n_pixels": pal.n_pixels, "peak_rss_mb": hwm_m
 
 
 def fmnist(reps: int) -> list[dict]:
-    from cci_core.idx import read_idx
-    from cci_core.ingest import ingest_local
-    from cci_core.store import Store
+    from cci_core.ingest.idx import read_idx
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         imgs = np.concatenate([read_idx(FMNIST / "train-images-idx3-ubyte.gz"),

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from cci_core.cluster_metrics import cluster_acc
-from cci_core.clusterers import fit_clusterer
-from cci_core.device import pick_device
-from cci_core.idx import read_idx
-from cci_core.manifold import umap_embed
-from cci_core.pca import PCA
-from cci_core.refine import RefineConfig, refine
+from cci_core.cluster.cluster_metrics import cluster_acc
+from cci_core.cluster.clusterers import fit_clusterer
+from cci_core.common.device import pick_device
+from cci_core.ingest.idx import read_idx
+from cci_core.cluster.manifold import umap_embed
+from cci_core.cluster.pca import PCA
+from cci_core.refine.refine import RefineConfig, refine
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "refine.json"

@@ -6,12 +6,12 @@ import json, os, sys, time
 from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, os.getcwd())
-from cci_core.idx import read_idx
-from cci_core.refine import RefineConfig, refine
-from cci_core.clusterers import fit_clusterer
-from cci_core.pca import PCA
+from cci_core.ingest.idx import read_idx
+from cci_core.refine.refine import RefineConfig, refine
+from cci_core.cluster.clusterers import fit_clusterer
+from cci_core.cluster.pca import PCA
 from sklearn.metrics import normalized_mutual_info_score as nmi
-from cci_core.cluster_metrics import cluster_acc
+from cci_core.cluster.cluster_metrics import cluster_acc
 
 D = Path(".data/fashion-mnist")
 X = np.concatenate([read_idx(D / "train-images-idx3-ubyte.gz"), read_idx(D / "t10k-images-idx3-ubyte.gz")])[..., None]

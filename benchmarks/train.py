@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import zarr
 
-from cci_core.device import pick_device
-from cci_core.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
-from cci_core.idx import read_idx
-from cci_core.train_generator import TrainConfig, train_generator
-from cci_core.vae import VAE, VAEConfig
+from cci_core.common.device import pick_device
+from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
+from cci_core.ingest.idx import read_idx
+from cci_core.generate.train_generator import TrainConfig, train_generator
+from cci_core.generate.vae import VAE, VAEConfig
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "train.json"

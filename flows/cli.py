@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from flows.cli_output import QuietOpt, VerboseOpt
 
 app = typer.Typer(help="CCI: cluster image corpora, learn the clusters, generate new images - "
@@ -177,10 +177,10 @@ def ingest(
 
     Example: cci ingest /usr/share/datasets/fashion-mnist --corpus fmnist
     """
-    from cci_core.ingest import check_ingest_request
+    from cci_core.ingest.ingest import check_ingest_request
     from flows.ingest import ingest_flow
     shape = parse_size(size)
-    from cci_core.store import Store
+    from cci_core.store.store import Store
     store_obj = Store(store)
     options = dict(size=shape, channels=channels, fit=fit, label_from_folder=label_from_folder,
                    batch_size=batch_size, value_range=value_range, clip=clip, max_file_bytes=max_file_bytes,
@@ -226,7 +226,7 @@ def _version(text: str) -> int | None:
 
 def _k_option(text: str) -> int | str:
     """``--k``: one number of clusters (an int) or a range to choose from (checked here, kept as text)."""
-    from cci_core.choose_k import parse_k_range
+    from cci_core.cluster.choose_k import parse_k_range
     try:
         ks = parse_k_range(text)
     except ValueError as exc:
@@ -267,7 +267,7 @@ def cluster(
 
     Example: cci cluster fmnist -k 10   (or -k 5:30 to choose k by silhouette)
     """
-    from cci_core.cluster_run import ClusterParams, check_request
+    from cci_core.cluster.cluster_run import ClusterParams, check_request
     k_value: int | str | None = _k_option(k)
     if algorithm in ("dbscan", "hdbscan") and k == "10":
         k_value = None  # the density algorithms find their own number of clusters
@@ -330,7 +330,7 @@ def refine(
 
     Example: cci refine RUN --rounds 2 --steps 800
     """
-    from cci_core.refine_run import check_refine, config_from_options
+    from cci_core.refine.refine_run import check_refine, config_from_options
     options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
@@ -377,13 +377,13 @@ def predict(
 
     Example: cci predict RUN ./new-images -o labels.parquet
     """
-    from cci_core import cluster_run
+    from cci_core.cluster import cluster_run
     store_obj = read_store(store)
     if (source is None) == (corpus is None):
         fail("give either a SOURCE of images or --corpus NAME")
     quarantine = []
     if corpus:
-        from cci_core.corpus import open_corpus
+        from cci_core.store.corpus import open_corpus
         c = run_guarded(open_corpus, store_obj, corpus)
         start, stop = 0, c.n_rows
         if rows:
@@ -403,7 +403,7 @@ def predict(
         fail(f"source {source}: none of its images could be read ({len(quarantine)} quarantined, listed above); "
              "nothing to label")
     if output:
-        from cci_core.store import atomic_write_parquet
+        from cci_core.store.store import atomic_write_parquet
         atomic_write_parquet(output, df)
     if as_json:
         print(df.to_json(orient="records"))
@@ -472,13 +472,13 @@ def run_pipeline(
 
     Example: cci run builtin:digits -k 10 --quiet
     """
-    from cci_core.refine_run import config_from_options
+    from cci_core.refine.refine_run import config_from_options
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
     from flows.preflight import check_device, check_pipeline
     run_guarded(check_device, refine_options.get("device"))
-    from cci_core.store import Store
+    from cci_core.store.store import Store
     store_obj = Store(store)
     k_value = _k_option(k)
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
@@ -556,7 +556,7 @@ def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
 
     Example: cci datasets list --json
     """
-    from cci_core.datasets import dataset_versions, list_datasets, open_dataset
+    from cci_core.store.datasets import dataset_versions, list_datasets, open_dataset
     s = read_store(store)
     rows = [{"name": n, "versions": dataset_versions(n, s), "latest": open_dataset(n, store=s).version}
             for n in list_datasets(s)]
@@ -580,7 +580,7 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
     """
     from rich.markup import escape
 
-    from cci_core.datasets import open_dataset
+    from cci_core.store.datasets import open_dataset
     ds = run_guarded(open_dataset, name, version, store=read_store(store))
     card = ds.card
     if as_json:
@@ -613,7 +613,7 @@ def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
 
     Example: cci datasets export gen ./gen-png --format imagefolder
     """
-    from cci_core.datasets import export_parquet, export_png, open_dataset
+    from cci_core.store.datasets import export_parquet, export_png, open_dataset
     if fmt not in ("auto", "imagefolder", "parquet"):
         fail(f"--format {fmt!r}: use imagefolder, parquet or auto")
     as_parquet = fmt == "parquet" or (fmt == "auto" and to.endswith(".parquet"))
@@ -639,7 +639,7 @@ def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
 
     Example: cci corpus info fmnist --version v1
     """
-    from cci_core.corpus import open_corpus
+    from cci_core.store.corpus import open_corpus
     c = run_guarded(open_corpus, read_store(store), name, version)
     info = c.info()
     if as_json:
@@ -670,7 +670,7 @@ def corpus_list(store: Optional[str] = StoreOpt):
 
     Example: cci corpus list --store ./cci-store
     """
-    from cci_core.corpus import open_corpus
+    from cci_core.store.corpus import open_corpus
     s = read_store(store)
     t = Table("corpus", "version", "rows", "shape", "lineage id")
     for name in s.corpora():
@@ -697,7 +697,7 @@ def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a 
 
     Example: cci lineage show dataset:gen@v1 --depth 2
     """
-    from cci_core.lineage import LineageStore
+    from cci_core.store.lineage import LineageStore
     lin = LineageStore(read_store(store).lineage_url)
     artifact_id = run_guarded(lin.resolve, artifact_id).id
     walk = lin.downstream if downstream else lin.upstream
@@ -740,8 +740,8 @@ def lineage_export(ref: Optional[str] = typer.Argument(None, help="Export this a
 
     Example: cci lineage export dataset:gen@v1 --format dot -o gen.dot && dot -Tsvg gen.dot -o gen.svg
     """
-    from cci_core.lineage import LineageStore
-    from cci_core.lineage_export import FORMATS, export
+    from cci_core.store.lineage import LineageStore
+    from cci_core.store.lineage_export import FORMATS, export
     if fmt not in FORMATS:
         fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if output and Path(output).is_dir():
@@ -765,7 +765,7 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
 
     Example: cci lineage list --kind clustering
     """
-    from cci_core.lineage import LineageStore
+    from cci_core.store.lineage import LineageStore
     lin = LineageStore(read_store(store).lineage_url)
     if kind and kind not in (known := lin.kinds()):
         fail(f"--kind {kind!r}: no artifact of that kind; the store holds {', '.join(known) or 'none yet'}")

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.table import Table
 
-        from cci_core import feature_spaces as fs
+        from cci_core.features import feature_spaces as fs
         from flows.cli import err, fail, out, read_store, run_flow, run_guarded
         try:
             fr = [float(f) for f in fractions.split(",") if f.strip()]
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cci self-condition RUN -k 10 --steps 200
         """
-        from cci_core.cluster_run import finished_run
+        from cci_core.cluster.cluster_run import finished_run
         from flows.cli import read_store, run_guarded
         n_conditions = k or len(run_guarded(finished_run, read_store(store), run_id)["partitions"])
         options = dict(k=k, steps=steps * n_conditions, recluster_every=recluster_every, init=init, batch_size=batch_size,
@@ -134,7 +134,7 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
                        dask_address: str | None, workers: int | None, as_json: bool) -> None:
     """Check, run the self-conditioning flow and print its summary: the body of
     ``cci self-condition`` and of ``cci train --mode self-conditioned``."""
-    from cci_core import selfcond as sc
+    from cci_core.generate import selfcond as sc
     from flows.cli import out, read_store, run_flow, run_guarded
     from flows.preflight import check_device
     run_guarded(check_device, options.get("device"))

@@ -39,9 +39,9 @@ def register(app: typer.Typer) -> None:
 
         Example: cci palette fmnist --colors 8
         """
-        from cci_core import palette_run as pr
-        from cci_core.palette import METHODS, check_k
-        from cci_core.store import Store
+        from cci_core.palette import palette_run as pr
+        from cci_core.palette.palette import METHODS, check_k
+        from cci_core.store.store import Store
         from flows.cli import err, out, read_store, run_flow, run_guarded
         # an image file may start a new store; a corpus, run or dataset must be in an existing one
         store_obj = Store(store) if Path(source).is_file() else read_store(store)
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         if method not in METHODS:
             run_guarded(_raise, f"--method {method!r}: use one of {', '.join(METHODS)}")
         info = run_guarded(pr.resolve_source, store_obj, source)
-        from cci_core.palette import check_space
+        from cci_core.palette.palette import check_space
         run_guarded(check_space, space, info["shape"][-1])
         from flows.palette import palette_flow  # after the checks: importing the flow (Prefect) takes seconds
         res = run_flow(palette_flow, dask_address, workers,
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cci stylize fmnist --palette PALETTE_ID --dataset fmnist-styled
         """
-        from cci_core import palette_run as pr
+        from cci_core.palette import palette_run as pr
         from flows.cli import out, read_store, run_flow, run_guarded
         store_obj = read_store(store)
         run_guarded(pr.check_stylize, store_obj, source, palette_id, dataset, mode)
@@ -120,8 +120,8 @@ def register(app: typer.Typer) -> None:
 
         Example: cci segment photo.jpg -k 5 --out ./seg
         """
-        from cci_core import palette_run as pr
-        from cci_core.segment import check_k
+        from cci_core.palette import palette_run as pr
+        from cci_core.palette.segment import check_k
         from flows.cli import err, out, read_store, run_flow, run_guarded
         run_guarded(check_k, k)
         if Path(image).is_file():
@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
                       f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
             return
         from flows.palette import segment_flow
-        from cci_core.palette import check_space
+        from cci_core.palette.palette import check_space
         store_obj = read_store(store)
         info = run_guarded(pr.resolve_source, store_obj, image)
         run_guarded(check_space, space, info["shape"][-1])

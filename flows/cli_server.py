@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cci server start --store ./cci-store --workers 2
         """
-        from cci_core.store import Store
+        from cci_core.store.store import Store
         from flows import server
         from flows.cli import err, out, run_guarded
         from flows.runtime import default_workers
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cci server stop --store ./cci-store
         """
-        from cci_core.store import Store
+        from cci_core.store.store import Store
         from flows import server
         from flows.cli import out
         root = Store(store).root
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cci server status
         """
-        from cci_core.store import Store
+        from cci_core.store.store import Store
         from flows import server
         from flows.cli import out
         root = Store(store).root

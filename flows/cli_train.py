@@ -63,14 +63,14 @@ def register(app: typer.Typer) -> None:
 
         Example: cci train RUN --steps 2000 --model gan
         """
-        from cci_core import generator_run as gr
+        from cci_core.generate import generator_run as gr
         from flows.cli import err, fail, out, read_store, run_flow, run_guarded
         from flows.preflight import check_device
         run_guarded(check_device, device)
         # unset: each mode's own default (1 for the conditional GANs, 0 for the unconditional ones)
         seeking = {} if mode_seeking is None else {"mode_seeking": mode_seeking}
         if mode == "self-conditioned":
-            from cci_core.cluster_run import finished_run
+            from cci_core.cluster.cluster_run import finished_run
             from flows.cli_features import run_self_condition
             refused = [(model != "gan", f"--model {model}"), (ema, "--ema"), (seconds is not None, "--seconds")]
             for bad, flag in refused:
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
 
         Example: cci evaluate RUN --samples 500
         """
-        from cci_core import generator_run as gr
+        from cci_core.generate import generator_run as gr
         from flows.cli import out, read_store, run_flow, run_guarded
         from flows.preflight import check_device
         run_guarded(check_device, device)

@@ -9,8 +9,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from cci_core.cluster_run import ClusterParams
-from cci_core.store import Store
+from cci_core.cluster.cluster_run import ClusterParams
+from cci_core.store.store import Store
 from flows import naming
 from flows.readable import fig, file_link
 from tasks.cluster import (choose_k_task, cluster_task, finish_run_task, fit_embeddings_task, partition_asset,
@@ -38,7 +38,7 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
                  version: int | None = None, run_id: str | None = None, options: dict | None = None) -> dict:
     """Cluster CORPUS into k groups (or choose k in a range); write everything to a new run.
 
-    ``options`` holds the other :class:`cci_core.cluster_run.ClusterParams` fields
+    ``options`` holds the other :class:`cci_core.cluster.cluster_run.ClusterParams` fields
     (solver, umap_dim, sample_size, eps, ...).
     """
     log = get_run_logger()

@@ -7,9 +7,9 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core import feature_spaces as fs
-from cci_core import selfcond as sc
-from cci_core.store import Store
+from cci_core.features import feature_spaces as fs
+from cci_core.generate import selfcond as sc
+from cci_core.store.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
 from flows import naming
@@ -44,7 +44,7 @@ def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] 
     k-NN / random-forest probes on 1/10/100 % of the labels when the corpus has labels.
 
     ``vae_steps`` first trains one VAE on the whole corpus (the ``vae`` space);
-    ``options`` are the other :class:`cci_core.feature_spaces.FeatureParams` fields.
+    ``options`` are the other :class:`cci_core.features.feature_spaces.FeatureParams` fields.
     """
     log = get_run_logger()
     params = fs.FeatureParams(spaces=spaces, **_options("features", options, fs.params_fields() - {"spaces"}))

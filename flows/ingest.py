@@ -6,11 +6,11 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
-from cci_core.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from cci_core.store import Store
+from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from cci_core.store.store import Store
 from tasks.common import asset_for
 from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
-from cci_core import ingest
+from cci_core.ingest import ingest
 from flows import naming
 from flows.readable import file_link
 

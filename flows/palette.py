@@ -11,7 +11,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from cci_core.store import Store
+from cci_core.store.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows import naming
 from tasks.palette import (

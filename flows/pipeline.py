@@ -17,10 +17,10 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from cci_core.cluster_run import ClusterParams, read_run
-from cci_core.corpus import open_corpus
-from cci_core.datasets import UnknownDatasetError, open_dataset
-from cci_core.store import Store
+from cci_core.cluster.cluster_run import ClusterParams, read_run
+from cci_core.store.corpus import open_corpus
+from cci_core.store.datasets import UnknownDatasetError, open_dataset
+from cci_core.store.store import Store
 from flows.cluster import artifact_key, cluster_flow
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow

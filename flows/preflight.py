@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cci_core.store import Store
+from cci_core.store.store import Store
 
 DASK_CONNECT_TIMEOUT_S = 2.5
 # what a store root holds once anything was written to it (DESIGN.md, artifact store)
@@ -120,9 +120,9 @@ def check_positive(value: int | float | None, flag: str, minimum: int | float = 
 def check_generate(store: Store, run_id: str, dataset: str, per_cluster: int, threshold: float,
                    models: str | None) -> None:
     """``cci generate``: the dataset name, the counts, and a run with the generators asked for."""
-    from cci_core import cluster_run
-    from cci_core.generate_run import chosen_models
-    from cci_core.store import validate_name
+    from cci_core.cluster import cluster_run
+    from cci_core.generate.generate_run import chosen_models
+    from cci_core.store.store import validate_name
     validate_name(dataset, "dataset name")
     check_positive(per_cluster, "--per-cluster")
     if not 0.0 <= threshold <= 1.0:
@@ -133,10 +133,10 @@ def check_generate(store: Store, run_id: str, dataset: str, per_cluster: int, th
 def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, dataset: str | None,
                   retrain_threshold: float, per_cluster: int) -> None:
     """``cci refresh``: the source, the corpus, the run it builds on and the dataset name."""
-    from cci_core.cluster_run import finished_run
-    from cci_core.corpus import open_corpus
-    from cci_core.ingest import check_ingest_request
-    from cci_core.store import validate_name
+    from cci_core.cluster.cluster_run import finished_run
+    from cci_core.store.corpus import open_corpus
+    from cci_core.ingest.ingest import check_ingest_request
+    from cci_core.store.store import validate_name
     from flows.refresh import latest_served_run
     open_corpus(store, corpus)
     check_ingest_request(store, source, corpus)  # what its ingest stage checks, now
@@ -154,12 +154,12 @@ def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, da
 def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int] | None, channels: int | None,
                    dataset: str | None, k: int | str, counts: dict[str, int]) -> None:
     """``cci run``: what can be known about the whole pipeline before its first stage."""
-    from cci_core.ingest import check_ingest_request
-    from cci_core.store import validate_name
+    from cci_core.ingest.ingest import check_ingest_request
+    from cci_core.store.store import validate_name
     if dataset is not None:
         validate_name(dataset, "dataset name")
     if isinstance(k, str):  # a range to choose from, as `cci cluster --k` takes
-        from cci_core.choose_k import parse_k_range
+        from cci_core.cluster.choose_k import parse_k_range
         parse_k_range(k)
     else:
         check_positive(k, "--k", 2)

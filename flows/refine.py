@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core.store import Store
+from cci_core.store.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
 from flows import naming

@@ -38,7 +38,7 @@ def state_path(store_root: str | Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    from cci_core.ingest import _alive as exists
+    from cci_core.ingest.ingest import _alive as exists
     if not exists(pid):
         return False
     try:  # a zombie waits for its parent to reap it: it serves nothing
@@ -152,7 +152,7 @@ def start(store_root: str | Path, workers: int, announce=print) -> dict:
              "workers": workers, "pids": {name: proc.pid for name, proc in procs.items()},
              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_seconds": round(time.monotonic() - t0, 2),
              "log": str(root / LOG_FILE)}
-    from cci_core.store import atomic_write_json  # lazy: pandas is not needed to start the CLI
+    from cci_core.store.store import atomic_write_json  # lazy: pandas is not needed to start the CLI
     atomic_write_json(state_path(root), state)
     return state
 
@@ -185,7 +185,7 @@ def status(store_root: str | Path) -> dict | None:
 
 
 # -- the process that holds the Dask cluster -------------------------------------------------
-WARM_IMPORTS = ("prefect", "tasks.common", "tasks.ingest", "tasks.cluster", "cci_core.cluster_run")
+WARM_IMPORTS = ("prefect", "tasks.common", "tasks.ingest", "tasks.cluster", "cci_core.cluster.cluster_run")
 
 
 def dask_setup(worker=None) -> None:

@@ -16,8 +16,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
-from cci_core import generator_run as gr
-from cci_core.store import Store
+from cci_core.generate import generator_run as gr
+from cci_core.store.store import Store
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
 from flows import naming
@@ -60,7 +60,7 @@ def train_flow(run_id: str, store_root: str | None = None, model: str = "gan", m
                gpu_resource: bool | None = None, options: dict | None = None) -> dict:
     """Train one generator per cluster of RUN (or one conditional GAN), plus the baseline.
 
-    ``options`` holds the other :class:`cci_core.generator_run.TrainParams` fields
+    ``options`` holds the other :class:`cci_core.generate.generator_run.TrainParams` fields
     (width, z_dim, lr, loss, ema_decay, device). ``gpu_resource``: None = ask for a Dask
     ``GPU`` resource only when the workers advertise one.
     """
@@ -118,7 +118,7 @@ def evaluate_flow(run_id: str, store_root: str | None = None, samples: int = 500
                   options: dict | None = None) -> dict:
     """Measure the generators of RUN against its real images, side by side with the baseline.
 
-    ``options`` holds the other :class:`cci_core.generator_run.EvalParams` fields.
+    ``options`` holds the other :class:`cci_core.generate.generator_run.EvalParams` fields.
     """
     log = get_run_logger()
     params = gr.EvalParams(samples=samples, **_options("evaluation", options, gr.eval_params_fields()))

@@ -1,4 +1,4 @@
-"""Prefect tasks around the steps of :mod:`cci_core.cluster_run`: dicts of paths and ids only.
+"""Prefect tasks around the steps of :mod:`cci_core.cluster.cluster_run`: dicts of paths and ids only.
 
 Steps that compute over the whole corpus run their Dask graphs on the flow's cluster
 (:func:`tasks.common.cluster_compute`), so PCA, k-means and the assignment pass are spread
@@ -9,9 +9,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.assets import materialize
 
-from cci_core import cluster_run
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.cluster import cluster_run
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, cluster_compute, producer
 
 

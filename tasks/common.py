@@ -11,7 +11,7 @@ from distributed import get_worker, worker_client
 from prefect.assets import Asset, AssetProperties, add_asset_metadata
 from prefect.runtime import flow_run, task_run
 
-from cci_core.lineage import Artifact
+from cci_core.store.lineage import Artifact
 
 
 def producer() -> dict:

@@ -1,15 +1,15 @@
-"""Prefect tasks around :mod:`cci_core.feature_spaces` and :mod:`cci_core.selfcond`: dicts of
+"""Prefect tasks around :mod:`cci_core.features.feature_spaces` and :mod:`cci_core.generate.selfcond`: dicts of
 paths and ids only. Model work (feature extraction, GAN training) is tagged ``gpu``."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.assets import materialize
 
-from cci_core import cluster_run
-from cci_core import feature_spaces as fs
-from cci_core import selfcond as sc
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.cluster import cluster_run
+from cci_core.features import feature_spaces as fs
+from cci_core.generate import selfcond as sc
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, producer
 
 

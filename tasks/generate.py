@@ -1,12 +1,12 @@
-"""Prefect task around :mod:`cci_core.generate_run`: publish a generated dataset version."""
+"""Prefect task around :mod:`cci_core.generate.generate_run`: publish a generated dataset version."""
 from __future__ import annotations
 
 from prefect import get_run_logger
 from prefect.assets import materialize
 
-from cci_core import generate_run
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.generate import generate_run
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, producer, progress_artifact
 
 

@@ -1,12 +1,12 @@
-"""Prefect tasks around the ingest steps of :mod:`cci_core.ingest`: paths and counts only."""
+"""Prefect tasks around the ingest steps of :mod:`cci_core.ingest.ingest`: paths and counts only."""
 from __future__ import annotations
 
 from prefect import task
 from prefect.assets import materialize
 
-from cci_core import ingest
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.ingest import ingest
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, producer
 
 

@@ -1,4 +1,4 @@
-"""Prefect tasks around :mod:`cci_core.palette_run`: dicts of paths and ids only.
+"""Prefect tasks around :mod:`cci_core.palette.palette_run`: dicts of paths and ids only.
 
 The palette pass (histogram or Lloyd passes over every pixel) and the block-wise rendering run
 their Dask graphs on the flow's cluster (:func:`tasks.common.cluster_compute`).
@@ -8,9 +8,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.assets import materialize
 
-from cci_core import palette_run
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.palette import palette_run
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, cluster_compute, producer
 
 

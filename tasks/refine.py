@@ -1,4 +1,4 @@
-"""Prefect tasks around :mod:`cci_core.refine_run`. Training is tagged ``gpu``: a Prefect
+"""Prefect tasks around :mod:`cci_core.refine.refine_run`. Training is tagged ``gpu``: a Prefect
 concurrency limit on that tag (``prefect concurrency-limit create gpu N``) holds GPU work
 to the number of GPUs."""
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.assets import materialize
 
-from cci_core import cluster_run, refine_run
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.cluster import cluster_run
+from cci_core.refine import refine_run
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, producer, progress_artifact
 
 

@@ -1,4 +1,4 @@
-"""Prefect tasks around :mod:`cci_core.generator_run`: dicts of paths and ids only.
+"""Prefect tasks around :mod:`cci_core.generate.generator_run`: dicts of paths and ids only.
 
 Training tasks (and the reference-CNN task of the evaluation) are tagged ``gpu``; the
 flow asks Dask for a ``GPU`` resource for them only when the workers advertise one.
@@ -8,9 +8,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.assets import materialize
 
-from cci_core import generator_run as gr
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.generate import generator_run as gr
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, producer, progress_artifact
 
 

@@ -41,9 +41,9 @@ def _one_thread():
 def digits28_store(tmp_path_factory):
     """A factory for module fixtures: a fresh store with scikit-learn's digits ingested at
     28x28 as ``corpus`` and one finished clustering run per ``run_id=ClusterParams(...)``."""
-    from cci_core import cluster_run as cr
-    from cci_core.ingest import ingest_local
-    from cci_core.store import Store
+    from cci_core.cluster import cluster_run as cr
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
 
     def make(name: str, corpus: str = "d28", **runs: "cr.ClusterParams") -> Store:
         s = Store(tmp_path_factory.mktemp(name))
@@ -112,9 +112,9 @@ def run_cci():
 def published_store(tmp_path_factory):
     """A store with a generated, evaluated and published dataset ``gen@v1`` of the tiny trained
     run ``ref`` (tests/tiny_run.py): 12 images for each of its 3 clusters."""
-    from cci_core import generate_run as gen
-    from cci_core import generator_run as gr
-    from cci_core.store import Store
+    from cci_core.generate import generate_run as gen
+    from cci_core.generate import generator_run as gr
+    from cci_core.store.store import Store
     from tiny_run import train_tiny
     store = train_tiny(Store(tmp_path_factory.mktemp("published")))
     gr.evaluate_local(store, "ref", gr.EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from cci_core import cluster_run as cr
-from cci_core.ingest import ingest_local
-from cci_core.store import Store
+from cci_core.cluster import cluster_run as cr
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_cli_cluster_on_two_dask_workers_equals_in_process_and_one_worker(store,
     assert [p["count"] for p in two["partitions"]] == [p["count"] for p in one["partitions"]]
     assert two["metrics"]["acc"] > 0.7
     # the clustering was made inside the flow: its lineage names the flow run and the task
-    from cci_core.lineage import LineageStore
+    from cci_core.store.lineage import LineageStore
     art = LineageStore(store.lineage_url).get(two["clustering_artifact_id"])
     assert art.producer["flow_name"] == "cci-cluster" and art.producer["task_name"] == "cluster-embeddings"
 

@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from cci_core.choose_k import choose_k, elbow, parse_k_range
-from cci_core.cluster_pictures import nearest_to_centers, save_cluster_montages, save_scatter
-from cci_core.kmeans import MiniBatchKMeans
-from cci_core.manifold import umap_embed
-from cci_core.pca import PCA
+from cci_core.cluster.choose_k import choose_k, elbow, parse_k_range
+from cci_core.cluster.cluster_pictures import nearest_to_centers, save_cluster_montages, save_scatter
+from cci_core.cluster.kmeans import MiniBatchKMeans
+from cci_core.cluster.manifold import umap_embed
+from cci_core.cluster.pca import PCA
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_umap_on_a_sample_then_transform(digits):
     assert "1000 of 1797" in note
     # rows UMAP only transformed land in their class's region: kNN on the embedding works
     from sklearn.neighbors import KNeighborsClassifier
-    from cci_core.cluster_metrics import sample_rows
+    from cci_core.cluster.cluster_metrics import sample_rows
     fit_rows = sample_rows(len(Z), 1000, 0)
     rest = np.setdiff1d(np.arange(len(Z)), fit_rows)
     knn = KNeighborsClassifier(5).fit(emb[fit_rows], y[fit_rows])

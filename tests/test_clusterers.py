@@ -5,9 +5,9 @@ import pytest
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.datasets import load_digits
 
-from cci_core.cluster_metrics import cluster_acc, sample_rows
-from cci_core.clusterers import fit_clusterer
-from cci_core.pca import PCA
+from cci_core.cluster.cluster_metrics import cluster_acc, sample_rows
+from cci_core.cluster.clusterers import fit_clusterer
+from cci_core.cluster.pca import PCA
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def test_bad_input(digits):
 
 def test_assign_new_images_against_a_saved_clustering(tmp_path):
     import zarr
-    from cci_core.clusterers import assign_images
-    from cci_core.features import image_features
-    from cci_core.kmeans import MiniBatchKMeans
+    from cci_core.cluster.clusterers import assign_images
+    from cci_core.cluster.features import image_features
+    from cci_core.cluster.kmeans import MiniBatchKMeans
 
     X, _ = load_digits(return_X_y=True)
     images = (X.reshape(-1, 8, 8, 1) * 255 / 16).astype(np.uint8)

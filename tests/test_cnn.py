@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from cci_core.cnn import CNN, CNNConfig
-from cci_core.torch_data import CorpusImages, augment, to_tensor
-from cci_core.weights import load_weights, save_weights
+from cci_core.refine.cnn import CNN, CNNConfig
+from cci_core.common.torch_data import CorpusImages, augment, to_tensor
+from cci_core.store.weights import load_weights, save_weights
 
 
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32), (3, 64), (1, 64)])

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from consumer_env import consumer_python
-from cci_core.cluster_run import partition_rows
-from cci_core.corpus import open_corpus
-from cci_core.datasets import export_png, open_dataset
+from cci_core.cluster.cluster_run import partition_rows
+from cci_core.store.corpus import open_corpus
+from cci_core.store.datasets import export_png, open_dataset
 
 CONSUMER = textwrap.dedent("""
     import json, sys
@@ -108,7 +108,7 @@ def test_cards_say_what_the_version_is_with_relative_paths(published_store):
 
 
 def test_clusters_are_named_by_majority_source_label(tmp_path):
-    from cci_core.dataset_card import cluster_profile, label_names, source_license
+    from cci_core.store.dataset_card import cluster_profile, label_names, source_license
     source = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
     labels = np.array(["7"] * 91 + ["5"] * 9 + [None] * 5 + ["0"] * 3, dtype=object)
     parts = []

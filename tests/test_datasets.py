@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cci_core.datasets import (DatasetWriter, UnknownDatasetError, dataset_versions, export_parquet, export_png,
+from cci_core.store.datasets import (DatasetWriter, UnknownDatasetError, dataset_versions, export_parquet, export_png,
                                list_datasets, open_dataset)
-from cci_core.store import Store
+from cci_core.store.store import Store
 
 
 def _publish(store, name, n, seed=0, card=None):

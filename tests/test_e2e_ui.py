@@ -281,8 +281,8 @@ def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
         assert (version / "_COMMITTED").exists(), sorted(p.name for p in version.parent.glob("*"))
         assert (version / "manifest.parquet").exists() and (version / "card.json").exists()
         assert json.loads((version.parent / "latest.json").read_text())["version"] == 1
-        from cci_core.datasets import open_dataset
-        from cci_core.store import Store
+        from cci_core.store.datasets import open_dataset
+        from cci_core.store.store import Store
         ds = open_dataset(DATASET, store=Store(store))
         assert ds.version == 1 and len(ds) > 0 and ds.images.shape[1:3] == (28, 28)
 
@@ -359,9 +359,9 @@ def test_refine_progress_advances_in_the_ui(tmp_path, monkeypatch):
     progress artifact advancing round by round (screenshots); the run is named and tagged."""
     from selenium.webdriver.common.by import By
 
-    from cci_core import cluster_run as cr
-    from cci_core.ingest import ingest_local
-    from cci_core.store import Store
+    from cci_core.cluster import cluster_run as cr
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
 
     if not CHROMEDRIVER.exists():
         pytest.fail(f"{CHROMIUM} is installed but {CHROMEDRIVER} is not: apt-get install chromium-driver")

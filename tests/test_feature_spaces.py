@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import zarr
 
-from cci_core import cluster_run as cr
-from cci_core import feature_spaces as fs
-from cci_core import generator_run as gr
-from cci_core.corpus import open_corpus
-from cci_core.ingest import ingest_local
-from cci_core.lineage import LineageStore
+from cci_core.cluster import cluster_run as cr
+from cci_core.features import feature_spaces as fs
+from cci_core.generate import generator_run as gr
+from cci_core.store.corpus import open_corpus
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.lineage import LineageStore
 
 FAST = dict(forest_trees=20, silhouette_sample=500)
 
@@ -101,7 +101,7 @@ def test_corpus_without_labels_gives_clustering_columns_only(store, tmp_path):
 
 
 def test_fashion_mnist_subset(store, tmp_path):
-    from cci_core.idx import read_idx
+    from cci_core.ingest.idx import read_idx
     root = Path("/usr/share/datasets/fashion-mnist")
     if not root.exists():
         pytest.skip("Fashion-MNIST is not on this machine")

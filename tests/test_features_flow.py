@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cci_core import cluster_run as cr
-from cci_core.lineage import LineageStore
+from cci_core.cluster import cluster_run as cr
+from cci_core.store.lineage import LineageStore
 
 TINY = ("--batch-size", 16, "--width", 8, "--z-dim", 8, "--device", "cpu")
 

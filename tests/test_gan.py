@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cci_core.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
+from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 
 
 def small(**kw) -> GANConfig:

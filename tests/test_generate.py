@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from cci_core import generate_run as gr
-from cci_core.datasets import open_dataset
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.generate import generate_run as gr
+from cci_core.store.datasets import open_dataset
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 from tiny_run import train_tiny
 
 
@@ -34,7 +34,7 @@ def test_generate_publishes_a_scored_version_with_lineage_to_the_source(trained)
     assert set(m["model_artifact_id"]) <= set(run_models.values())
 
     # an image can be drawn again from its model, seed and draw index
-    from cci_core.train_generator import generate, load_generator
+    from cci_core.generate.train_generator import generate, load_generator
     row = m.iloc[20]
     again = generate(load_generator(store.run_dir("ref") / "models" / row["model"]), int(row["draw"]) + 1,
                      seed=int(row["seed"]))[int(row["draw"])]

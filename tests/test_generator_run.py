@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cci_core import cluster_run as cr
-from cci_core import generator_run as gr
-from cci_core.ingest import ingest_local
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.cluster import cluster_run as cr
+from cci_core.generate import generator_run as gr
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 
 TINY = dict(steps=20, batch_size=16, width=8, z_dim=8, checkpoint_every=10, device="cpu")
 
@@ -64,7 +64,7 @@ def test_train_skips_small_cluster_records_lineage_and_baseline_budget(store, tr
             assert art.inputs == [(run["corpus_artifact_id"], "corpus")]
     assert run["training"]["model_artifact_ids"] == summary["model_artifact_ids"]
 
-    from cci_core.train_generator import generate, load_generator
+    from cci_core.generate.train_generator import generate, load_generator
     out = generate(load_generator(summary["models"][0]["dir"], "cpu"), 5, seed=1)
     assert out.shape == (5, 28, 28, 1) and out.dtype == np.uint8
 
@@ -97,7 +97,7 @@ def asdict_params(p):
 
 
 def test_bad_requests_are_one_clear_error_and_write_nothing(store, trained, tmp_path):
-    from cci_core.gan import SIZES
+    from cci_core.generate.gan import SIZES
     assert gr.SIZES == SIZES  # the copy that keeps request checks free of torch
     with pytest.raises(LookupError, match="no run 'nope'"):
         gr.plan_training(store, "nope", gr.TrainParams())
@@ -134,7 +134,7 @@ def test_conditional_and_vae_modes(store):
     assert m["name"] == "conditional" and m["steps"] == 15 and m["n_train"] == run["n_rows"]
     art = LineageStore(store.lineage_url).get(m["artifact_id"])
     assert sorted(i for i, r in art.inputs if r == "partition") == sorted(p["artifact_id"] for p in run["partitions"])
-    from cci_core.train_generator import generate, load_generator
+    from cci_core.generate.train_generator import generate, load_generator
     g = load_generator(m["dir"], "cpu")
     assert g.cfg.n_classes == 3
     assert generate(g, 6, labels=[0, 1, 2, 0, 1, 2]).shape == (6, 28, 28, 1)
@@ -215,9 +215,9 @@ def test_evaluate_uses_the_runs_cci_classifier_when_it_has_one(store, trained):
     # a classifier folder as refinement writes it (classifier.safetensors + classifier.json)
     from dataclasses import asdict
 
-    from cci_core.cnn import CNN, CNNConfig
-    from cci_core.store import atomic_write_json
-    from cci_core.weights import save_weights
+    from cci_core.refine.cnn import CNN, CNNConfig
+    from cci_core.store.store import atomic_write_json
+    from cci_core.store.weights import save_weights
     cfg = CNNConfig(in_channels=1, image_size=28, n_classes=3, width=4, depth=2, embed_dim=16)
     cdir = store.run_dir("r3") / "refine-test"
     save_weights(cdir, CNN(cfg).state_dict(), {"cnn": asdict(cfg)}, name="classifier")

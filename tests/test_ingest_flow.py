@@ -6,9 +6,9 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from cci_core.corpus import open_corpus
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.store.corpus import open_corpus
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 
 
 def test_cli_ingest_on_separate_dask_processes(tmp_path, dask_scheduler, run_cci):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core.corpus import open_corpus
-from cci_core.images import ImageRefused, image_id, open_image
-from cci_core.ingest import check_ingest_request, ingest_local
-from cci_core.sources import SourceError
-from cci_core.store import Store
+from cci_core.store.corpus import open_corpus
+from cci_core.ingest.images import ImageRefused, image_id, open_image
+from cci_core.ingest.ingest import check_ingest_request, ingest_local
+from cci_core.ingest.sources import SourceError
+from cci_core.store.store import Store
 
 rng = np.random.default_rng(7)
 
@@ -150,7 +150,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     s = ingest_local(Store(tmp_path / "s2"), str(src), "b", size=(8, 8), channels=3)
     assert s["added"] == 2 and s["quarantined"] == 2
     # palette and segment read user files through the same helper: one clear error
-    from cci_core.palette_run import read_image_file
+    from cci_core.palette.palette_run import read_image_file
     with pytest.raises(ValueError, match=r"cannot read image .*bomb\.png: image too large"):
         read_image_file(src / "bomb.png")
     with pytest.raises(ImageRefused, match="12000x12000"):

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core.corpus import open_corpus
-from cci_core.images import image_id
-from cci_core.ingest import (CorpusChangedError, check_ingest_request, decode_batch, ingest_local, plan_ingest, prepare_array,
+from cci_core.store.corpus import open_corpus
+from cci_core.ingest.images import image_id
+from cci_core.ingest.ingest import (CorpusChangedError, check_ingest_request, decode_batch, ingest_local, plan_ingest, prepare_array,
                              release_lock, select_new, commit_ingest)
-from cci_core.store import Store
+from cci_core.store.store import Store
 
 rng = np.random.default_rng(11)
 _INGEST = """
 import json, sys
-from cci_core.ingest import ingest_local
-from cci_core.store import Store
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.store import Store
 try:
     s = ingest_local(Store(sys.argv[1]), sys.argv[2], "race")
 except ValueError as exc:

@@ -8,8 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
-from cci_core.lineage import STORE_SCHEME, LineageStore
-from cci_core.lineage_export import closure, export
+from cci_core.store.lineage import STORE_SCHEME, LineageStore
+from cci_core.store.lineage_export import closure, export
 
 
 def _ancestry(lin: LineageStore, ref: str) -> set[str]:

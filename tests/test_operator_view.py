@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core import cluster_run as cr
+from cci_core.cluster import cluster_run as cr
 
 TINY = {"rounds": 2, "warmup_steps": 60, "steps": 60, "batch_size": 32, "width": 8, "seed": 1, "ae_epochs": 0,
         "recluster": "kmeans"}

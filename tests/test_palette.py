@@ -14,11 +14,11 @@ import pytest
 import zarr
 from PIL import Image
 
-from cci_core import cluster_run as cr
-from cci_core import palette_run as pr
-from cci_core.ingest import ingest_local
-from cci_core.lineage import LineageStore
-from cci_core.palette import (
+from cci_core.cluster import cluster_run as cr
+from cci_core.palette import palette_run as pr
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.lineage import LineageStore
+from cci_core.palette.palette import (
     Palette,
     feature_array,
     kmeans_1d_optimal,
@@ -29,9 +29,9 @@ from cci_core.palette import (
     srgb_to_lab,
     weighted_kmeans,
 )
-from cci_core.render import match_colors, render, transfer
-from cci_core.segment import overlay, segment_image
-from cci_core.store import Store
+from cci_core.palette.render import match_colors, render, transfer
+from cci_core.palette.segment import overlay, segment_image
+from cci_core.store.store import Store
 
 FLAT = np.array([[200, 30, 30], [20, 180, 40], [30, 40, 220], [250, 250, 240], [10, 10, 10]], np.uint8)
 

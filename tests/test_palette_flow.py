@@ -13,9 +13,9 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from cci_core.ingest import ingest_local
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA as SkPCA
 
-from cci_core.features import image_features
-from cci_core.idx import read_idx
-from cci_core.pca import PCA, fit_pca
+from cci_core.cluster.features import image_features
+from cci_core.ingest.idx import read_idx
+from cci_core.cluster.pca import PCA, fit_pca
 
 FMNIST = "/usr/share/datasets/fashion-mnist/"
 

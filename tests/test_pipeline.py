@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core.cluster_run import read_run
-from cci_core.datasets import open_dataset
-from cci_core.idx import read_idx
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.cluster.cluster_run import read_run
+from cci_core.store.datasets import open_dataset
+from cci_core.ingest.idx import read_idx
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")

@@ -8,12 +8,12 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score as nmi
 
-from cci_core.assign import assign_centroids, assign_classifier
-from cci_core.cluster_metrics import match_labels
-from cci_core.kmeans import MiniBatchKMeans
-from cci_core.pca import PCA
-from cci_core.refine import RefineConfig, load_classifier, refine
-from cci_core.weights import load_weights
+from cci_core.predict.assign import assign_centroids, assign_classifier
+from cci_core.cluster.cluster_metrics import match_labels
+from cci_core.cluster.kmeans import MiniBatchKMeans
+from cci_core.cluster.pca import PCA
+from cci_core.refine.refine import RefineConfig, load_classifier, refine
+from cci_core.store.weights import load_weights
 
 # small and fast: k-means re-clustering, no autoencoder start (tests/test_autoencoder.py)
 CFG = dict(rounds=2, ae_epochs=0, recluster="kmeans", warmup_steps=300, steps=150,

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cci_core import cluster_run as cr
-from cci_core import refine_run as rr
-from cci_core.corpus import open_corpus
-from cci_core.idx import read_idx
-from cci_core.ingest import ingest_local
-from cci_core.lineage import LineageStore
-from cci_core.store import Store
+from cci_core.cluster import cluster_run as cr
+from cci_core.refine import refine_run as rr
+from cci_core.store.corpus import open_corpus
+from cci_core.ingest.idx import read_idx
+from cci_core.ingest.ingest import ingest_local
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import Store
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY = {"rounds": 1, "warmup_steps": 20, "steps": 20, "batch_size": 64, "width": 8, "seed": 1, "ae_epochs": 0,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cci_core import cluster_run as cr
-from cci_core import generate_run
-from cci_core import selfcond as sc
-from cci_core.lineage import LineageStore
+from cci_core.cluster import cluster_run as cr
+from cci_core.generate import generate_run
+from cci_core.generate import selfcond as sc
+from cci_core.store.lineage import LineageStore
 
 
 def _blobs(seed=0):
@@ -69,11 +69,11 @@ def test_selfcond_run_is_a_regular_clustering_run(store):
     # what generate / evaluate / train read
     kind, models = generate_run.chosen_models(store, cr.read_run(store, "r-selfcond"), None)
     assert kind == "conditional" and models[0]["clusters"] == [0, 1, 2]
-    from cci_core.train_generator import generate, load_generator
+    from cci_core.generate.train_generator import generate, load_generator
     g = load_generator(models[0]["dir"], "cpu")
     assert g.cfg.n_classes == 3
     assert generate(g, 6, labels=np.array([0, 1, 2, 0, 1, 2])).shape == (6, 28, 28, 1)
-    from cci_core import generator_run as gr
+    from cci_core.generate import generator_run as gr
     assert gr.plan_training(store, "r-selfcond", gr.TrainParams(steps=1, min_size=1, baseline=False))["jobs"]
     # a finished run is never overwritten
     with pytest.raises(ValueError, match="already exists"):

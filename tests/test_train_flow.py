@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cci_core import cluster_run as cr
-from cci_core.lineage import LineageStore
+from cci_core.cluster import cluster_run as cr
+from cci_core.store.lineage import LineageStore
 
 
 @pytest.fixture(scope="module")

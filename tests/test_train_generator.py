@@ -8,11 +8,11 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
-from cci_core.gan import GANConfig
-from cci_core.idx import read_idx
-from cci_core.train_generator import (RowSource, TrainConfig, generate, load_discriminator,
+from cci_core.generate.gan import GANConfig
+from cci_core.ingest.idx import read_idx
+from cci_core.generate.train_generator import (RowSource, TrainConfig, generate, load_discriminator,
                                       load_generator, train_generator)
-from cci_core.vae import VAEConfig
+from cci_core.generate.vae import VAEConfig
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 

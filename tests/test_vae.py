@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cci_core.vae import VAE, VAEConfig
+from cci_core.generate.vae import VAE, VAEConfig
 
 
 @pytest.mark.parametrize("size", [28, 32, 64])

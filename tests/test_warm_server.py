@@ -37,8 +37,8 @@ def _listening(url: str) -> bool:
 
 
 def test_warm_server_is_used_then_stopped(tmp_path, env):
-    from cci_core.ingest import ingest_local
-    from cci_core.store import Store
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
     from flows.server import _alive, read_state
     store = Store(tmp_path / "store")
     ingest_local(store, "builtin:digits", "d28", size=(28, 28))

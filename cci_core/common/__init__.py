@@ -1,0 +1,1 @@
+"""Small helpers every stage uses: device choice, seeding, image grids, torch data over a corpus."""

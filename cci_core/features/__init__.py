@@ -1,0 +1,1 @@
+"""Feature spaces: compare the spaces a run's clusters can be measured in."""

@@ -1,0 +1,1 @@
+"""Generate: per-cluster and conditional generators, their training, evaluation and datasets."""

@@ -1,0 +1,446 @@
+"""The self-conditioned GAN (Liu et al., CVPR 2020) on top of the cluster-conditional GAN.
+
+The conditions are not fixed: they are k-means clusters of the discriminator's own
+penultimate features ``D.features(x)`` over the corpus, found again every
+``recluster_every`` steps. Each re-clustering starts from the previous centres (the means,
+in the *new* feature space, of the previous clusters) and runs k-means passes with the
+project's distributed assignment (:class:`cci_core.cluster.kmeans.MiniBatchKMeans.predict` over a
+Dask array); the new ids are then matched to the old ones (Hungarian,
+:func:`cci_core.cluster.cluster_metrics.match_labels`), so a condition keeps its meaning and the
+class embeddings of G and D stay attached to the same images.
+
+Like ``cci refine``, the result is a NEW run laid out like a clustering run, so everything
+that reads runs (train, evaluate, generate, publish) works on it unchanged::
+
+    runs/<new-id>/run.json                   kind "self-conditioned", parent_run, params, status
+                 models/conditional/          the GAN (train_generator's out_dir) + model.json
+                 models/training.json         one model of kind "conditional" (what generate reads)
+                 selfcond/labels-step-NNNNNNN.npy   the conditions of every phase (resume point)
+                 selfcond/history.json        per re-clustering: changed share, sizes, acc/nmi/ari
+                 clustering/labels.parquet    the final conditions of every corpus row
+                 clustering/centres.npy       their centres in the final discriminator's features
+                 reports/metrics.json         final clustering metrics (+ the history)
+                 partitions/cluster-NNN.parquet
+
+Steps: :func:`start_selfcond` → :func:`train_selfcond` → :func:`cluster_run.write_partitions`
+→ :func:`finish_selfcond`; :func:`selfcond_local` runs them all in this process.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from cci_core.cluster import cluster_run
+from cci_core.cluster.cluster_metrics import match_labels
+from cci_core.store.corpus import open_corpus
+from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
+
+SIZES = (28, 32, 64)
+INITS = ("discriminator", "parent")
+
+
+@dataclass
+class SelfCondParams:
+    """Everything a self-conditioned GAN depends on (recorded in run.json and lineage).
+
+    k : number of conditions; None = the parent run's number of clusters
+    steps : total GAN steps; recluster_every : steps between re-clusterings
+    init : ``discriminator`` (k-means on the untrained discriminator's features, as in the
+        paper) or ``parent`` (start from the parent run's clusters)
+    kmeans_iters : at most this many k-means passes per re-clustering (stops when no id changes)
+    feature_rows : re-cluster on a seeded sample of this many rows (None = every row);
+        every row is still assigned to its nearest centre
+    mode_seeking : weight of the mode-seeking term (MSGAN), which keeps the generator from
+        making one image per condition; 0 = off
+    width, z_dim, batch_size, lr, loss, checkpoint_every, seed, device : as for ``cci train``
+
+    The discriminator is a projection discriminator with spectral norm: its features do not
+    depend on the condition, so they can be clustered to find the next conditions.
+    """
+    k: int | None = None
+    steps: int = 2000
+    recluster_every: int = 500
+    init: str = "discriminator"
+    kmeans_iters: int = 20
+    feature_rows: int | None = None
+    batch_size: int = 64
+    lr: float | None = None
+    width: int = 32
+    z_dim: int = 64
+    loss: str = "hinge"
+    mode_seeking: float = 1.0
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str | None = None
+
+    def validate(self) -> None:
+        for name in ("steps", "recluster_every", "kmeans_iters", "batch_size", "width", "z_dim",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
+        if self.mode_seeking < 0:
+            raise ValueError(f"--mode-seeking {self.mode_seeking} must be >= 0 (0 = off)")
+        if self.mode_seeking and self.batch_size < 2:
+            raise ValueError(f"--batch-size {self.batch_size}: mode seeking compares pairs of images; "
+                             "use --batch-size 2 or more, or --mode-seeking 0")
+        if self.k is not None and self.k < 2:
+            raise ValueError(f"--k {self.k}: a self-conditioned GAN needs at least 2 conditions")
+        if self.init not in INITS:
+            raise ValueError(f"--init {self.init!r}: use one of {', '.join(INITS)}")
+        if self.feature_rows is not None and self.feature_rows < 2:
+            raise ValueError(f"--feature-rows {self.feature_rows} must be >= 2 (or unset for every row)")
+
+
+def params_fields() -> set[str]:
+    return {f.name for f in fields(SelfCondParams)}
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+def discriminator_features(D, images, n_rows: int | None = None, batch_size: int = 1024,
+                           rows: np.ndarray | None = None) -> np.ndarray:
+    """``D.features(x)`` of uint8 images (N, H, W, C) (numpy or zarr), batch by batch: (N, F) float32."""
+    import torch
+
+    from cci_core.generate.train_generator import _take, to_tensor
+    device = next(D.parameters()).device
+    n = images.shape[0] if n_rows is None else int(n_rows)
+    out = []
+    was = D.training
+    D.eval()
+    with torch.no_grad():
+        if rows is None:
+            for s in range(0, n, batch_size):
+                out.append(D.features(to_tensor(np.asarray(images[s:min(n, s + batch_size)]), device)).float().cpu().numpy())
+        else:
+            for s in range(0, len(rows), batch_size):
+                out.append(D.features(to_tensor(_take(images, rows[s:s + batch_size]), device)).float().cpu().numpy())
+    D.train(was)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, D.cfg.d_features), np.float32)
+
+
+def _means(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from cci_core.cluster.cluster_metrics import group_sums
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    sums = group_sums(np.asarray(X, np.float64), labels, k)
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
+def kmeans_from(X: np.ndarray, centres: np.ndarray, max_iter: int = 20, chunk_rows: int = 16384):
+    """k-means passes from ``centres``: assign (the project's distributed assignment over a
+    Dask array), recompute means, until no id changes. An empty cluster takes the row
+    farthest from its centre. Returns (labels (N,) int32, centres (k, F), passes)."""
+    import dask.array as da
+
+    from cci_core.cluster.kmeans import MiniBatchKMeans
+    X = np.asarray(X, np.float64)
+    k = len(centres)
+    km = MiniBatchKMeans(n_clusters=k, compute_labels=False)
+    Xd = da.from_array(X, chunks=(chunk_rows, X.shape[1]))
+    labels, passes = None, 0
+    centres = np.asarray(centres, np.float64).copy()
+    for passes in range(1, max_iter + 1):
+        km.cluster_centers_ = centres
+        new = np.asarray(km.predict(Xd).compute(), np.int32)
+        means, counts = _means(X, new, k)
+        for e in np.flatnonzero(counts == 0):  # keep k conditions alive
+            d2 = ((X - means[new]) ** 2).sum(1)
+            far = int(np.argmax(d2))
+            new[far] = e
+            means, counts = _means(X, new, k)
+        centres = means
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+    return labels, centres, passes
+
+
+def initial_clusters(X: np.ndarray, k: int, seed: int = 0, max_iter: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ / mini-batch k-means (the project's), then k-means passes to convergence."""
+    from cci_core.cluster.kmeans import MiniBatchKMeans
+    km = MiniBatchKMeans(n_clusters=k, batch_size=min(1024, len(X)), random_state=seed, compute_labels=False)
+    km.fit(np.asarray(X, np.float64))
+    labels, centres, _ = kmeans_from(X, km.cluster_centers_, max_iter)
+    return labels, centres
+
+
+def recluster(X: np.ndarray, previous: np.ndarray, k: int, max_iter: int = 20) -> dict:
+    """Re-cluster features ``X`` starting from the previous clusters' means in X; new ids
+    Hungarian-matched to ``previous``. On features where ``previous`` is already a k-means
+    fixed point every id stays the same.
+
+    Returns dict with ``labels`` (N,) int32, ``centres`` (k, F), ``changed`` (share of rows whose
+    id changed), ``passes``.
+    """
+    previous = np.asarray(previous, np.int32)
+    start, counts = _means(X, previous, k)
+    if (counts == 0).any():  # a condition with no rows: start it on a far row
+        d2 = ((np.asarray(X, np.float64) - start[previous]) ** 2).sum(1)
+        for j, e in enumerate(np.flatnonzero(counts == 0)):
+            start[e] = X[np.argsort(d2)[-(j + 1)]]
+    labels, centres, passes = kmeans_from(X, start, max_iter)
+    matched = match_labels(previous, labels, k)
+    if not np.array_equal(matched, labels):
+        perm = np.zeros(k, np.int64)  # new id -> matched id, to carry the centres along
+        for old, new in zip(labels, matched):
+            perm[old] = new
+        centres = centres[np.argsort(perm)]
+        labels = matched
+    return {"labels": labels.astype(np.int32), "centres": centres, "passes": passes,
+            "changed": float((labels != previous).mean())}
+
+
+def _scores(labels: np.ndarray, y: np.ndarray | None) -> dict:
+    if y is None:
+        return {}
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from cci_core.cluster.cluster_metrics import cluster_acc
+    return {"acc": cluster_acc(y, labels), "nmi": float(normalized_mutual_info_score(y, labels)),
+            "ari": float(adjusted_rand_score(y, labels))}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def gan_config(plan: dict):
+    from cci_core.generate.gan import GANConfig
+    p = plan["params"]
+    return GANConfig(image_size=plan["shape"][0], channels=plan["shape"][2], z_dim=p["z_dim"],
+                     g_width=p["width"], d_width=p["width"], d_features=4 * p["width"], n_classes=plan["k"],
+                     loss=p["loss"], d_condition="projection", spectral_norm=True)
+
+
+def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
+    """Everything checkable before training; returns the parent run.json."""
+    params.validate()
+    parent = cluster_run.finished_run(store, run_id)
+    h, w, c = parent["shape"]
+    if h != w or h not in SIZES or c not in (1, 3):
+        raise ValueError(f"run {run_id!r} clustered {h}x{w}x{c} images; the GAN makes square "
+                         f"{', '.join(map(str, SIZES))}-pixel images with 1 or 3 channels: re-ingest the corpus "
+                         "with --size 28x28 and cluster it again")
+    k = params.k or len(parent["partitions"])
+    if k > parent["n_rows"]:
+        raise ValueError(f"--k {k} is more than the corpus's {parent['n_rows']} images")
+    if params.batch_size > parent["n_rows"]:
+        raise ValueError(f"--batch-size {params.batch_size} is more than the corpus's {parent['n_rows']} images")
+    cluster_run.check_new_run_id(store, new_run_id or f"{run_id}-selfcond")
+    return parent
+
+
+def start_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
+    """Create (or reopen, when unfinished with the same params) the new run's folder and run.json."""
+    parent = check_selfcond(store, run_id, params, new_run_id)
+    return cluster_run.start_derived_run(store, parent, new_run_id or f"{run_id}-selfcond", "self-conditioned",
+                                         asdict(params), k=params.k or len(parent["partitions"]))
+
+
+def _phase_ends(steps: int, every: int) -> list[int]:
+    ends = list(range(every, steps, every))
+    return ends + [steps]
+
+
+def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=print,
+                   progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Train the GAN phase by phase, re-clustering on D's features between phases; save the
+    final conditions as the run's clustering (labels + centres + report) and the model, and
+    record lineage (``model`` and ``clustering`` artifacts). Resumes finished phases.
+
+    Returns the clustering summary (what ``cluster_run.write_partitions`` takes) with the model's.
+    """
+    import torch
+
+    from cci_core.common.device import pick_device
+    from cci_core.generate.gan import Discriminator
+    from cci_core.common.seeding import seeded
+    from cci_core.generate.train_generator import TrainConfig, load_discriminator, train_generator
+    p = SelfCondParams(**plan["params"])
+    rdir, k = Path(plan["run_dir"]), plan["k"]
+    sdir, out_dir = rdir / "selfcond", rdir / "models" / "conditional"
+    sdir.mkdir(parents=True, exist_ok=True)
+    corpus = open_corpus(store, plan["corpus"], plan["corpus_version"])
+    images, n = corpus.images(), corpus.n_rows
+    y = corpus.labels()
+    y_codes = pd.factorize(y)[0] if y is not None else None
+    cfg = gan_config(plan)
+    device = pick_device(p.device)
+    fit_rows = None
+    if p.feature_rows is not None and p.feature_rows < n:
+        fit_rows = np.sort(np.random.default_rng(p.seed).choice(n, p.feature_rows, replace=False))
+    hist_path = sdir / "history.json"
+    history = read_json(hist_path) if hist_path.exists() else []
+    timings = {"train_seconds": 0.0, "features_seconds": 0.0, "kmeans_seconds": 0.0}
+
+    def features_of(D):
+        t0 = time.perf_counter()
+        X = discriminator_features(D, images, n)
+        timings["features_seconds"] += time.perf_counter() - t0
+        return X
+
+    def cluster_step(D, previous, step):
+        X = features_of(D)
+        t0 = time.perf_counter()
+        if previous is None:
+            if fit_rows is None:
+                labels, centres = initial_clusters(X, k, p.seed, p.kmeans_iters)
+            else:
+                _, centres = initial_clusters(X[fit_rows], k, p.seed, p.kmeans_iters)
+                labels, centres, _ = kmeans_from(X, centres, 1)
+            res = {"labels": labels, "centres": centres, "changed": None, "passes": None}
+        elif fit_rows is None:
+            res = recluster(X, previous, k, p.kmeans_iters)
+        else:
+            sub = recluster(X[fit_rows], previous[fit_rows], k, p.kmeans_iters)
+            from cci_core.cluster.kmeans import MiniBatchKMeans
+            km = MiniBatchKMeans(n_clusters=k, compute_labels=False)
+            km.cluster_centers_ = sub["centres"]
+            labels = match_labels(previous, km.predict(X).astype(np.int32), k)
+            res = {**sub, "labels": labels, "changed": float((labels != previous).mean())}
+        timings["kmeans_seconds"] += time.perf_counter() - t0
+        entry = {"step": step, "changed": res["changed"], "passes": res["passes"],
+                 "sizes": np.bincount(res["labels"], minlength=k).tolist(), **_scores(res["labels"], y_codes)}
+        return res, X, entry
+
+    def labels_file(step):
+        return sdir / f"labels-step-{step:07d}.npy"
+
+    # -- the conditions before the first step
+    if labels_file(0).exists():
+        labels = np.load(labels_file(0))
+    else:
+        if p.init == "parent":
+            labels = cluster_run.run_labels(cluster_run.read_run(store, plan["parent_run"])).astype(np.int32)
+            if labels.min() < 0 or labels.max() >= k:
+                raise ValueError(f"--init parent needs the parent's ids in [0, {k}) with no noise rows; "
+                                 "use --init discriminator")
+            history = [{"step": 0, "init": "parent", "sizes": np.bincount(labels, minlength=k).tolist(),
+                        **_scores(labels, y_codes)}]
+        else:
+            with seeded(p.seed):
+                D0 = Discriminator(cfg).to(device)
+            res, _, entry = cluster_step(D0, None, 0)
+            parent_labels = cluster_run.run_labels(cluster_run.read_run(store, plan["parent_run"]))
+            if parent_labels.max() < k and parent_labels.min() >= 0:  # start ids aligned with the parent's
+                labels = match_labels(parent_labels, res["labels"], k)
+            else:
+                labels = res["labels"]
+            history = [{**entry, "init": "discriminator"}]
+        np.save(labels_file(0), labels)
+        atomic_write_json(hist_path, history)
+
+    # -- phases: train to the phase end with the current conditions, then re-cluster
+    ends = _phase_ends(p.steps, p.recluster_every)
+    X = centres = None
+    for end in ends:
+        if labels_file(end).exists():
+            labels = np.load(labels_file(end))
+            continue
+        tcfg = TrainConfig(steps=end, batch_size=p.batch_size, lr=p.lr, checkpoint_every=min(p.checkpoint_every, end),
+                           mode_seeking=p.mode_seeking, seed=p.seed, device=p.device)
+        t0 = time.perf_counter()
+        res = train_generator(images, out_dir, cfg, tcfg, n_rows=n, labels=labels, progress=progress)
+        timings["train_seconds"] += time.perf_counter() - t0
+        D = load_discriminator(out_dir, p.device)
+        rc, X, entry = cluster_step(D, labels, end)
+        labels, centres = rc["labels"], rc["centres"]
+        log(f"step {end}/{p.steps}: re-clustered on D's features, {entry['changed']:.1%} of rows changed "
+            f"condition" + (f", nmi {entry['nmi']:.3f}" if "nmi" in entry else ""))
+        history.append({**entry, "losses": res["losses"]})
+        np.save(labels_file(end), labels)
+        atomic_write_json(hist_path, history)
+    if centres is None:  # every phase was resumed: the final centres from the final D
+        D = load_discriminator(out_dir, p.device)
+        X = features_of(D)
+        centres = _means(X, labels, k)[0]
+
+    # -- publish: model (+ model.json), clustering (labels, centres, report)
+    from cci_core.cluster.cluster_metrics import clustering_report
+    lin = cluster_run.lineage_store(store)
+    gen = out_dir / "generator.safetensors"
+    files = [gen, gen.with_suffix(".json")]
+    final = history[-1]
+    model_params = {**plan["params"], "run_id": plan["run_id"], "corpus": plan["corpus"],
+                    "corpus_version": plan["corpus_version"], "job": "conditional", "job_kind": "self-conditioned",
+                    "model": "gan", "model_config": asdict(cfg), "n_classes": k}
+    model_art = lin.record(
+        "model", f"{plan['run_id']}/models/conditional", str(out_dir), cluster_run.hash_files(files),
+        size=sum(f.stat().st_size for f in files), params=model_params,
+        metrics={"steps": p.steps, "n_train": n, **{f"loss_{a.removeprefix('loss_')}": float(v)
+                                                     for a, v in (final.get("losses") or {}).items()}},
+        producer=producer, inputs=[(plan["corpus_artifact_id"], "corpus"),
+                                   (plan["parent_clustering_artifact_id"], "initial_clustering")])
+    cdir = rdir / "clustering"
+    cdir.mkdir(parents=True, exist_ok=True)
+    index = corpus.index(["row", "image_id"]).sort_values("row")
+    lab_path = atomic_write_parquet(cdir / "labels.parquet", pd.DataFrame(
+        {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(), "cluster": labels}))
+    np.save(cdir / "centres.npy", centres.astype(np.float32))
+    report = clustering_report(X, labels, centres, y_true=y_codes, sample_size=10000, seed=p.seed)
+    report.update(algorithm="self-conditioned kmeans", space="discriminator features", k=k,
+                  corpus=plan["corpus"], corpus_version=plan["corpus_version"], run_id=plan["run_id"],
+                  parent_run=plan["parent_run"], history=history,
+                  timings={a: round(b, 3) for a, b in timings.items()})
+    atomic_write_json(rdir / "reports" / "metrics.json", report)
+    headline = {m: report.get(m) for m in ("inertia", "silhouette", "acc", "nmi", "ari", "purity")
+                if isinstance(report.get(m), (int, float))}
+    clustering = lin.record(
+        "clustering", f"{plan['run_id']}/clustering", str(cdir), cluster_run.hash_files([lab_path, cdir / "centres.npy"]),
+        size=lab_path.stat().st_size, params={**plan["params"], "k": k, "parent_run": plan["parent_run"]},
+        metrics={"n_clusters": k, **headline}, producer=producer,
+        inputs=[(model_art.id, "model"), (plan["parent_clustering_artifact_id"], "initial_clustering"),
+                (plan["corpus_artifact_id"], "corpus")])
+    sizes = np.bincount(labels, minlength=k).tolist()
+    cl = {"clustering_artifact_id": clustering.id, "model_artifact_id": model_art.id, "k": k, "n_clusters": k,
+          "n_noise": 0, "sizes": sizes, "metrics": headline, "report": str(rdir / "reports" / "metrics.json"),
+          "history": history, "timings": {a: round(b, 3) for a, b in timings.items()},
+          "device": str(device)}
+    cluster_run.update_run(store, plan["run_id"], clustering={a: b for a, b in cl.items() if a != "history"})
+    return cl
+
+
+def finish_selfcond(store: Store, plan: dict, cl: dict, parts: list[dict]) -> dict:
+    """``models/training.json`` (one ``conditional`` GAN, what generate / evaluate read) and
+    run.json status ``complete``."""
+    rdir, p = Path(plan["run_dir"]), plan["params"]
+    out_dir = rdir / "models" / "conditional"
+    clusters = [q["cluster"] for q in parts]
+    model = {"name": "conditional", "kind": "conditional", "model": "gan", "cluster": None, "clusters": clusters,
+             "n_train": plan["n_rows"], "steps": p["steps"], "step_budget": p["steps"],
+             "seconds": cl["timings"]["train_seconds"], "resumed_from": None,
+             "losses": cl["history"][-1].get("losses") or {}, "artifact_id": cl["model_artifact_id"],
+             "dir": str(out_dir), "generator": str(out_dir / "generator.safetensors"),
+             "samples": _last_sample(out_dir), "loss_curve": str(out_dir / "loss.png"),
+             "device": cl["device"], "self_conditioned": True, "finished_at": utc_now()}
+    atomic_write_json(out_dir / "model.json", model)
+    train_params = {"model": "gan", "mode": "self-conditioned", "steps": p["steps"], "batch_size": p["batch_size"],
+                    "width": p["width"], "z_dim": p["z_dim"], "loss": p["loss"], "seed": p["seed"],
+                    "recluster_every": p["recluster_every"]}
+    summary = {"run_id": plan["run_id"], "run_dir": plan["run_dir"], "corpus": plan["corpus"],
+               "corpus_version": plan["corpus_version"], "params": train_params, "mode": "self-conditioned",
+               "model": "gan", "trained_clusters": clusters, "skipped": [], "total_steps": p["steps"],
+               "models": [model], "model_artifact_ids": {"conditional": cl["model_artifact_id"]},
+               "training_report": str(rdir / "models" / "training.json"), "finished_at": utc_now()}
+    atomic_write_json(rdir / "models" / "training.json", summary)
+    cluster_run.update_run(store, plan["run_id"], training={
+        "report": summary["training_report"], "mode": "self-conditioned", "model": "gan",
+        "model_artifact_ids": summary["model_artifact_ids"], "finished_at": summary["finished_at"]})
+    return cluster_run.finish_run(store, plan)
+
+
+def _last_sample(out_dir: Path) -> str | None:
+    grids = sorted((out_dir / "samples").glob("step-*.png"))
+    return str(grids[-1]) if grids else None
+
+
+def selfcond_local(store: Store, run_id: str, params: SelfCondParams | None = None,
+                   new_run_id: str | None = None, log=print) -> dict:
+    """Every step in this process; returns the finished run.json of the new run."""
+    plan = start_selfcond(store, run_id, params or SelfCondParams(), new_run_id)
+    cl = train_selfcond(store, plan, log=log)
+    parts = cluster_run.write_partitions(store, plan, cl, [(cl["model_artifact_id"], "model")])
+    return finish_selfcond(store, plan, cl, parts)

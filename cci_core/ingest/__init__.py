@@ -1,0 +1,1 @@
+"""Ingest: read image sources safely, normalise them, append committed corpus versions."""

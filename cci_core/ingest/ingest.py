@@ -1,0 +1,395 @@
+"""Ingest as plain steps: plan -> decode batches -> select new images -> write -> commit.
+
+The Prefect flow runs :func:`decode_batch` and :func:`write_segments` as parallel tasks;
+:func:`ingest_local` runs the same steps in one process. Every step passes small dicts of
+paths and numbers. Decoded pixels go to a staging folder as ``.npy`` files; the corpus
+version becomes visible only when :func:`commit_ingest` writes ``corpus.json``.
+
+One writer per corpus: :func:`plan_ingest` takes the corpus lock *before* it reads
+``corpus.json``, and the array resize and the commit compare-and-swap on it (the version
+this ingest extends must still be the latest, else :class:`CorpusChangedError` and nothing
+is written). :func:`check_ingest_request` runs every check that needs no server.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cci_core.store.corpus import (INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array,
+                             read_manifest, write_rows)
+from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, FITS, ImageShape
+from cci_core.store.lineage import LineageStore
+from cci_core.ingest.sources import ReadLimits, Source, SourceError, first_image_shape, load_batch, open_source
+from cci_core.store.store import Store, utc_now, validate_name
+
+
+def default_batch_size(kind: str) -> int:
+    return 16384 if kind in ("idx", "npy", "digits") else 512
+
+
+class CorpusChangedError(ValueError):
+    """The corpus got a new version after this ingest planned: it commits nothing."""
+
+
+def _check_options(corpus: str, size, channels, fit: str, batch_size, limits: dict) -> ReadLimits:
+    """The checks on the options alone (no file read)."""
+    validate_name(corpus, "corpus name")
+    if fit not in FITS:
+        raise ValueError(f"--fit {fit!r} is not one of {', '.join(FITS)}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"--channels {channels} is not supported: use 1 or 3")
+    if size is not None:
+        ImageShape(*size, channels or 1)  # the corpus shape's own limits (1..4096 a side)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} must be at least 1")
+    return ReadLimits(**limits)
+
+
+def _corpus_shape(src: Source, manifest: dict | None, corpus: str, size, channels,
+                  limits: ReadLimits) -> ImageShape:
+    """The shape new rows get: the corpus's own, or (new corpus) the options and the first image."""
+    if not manifest:
+        return first_image_shape(src, channels, size, limits)
+    shape = ImageShape(*manifest["shape"])
+    wanted = tuple(size or (shape.height, shape.width)) + (channels or shape.channels,)
+    if wanted != shape.hwc:
+        raise ValueError(f"corpus {corpus!r} stores images of shape {shape.hwc}, not {wanted}: "
+                         "drop --size/--channels or ingest into a new corpus")
+    return shape
+
+
+def check_ingest_request(store: Store, source: str, corpus: str, *, size: tuple[int, int] | None = None,
+                         channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
+                         batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
+                         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, follow_symlinks: bool = False) -> dict:
+    """Every ingest check that needs no server, in seconds: options, the corpus name, the
+    source (exists, not empty, labels match, value range of array data), the shape against an
+    existing corpus. Raises ValueError / SourceError with one line; returns what it found.
+    Reads nothing it writes: the store is not created."""
+    limits = _check_options(corpus, size, channels, fit, batch_size,
+                            dict(max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
+                                 follow_symlinks=follow_symlinks))
+    src = open_source(source, label_from_folder=label_from_folder, value_range=value_range, clip=clip)
+    cdir = store.corpus_dir(corpus)
+    held = _holder(_lock_path(cdir))
+    if held is not None:  # the plan checks again under the lock; this only says it sooner
+        raise _busy(cdir, held)
+    shape = _corpus_shape(src, read_manifest(cdir), corpus, size, channels, limits)
+    return {"source": src.uri, "kind": src.kind, "count": src.count, "shape": list(shape.hwc),
+            "value_range": src.value_range}
+
+
+def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int] | None = None,
+                channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
+                batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
+                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                follow_symlinks: bool = False) -> dict:
+    """Inspect the source, lock the corpus, then read it: decide the shape and the batches.
+
+    The lock is taken before ``corpus.json`` is read, so the version this plan extends
+    cannot change under it; a failed plan releases the lock.
+    """
+    limits = _check_options(corpus, size, channels, fit, batch_size,
+                            dict(max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
+                                 follow_symlinks=follow_symlinks))
+    src = open_source(source, label_from_folder=label_from_folder, value_range=value_range, clip=clip)
+    cdir = store.corpus_dir(corpus)
+    ingest_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    acquire_lock(cdir, ingest_id)
+    try:
+        manifest = read_manifest(cdir)
+        shape = _corpus_shape(src, manifest, corpus, size, channels, limits)
+        if manifest:
+            n0, version = manifest["versions"][-1]["n_rows"], len(manifest["versions"]) + 1
+            previous = manifest["versions"][-1]["artifact_id"]
+            fit = manifest.get("fit", fit)
+        else:
+            n0, version, previous = 0, 1, None
+        batch_size = batch_size or default_batch_size(src.kind)
+        return {
+            "corpus": corpus, "corpus_dir": str(cdir), "source": src.uri, "source_kind": src.kind,
+            "source_count": src.count, "listing_hash": src.listing_hash, "shape": list(shape.hwc),
+            "fit": fit, "label_from_folder": label_from_folder, "n0": n0, "version": version,
+            "previous_artifact_id": previous, "ingest_id": ingest_id,
+            "value_range": src.value_range, "clip": clip, "limits": limits.asdict(),
+            "staging_dir": str(cdir / "_staging" / ingest_id),
+            "batch_size": batch_size, "batches": src.plan(batch_size),
+        }
+    except BaseException:
+        release_lock({"corpus_dir": str(cdir), "ingest_id": ingest_id})
+        raise
+
+
+def check_still_latest(plan: dict) -> None:
+    """Compare-and-swap guard: the corpus's latest version is still the one this plan extends."""
+    manifest = read_manifest(Path(plan["corpus_dir"]))
+    versions = manifest["versions"] if manifest else []
+    latest = versions[-1]["artifact_id"] if versions else None
+    if len(versions) != plan["version"] - 1 or latest != plan["previous_artifact_id"]:
+        by = versions[-1].get("ingest_id") if versions else None
+        raise CorpusChangedError(
+            f"corpus {plan['corpus']!r} is at v{len(versions)} (written by ingest {by}) but this ingest "
+            f"({plan['ingest_id']}) planned to extend v{plan['version'] - 1}: nothing was committed; "
+            "run the same cci ingest again to add this source's new images")
+
+
+@contextlib.contextmanager
+def _flock(cdir: Path, name: str):
+    """An OS file lock (released when the process dies) around a short check-then-write."""
+    cdir.mkdir(parents=True, exist_ok=True)
+    with open(cdir / name, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lock_path(cdir: Path) -> Path:
+    return Path(cdir) / ".ingest.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(cdir: Path, ingest_id: str) -> None:
+    """One writer per corpus: new rows go straight into the image array beyond the committed
+    ones, so a second concurrent ingest would tear them. A lock left by a process that is
+    gone (same host) is taken over."""
+    path = _lock_path(cdir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"ingest_id": ingest_id, "pid": os.getpid(), "host": socket.gethostname(),
+          "since": utc_now()}
+    with _flock(Path(cdir), ".ingest.lock.guard"):  # two takeovers of one stale lock cannot interleave
+        _acquire(path, me, cdir)
+
+
+def _holder(path: Path) -> dict | None:
+    """Who holds the lock at ``path``: its record, or None when there is no lock or its
+    process is gone (same host: a crashed ingest, whose lock may be taken over)."""
+    try:
+        held = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        held = {}
+    if held.get("host") == socket.gethostname() and held.get("pid") and not _alive(int(held["pid"])):
+        return None
+    return held
+
+
+def _busy(cdir: Path, held: dict) -> ValueError:
+    return ValueError(f"corpus {Path(cdir).name!r} is being written by another ingest "
+                      f"({held.get('ingest_id')}, pid {held.get('pid')} on {held.get('host')} since "
+                      f"{held.get('since')}); wait for it to finish, or delete {_lock_path(cdir)} if no ingest "
+                      "is running")
+
+
+def _acquire(path: Path, me: dict, cdir: Path) -> None:
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            held = _holder(path)
+            if held is None:
+                path.unlink(missing_ok=True)  # its process is gone: a crashed ingest
+                continue
+            raise _busy(cdir, held) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        return
+
+
+def release_lock(plan: dict) -> None:
+    """Drop the corpus lock if this ingest holds it (after commit, or when the ingest fails)."""
+    path = _lock_path(Path(plan["corpus_dir"]))
+    try:
+        if json.loads(path.read_text()).get("ingest_id") == plan["ingest_id"]:
+            path.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
+def decode_batch(plan: dict, batch: dict) -> dict:
+    """Decode one batch into the staging folder; return paths and counts (no pixels)."""
+    result = load_batch(batch, ImageShape(*plan["shape"]), plan["fit"], ReadLimits(**plan["limits"]))
+    staging = Path(plan["staging_dir"])
+    staging.mkdir(parents=True, exist_ok=True)
+    stem = staging / f"batch-{batch['batch']:06d}"
+    np.save(f"{stem}.npy", result.pixels, allow_pickle=False)
+    pd.DataFrame(result.rows, columns=["image_id", "source", "label", "split", "orig_height",
+                                       "orig_width", "orig_mode", "batch"]).to_parquet(f"{stem}.parquet")
+    return {"batch": batch["batch"], "pixels": f"{stem}.npy", "rows": f"{stem}.parquet",
+            "n": len(result.rows), "quarantine": result.quarantine}
+
+
+def select_new(plan: dict, decoded: list[dict]) -> dict:
+    """Drop images already in the corpus (or earlier in this run); assign the new rows.
+
+    Returns the new index rows' file, the duplicate count, quarantine entries and the
+    write segments ``{pixels, keep, lo, hi, dst}`` (rows ``keep[lo:hi]`` of ``pixels``
+    go to rows ``dst..``).
+    """
+    decoded = sorted(decoded, key=lambda d: d["batch"])
+    quarantine = [q for d in decoded for q in d["quarantine"]]
+    if not any(d["n"] for d in decoded):
+        reasons = "; ".join(f"{Path(q['source']).name}: {q['reason']}" for q in quarantine[:3])
+        raise SourceError(f"every file in source {plan['source']} is unreadable ({len(quarantine)} files: "
+                          f"{reasons}{' …' if len(quarantine) > 3 else ''}); nothing was ingested")
+    cdir = Path(plan["corpus_dir"])
+    seen: set[str] = set()
+    if plan["n0"]:
+        idx = pd.read_parquet(cdir / "index.parquet", columns=["row", "image_id"])
+        seen = set(idx.loc[idx["row"] < plan["n0"], "image_id"])
+    now = datetime.now(timezone.utc)
+    new_rows, segments, duplicates, dst = [], [], 0, plan["n0"]
+    for d in decoded:
+        if not d["n"]:
+            continue
+        rows = pd.read_parquet(d["rows"])
+        keep = []
+        for i, iid in enumerate(rows["image_id"]):
+            if iid in seen:
+                duplicates += 1
+            else:
+                seen.add(iid)
+                keep.append(i)
+        if not keep:
+            continue
+        keep_path = d["pixels"].replace(".npy", ".keep.npy")
+        np.save(keep_path, np.asarray(keep, np.int64), allow_pickle=False)
+        kept = rows.iloc[keep].copy()
+        kept["row"] = np.arange(dst, dst + len(keep))
+        kept["batch"] = [f"{plan['ingest_id']}/{b}" for b in kept["batch"]]
+        new_rows.append(kept)
+        segments.append({"pixels": d["pixels"], "keep": keep_path, "lo": 0, "hi": len(keep), "dst": dst})
+        dst += len(keep)
+    new_index = pd.concat(new_rows) if new_rows else pd.DataFrame(columns=INDEX_COLUMNS)
+    new_index["version"] = plan["version"]
+    new_index["ingested_at"] = now
+    rows_path = Path(plan["staging_dir"]) / "new-index.parquet"
+    new_index[INDEX_COLUMNS].to_parquet(rows_path)
+    return {"n_new": dst - plan["n0"], "n1": dst, "duplicates": duplicates, "quarantine": quarantine,
+            "segments": segments, "new_index": str(rows_path)}
+
+
+def plan_writes(plan: dict, selection: dict, chunks_per_task: int = 4) -> list[list[dict]]:
+    """Group the segments by destination chunk ranges so no two groups touch one chunk."""
+    step = chunk_rows(ImageShape(*plan["shape"])) * chunks_per_task
+    n0, n1 = plan["n0"], selection["n1"]
+    bounds = [n0] + list(range((n0 // step + 1) * step, n1, step)) + [n1]
+    groups = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        group = []
+        for s in selection["segments"]:
+            s_lo, s_hi = s["dst"], s["dst"] + s["hi"] - s["lo"]
+            lo, hi = max(a, s_lo), min(b, s_hi)
+            if lo < hi:
+                group.append({"pixels": s["pixels"], "keep": s["keep"], "lo": s["lo"] + lo - s_lo,
+                              "hi": s["lo"] + hi - s_lo, "dst": lo})
+        if group:
+            groups.append(group)
+    return groups
+
+
+def write_segments(plan: dict, segments: list[dict]) -> int:
+    """Copy staged pixels into the corpus image array; returns rows written."""
+    images_path = Path(plan["corpus_dir"]) / "images.zarr"
+    written = 0
+    for s in segments:
+        pixels = np.load(s["pixels"], mmap_mode="r", allow_pickle=False)
+        keep = np.load(s["keep"], allow_pickle=False)[s["lo"]:s["hi"]]
+        write_rows(images_path, s["dst"], np.asarray(pixels[keep]))
+        written += len(keep)
+    return written
+
+
+def prepare_array(plan: dict, selection: dict) -> None:
+    """Create or resize the image array to hold the new rows (before the parallel writes).
+
+    Checks first that no other ingest committed since the plan: resizing would cut its rows."""
+    check_still_latest(plan)
+    ensure_images_array(Path(plan["corpus_dir"]), ImageShape(*plan["shape"]), selection["n1"])
+
+
+def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | None = None) -> dict:
+    """Record lineage, then publish the version (``corpus.json`` last). Returns a summary."""
+    cdir = Path(plan["corpus_dir"])
+    summary = {"corpus": plan["corpus"], "store": str(store.root), "source": plan["source"],
+               "added": selection["n_new"], "duplicates": selection["duplicates"],
+               "quarantined": len(selection["quarantine"]), "quarantine": selection["quarantine"],
+               "shape": plan["shape"]}
+    if selection["n_new"] == 0:
+        shutil.rmtree(plan["staging_dir"], ignore_errors=True)
+        return {**summary, "version": plan["version"] - 1, "n_rows": plan["n0"], "changed": False,
+                "artifact_id": plan["previous_artifact_id"]}
+    old_index = (pd.read_parquet(cdir / "index.parquet") if plan["n0"] else pd.DataFrame(columns=INDEX_COLUMNS))
+    old_index = old_index[old_index["row"] < plan["n0"]]
+    new_index = pd.read_parquet(selection["new_index"])
+    index = pd.concat([old_index, new_index], ignore_index=True) if plan["n0"] else new_index
+    old_q = pd.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan["n0"] else None
+    new_q = pd.DataFrame(selection["quarantine"], columns=["source", "reason", "batch"]).drop(columns="batch")
+    new_q["version"] = plan["version"]
+    quarantine = (pd.concat([old_q, new_q]) if old_q is not None else new_q).drop_duplicates("source", keep="first")
+
+    check_still_latest(plan)  # before the lineage record: a refused commit records nothing
+    content = hashlib.sha256(("x".join(map(str, plan["shape"])) + "|" +
+                              "".join(index["image_id"])).encode()).hexdigest()
+    lineage = LineageStore(store.lineage_url)
+    src = lineage.record("source", plan["source"], plan["source"], plan["listing_hash"],
+                         size=plan["source_count"], params={"kind": plan["source_kind"]})
+    inputs = [(src.id, "source")] + ([(plan["previous_artifact_id"], "previous")] if plan["previous_artifact_id"] else [])
+    params = {"shape": plan["shape"], "fit": plan["fit"], "label_from_folder": plan["label_from_folder"],
+              "batch_size": plan["batch_size"], "version": plan["version"], "n_rows": len(index),
+              "value_range": plan.get("value_range"), "clip": plan.get("clip", False)}
+    art = lineage.record("corpus", f"{plan['corpus']}@v{plan['version']}", cdir.as_uri(), content,
+                         size=len(index), params=params, producer=producer,
+                         metrics={"added": selection["n_new"], "duplicates": selection["duplicates"],
+                                  "quarantined": len(selection["quarantine"])}, inputs=inputs)
+    manifest = read_manifest(cdir) or {"name": plan["corpus"], "shape": plan["shape"], "fit": plan["fit"],
+                                       "created_at": datetime.now(timezone.utc).isoformat(), "versions": []}
+    manifest["chunk_rows"] = chunk_rows(ImageShape(*plan["shape"]))
+    manifest["versions"] = manifest["versions"][: plan["version"] - 1] + [{
+        "version": plan["version"], "n_rows": len(index), "added": selection["n_new"],
+        "duplicates": selection["duplicates"], "quarantined": len(selection["quarantine"]),
+        "source": plan["source"], "listing_hash": plan["listing_hash"], "artifact_id": art.id,
+        "ingest_id": plan["ingest_id"], "created_at": datetime.now(timezone.utc).isoformat()}]
+    with _flock(cdir, ".commit.lock"):  # compare-and-swap: check and publish as one step
+        check_still_latest(plan)
+        commit_version(cdir, manifest, index, quarantine)
+    shutil.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'
+    return {**summary, "version": plan["version"], "n_rows": len(index), "changed": True, "artifact_id": art.id}
+
+
+def ingest_local(store: Store, source: str, corpus: str, producer: dict | None = None, **options) -> dict:
+    """All ingest steps in this process, in order (no Prefect, no Dask)."""
+    plan = plan_ingest(store, source, corpus, **options)
+    try:
+        decoded = [decode_batch(plan, b) for b in plan["batches"]]
+        selection = select_new(plan, decoded)
+        if selection["n_new"]:
+            prepare_array(plan, selection)
+            for group in plan_writes(plan, selection):
+                write_segments(plan, group)
+        return commit_ingest(store, plan, selection, producer)
+    finally:
+        release_lock(plan)

@@ -1,0 +1,1 @@
+"""Palette: colour palettes by clustering pixels, rendering and segmentation."""

@@ -1,0 +1,1 @@
+"""Refine: the CCI classifier (CNN) that learns the clusters and refines them."""

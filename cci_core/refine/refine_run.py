@@ -1,0 +1,176 @@
+"""A refined run: the CCI classifier trained on a finished clustering run, as a new run.
+
+``cci refine RUN`` never changes RUN. It makes a new run folder (``<RUN>-refined`` unless
+named) laid out like a clustering run, so everything that reads runs (predict, train,
+generate) works on it unchanged::
+
+    runs/<new-id>/run.json                 kind "refined", parent_run, refine config, status
+                 refine/round-NN/           per-round checkpoints (resume after interruption)
+                 classifier/classifier.*    the kept round's CNN (safetensors + JSON)
+                 clustering/labels.parquet  the refined cluster of every corpus row
+                 reports/metrics.json       per-round metrics and the chosen round
+                 partitions/cluster-NNN.parquet
+                 pictures/                  montages (nearest the centre in the classifier's
+                                            embedding), curves.png (metrics per round)
+
+Steps: :func:`start_refine` → :func:`refine_step` → :func:`cluster_run.write_partitions`
+→ :func:`write_refine_pictures` → :func:`cluster_run.finish_run`;
+:func:`refine_local` runs them all in this process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cci_core.cluster import cluster_run
+from cci_core.refine.cnn import IMAGE_SIZES
+from cci_core.store.corpus import open_corpus
+from cci_core.common.device import pick_device
+from cci_core.refine.refine import RefineConfig, load_classifier, refine
+from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
+
+
+def config_from_options(options: dict | None) -> RefineConfig:
+    """A RefineConfig from ``{name: value}`` (values may be strings, as typed on a command line)."""
+    fields = {f.name: f for f in dataclasses.fields(RefineConfig)}
+    kwargs = {}
+    for name, value in (options or {}).items():
+        if name not in fields:
+            raise ValueError(f"unknown refine option {name!r}; known: {', '.join(sorted(fields))}")
+        default = fields[name].default
+        if isinstance(value, str) and not isinstance(default, str):
+            try:
+                if isinstance(default, bool):
+                    value = value.lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    value = int(value)
+                elif isinstance(default, float):
+                    value = float(value)
+                elif isinstance(default, tuple):
+                    value = tuple(float(v) for v in value.split(","))
+                elif value.lower() == "none":
+                    value = None
+            except ValueError:
+                raise ValueError(f"refine option {name}={value!r}: expected a {type(default).__name__}") from None
+        kwargs[name] = value
+    return RefineConfig(**kwargs)
+
+
+def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
+    """Everything checkable before training; returns the parent run.json."""
+    parent = cluster_run.finished_run(store, run_id)
+    n_noise = parent["clustering"].get("n_noise", 0)
+    if n_noise:
+        raise ValueError(f"run {run_id!r} leaves {n_noise} rows as noise ({parent['params']['algorithm']}); "
+                         "refine needs every row in a cluster: start from kmeans, gmm or agglomerative")
+    if parent["n_rows"] < config.batch_size:
+        raise ValueError(f"corpus {parent['corpus']!r} has {parent['n_rows']} images, fewer than one batch "
+                         f"({config.batch_size}); lower --batch-size or add images")
+    h, w, _ = parent["shape"]
+    if h != w or h not in IMAGE_SIZES:
+        raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
+                         f"{', '.join(f'{s}x{s}' for s in IMAGE_SIZES)} images: ingest into a new corpus "
+                         "with --size 28x28 (for example) and cluster that")
+    cluster_run.check_new_run_id(store, new_run_id or f"{run_id}-refined")
+    return parent
+
+
+def start_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
+    """Create (or reopen, when unfinished) the refined run's folder and run.json."""
+    parent = check_refine(store, run_id, config, new_run_id)
+    return cluster_run.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
+
+
+def refine_step(store: Store, plan: dict, log=print, producer: dict | None = None, progress=None) -> dict:
+    """Train the classifier (resuming finished rounds), save it and the refined labels,
+    record lineage; returns the clustering summary (ids, sizes, per-round metrics).
+    ``progress(done, total, note)`` follows the training steps (see :func:`cci_core.refine.refine.refine`)."""
+    config = RefineConfig(**plan["params"])
+    rdir = Path(plan["run_dir"])
+    c = open_corpus(store, plan["corpus"], plan["corpus_version"])
+    parent = cluster_run.read_run(store, plan["parent_run"])
+    initial = cluster_run.run_labels(parent)
+    y = c.labels()
+    y_codes = pd.factorize(y)[0] if y is not None else None
+    result = refine(c.images(), c.n_rows, initial, config, out_dir=rdir / "refine", y_true=y_codes, log=log,
+                    progress=progress)
+    k = int(initial.max()) + 1
+    labels = np.asarray(result.labels, dtype=np.int32)  # ids already matched round to round
+
+    cdir = rdir / "classifier"
+    cdir.mkdir(parents=True, exist_ok=True)
+    for name in ("classifier.safetensors", "classifier.json"):
+        shutil.copyfile(rdir / "refine" / name, cdir / name)
+    index = c.index(["row", "image_id"]).sort_values("row")
+    (rdir / "clustering").mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(rdir / "clustering" / "labels.parquet", pd.DataFrame(
+        {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(), "cluster": labels}))
+    history = result.history
+    chosen = next((h for h in history if h.get("round") == result.chosen_round), history[-1] if history else {})
+    headline = {m: chosen[m] for m in ("acc", "nmi", "ari", "silhouette", "inertia", "selection_score")
+                if isinstance(chosen.get(m), (int, float))}
+    sizes = np.bincount(labels, minlength=k).tolist()
+    report = {"run_id": plan["run_id"], "parent_run": plan["parent_run"], "corpus": plan["corpus"],
+              "corpus_version": plan["corpus_version"], "chosen_round": result.chosen_round,
+              "rounds": history, "sizes": sizes, "n_clusters": k, **headline, "config": plan["params"]}
+    atomic_write_json(rdir / "reports" / "metrics.json", report)
+
+    lin = cluster_run.lineage_store(store)
+    files = [cdir / "classifier.safetensors", cdir / "classifier.json"]
+    clf = lin.record("classifier", f"{plan['run_id']}/classifier", str(cdir), cluster_run.hash_files(files),
+                     size=sum(f.stat().st_size for f in files), params=plan["params"], metrics=headline,
+                     producer=producer, inputs=[(plan["parent_clustering_artifact_id"], "initial_clustering"),
+                                                (plan["corpus_artifact_id"], "corpus")])
+    lab_path = rdir / "clustering" / "labels.parquet"
+    clustering = lin.record(
+        "clustering", f"{plan['run_id']}/clustering", str(rdir / "clustering"), cluster_run.hash_files([lab_path]),
+        size=lab_path.stat().st_size, params={**plan["params"], "parent_run": plan["parent_run"]},
+        metrics={"n_clusters": k, "chosen_round": result.chosen_round, **headline}, producer=producer,
+        inputs=[(clf.id, "classifier"), (plan["parent_clustering_artifact_id"], "initial_clustering"),
+                (plan["corpus_artifact_id"], "corpus")])
+    out = {"clustering_artifact_id": clustering.id, "classifier_artifact_id": clf.id, "k": k, "n_clusters": k,
+           "n_noise": 0, "sizes": sizes, "metrics": headline, "chosen_round": result.chosen_round,
+           "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
+           "changed_from_parent": float((labels != initial).mean()),
+           "device": str(pick_device(config.device))}  # a CUDA-trained classifier is not bitwise repeatable
+    cluster_run.update_run(store, plan["run_id"], clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
+    return out
+
+
+def write_refine_pictures(store: Store, plan: dict, cl: dict) -> list[str]:
+    """Montages nearest each centre in the classifier's embedding; the per-round curves."""
+    import torch
+
+    from cci_core.cluster.cluster_pictures import save_cluster_montages
+    from cci_core.cluster.clusterers import centroids
+    from cci_core.refine.refine import embed_corpus
+    from cci_core.common.torch_data import CorpusImages
+
+    rdir, pics = Path(plan["run_dir"]), Path(plan["run_dir"]) / "pictures"
+    c = open_corpus(store, plan["corpus"], plan["corpus_version"])
+    model = load_classifier(rdir / "classifier")
+    Z, _ = embed_corpus(model, CorpusImages(c.images(), c.n_rows), next(model.parameters()).device)
+    Z = np.asarray(Z.numpy() if isinstance(Z, torch.Tensor) else Z, dtype=np.float32)
+    labels = cluster_run.run_labels(plan)
+    paths = save_cluster_montages(c.images(), Z, labels, centroids(Z, labels, cl["n_clusters"]), pics,
+                                  n_rows=c.n_rows)
+    curves = rdir / "refine" / "curves.png"
+    if curves.exists():
+        paths.append(Path(shutil.copyfile(curves, pics / "curves.png")))
+    return [str(p) for p in paths]
+
+
+def refine_local(store: Store, run_id: str, config: RefineConfig | None = None,
+                 new_run_id: str | None = None, log=print) -> dict:
+    """Every step of ``cci refine`` in this process; returns the finished run.json."""
+    config = config or RefineConfig()
+    plan = start_refine(store, run_id, config, new_run_id)
+    cl = refine_step(store, plan, log=log)
+    cluster_run.write_partitions(store, plan, cl, [(cl["classifier_artifact_id"], "classifier")])
+    write_refine_pictures(store, plan, cl)
+    return cluster_run.finish_run(store, plan)

@@ -1,0 +1,1 @@
+"""Refresh: assign new corpus rows to an existing run's clusters and retrain what changed."""

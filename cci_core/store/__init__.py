@@ -1,0 +1,1 @@
+"""The artifact store: folder layout and atomic writes, lineage, corpora, datasets, weights."""

@@ -1,0 +1,169 @@
+"""What a published dataset says about itself: cluster names, license, evaluation, README.md card.
+
+A version folder holds ``card.json`` (for programs) and ``README.md`` (a Hugging Face style dataset
+card with YAML front matter, for people and the Hub). Both are built from the same card dict, and
+every path in them is relative to the version folder, so a copied folder still reads right.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import pandas as pd
+
+# The class names of Fashion-MNIST, in label order (the idx files store 0..9).
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+# Licenses of the sources the project knows; anything else is "other" (the source's own terms).
+KNOWN_LICENSES = {"fashion-mnist": "mit", "builtin:digits": "cc-by-4.0"}
+INTENDED_USE = ("Research and testing of clustering, image generation and data pipelines; augmenting or "
+                "probing classifiers on the source corpus's domain.")
+LIMITATIONS = ("Images are synthetic or derived and inherit the biases and the license of the source corpus. "
+               "Cluster ids come from unsupervised clustering: they are not ground-truth classes; the cluster "
+               "names give the most common source label and its share (purity) where the corpus has labels. "
+               "Generated images were scored by a classifier trained on the same clusters, so 'accepted' "
+               "measures agreement with that classifier, not correctness.")
+
+
+def source_license(source: str | None) -> str:
+    """The license identifier (Hub style) of a known source, else ``other``."""
+    s = (source or "").lower()
+    return next((lic for key, lic in KNOWN_LICENSES.items() if key in s), "other")
+
+
+def label_names(source: str | None) -> dict[str, str]:
+    """Readable names of a known source's labels ({"7": "Sneaker"}), else {}."""
+    if "fashion" in (source or "").lower():
+        return {str(i): n for i, n in enumerate(FASHION_MNIST_CLASSES)}
+    return {}
+
+
+def cluster_profile(partitions: list[dict], labels: np.ndarray | None, names: dict[str, str] | None = None) -> dict:
+    """Per cluster: size, and where the corpus has labels its majority label and purity.
+
+    partitions : the run's partitions (``cluster``, ``count``, ``path`` of a Parquet file with ``row``)
+    labels : the corpus's label per row (strings, None where unknown), or None
+    Returns ``{"3": {"size": 7012, "majority_label": "Sneaker", "purity": 0.91,
+    "name": "cluster-3 (mostly Sneaker, 0.91)"}, ...}``.
+    """
+    names = names or {}
+    out = {}
+    for p in sorted(partitions, key=lambda p: int(p["cluster"])):
+        c = int(p["cluster"])
+        entry: dict = {"size": int(p["count"]), "name": f"cluster-{c}"}
+        if labels is not None:
+            rows = pd.read_parquet(p["path"], columns=["row"])["row"].to_numpy(np.int64)
+            lab = pd.Series(labels[rows[rows < len(labels)]]).dropna().astype(str)
+            if len(lab):
+                counts = lab.value_counts()
+                top = str(counts.index[0])
+                entry.update(majority_label=names.get(top, top), purity=round(float(counts.iloc[0] / len(lab)), 3),
+                             labelled=int(len(lab)))
+                entry["name"] = f"cluster-{c} (mostly {entry['majority_label']}, {entry['purity']:.2f})"
+        out[str(c)] = entry
+    return out
+
+
+def evaluation_summary(report: dict, group: str) -> dict:
+    """FD and coverage (and the rest of the headline) of one model group from ``reports/generation.json``,
+    in the classifier's feature space, rounded; {} when that group was not evaluated."""
+    rep = (report.get("reports") or {}).get("classifier", {}).get(group)
+    if not rep:
+        return {}
+    keep = ("fid", "kid", "precision", "recall", "density", "coverage", "fidelity")
+    return {"feature_space": "classifier", "group": group, "n_real": rep.get("n_real"), "n_fake": rep.get("n_fake"),
+            **{m: round(float(rep[m]), 4) for m in keep if isinstance(rep.get(m), (int, float))}}
+
+
+def _local_partitions(store, run: dict) -> list[dict]:
+    """The run's partitions with their paths in this store (run.json holds the writer's absolute ones)."""
+    rdir = store.run_dir(run["run_id"]) / "partitions"
+    return [{**p, "path": str(rdir / f"cluster-{int(p['cluster']):03d}.parquet")}
+            if (rdir / f"cluster-{int(p['cluster']):03d}.parquet").exists() else p for p in run["partitions"]]
+
+
+def generated_card_fields(store, run: dict, kind: str) -> dict:
+    """Card fields of a dataset generated from ``run``'s models of ``kind`` (``cluster`` or ``conditional``):
+    license of the source corpus, the clusters (named by majority source label and purity where the
+    corpus has labels), and the evaluation's FD/coverage when ``cci evaluate`` has run on it."""
+    from cci_core.store.corpus import open_corpus
+    from cci_core.store.store import read_json
+    corpus = open_corpus(store, run["corpus"], run["corpus_version"])
+    source = " ".join(str(v.get("source", "")) for v in corpus.versions[: corpus.version])
+    fields = {"license": source_license(source),
+              "clusters": cluster_profile(_local_partitions(store, run), corpus.labels(), label_names(source)),
+              "reproducibility": "On CPU the same seed, models and classifier give byte-identical images and "
+                                 "manifest (each cluster's draw has its own recorded seed). On a GPU, "
+                                 "non-deterministic kernels can change pixels between runs."}
+    if fields["license"] == "other":
+        fields["license_note"] = f"The terms of the source images ({source}) apply."
+    report = store.run_dir(run["run_id"]) / "reports" / "generation.json"
+    if report.exists():
+        ev = evaluation_summary(read_json(report), "per_cluster" if kind == "cluster" else "conditional")
+        if ev:
+            fields["evaluation"] = ev
+    return fields
+
+
+def class_names(card: dict, clusters: list[int]) -> list[str]:
+    """ClassLabel names for cluster ids 0..max: the card's cluster names, else ``cluster-<k>``."""
+    known = card.get("clusters") or {}
+    top = max(clusters) if clusters else -1
+    return [known.get(str(c), {}).get("name", f"cluster-{c}") for c in range(top + 1)]
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "n>1M"
+
+
+def readme(card: dict) -> str:
+    """The README.md dataset card of a version (YAML front matter, then Markdown)."""
+    lic = card.get("license", "other")
+    front = ["---", f"license: {lic}", "task_categories:", "- image-classification",
+             "- unconditional-image-generation", "tags:", "- synthetic", "- cci", f"pretty_name: {card['name']}",
+             "size_categories:", f"- {_size_category(card['n_images'])}", "configs:", "- config_name: default",
+             "  data_files: data.parquet", "---", ""]
+    lineage = card.get("lineage") or {}
+    lines = [f"# {card['name']} v{card['version']}", "", card.get("description", ""), "",
+             f"{card['n_images']:,} images, {'x'.join(map(str, card['shape']))} uint8, created {card['created_at']}.",
+             f"Lineage id: `{lineage.get('artifact_id')}` (`cci lineage show {lineage.get('artifact_id')}`).", "",
+             "## Intended use", "", card.get("intended_use", INTENDED_USE), "",
+             "## Limitations", "", card.get("limitations", LIMITATIONS), ""]
+    if lic == "other":
+        lines += ["## License", "", card.get("license_note", "The terms of the source corpus apply."), ""]
+    clusters = card.get("clusters") or {}
+    if clusters:
+        lines += ["## Clusters", "", "| cluster | name | source cluster size | majority source label | purity |",
+                  "|---|---|---|---|---|"]
+        for c, e in clusters.items():
+            lines.append(f"| {c} | {e['name']} | {e['size']:,} | {e.get('majority_label', '')} | "
+                         + (f"{e['purity']:.2f}" if "purity" in e else "") + " |")
+        lines.append("")
+    ev = card.get("evaluation") or {}
+    if ev:
+        lines += ["## Generation quality", "",
+                  f"Measured by `cci evaluate` in the {ev.get('feature_space')} feature space "
+                  f"({ev.get('n_fake')} generated vs {ev.get('n_real')} real images): "
+                  + ", ".join(f"{m} {ev[m]:.4g}" for m in ("fid", "coverage", "precision", "recall", "fidelity")
+                              if m in ev) + ". FD (`fid`) is the Fréchet distance: lower is better.", ""]
+    if card.get("reproducibility"):
+        lines += ["## Reproducibility", "", card["reproducibility"], ""]
+    lines += ["## Files", "", "- `data.parquet`: one row per image, an `image` column (PNG bytes) with Hugging Face "
+              "`datasets` features (`Image`, `ClassLabel` clusters) and the manifest columns",
+              "- `images.zarr`: all images as one (n, H, W, C) uint8 Zarr v3 array; row i is manifest row i",
+              "- `manifest.parquet`: one row per image (provenance)", "- `card.json`: this card, for programs", "",
+              "## How to read it", "", "Paths are relative to this folder.", "", "```python", *how_to_read(), "```", ""]
+    if card.get("schema"):
+        lines += ["## Manifest columns", ""] + [f"- `{k}`: {v}" for k, v in card["schema"].items()] + [""]
+    return "\n".join(front + lines)
+
+
+def how_to_read() -> list[str]:
+    """Reading recipes, paths relative to the version folder."""
+    return ['import datasets; ds = datasets.load_dataset("parquet", data_files="data.parquet")["train"]',
+            'ds.features["cluster"].names  # cluster names; ds[0]["image"] is a PIL image',
+            'import zarr, pyarrow.parquet as pq; images = zarr.open_array("images.zarr", mode="r")',
+            'manifest = pq.read_table("manifest.parquet").to_pandas()  # row i describes images[i]',
+            'import duckdb; duckdb.sql("SELECT cluster, count(*) FROM \'manifest.parquet\' GROUP BY cluster")']

@@ -1,0 +1,311 @@
+"""The lineage store: one record per artifact, linked to the artifacts it was made from.
+
+Records live in a SQL database reached through SQLAlchemy (SQLite by default, any
+SQLAlchemy URL works, e.g. PostgreSQL). An artifact id is derived from its content, so
+recording the same thing twice returns the same record (idempotent re-runs).
+
+URIs are stored relative to the store root (``store://corpora/fmnist``), so a copied store
+resolves in its new place; :meth:`LineageStore.resolve_uri` turns one into a local path. URIs
+outside the store (``builtin:digits``, an image folder elsewhere) and records written before
+this (absolute paths, ``file://``) are kept and read as they are.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import sqlalchemy as sa
+
+from cci_core.store.codeversion import code_version
+
+_meta = sa.MetaData()
+artifacts_table = sa.Table(
+    "artifacts", _meta,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("kind", sa.String(40), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("code_version", sa.String(80), nullable=False),
+    sa.Column("producer", sa.JSON, nullable=False),
+)
+inputs_table = sa.Table(
+    "artifact_inputs", _meta,
+    sa.Column("artifact_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("input_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("role", sa.String(40), nullable=False),
+)
+
+
+@dataclass
+class Artifact:
+    """One lineage record (DESIGN.md)."""
+    id: str
+    kind: str
+    name: str
+    uri: str
+    content_hash: str
+    size: int | None
+    created_at: datetime
+    params: dict
+    metrics: dict
+    code_version: str
+    producer: dict
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (input id, role)
+    stored_uri: str = ""  # the URI as recorded (store-relative); ``uri`` is it resolved to a local path
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["created_at"] = self.created_at.isoformat()
+        d["inputs"] = [{"id": i, "role": r} for i, r in self.inputs]
+        return d
+
+
+def artifact_id(kind: str, content_hash: str, params: dict, inputs: list[tuple[str, str]]) -> str:
+    """Content-derived id: the same kind, content, parameters and inputs give the same id."""
+    blob = json.dumps([kind, content_hash, params, sorted(inputs)], sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+class UnknownArtifactError(KeyError):
+    def __str__(self) -> str:
+        return f"no artifact {self.args[0]!r} in the lineage store (see `cci lineage list`)"
+
+
+class AmbiguousArtifactError(LookupError):
+    """A reference that matches several records; the message lists them."""
+
+
+_VERSIONED = re.compile(r"^(?P<name>.+)@v(?P<version>\d+)$")
+STORE_SCHEME = "store://"
+
+
+def _sqlite_root(url: str) -> Path | None:
+    """The folder of a SQLite database file (the store root when the DB is the store's own)."""
+    try:
+        u = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database).resolve().parent
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local path an absolute path or a ``file://`` URI names, else None."""
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if uri.startswith("/") else None
+
+
+class LineageStore:
+    """Record and query artifacts. ``url`` is a SQLAlchemy URL.
+
+    root : the store root that URIs are relative to; by default the folder of a SQLite
+        database (the store's own ``lineage.db``), so every process that opens the same URL
+        resolves URIs the same way. Without one (PostgreSQL), URIs are kept as given.
+    """
+
+    def __init__(self, url: str, root: str | Path | None = None):
+        self.url = url
+        self.root = Path(root).resolve() if root else _sqlite_root(url)
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            @sa.event.listens_for(self.engine, "connect")
+            def _wal(dbapi_conn, _):  # concurrent readers while one process writes
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        _meta.create_all(self.engine)
+
+    def portable_uri(self, uri: str) -> str:
+        """``store://<path relative to the root>`` for a path (or ``file://`` URI) inside the store, else ``uri``."""
+        path = _local_path(uri)
+        if self.root is None or path is None:
+            return uri
+        try:
+            rel = path.resolve().relative_to(self.root)
+        except ValueError:
+            return uri
+        return STORE_SCHEME + ("" if rel == Path(".") else rel.as_posix())
+
+    def resolve_uri(self, stored: str) -> str:
+        """The local path of a recorded URI: ``store://x`` under this store's root, ``file://`` as a
+        path; anything else (``builtin:digits``, an old absolute path) as it is."""
+        if stored.startswith(STORE_SCHEME) and self.root is not None:
+            rel = stored[len(STORE_SCHEME):]
+            return str(self.root / rel) if rel else str(self.root)
+        path = _local_path(stored)
+        return str(path) if path is not None else stored
+
+    def record(self, kind: str, name: str, uri: str, content_hash: str, *, size: int | None = None,
+               params: dict | None = None, metrics: dict | None = None, producer: dict | None = None,
+               inputs: list[tuple[str, str]] | None = None) -> Artifact:
+        """Insert a record (or return the existing one with the same id).
+
+        ``inputs`` are ``(parent artifact id, role)`` pairs; every parent must exist.
+        """
+        params, metrics, inputs = params or {}, metrics or {}, list(inputs or [])
+        aid = artifact_id(kind, content_hash, params, inputs)
+        existing = self.find(aid)
+        if existing is not None:
+            if metrics and metrics != existing.metrics:
+                self.update_metrics(aid, metrics)
+                existing.metrics = {**existing.metrics, **metrics}
+            return existing
+        with self.engine.begin() as conn:
+            for parent, _ in inputs:
+                if conn.execute(sa.select(artifacts_table.c.id).where(artifacts_table.c.id == parent)).first() is None:
+                    raise UnknownArtifactError(parent)
+            row = dict(id=aid, kind=kind, name=name, uri=self.portable_uri(uri), content_hash=content_hash, size=size,
+                       created_at=datetime.now(timezone.utc), params=params, metrics=metrics,
+                       code_version=code_version(), producer=producer or {})
+            conn.execute(artifacts_table.insert().values(**row))
+            if inputs:
+                conn.execute(inputs_table.insert(), [
+                    {"artifact_id": aid, "input_id": parent, "role": role} for parent, role in inputs])
+        return self.get(aid)
+
+    def update_metrics(self, aid: str, metrics: dict) -> None:
+        art = self.get(aid)
+        with self.engine.begin() as conn:
+            conn.execute(artifacts_table.update().where(artifacts_table.c.id == aid)
+                         .values(metrics={**art.metrics, **metrics}))
+
+    def find(self, aid: str) -> Artifact | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(artifacts_table).where(artifacts_table.c.id == aid)).mappings().first()
+            if row is None:
+                return None
+            ins = conn.execute(sa.select(inputs_table.c.input_id, inputs_table.c.role)
+                               .where(inputs_table.c.artifact_id == aid)
+                               .order_by(inputs_table.c.role, inputs_table.c.input_id)).all()
+        d = dict(row)
+        if d["created_at"].tzinfo is None:  # SQLite drops the zone
+            d["created_at"] = d["created_at"].replace(tzinfo=timezone.utc)
+        d["stored_uri"], d["uri"] = d["uri"], self.resolve_uri(d["uri"])
+        return Artifact(**d, inputs=[(i, r) for i, r in ins])
+
+    def get(self, aid: str) -> Artifact:
+        """The record with this id, or a unique id prefix."""
+        art = self.find(aid)
+        if art is None:
+            with self.engine.connect() as conn:
+                ids = conn.execute(sa.select(artifacts_table.c.id)
+                                   .where(artifacts_table.c.id.startswith(aid, autoescape=True)).limit(6)).scalars().all()
+            if len(ids) == 1:
+                art = self.find(ids[0])
+            elif len(ids) > 1 and aid:
+                raise AmbiguousArtifactError(f"id prefix {aid!r} fits {', '.join(ids[:5])}"
+                                             + (" and more" if len(ids) > 5 else "") + "; give more of the id")
+        if art is None:
+            raise UnknownArtifactError(aid)
+        return art
+
+    def resolve(self, ref: str) -> Artifact:
+        """The one record ``ref`` names.
+
+        Grammar, tried in this order: an artifact id or a unique id prefix; ``KIND:NAME`` (e.g.
+        ``corpus:fmnist@v2``, ``dataset:gen@v1``, ``clustering:RUN/clustering``); a plain ``NAME``
+        (e.g. ``fmnist@v2``, ``RUN/clustering``). ``NAME@latest`` or a bare corpus/dataset name
+        means its highest version. A name matching records of several kinds, or several records of
+        one kind, is an :class:`AmbiguousArtifactError` listing the candidates.
+        """
+        art = self.find(ref)
+        if art is not None:
+            return art
+        kind, sep, name = ref.partition(":")
+        if not sep or kind not in self.kinds():
+            kind, name = None, ref
+        if not name.strip():
+            raise UnknownArtifactError(ref)
+        matches = self.list(kind=kind, name=name)
+        if not matches:
+            matches = self._latest_version(kind, name.removesuffix("@latest"))
+        if not matches and kind is None:
+            return self.get(ref)  # an id prefix, or UnknownArtifactError
+        if not matches:
+            raise UnknownArtifactError(ref)
+        if len(matches) > 1:
+            listed = "; ".join(f"{a.kind}:{a.name} = {a.id} ({a.created_at:%Y-%m-%d %H:%M})" for a in matches[:6])
+            more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
+            raise AmbiguousArtifactError(f"{ref!r} names {len(matches)} artifacts: {listed}{more}; "
+                                         "give one of these ids" + ("" if kind else " or KIND:NAME"))
+        return matches[0]
+
+    def _latest_version(self, kind: str | None, name: str) -> list[Artifact]:
+        """The records of ``name@vN`` with the highest N (one per kind)."""
+        if "@" in name or not name:
+            return []
+        q = sa.select(artifacts_table.c.kind, artifacts_table.c.name).where(
+            artifacts_table.c.name.startswith(f"{name}@v", autoescape=True))
+        if kind:
+            q = q.where(artifacts_table.c.kind == kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        best: dict[str, tuple[int, str]] = {}
+        for k, n in rows:
+            m = _VERSIONED.match(n)
+            if m and m["name"] == name and int(m["version"]) > best.get(k, (-1, ""))[0]:
+                best[k] = (int(m["version"]), n)
+        return [a for k, (_, n) in sorted(best.items()) for a in self.list(kind=k, name=n)]
+
+    def kinds(self) -> list[str]:
+        """The kinds of artifact recorded so far."""
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(artifacts_table.c.kind).distinct()).scalars().all())
+
+    def list(self, kind: str | None = None, name: str | None = None, limit: int = 1000) -> list[Artifact]:
+        q = sa.select(artifacts_table.c.id).order_by(artifacts_table.c.created_at.desc()).limit(limit)
+        if kind:
+            q = q.where(artifacts_table.c.kind == kind)
+        if name:
+            q = q.where(artifacts_table.c.name == name)
+        with self.engine.connect() as conn:
+            ids = conn.execute(q).scalars().all()
+        return [self.get(i) for i in ids]
+
+    def outputs_of(self, aid: str) -> list[tuple[str, str]]:
+        """Artifacts made from ``aid``: ``(child id, role of aid in the child)``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(inputs_table.c.artifact_id, inputs_table.c.role)
+                                .where(inputs_table.c.input_id == aid)).all()
+        return [(a, r) for a, r in rows]
+
+    def upstream(self, aid: str, depth: int | None = None, once: bool = False) -> dict:
+        """The tree of what made ``aid``: ``{"artifact": Artifact, "role": None, "inputs": [...]}``.
+
+        depth : levels below ``aid`` to walk (None: all)
+        once : each artifact is expanded the first time it is met; later meetings are leaves
+            marked ``"seen": True`` (a shared ancestor is listed once, not under every child)
+        """
+        return self._walk(self.get(aid).id, "inputs", lambda a: a.inputs, depth, once)
+
+    def downstream(self, aid: str, depth: int | None = None, once: bool = False) -> dict:
+        """The tree of what was made from ``aid`` (``"outputs"``); ``depth`` and ``once`` as in :meth:`upstream`."""
+        return self._walk(self.get(aid).id, "outputs", lambda a: self.outputs_of(a.id), depth, once)
+
+    def _walk(self, aid: str, key: str, nexts, depth: int | None, once: bool) -> dict:
+        expanded: set[str] = set()
+
+        def walk(node_id: str, role: str | None, path: frozenset, level: int) -> dict:
+            art = self.get(node_id)
+            node = {"artifact": art, "role": role, key: []}
+            if art.id in path or (once and art.id in expanded):
+                node["seen"] = True
+                return node
+            expanded.add(art.id)
+            if depth is None or level < depth:
+                node[key] = [walk(i, r, path | {art.id}, level + 1) for i, r in nexts(art)]
+            else:
+                node["truncated"] = len(nexts(art))
+            return node
+        return walk(aid, None, frozenset(), 0)
