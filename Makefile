@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= ./cci-store
 
-.PHONY: setup system-deps run test clean
+.PHONY: setup system-deps lint run test clean
 
 $(BIN)/cci: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ system-deps:
 run: setup
 	OMP_NUM_THREADS=1 $(BIN)/cci run builtin:digits --store $(STORE)
 
-test: setup system-deps
+# Lint and import order (configured in pyproject.toml); the suite runs only on a clean tree
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup system-deps lint
 	CCI_REQUIRE_SYSTEM_DEPS=1 OMP_NUM_THREADS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

@@ -39,9 +39,9 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from cci_core.cluster.cluster_metrics import cluster_acc, inertia  # noqa: E402
 from cci_core.cluster.features import image_features, lazy_images  # noqa: E402
-from cci_core.ingest.idx import read_idx  # noqa: E402
 from cci_core.cluster.kmeans import MiniBatchKMeans  # noqa: E402
 from cci_core.cluster.pca import PCA  # noqa: E402
+from cci_core.ingest.idx import read_idx  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CHUNK = 16384

@@ -25,14 +25,13 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from cci_core.cluster.cluster_metrics import cluster_acc
+from cci_core.common.device import pick_device
+from cci_core.common.torch_data import CorpusImages
+from cci_core.ingest.idx import read_idx
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.contrastive import pretrain_contrastive
-from cci_core.common.device import pick_device
-from cci_core.ingest.idx import read_idx
 from cci_core.refine.refine import embed_corpus
-from cci_core.refine.scan import (mine_neighbours, neighbour_purity, self_label_round, train_scan,
-                           train_scan_heads)
-from cci_core.common.torch_data import CorpusImages
+from cci_core.refine.scan import mine_neighbours, neighbour_purity, self_label_round, train_scan, train_scan_heads
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "contrastive_probe.json"

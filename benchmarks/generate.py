@@ -25,10 +25,17 @@ import numpy as np
 import torch
 
 from cci_core.generate.gan import GANConfig
-from cci_core.generate.gen_metrics import (compare_reports, comparison_table, evaluate_features,
-                                  feature_fn, frechet_distance, prob_fn, train_reference_cnn)
-from cci_core.ingest.idx import read_idx
+from cci_core.generate.gen_metrics import (
+    compare_reports,
+    comparison_table,
+    evaluate_features,
+    feature_fn,
+    frechet_distance,
+    prob_fn,
+    train_reference_cnn,
+)
 from cci_core.generate.train_generator import TrainConfig, generate, load_generator, train_generator
+from cci_core.ingest.idx import read_idx
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 OUT = Path(__file__).parent / "results" / "generate.json"

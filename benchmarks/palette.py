@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np
+import numpy as np  # noqa: E402  (after the sys.path line above)
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 OUT = ROOT / "benchmarks" / "results" / "palette.json"

@@ -24,10 +24,10 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from cci_core.cluster.cluster_metrics import cluster_acc
 from cci_core.cluster.clusterers import fit_clusterer
-from cci_core.common.device import pick_device
-from cci_core.ingest.idx import read_idx
 from cci_core.cluster.manifold import umap_embed
 from cci_core.cluster.pca import PCA
+from cci_core.common.device import pick_device
+from cci_core.ingest.idx import read_idx
 from cci_core.refine.refine import RefineConfig, refine
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

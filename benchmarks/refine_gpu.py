@@ -2,16 +2,23 @@
 
 Run on a CUDA machine from the repo root with the IDX files under .data/fashion-mnist; writes
 $OUT/refine_gpu.json (copied to benchmarks/results/refine_gpu.json)."""
-import json, os, sys, time
+import json
+import os
+import sys
+import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 sys.path.insert(0, os.getcwd())
-from cci_core.ingest.idx import read_idx
-from cci_core.refine.refine import RefineConfig, refine
+from sklearn.metrics import normalized_mutual_info_score as nmi
+
+from cci_core.cluster.cluster_metrics import cluster_acc
 from cci_core.cluster.clusterers import fit_clusterer
 from cci_core.cluster.pca import PCA
-from sklearn.metrics import normalized_mutual_info_score as nmi
-from cci_core.cluster.cluster_metrics import cluster_acc
+from cci_core.ingest.idx import read_idx
+from cci_core.refine.refine import RefineConfig, refine
 
 D = Path(".data/fashion-mnist")
 X = np.concatenate([read_idx(D / "train-images-idx3-ubyte.gz"), read_idx(D / "t10k-images-idx3-ubyte.gz")])[..., None]

@@ -2,7 +2,8 @@
 progress, row reads from Zarr) against a bare PyTorch loop with the same GAN, batch and steps.
 
 Both train the same model (the DCGAN-style GAN, then the VAE) on a Fashion-MNIST cluster's
-rows read from a Zarr array, on the device chosen at run time (bfloat16 autocast on CUDA). Each side runs ``--repeats`` times, alternating, and the median
+rows read from a Zarr array, on the device chosen at run time (bfloat16 autocast on CUDA). Each side runs
+``--repeats`` times, alternating, and the median
 is kept (one run alone is at the mercy of whatever else the machine does). The defaults are
 those of ``cci train``: 2,000 steps, a checkpoint and sample grid every 500.
 Writes benchmarks/results/train.json (``--out`` elsewhere).
@@ -24,9 +25,9 @@ import zarr
 
 from cci_core.common.device import pick_device
 from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
-from cci_core.ingest.idx import read_idx
 from cci_core.generate.train_generator import TrainConfig, train_generator
 from cci_core.generate.vae import VAE, VAEConfig
+from cci_core.ingest.idx import read_idx
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "train.json"

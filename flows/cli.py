@@ -411,7 +411,8 @@ def predict(
     counts = df["cluster"].value_counts().sort_index()
     out.print(f"{len(df):,} images labelled against run {run_id}: "
               + ", ".join(f"cluster {c}: {n:,}" for c, n in counts.items())
-              + f"; mean confidence {df['confidence'].mean():.3f}" if len(df) else "no images to label", highlight=False, soft_wrap=True)
+              + f"; mean confidence {df['confidence'].mean():.3f}" if len(df) else "no images to label",
+                      highlight=False, soft_wrap=True)
     if output:
         out.print(f"  labels: {output}", highlight=False, soft_wrap=True)
 
@@ -519,7 +520,8 @@ def refresh(
     run_id: Optional[str] = typer.Argument(None, help="Run to build on (default: the newest with trained generators)."),
     corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus to refresh."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to republish (default: <corpus>-generated)."),
-    retrain_threshold: float = typer.Option(0.1, "--retrain-threshold", help="Retrain a cluster whose size grew by more than this share."),
+    retrain_threshold: float = typer.Option(0.1, "--retrain-threshold",
+            help="Retrain a cluster whose size grew by more than this share."),
     per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,

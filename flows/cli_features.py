@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         space: list[str] = typer.Option([], "--space", help="Compare only this space (repeatable): pixels, pca, "
                                                             "classifier, discriminator, selfcond, vae. "
                                                             "Default: every trained one."),
-        k: Optional[int] = typer.Option(None, "--k", "-k", help="k-means clusters (default: number of classes, else the run's k)."),
+        k: Optional[int] = typer.Option(None, "--k", "-k", help="k-means clusters (default: number of classes, "
+                                        "else the run's k)."),
         fractions: str = typer.Option("0.01,0.1,1", "--fractions", help="Shares of the labels the probes train on."),
         max_train: Optional[int] = typer.Option(None, "--max-train", help="Cap on the probes' train split."),
         max_test: Optional[int] = typer.Option(None, "--max-test", help="Cap on the probes' held-out rows."),

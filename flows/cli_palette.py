@@ -134,8 +134,8 @@ def register(app: typer.Typer) -> None:
             out.print(f"Segmented {image} into {res['k']} segments (sizes {res['sizes']})\n"
                       f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
             return
-        from flows.palette import segment_flow
         from cci_core.palette.palette import check_space
+        from flows.palette import segment_flow
         store_obj = read_store(store)
         info = run_guarded(pr.resolve_source, store_obj, image)
         run_guarded(check_space, space, info["shape"][-1])

@@ -6,15 +6,22 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from cci_core.cluster.cluster_run import ClusterParams
 from cci_core.store.store import Store
 from flows import naming
 from flows.readable import fig, file_link
-from tasks.cluster import (choose_k_task, cluster_task, finish_run_task, fit_embeddings_task, partition_asset,
-                           partitions_task, pictures_task, start_run_task)
+from tasks.cluster import (
+    choose_k_task,
+    cluster_task,
+    finish_run_task,
+    fit_embeddings_task,
+    partition_asset,
+    partitions_task,
+    pictures_task,
+    start_run_task,
+)
 from tasks.common import asset_for
 
 METRIC_KEYS = ("n_clusters", "n_noise", "inertia", "silhouette", "silhouette_sample_size", "davies_bouldin",

@@ -10,9 +10,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from cci_core.features import feature_spaces as fs
 from cci_core.generate import selfcond as sc
 from cci_core.store.store import Store
+from flows import naming
 from flows.cluster import _png_markdown, artifact_key
 from flows.runtime import gpu_annotation
-from flows import naming
 from tasks.common import asset_for
 from tasks.features import (
     embeddings_asset,

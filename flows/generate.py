@@ -6,13 +6,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core.store.datasets import open_dataset
 from cci_core.common.imagegrid import make_grid, save_png
+from cci_core.store.datasets import open_dataset
 from cci_core.store.store import Store
-from flows.cluster import _png_markdown, artifact_key
-from flows.runtime import gpu_annotation
 from flows import naming
+from flows.cluster import _png_markdown, artifact_key
 from flows.readable import fig, file_link
+from flows.runtime import gpu_annotation
 from tasks.common import asset_for
 from tasks.generate import generate_task
 

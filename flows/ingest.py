@@ -6,13 +6,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
+from cci_core.ingest import ingest
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.store.store import Store
-from tasks.common import asset_for
-from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
-from cci_core.ingest import ingest
 from flows import naming
 from flows.readable import file_link
+from tasks.common import asset_for
+from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
 
 
 @flow(name="cci-ingest", log_prints=True, flow_run_name=naming.ingest_name)

@@ -12,8 +12,8 @@ from prefect.artifacts import (
 )
 
 from cci_core.store.store import Store
-from flows.cluster import _png_markdown, artifact_key
 from flows import naming
+from flows.cluster import _png_markdown, artifact_key
 from tasks.palette import (
     check_stylize_task,
     dataset_asset,

@@ -24,9 +24,9 @@ from cci_core.store.store import Store
 from flows.cluster import artifact_key, cluster_flow
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
-from flows.refine import refine_flow
 from flows.naming import call_tagged
-from flows.readable import file_link, fig, metrics_text, run_link
+from flows.readable import fig, file_link, metrics_text, run_link
+from flows.refine import refine_flow
 from flows.runtime import on_flow_cluster
 from flows.train import evaluate_flow, train_flow
 

@@ -134,8 +134,8 @@ def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, da
                   retrain_threshold: float, per_cluster: int) -> None:
     """``cci refresh``: the source, the corpus, the run it builds on and the dataset name."""
     from cci_core.cluster.cluster_run import finished_run
-    from cci_core.store.corpus import open_corpus
     from cci_core.ingest.ingest import check_ingest_request
+    from cci_core.store.corpus import open_corpus
     from cci_core.store.store import validate_name
     from flows.refresh import latest_served_run
     open_corpus(store, corpus)

@@ -8,10 +8,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cci_core.store.store import Store
-from flows.cluster import _png_markdown, artifact_key
-from flows.runtime import gpu_annotation
 from flows import naming
+from flows.cluster import _png_markdown, artifact_key
 from flows.readable import fig_row, file_link, metrics_text
+from flows.runtime import gpu_annotation
 from tasks.cluster import finish_run_task
 from tasks.common import asset_for
 from tasks.refine import refine_pictures_task, refine_task, refined_partitions_task, start_refine_task

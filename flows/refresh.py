@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core.refresh import refresh_run
 from cci_core.cluster.cluster_run import lineage_store, read_run
+from cci_core.refresh import refresh_run
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store
 from flows.cluster import artifact_key

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
-
 TEMPORARY_SERVER_TIMEOUT_S = 120
 
 

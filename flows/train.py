@@ -18,10 +18,10 @@ from prefect.utilities.annotations import unmapped
 
 from cci_core.generate import generator_run as gr
 from cci_core.store.store import Store
-from flows.cluster import _png_markdown, artifact_key
-from flows.runtime import gpu_annotation
 from flows import naming
+from flows.cluster import _png_markdown, artifact_key
 from flows.readable import fig, file_link
+from flows.runtime import gpu_annotation
 from tasks.cluster import partition_asset
 from tasks.common import asset_for
 from tasks.train import (

@@ -272,7 +272,7 @@ def test_subprocess_errors_are_one_line(store, inputs):
                                  env=envs.get(k, env)) for k, (argv, _) in cases.items()}
     results = {k: p.communicate(timeout=120) for k, p in procs.items()}
     elapsed = time.time() - t0
-    for key, (stdout, stderr) in results.items():
+    for key, (_stdout, stderr) in results.items():
         fragment = cases[key][1]
         assert procs[key].returncode == 1, (key, stderr)
         assert "Traceback" not in stderr and "Prefect server" not in stderr, (key, stderr)

@@ -80,8 +80,9 @@ def _help(*cmd: str) -> str:
 
 
 def test_every_command_has_an_example_and_quiet_verbose_where_a_flow_runs():
-    from flows.cli import app
     import typer.main
+
+    from flows.cli import app
     group = typer.main.get_command(app)
     flow_commands = {"ingest", "cluster", "refine", "generate", "run", "refresh", "train", "evaluate", "palette",
                      "stylize", "segment", "features", "self-condition"}

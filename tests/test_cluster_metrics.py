@@ -8,8 +8,7 @@ from sklearn import metrics as skm
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
 
-from cci_core.cluster.cluster_metrics import (cluster_acc, clustering_report, match_labels, purity,
-                                      silhouette)
+from cci_core.cluster.cluster_metrics import cluster_acc, clustering_report, match_labels, purity, silhouette
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,7 @@ def test_umap_on_a_sample_then_transform(digits):
     assert "1000 of 1797" in note
     # rows UMAP only transformed land in their class's region: kNN on the embedding works
     from sklearn.neighbors import KNeighborsClassifier
+
     from cci_core.cluster.cluster_metrics import sample_rows
     fit_rows = sample_rows(len(Z), 1000, 0)
     rest = np.setdiff1d(np.arange(len(Z)), fit_rows)

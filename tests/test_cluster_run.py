@@ -13,8 +13,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.cluster.cluster_metrics import cluster_acc
-from cci_core.store.corpus import UnknownCorpusError, open_corpus
 from cci_core.ingest.ingest import ingest_local
+from cci_core.store.corpus import UnknownCorpusError, open_corpus
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 

@@ -84,6 +84,7 @@ def test_bad_input(digits):
 
 def test_assign_new_images_against_a_saved_clustering(tmp_path):
     import zarr
+
     from cci_core.cluster.clusterers import assign_images
     from cci_core.cluster.features import image_features
     from cci_core.cluster.kmeans import MiniBatchKMeans

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.common.torch_data import CorpusImages, augment, to_tensor
+from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.store.weights import load_weights, save_weights
 
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from cci_core.refine.augment import STRONG, WEAK, AugmentConfig, random_view
 from cci_core.cluster.cluster_metrics import cluster_acc
+from cci_core.common.torch_data import CorpusImages
+from cci_core.refine.augment import STRONG, WEAK, AugmentConfig, random_view
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.contrastive import nt_xent, pretrain_contrastive
-from cci_core.refine.scan import (confident_rows, mine_neighbours, scan_loss, self_label_loss,
-                           self_label_round, train_scan_heads)
-from cci_core.common.torch_data import CorpusImages
+from cci_core.refine.scan import confident_rows, mine_neighbours, scan_loss, self_label_loss, self_label_round, train_scan_heads
 
 
 def _images(n=32, seed=0):

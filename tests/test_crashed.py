@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WITHIN_S = 15

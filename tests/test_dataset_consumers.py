@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from consumer_env import consumer_python
+
 from cci_core.cluster.cluster_run import partition_rows
 from cci_core.store.corpus import open_corpus
 from cci_core.store.datasets import export_png, open_dataset

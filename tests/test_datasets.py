@@ -9,8 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cci_core.store.datasets import (DatasetWriter, UnknownDatasetError, dataset_versions, export_parquet, export_png,
-                               list_datasets, open_dataset)
+from cci_core.store.datasets import (
+    DatasetWriter,
+    UnknownDatasetError,
+    dataset_versions,
+    export_parquet,
+    export_png,
+    list_datasets,
+    open_dataset,
+)
 from cci_core.store.store import Store
 
 

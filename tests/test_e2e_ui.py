@@ -82,7 +82,7 @@ class Procs:
                          f"{_tail(log, n)}" for name, p, log in self.started)
 
     def stop_all(self, timeout: float = 30) -> None:
-        for name, p, _ in reversed(self.started):  # worker first, then the server
+        for _name, p, _ in reversed(self.started):  # worker first, then the server
             try:
                 children = psutil.Process(p.pid).children(recursive=True)
             except psutil.NoSuchProcess:

@@ -11,8 +11,8 @@ import zarr
 from cci_core.cluster import cluster_run as cr
 from cci_core.features import feature_spaces as fs
 from cci_core.generate import generator_run as gr
-from cci_core.store.corpus import open_corpus
 from cci_core.ingest.ingest import ingest_local
+from cci_core.store.corpus import open_corpus
 from cci_core.store.lineage import LineageStore
 
 FAST = dict(forest_trees=20, silhouette_sample=500)

@@ -3,10 +3,20 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from cci_core.generate.gen_metrics import (classifier_score, cluster_fidelity, compare_reports,
-                                  comparison_table, evaluate_features, evaluate_generated,
-                                  feature_fn, frechet_distance, kid,
-                                  precision_recall_density_coverage, prob_fn, train_reference_cnn)
+from cci_core.generate.gen_metrics import (
+    classifier_score,
+    cluster_fidelity,
+    compare_reports,
+    comparison_table,
+    evaluate_features,
+    evaluate_generated,
+    feature_fn,
+    frechet_distance,
+    kid,
+    precision_recall_density_coverage,
+    prob_fn,
+    train_reference_cnn,
+)
 
 
 @pytest.fixture(scope="module")

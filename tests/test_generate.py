@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from tiny_run import train_tiny
 
 from cci_core.generate import generate_run as gr
 from cci_core.store.datasets import open_dataset
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
-from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")

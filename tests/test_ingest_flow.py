@@ -1,7 +1,6 @@
 """The ingest flow under a real Prefect API, on Dask scheduler/worker processes on loopback."""
 from __future__ import annotations
 
-
 import numpy as np
 from PIL import Image
 from typer.testing import CliRunner

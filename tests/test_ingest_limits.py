@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core.store.corpus import open_corpus
 from cci_core.ingest.images import ImageRefused, image_id, open_image
 from cci_core.ingest.ingest import check_ingest_request, ingest_local
 from cci_core.ingest.sources import SourceError
+from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store
 
 rng = np.random.default_rng(7)

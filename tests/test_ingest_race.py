@@ -12,10 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core.store.corpus import open_corpus
 from cci_core.ingest.images import image_id
-from cci_core.ingest.ingest import (CorpusChangedError, check_ingest_request, decode_batch, ingest_local, plan_ingest, prepare_array,
-                             release_lock, select_new, commit_ingest)
+from cci_core.ingest.ingest import (
+    CorpusChangedError,
+    check_ingest_request,
+    commit_ingest,
+    decode_batch,
+    ingest_local,
+    plan_ingest,
+    prepare_array,
+    release_lock,
+    select_new,
+)
+from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store
 
 rng = np.random.default_rng(11)
@@ -83,7 +92,7 @@ def test_two_real_ingests_into_a_new_corpus_lose_no_row(tmp_path):
     for name, (rc, _) in results.items():
         if rc == 0:  # every row a successful ingest reported is still there
             assert (ids_a if name == "A" else ids_b) <= committed
-    for name, (rc, src) in results.items():
+    for _name, (rc, src) in results.items():
         if rc == 1:  # re-running the loser adds its rows on top
             again = subprocess.run(cmd + [str(src)], capture_output=True, text=True, timeout=300)
             assert again.returncode == 0, again.stdout + again.stderr

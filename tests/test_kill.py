@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.generate import generate_run as gr
+from cci_core.generate.generator_run import TrainParams, train_local
 from cci_core.palette import palette_run as pr
 from cci_core.refine import refine_run as rr
 from cci_core.store.datasets import dataset_versions, list_datasets, open_dataset
-from cci_core.generate.generator_run import TrainParams, train_local
 from cci_core.store.lineage import LineageStore
 
 CCI = str(Path(sys.executable).parent / "cci")

@@ -8,9 +8,9 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score
 
 from cci_core.cluster.cluster_metrics import cluster_acc
-from cci_core.ingest.idx import read_idx
 from cci_core.cluster.kmeans import MiniBatchKMeans
 from cci_core.cluster.pca import PCA
+from cci_core.ingest.idx import read_idx
 
 FMNIST = "/usr/share/datasets/fashion-mnist/"
 

@@ -15,9 +15,8 @@ import zarr
 from PIL import Image
 
 from cci_core.cluster import cluster_run as cr
-from cci_core.palette import palette_run as pr
 from cci_core.ingest.ingest import ingest_local
-from cci_core.store.lineage import LineageStore
+from cci_core.palette import palette_run as pr
 from cci_core.palette.palette import (
     Palette,
     feature_array,
@@ -31,6 +30,7 @@ from cci_core.palette.palette import (
 )
 from cci_core.palette.render import match_colors, render, transfer
 from cci_core.palette.segment import overlay, segment_image
+from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 
 FLAT = np.array([[200, 30, 30], [20, 180, 40], [30, 40, 220], [250, 250, 240], [10, 10, 10]], np.uint8)

@@ -6,8 +6,8 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA as SkPCA
 
 from cci_core.cluster.features import image_features
-from cci_core.ingest.idx import read_idx
 from cci_core.cluster.pca import PCA, fit_pca
+from cci_core.ingest.idx import read_idx
 
 FMNIST = "/usr/share/datasets/fashion-mnist/"
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from cci_core.cluster.cluster_run import read_run
-from cci_core.store.datasets import open_dataset
 from cci_core.ingest.idx import read_idx
+from cci_core.store.datasets import open_dataset
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 

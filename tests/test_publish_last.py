@@ -17,8 +17,15 @@ from cci_core.cluster import cluster_run as cr
 from cci_core.palette import palette_run as pr
 from cci_core.store.datasets import DatasetWriter, dataset_versions, list_datasets, open_dataset
 from cci_core.store.lineage import LineageStore
-from cci_core.store.store import (OWNER_FILE, Store, atomic_write_json, make_staging, process_identity,
-                            remove_stale_staging, writer_alive)
+from cci_core.store.store import (
+    OWNER_FILE,
+    Store,
+    atomic_write_json,
+    make_staging,
+    process_identity,
+    remove_stale_staging,
+    writer_alive,
+)
 
 
 def dead_writer() -> dict:

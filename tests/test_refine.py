@@ -8,10 +8,10 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score as nmi
 
-from cci_core.predict.assign import assign_centroids, assign_classifier
 from cci_core.cluster.cluster_metrics import match_labels
 from cci_core.cluster.kmeans import MiniBatchKMeans
 from cci_core.cluster.pca import PCA
+from cci_core.predict.assign import assign_centroids, assign_classifier
 from cci_core.refine.refine import RefineConfig, load_classifier, refine
 from cci_core.store.weights import load_weights
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from cci_core.cluster import cluster_run as cr
-from cci_core.refine import refine_run as rr
-from cci_core.store.corpus import open_corpus
 from cci_core.ingest.idx import read_idx
 from cci_core.ingest.ingest import ingest_local
+from cci_core.refine import refine_run as rr
+from cci_core.store.corpus import open_corpus
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 

@@ -9,10 +9,16 @@ import zarr
 from safetensors.torch import load_file
 
 from cci_core.generate.gan import GANConfig
-from cci_core.ingest.idx import read_idx
-from cci_core.generate.train_generator import (RowSource, TrainConfig, generate, load_discriminator,
-                                      load_generator, train_generator)
+from cci_core.generate.train_generator import (
+    RowSource,
+    TrainConfig,
+    generate,
+    load_discriminator,
+    load_generator,
+    train_generator,
+)
 from cci_core.generate.vae import VAEConfig
+from cci_core.ingest.idx import read_idx
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -42,7 +48,7 @@ def test_gan_trains_writes_outputs_and_loads_without_pickle(fashion, tmp_path):
     images, _ = fashion
     calls = []
     res = train_generator(images, tmp_path, tiny_gan(), tcfg(progress_every=2),
-                          progress=lambda s, t, l: calls.append((s, t, dict(l))))
+                          progress=lambda s, t, logs: calls.append((s, t, dict(logs))))
     assert res["steps"] == 6 and res["resumed_from"] is None and res["n_train"] == 400
     assert [c[0] for c in calls] == [2, 4, 6] and all(c[1] == 6 for c in calls)
     assert set(calls[-1][2]) == {"loss_d", "loss_g"}

@@ -6,9 +6,9 @@ from __future__ import annotations
 def train_tiny(store, corpus: str = "d28"):
     """Ingest, cluster (run ``km``), refine (run ``ref``) and train generators on ``ref``; returns ``store``."""
     from cci_core.cluster import cluster_run as cr
-    from cci_core.refine import refine_run as rr
     from cci_core.generate.generator_run import TrainParams, train_local
     from cci_core.ingest.ingest import ingest_local
+    from cci_core.refine import refine_run as rr
     ingest_local(store, "builtin:digits", corpus, size=(28, 28))
     cr.run_local(store, corpus, cr.ClusterParams(k=3, n_components=20), run_id="km")
     rr.refine_local(store, "km", rr.config_from_options({"rounds": 1, "warmup_steps": 20, "steps": 20,

@@ -53,13 +53,21 @@ from cci_core.cluster.choose_k import choose_k, parse_k_range
 from cci_core.cluster.cluster_metrics import clustering_report, sample_rows
 from cci_core.cluster.cluster_pictures import save_cluster_montages, save_scatter
 from cci_core.cluster.clusterers import ALGORITHMS, centroids, fit_clusterer
-from cci_core.store.corpus import open_corpus
 from cci_core.cluster.features import image_features
 from cci_core.cluster.kmeans import MiniBatchKMeans
-from cci_core.store.lineage import LineageStore
 from cci_core.cluster.pca import PCA, SOLVERS
-from cci_core.store.store import (Store, atomic_write_json, atomic_write_parquet, process_identity, read_json, utc_now,
-                            validate_name, writer_alive)
+from cci_core.store.corpus import open_corpus
+from cci_core.store.lineage import LineageStore
+from cci_core.store.store import (
+    Store,
+    atomic_write_json,
+    atomic_write_parquet,
+    process_identity,
+    read_json,
+    utc_now,
+    validate_name,
+    writer_alive,
+)
 
 EMBEDDINGS = ("pca", "umap")
 REFERENCE_ROWS = 50000  # labelled rows kept for nearest-neighbour prediction

@@ -101,7 +101,7 @@ def centroids(X, labels: np.ndarray, k: int) -> np.ndarray:
         bounds = np.array([0, X.shape[0]])
     for i, b in enumerate(_blocks(X)):
         lab = labels[bounds[i]:bounds[i + 1]]
-        parts.append(dask.delayed(lambda x, l: group_sums(np.asarray(x, np.float64), l, k))(b, lab))
+        parts.append(dask.delayed(lambda x, lab_: group_sums(np.asarray(x, np.float64), lab_, k))(b, lab))
     sums = sum(dask.compute(*parts))
     counts = np.bincount(labels[labels >= 0], minlength=k)
     return np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)

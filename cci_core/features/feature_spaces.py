@@ -244,8 +244,8 @@ def _embedder(space: dict, device):
 
     from cci_core.generate.train_generator import to_tensor
     if space["source"] == "cci-classifier":
-        from cci_core.refine.refine import load_classifier
         from cci_core.common.torch_data import to_tensor as unit_tensor
+        from cci_core.refine.refine import load_classifier
         model = load_classifier(space["dir"], device)
 
         def fn(x):

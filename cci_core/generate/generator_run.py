@@ -43,8 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from cci_core.cluster.cluster_run import (finished_run, hash_files, lineage_store, partition_rows, run_labels,
-                                  update_run)
+from cci_core.cluster.cluster_run import finished_run, hash_files, lineage_store, partition_rows, run_labels, update_run
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
 
@@ -640,8 +639,8 @@ def evaluate_group(store: Store, plan: dict, refs: dict, group: dict) -> dict:
     classifier assigns to k) against the real images of cluster k. Every figure carries its
     sample sizes (``n_real``, ``n_fake``, ...).
     """
-    from cci_core.generate.gen_metrics import cluster_fidelity, evaluate_features
     from cci_core.common.imagegrid import make_grid, save_png
+    from cci_core.generate.gen_metrics import cluster_fidelity, evaluate_features
     p, eval_dir = plan["params"], Path(plan["eval_dir"])
     t0 = time.perf_counter()
     fakes, intended = _generate_group(plan, group)

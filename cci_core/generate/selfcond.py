@@ -144,7 +144,7 @@ def kmeans_from(X: np.ndarray, centres: np.ndarray, max_iter: int = 20, chunk_ro
     Xd = da.from_array(X, chunks=(chunk_rows, X.shape[1]))
     labels, passes = None, 0
     centres = np.asarray(centres, np.float64).copy()
-    for passes in range(1, max_iter + 1):
+    for passes in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         km.cluster_centers_ = centres
         new = np.asarray(km.predict(Xd).compute(), np.int32)
         means, counts = _means(X, new, k)
@@ -253,11 +253,10 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
 
     Returns the clustering summary (what ``cluster_run.write_partitions`` takes) with the model's.
     """
-    import torch
 
     from cci_core.common.device import pick_device
-    from cci_core.generate.gan import Discriminator
     from cci_core.common.seeding import seeded
+    from cci_core.generate.gan import Discriminator
     from cci_core.generate.train_generator import TrainConfig, load_discriminator, train_generator
     p = SelfCondParams(**plan["params"])
     rdir, k = Path(plan["run_dir"]), plan["k"]

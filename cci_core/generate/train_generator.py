@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from cci_core.common.device import pick_device, use_amp
-from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 from cci_core.common.imagegrid import make_grid, save_png
 from cci_core.common.seeding import seeded
+from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 from cci_core.generate.vae import VAE, VAEConfig
 from cci_core.store.weights import load_weights, save_weights
 

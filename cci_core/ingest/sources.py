@@ -22,12 +22,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from cci_core.ingest.idx import IDXFormatError, read_idx
-from cci_core.ingest.images import (DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageRefused, ImageShape,
-                             decide_value_range, image_id, normalise, normalise_array, open_image, oversize_reason,
-                             read_capped, to_uint8)
+from cci_core.ingest.images import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageRefused,
+    ImageShape,
+    decide_value_range,
+    image_id,
+    normalise,
+    normalise_array,
+    open_image,
+    oversize_reason,
+    read_capped,
+    to_uint8,
+)
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 _IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images[-.]idx3-ubyte(\.gz)?$")

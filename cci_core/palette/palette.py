@@ -263,7 +263,7 @@ def _lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int, tol
     """Weighted Lloyd iterations until the assignment stops changing (or, with ``tol`` > 0, the
     inertia improves by less than ``tol`` relative)."""
     k, lab, last = len(centers), None, None
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
         d2 = _sq_dist(X, centers)
         new_lab = np.argmin(d2, axis=1)
         mind = d2[np.arange(len(X)), new_lab]

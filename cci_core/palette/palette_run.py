@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 
 from cci_core.cluster.cluster_run import lineage_store
-from cci_core.store.corpus import open_corpus
 from cci_core.common.imagegrid import make_grid, save_png
-from cci_core.store.lineage import artifact_id
 from cci_core.palette.palette import Palette, check_k, learn_palette
 from cci_core.palette.render import MODES, check_channels, match_colors, render
+from cci_core.store.corpus import open_corpus
+from cci_core.store.lineage import artifact_id
 from cci_core.store.store import Store, atomic_write_json, publish_dir, read_json, staging
 
 _PARTITION_RE = re.compile(r"^(?P<run>[A-Za-z0-9][A-Za-z0-9._-]*?)(?::|/cluster-)(?P<c>\d+)$")
@@ -100,7 +100,8 @@ def resolve_source(store: Store, source: str) -> dict:
         name, _, ver = spec.partition("@")
         ds = open_dataset(name, ver or "latest", store=store)
         inputs = [(a.id, "dataset") for a in lineage_store(store).list(kind="dataset", name=f"{ds.name}@v{ds.version}")][:1]
-        return {"kind": "dataset", "source": source, "canonical": f"dataset:{ds.name}@v{ds.version}", "label": f"{ds.name}-v{ds.version}", "dataset": ds.name,
+        return {"kind": "dataset", "source": source, "canonical": f"dataset:{ds.name}@v{ds.version}",
+                "label": f"{ds.name}-v{ds.version}", "dataset": ds.name,
                 "dataset_version": ds.version, "path": str(ds.path), "shape": list(ds.images.shape[1:]),
                 "n_images": len(ds), "inputs": inputs}
     m = _PARTITION_RE.match(source)
@@ -112,7 +113,8 @@ def resolve_source(store: Store, source: str) -> dict:
             raise LookupError(f"run {m['run']!r} has no partition for cluster {c} "
                               f"(clusters: {', '.join(map(str, sorted(parts))) or 'none; is the run finished?'})")
         corpus = open_corpus(store, run["corpus"], run["corpus_version"])
-        return {"kind": "partition", "source": source, "canonical": f"{m['run']}:{c}", "label": f"{m['run']}-c{c}", "run_id": m["run"], "cluster": c,
+        return {"kind": "partition", "source": source, "canonical": f"{m['run']}:{c}", "label": f"{m['run']}-c{c}",
+                "run_id": m["run"], "cluster": c,
                 "corpus": corpus.name, "corpus_version": corpus.version, "shape": list(corpus.shape.hwc),
                 "n_images": int(parts[c]["count"]),
                 "inputs": [(parts[c]["artifact_id"], "partition")]
@@ -124,7 +126,8 @@ def resolve_source(store: Store, source: str) -> dict:
     if _PARTITION_RE.match(source) and not (store.corpus_dir(m["name"]) / "corpus.json").exists():
         raise LookupError(f"no run {source.split(':')[0].split('/')[0]!r} in {store.root}")
     corpus = open_corpus(store, m["name"], int(m["v"]) if m["v"] else None)
-    return {"kind": "corpus", "source": source, "canonical": f"{corpus.name}@{corpus.version}", "label": f"{corpus.name}-v{corpus.version}", "corpus": corpus.name,
+    return {"kind": "corpus", "source": source, "canonical": f"{corpus.name}@{corpus.version}",
+            "label": f"{corpus.name}-v{corpus.version}", "corpus": corpus.name,
             "corpus_version": corpus.version, "shape": list(corpus.shape.hwc), "n_images": corpus.n_rows,
             "inputs": [(corpus.artifact_id, "corpus")] if corpus.artifact_id else []}
 
@@ -359,7 +362,8 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
         version = writer.commit(card, record=record)
     return {"dataset": dataset, "version": version.version, "path": str(version.path), "n_images": n,
             "shape": [h, w, out_c], "palette_id": pid, "mode": mode, "dither": bool(dither),
-            "artifact_id": version.card["lineage"]["artifact_id"], "source": source, "montage": str(version.path / "before-after.png"),
+            "artifact_id": version.card["lineage"]["artifact_id"], "source": source,
+                    "montage": str(version.path / "before-after.png"),
             "source_palette_id": src_pal["palette_id"] if src_pal else None,
             "mapping": card["mapping"], "colors": pal.describe()}
 

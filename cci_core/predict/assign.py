@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cci_core.refine.cnn import CNN
 from cci_core.common.device import use_amp
 from cci_core.common.torch_data import CorpusImages
+from cci_core.refine.cnn import CNN
 
 
 @torch.no_grad()

@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from cci_core.refine.cnn import CNN
 from cci_core.common.device import use_amp
 from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages, augment
+from cci_core.refine.cnn import CNN
 
 
 class Decoder(nn.Module):

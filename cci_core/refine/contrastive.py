@@ -14,14 +14,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from cci_core.refine.augment import STRONG, AugmentConfig, random_view
-from cci_core.refine.cnn import CNN
 from cci_core.common.device import use_amp
 from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages
+from cci_core.refine.augment import STRONG, AugmentConfig, random_view
+from cci_core.refine.cnn import CNN
 from cci_core.refine.train_steps import optimizer_step, progress_line
 
 

@@ -48,12 +48,12 @@ import torch
 import torch.nn.functional as F
 
 from cci_core.cluster.cluster_metrics import cluster_acc, match_labels, silhouette
-from cci_core.refine.cnn import CNN, CNNConfig
-from cci_core.common.device import pick_device, use_amp
 from cci_core.cluster.kmeans import MiniBatchKMeans
 from cci_core.cluster.pca import PCA
+from cci_core.common.device import pick_device, use_amp
 from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages, augment
+from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.store.weights import load_weights, save_weights
 
 RECLUSTER = ("kmeans", "umap_gmm")

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from cci_core.cluster import cluster_run
-from cci_core.refine.cnn import IMAGE_SIZES
-from cci_core.store.corpus import open_corpus
 from cci_core.common.device import pick_device
+from cci_core.refine.cnn import IMAGE_SIZES
 from cci_core.refine.refine import RefineConfig, load_classifier, refine
+from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
 
 
@@ -148,8 +148,8 @@ def write_refine_pictures(store: Store, plan: dict, cl: dict) -> list[str]:
 
     from cci_core.cluster.cluster_pictures import save_cluster_montages
     from cci_core.cluster.clusterers import centroids
-    from cci_core.refine.refine import embed_corpus
     from cci_core.common.torch_data import CorpusImages
+    from cci_core.refine.refine import embed_corpus
 
     rdir, pics = Path(plan["run_dir"]), Path(plan["run_dir"]) / "pictures"
     c = open_corpus(store, plan["corpus"], plan["corpus_version"])

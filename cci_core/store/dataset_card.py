@@ -6,7 +6,6 @@ every path in them is relative to the version folder, so a copied folder still r
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

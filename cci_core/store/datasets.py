@@ -38,8 +38,17 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from cci_core.store import dataset_card
-from cci_core.store.store import (OWNER_FILE, Store, atomic_write_bytes, atomic_write_json, make_staging, read_json,
-                            remove_stale_staging, utc_now, validate_name)
+from cci_core.store.store import (
+    OWNER_FILE,
+    Store,
+    atomic_write_bytes,
+    atomic_write_json,
+    make_staging,
+    read_json,
+    remove_stale_staging,
+    utc_now,
+    validate_name,
+)
 
 MARKER = "_COMMITTED"
 _VERSION_RE = re.compile(r"^v(\d+)$")

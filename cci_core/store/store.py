@@ -21,8 +21,8 @@ import shutil
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
