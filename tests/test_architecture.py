@@ -1,7 +1,8 @@
 """The architecture's rules, checked statically (``ast`` and plain text; nothing of the project is imported).
 
 - no import cycle among the project's modules (``cci_core``, ``flows``, ``tasks``, ``deployments``);
-- ``cci_core`` never imports Prefect or the layers above it;
+- ``cci_core`` never imports Prefect or the layers above it, and the layers point one way
+  (``deployments -> flows -> tasks -> cci_core``, :data:`LAYERS`);
 - a ``cci_core`` module imports only from its own stage package or a lower one (``STAGES``);
 - no ``cci_core`` module over ``MAX_LINES`` lines, and no ``plan["...`` dictionary reads in ``cci_core``.
 
@@ -21,6 +22,8 @@ PACKAGES = ("cci_core", "flows", "tasks", "deployments")
 # Stage packages of cci_core, low to high: a module may import from its own package or a lower one.
 STAGES = ("common", "store", "ingest", "cluster", "refine", "generate", "features", "palette", "refresh", "predict")
 FORBIDDEN_IN_CORE = ("prefect", "flows", "tasks", "deployments")
+# The top-level packages, low to high: each imports only from itself or a lower one.
+LAYERS = ("cci_core", "tasks", "flows", "deployments")
 MAX_LINES = 450
 PLAN_READ = re.compile(r"""plan\[["']""")  # the text `plan["` (or `plan['`, inside f-strings) anywhere in a line
 
@@ -187,6 +190,13 @@ def layering_problems(module: str, imports: list[tuple[int, str]]) -> list[str]:
     return problems
 
 
+def layer_problems(module: str, imports: list[tuple[int, str]]) -> list[str]:
+    """A project module's imports of a higher top-level package (tasks importing flows, ...)."""
+    own = LAYERS.index(module.split(".")[0])
+    return [f"{module}:{line} imports {target}: {LAYERS[own]!r} may not import the higher layer {target.split('.')[0]!r}"
+            for line, target in imports if target.split(".")[0] in LAYERS[own + 1:]]
+
+
 def line_count(text: str) -> int:
     """Lines as ``wc -l`` counts them (newline characters)."""
     return text.count("\n")
@@ -223,6 +233,12 @@ def test_core_never_imports_prefect_or_the_layers_above():
     _, imports = project()
     problems = [p for name in core_modules() for p in forbidden_problems(name, imports[name])]
     assert not problems, _report(problems, "cci_core imports of prefect/flows/tasks/deployments")
+
+
+def test_layers_point_one_way():
+    _, imports = project()
+    problems = [p for name, found in imports.items() for p in layer_problems(name, found)]
+    assert not problems, _report(problems, "imports of a higher layer (order: " + " < ".join(LAYERS) + ")")
 
 
 def test_every_core_module_is_in_a_stage_package():
@@ -290,6 +306,10 @@ def test_forbidden_and_layering_checks_catch_bad_imports():
         "the higher stage 'refine' (#4)"]
     assert layering_problems("cci_core.predict.assign", upward) == []
     assert stage_of("cci_core.cluster_run") is None and stage_of("flows.cli") is None
+    assert layer_problems("tasks.cluster", [(2, "flows.runtime"), (3, "cci_core.store.runs"), (4, "tasks.common")]) == [
+        "tasks.cluster:2 imports flows.runtime: 'tasks' may not import the higher layer 'flows'"]
+    assert layer_problems("flows.cli", [(1, "deployments.deploy"), (2, "flows.cluster")]) != []
+    assert layer_problems("deployments.deploy", [(1, "flows.pipeline"), (2, "tasks.common")]) == []
 
 
 def test_size_and_plan_read_checks_catch_bad_text():
