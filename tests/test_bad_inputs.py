@@ -42,9 +42,9 @@ def _no_server():
 
 @pytest.fixture(scope="module")
 def store(digits28_store):
-    from cci_core.cluster.cluster_run import lineage_store
     from cci_core.store.corpus import open_corpus
     from cci_core.store.datasets import DatasetWriter
+    from cci_core.store.runs import lineage_store
     s = digits28_store("bad-inputs", corpus="d28", run1=ClusterParams(k=10, n_components=20))
     # a published dataset named like the corpus: `d28@v1` alone names both (the issue's wrong artifact)
     corpus = open_corpus(s, "d28")
@@ -285,9 +285,9 @@ def test_subprocess_errors_are_one_line(store, inputs):
 def test_lineage_names_resolve_by_kind_name_and_version(store):
     """`KIND:NAME@vN` picks the record of that kind; `NAME@vN` works when only one record has it;
     a bare corpus name means its latest version."""
-    from cci_core.cluster.cluster_run import lineage_store
     from cci_core.store.corpus import open_corpus
     from cci_core.store.lineage import AmbiguousArtifactError
+    from cci_core.store.runs import lineage_store
     lin = lineage_store(store)
     corpus_id = open_corpus(store, "d28").artifact_id
     assert lin.resolve("corpus:d28@v1").id == corpus_id

@@ -10,6 +10,7 @@ import pytest
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.ingest.ingest import ingest_local
+from cci_core.store import runs
 from cci_core.store.store import Store
 
 
@@ -32,8 +33,8 @@ def test_cli_cluster_on_two_dask_workers_equals_in_process_and_one_worker(store,
     one = json.loads(res.stdout)
     local = cr.run_local(store, "digits", cr.ClusterParams(k=10, n_components=20, seed=5))
 
-    lab_two = cr.run_labels(cr.read_run(store, "two-workers"))
-    assert np.array_equal(lab_two, cr.run_labels(cr.read_run(store, "one-worker")))
+    lab_two = cr.run_labels(runs.read_run(store, "two-workers"))
+    assert np.array_equal(lab_two, cr.run_labels(runs.read_run(store, "one-worker")))
     assert np.array_equal(lab_two, cr.run_labels(local))
     assert [p["count"] for p in two["partitions"]] == [p["count"] for p in one["partitions"]]
     assert two["metrics"]["acc"] > 0.7

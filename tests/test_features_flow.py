@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cci_core.cluster import cluster_run as cr
+from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 
 TINY = ("--batch-size", 16, "--width", 8, "--z-dim", 8, "--device", "cpu")
@@ -29,7 +30,7 @@ def test_train_self_conditioned_then_features_on_two_dask_workers(store, dask_sc
     summary = json.loads(res.stdout)
     assert summary["run_id"] == "fr-selfcond" and summary["status"] == "complete" and summary["k"] == 3
     assert [h["step"] for h in summary["history"]] == [0, 6, 12]
-    run = cr.read_run(store, "fr-selfcond")
+    run = runs.read_run(store, "fr-selfcond")
     assert run["kind"] == "self-conditioned" and run["params"]["steps"] == 12 and run["params"]["mode_seeking"] == 1.0
     labels = pd.read_parquet(store.run_dir("fr-selfcond") / "clustering" / "labels.parquet")
     assert len(labels) == 1797 and sorted(np.unique(labels["cluster"])) == [0, 1, 2]

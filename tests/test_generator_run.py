@@ -12,6 +12,7 @@ import pytest
 from cci_core.cluster import cluster_run as cr
 from cci_core.generate import generator_run as gr
 from cci_core.ingest.ingest import ingest_local
+from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 
@@ -25,7 +26,7 @@ def store(digits28_store):
 
 @pytest.fixture(scope="module")
 def trained(store):
-    sizes = [p["count"] for p in cr.read_run(store, "r3")["partitions"]]
+    sizes = [p["count"] for p in runs.read_run(store, "r3")["partitions"]]
     # a min-size between the smallest and the others: exactly the smallest cluster is skipped
     small = int(np.argmin(sizes))
     min_size = min(sizes) + 1
@@ -44,7 +45,7 @@ def test_train_skips_small_cluster_records_lineage_and_baseline_budget(store, tr
     assert names == [f"cluster-{k}" for k in big] + ["baseline"]
     assert summary["skipped"] == [{"cluster": small, "count": sizes[small],
                                    "reason": f"{sizes[small]} images, fewer than --min-size {sizes[small] + 1}"}]
-    run = cr.read_run(store, "r3")
+    run = runs.read_run(store, "r3")
     parts = {p["cluster"]: p for p in run["partitions"]}
     lin = LineageStore(store.lineage_url)
     for m in summary["models"]:
@@ -130,7 +131,7 @@ def test_conditional_and_vae_modes(store):
     cond = gr.train_local(store, "r3c", gr.TrainParams(mode="conditional", min_size=1, baseline=False,
                                                        **{**TINY, "steps": 5}))
     (m,) = cond["models"]
-    run = cr.read_run(store, "r3c")
+    run = runs.read_run(store, "r3c")
     assert m["name"] == "conditional" and m["steps"] == 15 and m["n_train"] == run["n_rows"]
     art = LineageStore(store.lineage_url).get(m["artifact_id"])
     assert sorted(i for i, r in art.inputs if r == "partition") == sorted(p["artifact_id"] for p in run["partitions"])
@@ -184,7 +185,7 @@ def test_evaluate_report_side_by_side_with_baseline(store, trained):
     per_k = report["per_cluster"]["classifier"]["per_cluster"]
     assert set(per_k) == {str(k) for k in range(3) if k != small}
     # 40 draws shared out by cluster size: the per-cluster models sample the corpus's own mixture
-    sizes = {p["cluster"]: p["count"] for p in cr.read_run(store, "r3")["partitions"] if p["cluster"] != small}
+    sizes = {p["cluster"]: p["count"] for p in runs.read_run(store, "r3")["partitions"] if p["cluster"] != small}
     want = gr.mixture_counts(sizes, 40, 7)
     assert sum(want.values()) == 40 and [e["n_fake"] for e in per_k.values()] == [want[int(k)] for k in per_k]
     for e in per_k.values():

@@ -28,6 +28,7 @@ from cci_core.generate import generate_run as gr
 from cci_core.generate.generator_run import TrainParams, train_local
 from cci_core.palette import palette_run as pr
 from cci_core.refine import refine_run as rr
+from cci_core.store import runs
 from cci_core.store.datasets import dataset_versions, list_datasets, open_dataset
 from cci_core.store.lineage import LineageStore
 
@@ -83,7 +84,7 @@ def run_cci(store, *args, trigger=None, timeout=300) -> subprocess.CompletedProc
         try:
             while trigger is not None and not trigger(time.time() - t0):
                 if proc.poll() is not None:
-                    pytest.fail(f"cci {' '.join(args)} ended (rc {proc.returncode}) before its kill point:\n"
+                    pytest.fail(f"cci {' '.join(map(str, args))} ended (rc {proc.returncode}) before its kill point:\n"
                                 + log.read_text()[-3000:])
                 if time.time() - t0 > timeout:
                     pytest.fail(f"cci {' '.join(args)}: kill point not reached in {timeout} s")
@@ -132,8 +133,8 @@ def check_consistent(store) -> None:
     assert res.exit_code == 0, res.output
     listed = {r["name"]: r["versions"] for r in json.loads(res.output)}
     assert listed == {n: dataset_versions(n, store) for n in list_datasets(store)}
-    for run_id in cr.list_runs(store):
-        run = cr.finished_run(store, run_id)
+    for run_id in runs.list_runs(store):
+        run = runs.finished_run(store, run_id)
         parts = sorted((store.run_dir(run_id) / "partitions").glob("cluster-*.parquet"))
         assert len(parts) == len(run["partitions"]) == run["clustering"]["n_clusters"]
         assert lin.get(run["clustering"]["clustering_artifact_id"])
@@ -182,16 +183,16 @@ def test_killed_clustering_is_never_a_run_and_a_rerun_starts_clean(store, prefec
     k20 = ["cluster", "d28", "--k", "20", "--components", "20", "--run-id", "kr"]
     for where, pattern in ((rdir, "embeddings.zarr"), (rdir / "partitions", "cluster-010.parquet")):
         run_cci(store, *k20, trigger=appears(where, pattern))
-        assert "kr" not in cr.list_runs(store)
+        assert "kr" not in runs.list_runs(store)
         with pytest.raises(ValueError, match="no finished clustering"):
-            cr.finished_run(store, "kr")
+            runs.finished_run(store, "kr")
         check_consistent(store)
     # the same id with other parameters (k=10): a clean folder, none of the killed k=20 run's files
     res = run_cci(store, "cluster", "d28", "--k", "10", "--components", "20", "--run-id", "kr")
     assert res.returncode == 0, res.stdout[-3000:]
     parts = sorted(p.name for p in (rdir / "partitions").iterdir())
     assert parts == [f"cluster-{c:03d}.parquet" for c in range(10)]
-    assert np.array_equal(cr.run_labels(cr.finished_run(store, "kr")), cr.run_labels(cr.finished_run(store, "ref10")))
+    assert np.array_equal(cr.run_labels(runs.finished_run(store, "kr")), cr.run_labels(runs.finished_run(store, "ref10")))
     check_consistent(store)
     # and a finished run id is refused in one line, before any flow starts
     from flows.cli import app

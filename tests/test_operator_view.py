@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from cci_core.cluster import cluster_run as cr
+from cci_core.store import runs
 
 TINY = {"rounds": 2, "warmup_steps": 60, "steps": 60, "batch_size": 32, "width": 8, "seed": 1, "ae_epochs": 0,
         "recluster": "kmeans"}
@@ -50,8 +51,8 @@ def test_refine_is_named_tagged_and_shows_progress_while_running(store, dask_sch
         run_id = None
         while not stop.is_set():
             if run_id is None:
-                runs = [r for r in _flow_runs(prefect_api, "refine run1") if r["state_type"] == "RUNNING"]
-                run_id = runs[0]["id"] if runs else None
+                running = [r for r in _flow_runs(prefect_api, "refine run1") if r["state_type"] == "RUNNING"]
+                run_id = running[0]["id"] if running else None
             if run_id is not None:
                 for a in _progress_artifacts(prefect_api, run_id):
                     if "round" in (a["description"] or "") and (a["data"], a["description"]) not in seen:
@@ -116,7 +117,7 @@ def test_cluster_artifacts_are_readable(store, dask_scheduler, prefect_api):
     assert "file://" in sizes and "cluster-000.parquet" in sizes  # partitions are links
 
     # the montage rows carry the cluster id and size: the label strip is not blank
-    n = cr.read_run(store, "run-read")["params"]["montage_size"]
+    n = runs.read_run(store, "run-read")["params"]["montage_size"]
     montage = np.asarray(Image.open(next(p for p in state.result()["pictures"] if p.endswith("clusters.png"))))
     strip = montage[:, :montage.shape[1] - 2 * (n * 30 + 2)]  # left of the 28-pixel images, scale 2
     assert strip.shape[1] > 20 and (strip < 100).any() and (strip == 255).mean() > 0.5

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cci_core.cluster.cluster_run import read_run
 from cci_core.ingest.idx import read_idx
 from cci_core.store.datasets import open_dataset
 from cci_core.store.lineage import LineageStore
+from cci_core.store.runs import read_run
 from cci_core.store.store import Store
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -15,6 +15,7 @@ import pytest
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.palette import palette_run as pr
+from cci_core.store import runs
 from cci_core.store.datasets import DatasetWriter, dataset_versions, list_datasets, open_dataset
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import (
@@ -172,22 +173,22 @@ def test_a_killed_run_is_never_listed_and_a_rerun_starts_clean(store):
     emb = cr.fit_embeddings(store, plan)
     cl = cr.cluster_step(store, plan, emb, 6)
     cr.write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")])
-    cr.update_run(store, "r", writer=dead_writer())
-    assert "r" not in cr.list_runs(store) and "km" in cr.list_runs(store)
+    runs.update_run(store, "r", writer=dead_writer())
+    assert "r" not in runs.list_runs(store) and "km" in runs.list_runs(store)
     with pytest.raises(ValueError, match="no finished clustering"):
-        cr.finished_run(store, "r")
+        runs.finished_run(store, "r")
     with pytest.raises(ValueError, match="no finished clustering"):
         pr.resolve_source(store, "r:5")
     # a live writer of the same id is refused, before any work
-    cr.update_run(store, "r", writer={**process_identity(os.getppid())})
+    runs.update_run(store, "r", writer={**process_identity(os.getppid())})
     with pytest.raises(ValueError, match="is being written by process"):
         cr.check_request(store, "d28", cr.ClusterParams(k=3, n_components=10), run_id="r")
-    cr.update_run(store, "r", writer=dead_writer())
+    runs.update_run(store, "r", writer=dead_writer())
     # the re-run with k=3 starts from a clean folder: no partition of the killed k=6 run survives
     run = cr.run_local(store, "d28", cr.ClusterParams(k=3, n_components=10), run_id="r")
     parts = sorted(p.name for p in (store.run_dir("r") / "partitions").iterdir())
     assert parts == ["cluster-000.parquet", "cluster-001.parquet", "cluster-002.parquet"]
-    assert np.array_equal(cr.run_labels(run), cr.run_labels(cr.finished_run(store, "km")))
+    assert np.array_equal(cr.run_labels(run), cr.run_labels(runs.finished_run(store, "km")))
     with pytest.raises(ValueError, match="already exists and is complete"):
         cr.check_request(store, "d28", cr.ClusterParams(k=6, n_components=10), run_id="r")
     lin = LineageStore(store.lineage_url)
@@ -195,14 +196,14 @@ def test_a_killed_run_is_never_listed_and_a_rerun_starts_clean(store):
 
 
 def test_derived_run_resumes_with_the_same_params_else_starts_clean(store):
-    parent = cr.finished_run(store, "km")
-    plan = cr.start_derived_run(store, parent, "km-derived", "refined", {"a": 1})
+    parent = runs.finished_run(store, "km")
+    plan = runs.start_derived_run(store, parent, "km-derived", "refined", {"a": 1})
     keep = store.run_dir("km-derived") / "refine" / "round-00.json"
     keep.parent.mkdir()
     keep.write_text("{}")
-    cr.update_run(store, "km-derived", writer=dead_writer())
-    again = cr.start_derived_run(store, parent, "km-derived", "refined", {"a": 1})
+    runs.update_run(store, "km-derived", writer=dead_writer())
+    again = runs.start_derived_run(store, parent, "km-derived", "refined", {"a": 1})
     assert keep.exists() and again["created_at"] == plan["created_at"]  # resumed
-    cr.update_run(store, "km-derived", writer=dead_writer())
-    cr.start_derived_run(store, parent, "km-derived", "refined", {"a": 2})
+    runs.update_run(store, "km-derived", writer=dead_writer())
+    runs.start_derived_run(store, parent, "km-derived", "refined", {"a": 2})
     assert not keep.exists()  # other options: the killed run's files are gone

@@ -14,6 +14,7 @@ from cci_core.cluster import cluster_run as cr
 from cci_core.ingest.idx import read_idx
 from cci_core.ingest.ingest import ingest_local
 from cci_core.refine import refine_run as rr
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
@@ -38,10 +39,13 @@ def store(tmp_path_factory):
 
 
 def test_refined_run_is_a_new_run_with_classifier_partitions_and_lineage(store):
-    parent_before = cr.read_run(store, "fm-km")
+    parent_before = runs.read_run(store, "fm-km")
     run = rr.refine_local(store, "fm-km", rr.config_from_options(TINY), log=lambda _: None)
     assert run["status"] == "complete" and run["run_id"] == "fm-km-refined" and run["parent_run"] == "fm-km"
-    assert cr.read_run(store, "fm-km") == parent_before  # the parent is never touched
+    parent_after = runs.read_run(store, "fm-km")  # the parent only gains the link to its child
+    assert parent_after.pop("children") == [{"run_id": "fm-km-refined", "kind": "refined"}]
+    assert parent_after == parent_before
+    assert [c["run_id"] for c in runs.children(store, "fm-km", "refined")] == ["fm-km-refined"]
 
     labels = cr.run_labels(run)
     assert labels.shape == (1200,) and labels.min() >= 0 and labels.max() < 6
@@ -74,7 +78,7 @@ def test_refine_bad_input_is_clear_and_overwrites_nothing(store):
     with pytest.raises(ValueError, match="expected a int"):
         rr.config_from_options({"steps": "many"})
     cr.run_local(store, "fm", cr.ClusterParams(algorithm="hdbscan", k=None, min_cluster_size=20), run_id="fm-hdb")
-    assert cr.read_run(store, "fm-hdb")["clustering"]["n_noise"] > 0
+    assert runs.read_run(store, "fm-hdb")["clustering"]["n_noise"] > 0
     with pytest.raises(ValueError, match="as noise"):
         rr.start_refine(store, "fm-hdb", rr.RefineConfig())
     ingest_local(store, "builtin:digits", "digits")
@@ -100,7 +104,7 @@ def test_cli_refine_under_prefect(store, run_cci, prefect_api):
     # the flow (refine task on a Dask worker process) and the library agree for the same seed. Bit-for-bit
     # equality holds within one process set-up (resume is exact: tests/test_refine.py); across processes
     # with other thread pools the CNN's float sums differ slightly, which moves some boundary rows.
-    cli_run = cr.read_run(store, "cli-refined")
+    cli_run = runs.read_run(store, "cli-refined")
     cli_rounds = json.loads(Path(cli_run["clustering"]["report"]).read_text())["rounds"]
     lib_rounds = json.loads(Path(lib["clustering"]["report"]).read_text())["rounds"]
     assert cli_rounds[0]["loss_ce"] == pytest.approx(lib_rounds[0]["loss_ce"], rel=1e-2)
@@ -115,6 +119,6 @@ def test_cli_refine_under_prefect(store, run_cci, prefect_api):
 
 
 def test_report_json_reads_with_pandas(store):
-    run = cr.read_run(store, "fm-km-refined")
+    run = runs.read_run(store, "fm-km-refined")
     rounds = pd.DataFrame(json.loads(Path(run["clustering"]["report"]).read_text())["rounds"])
     assert {"round", "acc", "nmi", "ari", "silhouette"} <= set(rounds.columns)

@@ -8,6 +8,7 @@ import pytest
 from cci_core.cluster import cluster_run as cr
 from cci_core.generate import generate_run
 from cci_core.generate import selfcond as sc
+from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 
 
@@ -67,7 +68,7 @@ def test_selfcond_run_is_a_regular_clustering_run(store):
     part = lin.get(run["partitions"][0]["artifact_id"])
     assert (hist["clustering_artifact_id"], "clustering") in [tuple(i) for i in part.inputs]
     # what generate / evaluate / train read
-    kind, models = generate_run.chosen_models(store, cr.read_run(store, "r-selfcond"), None)
+    kind, models = generate_run.chosen_models(store, runs.read_run(store, "r-selfcond"), None)
     assert kind == "conditional" and models[0]["clusters"] == [0, 1, 2]
     from cci_core.generate.train_generator import generate, load_generator
     g = load_generator(models[0]["dir"], "cpu")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cci_core.cluster import cluster_run as cr
+from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 
 
@@ -23,7 +24,7 @@ def store(digits28_store):
 
 
 def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_cci, prefect_api):
-    sizes = [p["count"] for p in cr.read_run(store, "flowrun")["partitions"]]
+    sizes = [p["count"] for p in runs.read_run(store, "flowrun")["partitions"]]
     small = min(range(3), key=lambda k: sizes[k])
     res = run_cci("train", "flowrun", "--steps", 20, "--batch-size", 16, "--width", 8, "--z-dim", 8,
                   "--checkpoint-every", 10, "--min-size", sizes[small] + 1, "--device", "cpu",

@@ -10,7 +10,7 @@ so an orchestrator can pass the dicts along::
     cl = cluster_step(store, plan, emb, k)            # clustering/, reports/metrics.json
     parts = write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")])
     pics = write_pictures(store, plan, emb, cl)       # pictures/*.png
-    finish_run(store, plan)                           # run.json status "complete"
+    runs.finish_run(store, plan)                           # run.json status "complete"
 
 (:func:`run_local` does all of them in this process.)
 
@@ -32,12 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dask.array as da
@@ -56,17 +52,15 @@ from cci_core.cluster.clusterers import ALGORITHMS, centroids, fit_clusterer
 from cci_core.cluster.features import image_features
 from cci_core.cluster.kmeans import MiniBatchKMeans
 from cci_core.cluster.pca import PCA, SOLVERS
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.lineage import LineageStore
 from cci_core.store.store import (
     Store,
     atomic_write_json,
     atomic_write_parquet,
     process_identity,
-    read_json,
     utc_now,
     validate_name,
-    writer_alive,
 )
 
 EMBEDDINGS = ("pca", "umap")
@@ -157,11 +151,6 @@ class ClusterParams:
                 raise ValueError(f"{flag} {value}: must be at least {low}")
 
 
-def new_run_id(corpus: str) -> str:
-    """``<corpus>-<UTC time>-<4 hex>``: sortable, unique, readable."""
-    return f"{corpus}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
 def hash_files(paths) -> str:
     """sha256 over the bytes of the given files, in order."""
     h = hashlib.sha256()
@@ -170,41 +159,6 @@ def hash_files(paths) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def lineage_store(store: Store) -> LineageStore:
-    return LineageStore(store.lineage_url)
-
-
-def _run_json(store: Store, run_id: str) -> Path:
-    return store.run_dir(run_id) / "run.json"
-
-
-def read_run(store: Store, run_id: str) -> dict:
-    """The run.json of a run; a clear LookupError when there is no such run."""
-    path = _run_json(store, validate_name(run_id, "run id"))
-    if not path.exists():
-        runs = list_runs(store)
-        hint = f"; runs in this store: {', '.join(runs[-5:])}" if runs else "; run `cci cluster CORPUS` first"
-        raise LookupError(f"no run {run_id!r} in {store.root}{hint}")
-    return read_json(path)
-
-
-def finished_run(store: Store, run_id: str) -> dict:
-    """run.json of a run whose clustering finished; a clear error otherwise."""
-    run = read_run(store, run_id)
-    if run.get("status") != "complete" or "clustering" not in run or not run.get("partitions"):
-        raise ValueError(f"run {run_id!r} has no finished clustering (status {run.get('status')!r}); "
-                         f"finish it with `cci cluster {run.get('corpus', 'CORPUS')}` first")
-    return run
-
-
-def update_run(store: Store, run_id: str, **fields) -> dict:
-    """Merge ``fields`` into a run's run.json (written atomically)."""
-    run = read_json(_run_json(store, run_id))
-    run.update(fields)
-    atomic_write_json(_run_json(store, run_id), run)
-    return run
 
 
 def check_request(store: Store, corpus: str, params: ClusterParams, version: int | None = None,
@@ -218,7 +172,7 @@ def check_request(store: Store, corpus: str, params: ClusterParams, version: int
     c = open_corpus(store, corpus, version)
     params.validate(c.n_rows, int(np.prod(c.shape.hwc)))
     if run_id:
-        check_new_run_id(store, run_id)
+        runs.check_new_run_id(store, run_id)
     return c
 
 
@@ -232,14 +186,14 @@ def start_run(store: Store, corpus: str, params: ClusterParams, version: int | N
     this in the process of the command (the flow), so that killing the command frees the id.
     """
     c = check_request(store, corpus, params, version, run_id)
-    run_id = validate_name(run_id or new_run_id(corpus), "run id")
-    claim_run_dir(store, run_id)
+    run_id = validate_name(run_id or runs.new_run_id(corpus), "run id")
+    runs.claim_run_dir(store, run_id)
     plan = {"run_id": run_id, "store": str(store.root), "run_dir": str(store.run_dir(run_id)),
             "corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,
             "n_rows": c.n_rows, "shape": list(c.shape.hwc), "has_labels": c.labels() is not None,
             "params": asdict(params), "status": "running", "writer": process_identity(),
             "created_at": utc_now()}
-    atomic_write_json(_run_json(store, run_id), plan)
+    runs.write_run(store, run_id, plan)
     return plan
 
 
@@ -279,7 +233,7 @@ def fit_embeddings(store: Store, plan: dict, producer: dict | None = None) -> di
     with threadpool_limits(1, user_api="blas"):
         _write_zarr(run / "embeddings.zarr", pca.transform(feats))
     seconds = time.perf_counter() - t0
-    lin = lineage_store(store)
+    lin = runs.lineage_store(store)
     pca_params = {k: getattr(p, k) for k in ("n_components", "whiten", "solver", "seed")}
     pca_art = lin.record(
         "pca", f"{plan['run_id']}/pca", str(run / "pca"),
@@ -306,7 +260,7 @@ def fit_embeddings(store: Store, plan: dict, producer: dict | None = None) -> di
                                 sample_size=p.umap_sample, seed=p.seed)
         _write_zarr(run / "space.zarr", da.from_array(Z, chunks=(65536, Z.shape[1])))
         out.update(space="space.zarr", umap_note=note, umap_seconds=round(time.perf_counter() - t0, 3))
-    update_run(store, plan["run_id"], embeddings=out)
+    runs.update_run(store, plan["run_id"], embeddings=out)
     return out
 
 
@@ -316,7 +270,7 @@ def choose_k_step(store: Store, plan: dict, emb: dict) -> dict:
     result = choose_k(embeddings(plan, emb["space"]), p.ks(), sample_size=p.sample_size,
                       silhouette_size=min(p.silhouette_sample, p.sample_size), seed=p.seed,
                       criterion=p.k_criterion)
-    update_run(store, plan["run_id"], choose_k=result)
+    runs.update_run(store, plan["run_id"], choose_k=result)
     return result
 
 
@@ -401,7 +355,7 @@ def cluster_step(store: Store, plan: dict, emb: dict, k: int | None,
 
     headline = {m: report.get(m) for m in ("inertia", "silhouette", "davies_bouldin", "calinski_harabasz",
                                            "acc", "nmi", "ari", "purity") if report.get(m) is not None}
-    art = lineage_store(store).record(
+    art = runs.lineage_store(store).record(
         "clustering", f"{plan['run_id']}/clustering", str(cdir), hash_files(files),
         size=sum(f.stat().st_size for f in files),
         params={**plan["params"], "k": k, "run_id": plan["run_id"]},
@@ -412,7 +366,7 @@ def cluster_step(store: Store, plan: dict, emb: dict, k: int | None,
     out = {"clustering_artifact_id": art.id, "k": k, "n_clusters": result.n_clusters,
            "n_noise": result.n_noise, "sizes": report["sizes"], "report": str(run / "reports" / "metrics.json"),
            "metrics": headline, "extension": result.extension, "fit_seconds": round(seconds, 3)}
-    update_run(store, plan["run_id"], clustering=out)
+    runs.update_run(store, plan["run_id"], clustering=out)
     return out
 
 
@@ -432,7 +386,7 @@ def write_partitions(store: Store, plan: dict, cl: dict, inputs: list[tuple[str,
     """
     run = Path(plan["run_dir"])
     df = pd.read_parquet(run / "clustering" / "labels.parquet")
-    lin = lineage_store(store)
+    lin = runs.lineage_store(store)
     parts = []
     for cluster in range(cl["n_clusters"]):
         rows = df[df["cluster"] == cluster][["row", "image_id"]].reset_index(drop=True)
@@ -446,7 +400,7 @@ def write_partitions(store: Store, plan: dict, cl: dict, inputs: list[tuple[str,
             inputs=[(plan["corpus_artifact_id"], "corpus"), *inputs,
                     (cl["clustering_artifact_id"], "clustering")])
         parts.append({"cluster": cluster, "count": int(len(rows)), "path": str(path), "artifact_id": art.id})
-    update_run(store, plan["run_id"], partitions=parts)
+    runs.update_run(store, plan["run_id"], partitions=parts)
     return parts
 
 
@@ -476,85 +430,6 @@ def write_pictures(store: Store, plan: dict, emb: dict, cl: dict) -> list[str]:
     return [str(x) for x in paths]
 
 
-def _unfinished(store: Store, run_id: str) -> dict:
-    """run.json of an unfinished run ({} when there is none); a finished run id is refused."""
-    path = store.run_dir(validate_name(run_id, "run id")) / "run.json"
-    try:
-        run = read_json(path) if path.exists() else {}
-    except ValueError:  # a run.json cut short cannot happen (atomic writes); treat as unfinished
-        run = {}
-    if run.get("status") == "complete":
-        raise ValueError(f"run {run_id!r} already exists and is complete; choose another --run-id")
-    return run
-
-
-def check_new_run_id(store: Store, run_id: str) -> str:
-    """A run id that is valid, not taken by a finished run (nothing is ever overwritten) and
-    not being written by another live process."""
-    run = _unfinished(store, run_id)
-    writer = run.get("writer")
-    if writer and writer.get("pid") != os.getpid() and writer_alive(writer):
-        raise ValueError(f"run {run_id!r} is being written by process {writer['pid']} on {writer.get('host')} "
-                         f"(since {writer.get('since')}); wait for it to finish or choose another --run-id")
-    return run_id
-
-
-def claim_run_dir(store: Store, run_id: str, params: dict | None = None) -> dict:
-    """Make ``runs/<run-id>/`` ready for this writer; returns the run.json to resume ({} if none).
-
-    A finished run or one a live process writes is refused. An unfinished run left by a
-    killed writer is resumed when ``params`` is given and equals its parameters; otherwise its
-    folder is removed, so the new run starts clean.
-    """
-    check_new_run_id(store, run_id)
-    rdir = store.run_dir(run_id)
-    existing = _unfinished(store, run_id)
-    if params is not None and existing and existing.get("params") == params:
-        return existing
-    if rdir.exists():
-        shutil.rmtree(rdir)
-    rdir.mkdir(parents=True)
-    return {}
-
-
-def list_runs(store: Store) -> list[str]:
-    """Ids of the finished runs in the store (unfinished ones are not runs yet), sorted."""
-    base = store.root / "runs"
-    if not base.exists():
-        return []
-    done = []
-    for p in base.iterdir():
-        try:
-            if (p / "run.json").exists() and read_json(p / "run.json").get("status") == "complete":
-                done.append(p.name)
-        except ValueError:
-            continue
-    return sorted(done)
-
-
-def start_derived_run(store: Store, parent: dict, run_id: str, kind: str, params: dict, **fields) -> dict:
-    """Create a run made from PARENT's clustering (a refined or a self-conditioned run), or
-    resume an unfinished one of the same params; one started with other params is removed
-    first (see :func:`claim_run_dir`). Returns its run.json."""
-    existing = claim_run_dir(store, run_id, params)
-    rdir = store.run_dir(run_id)
-    plan = {key: parent[key] for key in ("corpus", "corpus_version", "corpus_artifact_id", "n_rows", "shape",
-                                         "has_labels")}
-    plan.update(run_id=run_id, kind=kind, store=str(store.root), run_dir=str(rdir), parent_run=parent["run_id"],
-                parent_clustering_artifact_id=parent["clustering"]["clustering_artifact_id"], params=params,
-                status="running", writer=process_identity(), **fields,
-                created_at=existing.get("created_at") or utc_now())
-    atomic_write_json(rdir / "run.json", plan)
-    return plan
-
-
-def finish_run(store: Store, plan: dict, **fields) -> dict:
-    """Mark the run complete: run.json is the commit point of a run, written after every
-    lineage record of the run (each step records its own before returning)."""
-    return update_run(store, plan["run_id"], status="complete",
-                       finished_at=utc_now(), **fields)
-
-
 def run_local(store: Store, corpus: str, params: ClusterParams, version: int | None = None,
               run_id: str | None = None) -> dict:
     """Every step of a run in this process, in order (what the cluster flow does on Dask).
@@ -567,7 +442,7 @@ def run_local(store: Store, corpus: str, params: ClusterParams, version: int | N
     cl = cluster_step(store, plan, emb, choice["k"] if choice else params.fixed_k(), choice=choice)
     write_partitions(store, plan, cl, [(emb["pca_artifact_id"], "pca")])
     write_pictures(store, plan, emb, cl)
-    return finish_run(store, plan)
+    return runs.finish_run(store, plan)
 
 
 # ----- prediction against a finished run ---------------------------------------------------
@@ -580,7 +455,7 @@ def load_predictor(store: Store, run_id: str):
     Gaussian mixture's posterior; anything on UMAP and the density algorithms: a 15-nearest-
     neighbour vote among the run's labelled PCA rows (confidence = vote share; -1 = noise).
     """
-    run = finished_run(store, run_id)
+    run = runs.finished_run(store, run_id)
     if run.get("classifier"):
         return _classifier_predictor(run)
     rdir = store.run_dir(run_id)
@@ -682,7 +557,7 @@ def predict_source(store: Store, run_id: str, spec: str, fit: str = "stretch",
     from cci_core.ingest.sources import load_batch, open_source
 
     fn = load_predictor(store, run_id)
-    shape = ImageShape(*read_run(store, run_id)["shape"])
+    shape = ImageShape(*runs.read_run(store, run_id)["shape"])
     frames, quarantine = [], []
     for batch in open_source(spec).plan(batch_size):
         got = load_batch(batch, shape, fit)

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cci_core.cluster import cluster_run
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
 
@@ -102,8 +103,8 @@ class SpaceUnavailable(ValueError):
 # ----------------------------------------------------------------------------- finding models
 
 def related_runs(store: Store, run: dict) -> list[dict]:
-    """The run, its ``<run>-refined`` and ``<run>-selfcond`` runs, then its parents (and
-    theirs), in that order."""
+    """The run, the refined and self-conditioned runs made from it (its recorded children),
+    then its parents (and theirs), in that order."""
     seen, out, todo = set(), [], [run]
     while todo:
         r = todo.pop(0)
@@ -111,19 +112,15 @@ def related_runs(store: Store, run: dict) -> list[dict]:
             continue
         seen.add(r["run_id"])
         out.append(r)
-        for suffix in ("-refined", "-selfcond"):
-            child = store.run_dir(f"{r['run_id']}{suffix}") / "run.json"
-            if child.exists() and f"{r['run_id']}{suffix}" not in seen:
-                c = read_json(child)
-                if c.get("status") == "complete":
-                    todo.append(c)
-        if r.get("parent_run") and (store.run_dir(r["parent_run"]) / "run.json").exists():
-            todo.append(cluster_run.read_run(store, r["parent_run"]))
+        todo += runs.children(store, r["run_id"], "refined") + runs.children(store, r["run_id"], "self-conditioned")
+        parent = runs.RunRecord.from_json(r).parent_run
+        if parent and runs.run_file(store, parent).exists():
+            todo.append(runs.read_run(store, parent))
     return out
 
 
 def _find_artifact(store: Store, kind: str, uri: str) -> str | None:
-    for art in cluster_run.lineage_store(store).list(kind=kind, limit=100000):
+    for art in runs.lineage_store(store).list(kind=kind, limit=100000):
         if Path(art.uri).resolve() == Path(uri).resolve():
             return art.id
     return None
@@ -210,7 +207,7 @@ def find_space(store: Store, run: dict, space: str) -> dict:
 def plan_features(store: Store, run_id: str, params: FeatureParams) -> dict:
     """Check a comparison request and find each space's model; writes nothing."""
     params.validate()
-    run = cluster_run.finished_run(store, run_id)
+    run = runs.finished_run(store, run_id)
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])
     y = corpus.labels()
     n_classes = int(pd.Series(y).nunique()) if y is not None else None
@@ -318,7 +315,7 @@ def extract_space(store: Store, plan: dict, space: dict, producer: dict | None =
               "corpus": plan["corpus"], "corpus_version": plan["corpus_version"], "device": str(device)}
     import hashlib
     content = hashlib.sha256(f"{model_id}|{plan['corpus_artifact_id']}|{space['space']}".encode()).hexdigest()
-    art = cluster_run.lineage_store(store).record(
+    art = runs.lineage_store(store).record(
         "embeddings", f"{plan['run_id']}/features/{space['space']}", str(out), content, size=n * dim * 4,
         params=params, metrics={"n_rows": n, "dim": dim, "seconds": round(seconds, 3)}, producer=producer,
         inputs=inputs)
@@ -533,11 +530,11 @@ def write_report(store: Store, plan: dict, results: list[dict], producer: dict |
     inputs += [(r["embeddings_artifact_id"], "features") for r in results if r.get("embeddings_artifact_id")]
     metrics = {f"{r['space']}_{m}": r[m] for r in results for m in ("acc", "nmi", "ari", "silhouette")
                if isinstance(r[m], (int, float))}
-    art = cluster_run.lineage_store(store).record(
+    art = runs.lineage_store(store).record(
         "report", f"{plan['run_id']}/features", str(path), cluster_run.hash_files([path]), size=path.stat().st_size,
         params={"run_id": plan["run_id"], **plan["params"], "spaces": order}, metrics=metrics, producer=producer,
         inputs=list(dict.fromkeys(inputs)))
-    cluster_run.update_run(store, plan["run_id"], features={"report": str(path), "report_artifact_id": art.id,
+    runs.update_run(store, plan["run_id"], features={"report": str(path), "report_artifact_id": art.id,
                                                             "chart": str(chart), "finished_at": report["created_at"]})
     return {"run_id": plan["run_id"], "report": str(path), "report_artifact_id": art.id, "chart": str(chart),
             "table": rows, "skipped": plan["skipped"], "probe_note": plan["probe_note"], "markdown": report["markdown"],
@@ -560,7 +557,7 @@ def train_corpus_vae(store: Store, run_id: str, steps: int = 2000, width: int = 
     ``model`` artifact: the ``vae`` feature space. Resumes from its checkpoints."""
     from cci_core.generate.train_generator import TrainConfig, train_generator
     from cci_core.generate.vae import VAEConfig
-    run = cluster_run.finished_run(store, run_id)
+    run = runs.finished_run(store, run_id)
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])
     h, _, c = run["shape"]
     cfg = VAEConfig(image_size=h, channels=c, z_dim=z_dim, width=width)
@@ -569,7 +566,7 @@ def train_corpus_vae(store: Store, run_id: str, steps: int = 2000, width: int = 
     res = train_generator(corpus.images(), out_dir, cfg, tcfg, n_rows=corpus.n_rows)
     gen = Path(res["generator"])
     files = [gen, gen.with_suffix(".json")]
-    art = cluster_run.lineage_store(store).record(
+    art = runs.lineage_store(store).record(
         "model", f"{run_id}/models/vae-corpus", str(out_dir), cluster_run.hash_files(files),
         size=sum(f.stat().st_size for f in files),
         params={"run_id": run_id, "model": "vae", "job": "vae-corpus", "model_config": asdict(cfg),

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core.cluster import cluster_run
-from cci_core.store import dataset_card
+from cci_core.store import dataset_card, runs
 from cci_core.store.datasets import DatasetWriter, open_dataset
 from cci_core.store.store import Store, read_json, validate_name
 
@@ -79,7 +78,7 @@ def scoring_classifier(store: Store, run: dict, device=None):
                              f"`cci refine {run['run_id']}` (and train/generate from the refined run) or "
                              f"`cci evaluate {run['run_id']}` first")
         space = {"source": "cluster-cnn", "path": str(cdir)}
-        found = [a for a in cluster_run.lineage_store(store).list(kind="reference_cnn")
+        found = [a for a in runs.lineage_store(store).list(kind="reference_cnn")
                  if Path(a.uri).resolve() == cdir.resolve()]
         aid, desc = (found[0].id if found else None), "CNN trained on the run's cluster labels"
     return space_fns(space, device)[1], aid, desc
@@ -116,14 +115,14 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
         raise ValueError(f"--per-cluster {per_cluster}: give at least 1 image per cluster")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold {threshold}: a confidence threshold lies in [0, 1]")
-    run = cluster_run.finished_run(store, run_id)
+    run = runs.finished_run(store, run_id)
     kind, chosen = chosen_models(store, run, models)
     probs, classifier_id, classifier_desc = scoring_classifier(store, run)
     inputs = [(m["artifact_id"], "model") for m in chosen]
     inputs += [(run["clustering"]["clustering_artifact_id"], "clustering"), (run["corpus_artifact_id"], "corpus")]
     if classifier_id:
         inputs.append((classifier_id, "classifier"))
-    lin = cluster_run.lineage_store(store)
+    lin = runs.lineage_store(store)
     missing = [i for i, _ in inputs if lin.find(i) is None]
     if missing:  # the dataset's lineage record could not be written: refuse before any work
         raise LookupError(f"run {run_id!r} refers to {', '.join(missing)}, not in the lineage store "

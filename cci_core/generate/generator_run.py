@@ -43,8 +43,9 @@ from typing import Callable
 
 import numpy as np
 
-from cci_core.cluster.cluster_run import finished_run, hash_files, lineage_store, partition_rows, run_labels, update_run
+from cci_core.cluster.cluster_run import hash_files, partition_rows, run_labels
 from cci_core.store.corpus import open_corpus
+from cci_core.store.runs import finished_run, lineage_store, update_run
 from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
 
 MODELS = ("gan", "vae")

@@ -37,6 +37,7 @@ import pandas as pd
 
 from cci_core.cluster import cluster_run
 from cci_core.cluster.cluster_metrics import match_labels
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
 
@@ -218,7 +219,7 @@ def gan_config(plan: dict):
 def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
     """Everything checkable before training; returns the parent run.json."""
     params.validate()
-    parent = cluster_run.finished_run(store, run_id)
+    parent = runs.finished_run(store, run_id)
     h, w, c = parent["shape"]
     if h != w or h not in SIZES or c not in (1, 3):
         raise ValueError(f"run {run_id!r} clustered {h}x{w}x{c} images; the GAN makes square "
@@ -229,14 +230,14 @@ def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id
         raise ValueError(f"--k {k} is more than the corpus's {parent['n_rows']} images")
     if params.batch_size > parent["n_rows"]:
         raise ValueError(f"--batch-size {params.batch_size} is more than the corpus's {parent['n_rows']} images")
-    cluster_run.check_new_run_id(store, new_run_id or f"{run_id}-selfcond")
+    runs.check_new_run_id(store, new_run_id or f"{run_id}-selfcond")
     return parent
 
 
 def start_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
     """Create (or reopen, when unfinished with the same params) the new run's folder and run.json."""
     parent = check_selfcond(store, run_id, params, new_run_id)
-    return cluster_run.start_derived_run(store, parent, new_run_id or f"{run_id}-selfcond", "self-conditioned",
+    return runs.start_derived_run(store, parent, new_run_id or f"{run_id}-selfcond", "self-conditioned",
                                          asdict(params), k=params.k or len(parent["partitions"]))
 
 
@@ -313,7 +314,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
         labels = np.load(labels_file(0))
     else:
         if p.init == "parent":
-            labels = cluster_run.run_labels(cluster_run.read_run(store, plan["parent_run"])).astype(np.int32)
+            labels = cluster_run.run_labels(runs.read_run(store, plan["parent_run"])).astype(np.int32)
             if labels.min() < 0 or labels.max() >= k:
                 raise ValueError(f"--init parent needs the parent's ids in [0, {k}) with no noise rows; "
                                  "use --init discriminator")
@@ -323,7 +324,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
             with seeded(p.seed):
                 D0 = Discriminator(cfg).to(device)
             res, _, entry = cluster_step(D0, None, 0)
-            parent_labels = cluster_run.run_labels(cluster_run.read_run(store, plan["parent_run"]))
+            parent_labels = cluster_run.run_labels(runs.read_run(store, plan["parent_run"]))
             if parent_labels.max() < k and parent_labels.min() >= 0:  # start ids aligned with the parent's
                 labels = match_labels(parent_labels, res["labels"], k)
             else:
@@ -359,7 +360,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
 
     # -- publish: model (+ model.json), clustering (labels, centres, report)
     from cci_core.cluster.cluster_metrics import clustering_report
-    lin = cluster_run.lineage_store(store)
+    lin = runs.lineage_store(store)
     gen = out_dir / "generator.safetensors"
     files = [gen, gen.with_suffix(".json")]
     final = history[-1]
@@ -398,7 +399,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
           "n_noise": 0, "sizes": sizes, "metrics": headline, "report": str(rdir / "reports" / "metrics.json"),
           "history": history, "timings": {a: round(b, 3) for a, b in timings.items()},
           "device": str(device)}
-    cluster_run.update_run(store, plan["run_id"], clustering={a: b for a, b in cl.items() if a != "history"})
+    runs.update_run(store, plan["run_id"], clustering={a: b for a, b in cl.items() if a != "history"})
     return cl
 
 
@@ -425,10 +426,10 @@ def finish_selfcond(store: Store, plan: dict, cl: dict, parts: list[dict]) -> di
                "models": [model], "model_artifact_ids": {"conditional": cl["model_artifact_id"]},
                "training_report": str(rdir / "models" / "training.json"), "finished_at": utc_now()}
     atomic_write_json(rdir / "models" / "training.json", summary)
-    cluster_run.update_run(store, plan["run_id"], training={
+    runs.update_run(store, plan["run_id"], training={
         "report": summary["training_report"], "mode": "self-conditioned", "model": "gan",
         "model_artifact_ids": summary["model_artifact_ids"], "finished_at": summary["finished_at"]})
-    return cluster_run.finish_run(store, plan)
+    return runs.finish_run(store, plan)
 
 
 def _last_sample(out_dir: Path) -> str | None:

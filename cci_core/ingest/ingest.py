@@ -12,8 +12,6 @@ is written). :func:`check_ingest_request` runs every check that needs no server.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +28,7 @@ from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIX
 from cci_core.ingest.sources import ReadLimits, Source, SourceError, first_image_shape, load_batch, open_source
 from cci_core.store.corpus import INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array, read_manifest, write_rows
 from cci_core.store.lineage import LineageStore
-from cci_core.store.store import Store, utc_now, validate_name
+from cci_core.store.store import Store, file_lock, pid_alive, utc_now, validate_name
 
 
 def default_batch_size(kind: str) -> int:
@@ -144,30 +142,8 @@ def check_still_latest(plan: dict) -> None:
             "run the same cci ingest again to add this source's new images")
 
 
-@contextlib.contextmanager
-def _flock(cdir: Path, name: str):
-    """An OS file lock (released when the process dies) around a short check-then-write."""
-    cdir.mkdir(parents=True, exist_ok=True)
-    with open(cdir / name, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _lock_path(cdir: Path) -> Path:
     return Path(cdir) / ".ingest.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def acquire_lock(cdir: Path, ingest_id: str) -> None:
@@ -178,7 +154,7 @@ def acquire_lock(cdir: Path, ingest_id: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"ingest_id": ingest_id, "pid": os.getpid(), "host": socket.gethostname(),
           "since": utc_now()}
-    with _flock(Path(cdir), ".ingest.lock.guard"):  # two takeovers of one stale lock cannot interleave
+    with file_lock(Path(cdir) / ".ingest.lock.guard"):  # two takeovers of one stale lock cannot interleave
         _acquire(path, me, cdir)
 
 
@@ -191,7 +167,7 @@ def _holder(path: Path) -> dict | None:
         return None
     except (OSError, ValueError):
         held = {}
-    if held.get("host") == socket.gethostname() and held.get("pid") and not _alive(int(held["pid"])):
+    if held.get("host") == socket.gethostname() and held.get("pid") and not pid_alive(int(held["pid"])):
         return None
     return held
 
@@ -372,7 +348,7 @@ def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | No
         "duplicates": selection["duplicates"], "quarantined": len(selection["quarantine"]),
         "source": plan["source"], "listing_hash": plan["listing_hash"], "artifact_id": art.id,
         "ingest_id": plan["ingest_id"], "created_at": datetime.now(timezone.utc).isoformat()}]
-    with _flock(cdir, ".commit.lock"):  # compare-and-swap: check and publish as one step
+    with file_lock(Path(cdir) / ".commit.lock"):  # compare-and-swap: check and publish as one step
         check_still_latest(plan)
         commit_version(cdir, manifest, index, quarantine)
     shutil.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'

@@ -31,12 +31,13 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from cci_core.cluster.cluster_run import lineage_store
 from cci_core.common.imagegrid import make_grid, save_png
 from cci_core.palette.palette import Palette, check_k, learn_palette
 from cci_core.palette.render import MODES, check_channels, match_colors, render
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.lineage import artifact_id
+from cci_core.store.runs import lineage_store
 from cci_core.store.store import Store, atomic_write_json, publish_dir, read_json, staging
 
 _PARTITION_RE = re.compile(r"^(?P<run>[A-Za-z0-9][A-Za-z0-9._-]*?)(?::|/cluster-)(?P<c>\d+)$")
@@ -105,8 +106,8 @@ def resolve_source(store: Store, source: str) -> dict:
                 "dataset_version": ds.version, "path": str(ds.path), "shape": list(ds.images.shape[1:]),
                 "n_images": len(ds), "inputs": inputs}
     m = _PARTITION_RE.match(source)
-    if m and (store.run_dir(m["run"]) / "run.json").exists():
-        from cci_core.cluster.cluster_run import finished_run
+    if m and runs.run_file(store, m["run"]).exists():
+        from cci_core.store.runs import finished_run
         run, c = finished_run(store, m["run"]), int(m["c"])  # an unfinished run is not a source
         parts = {int(q["cluster"]): q for q in run.get("partitions") or []}
         if c not in parts:

@@ -14,7 +14,7 @@ generate) works on it unchanged::
                                             embedding), curves.png (metrics per round)
 
 Steps: :func:`start_refine` → :func:`refine_step` → :func:`cluster_run.write_partitions`
-→ :func:`write_refine_pictures` → :func:`cluster_run.finish_run`;
+→ :func:`write_refine_pictures` → :func:`runs.finish_run`;
 :func:`refine_local` runs them all in this process.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from cci_core.cluster import cluster_run
 from cci_core.common.device import pick_device
 from cci_core.refine.cnn import IMAGE_SIZES
 from cci_core.refine.refine import RefineConfig, load_classifier, refine
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
 
@@ -63,7 +64,7 @@ def config_from_options(options: dict | None) -> RefineConfig:
 
 def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
     """Everything checkable before training; returns the parent run.json."""
-    parent = cluster_run.finished_run(store, run_id)
+    parent = runs.finished_run(store, run_id)
     n_noise = parent["clustering"].get("n_noise", 0)
     if n_noise:
         raise ValueError(f"run {run_id!r} leaves {n_noise} rows as noise ({parent['params']['algorithm']}); "
@@ -76,14 +77,14 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
         raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
                          f"{', '.join(f'{s}x{s}' for s in IMAGE_SIZES)} images: ingest into a new corpus "
                          "with --size 28x28 (for example) and cluster that")
-    cluster_run.check_new_run_id(store, new_run_id or f"{run_id}-refined")
+    runs.check_new_run_id(store, new_run_id or f"{run_id}-refined")
     return parent
 
 
 def start_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
     """Create (or reopen, when unfinished) the refined run's folder and run.json."""
     parent = check_refine(store, run_id, config, new_run_id)
-    return cluster_run.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
+    return runs.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
 
 
 def refine_step(store: Store, plan: dict, log=print, producer: dict | None = None, progress=None) -> dict:
@@ -93,7 +94,7 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
     config = RefineConfig(**plan["params"])
     rdir = Path(plan["run_dir"])
     c = open_corpus(store, plan["corpus"], plan["corpus_version"])
-    parent = cluster_run.read_run(store, plan["parent_run"])
+    parent = runs.read_run(store, plan["parent_run"])
     initial = cluster_run.run_labels(parent)
     y = c.labels()
     y_codes = pd.factorize(y)[0] if y is not None else None
@@ -120,7 +121,7 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
               "rounds": history, "sizes": sizes, "n_clusters": k, **headline, "config": plan["params"]}
     atomic_write_json(rdir / "reports" / "metrics.json", report)
 
-    lin = cluster_run.lineage_store(store)
+    lin = runs.lineage_store(store)
     files = [cdir / "classifier.safetensors", cdir / "classifier.json"]
     clf = lin.record("classifier", f"{plan['run_id']}/classifier", str(cdir), cluster_run.hash_files(files),
                      size=sum(f.stat().st_size for f in files), params=plan["params"], metrics=headline,
@@ -138,7 +139,7 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
            "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
            "changed_from_parent": float((labels != initial).mean()),
            "device": str(pick_device(config.device))}  # a CUDA-trained classifier is not bitwise repeatable
-    cluster_run.update_run(store, plan["run_id"], clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
+    runs.update_run(store, plan["run_id"], clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
     return out
 
 
@@ -173,4 +174,4 @@ def refine_local(store: Store, run_id: str, config: RefineConfig | None = None,
     cl = refine_step(store, plan, log=log)
     cluster_run.write_partitions(store, plan, cl, [(cl["classifier_artifact_id"], "classifier")])
     write_refine_pictures(store, plan, cl)
-    return cluster_run.finish_run(store, plan)
+    return runs.finish_run(store, plan)

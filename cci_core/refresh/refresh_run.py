@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cci_core.cluster import cluster_run
+from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
 
@@ -35,7 +36,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     Returns the drift report plus ``run_id`` (the new run) — or ``{"changed": False}`` when
     the corpus has no rows beyond the run's.
     """
-    parent = cluster_run.finished_run(store, run_id)
+    parent = runs.finished_run(store, run_id)
     c = open_corpus(store, parent["corpus"], version)
     old_n, new_n = parent["n_rows"], c.n_rows
     if new_n <= old_n:
@@ -60,7 +61,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     changed = [int(i) for i in np.flatnonzero(growth > retrain_threshold)]
 
     rdir = store.run_dir(new_id)
-    if (rdir / "run.json").exists() and read_json(rdir / "run.json").get("status") == "complete":
+    if runs.run_file(store, new_id).exists() and runs.read_run(store, new_id).get("status") == "complete":
         raise ValueError(f"run {new_id!r} already holds corpus {c.name!r} v{c.version}; nothing to refresh")
     plan = {key: parent[key] for key in ("corpus", "shape", "has_labels", "params", "kind")
             if key in parent}
@@ -77,7 +78,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
             shutil.copytree(store.run_dir(run_id) / sub, rdir / sub)
     if not parent.get("classifier"):
         shutil.copytree(store.run_dir(run_id) / "clustering", rdir / "clustering", dirs_exist_ok=True)
-    atomic_write_json(rdir / "run.json", plan)
+    runs.write_run(store, new_id, plan)
 
     index = c.index(["row", "image_id"]).sort_values("row")
     all_labels = np.concatenate([old_labels, new_labels]).astype(np.int32)
@@ -92,7 +93,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
              "retrain_threshold": retrain_threshold, "changed_clusters": changed}
     atomic_write_json(rdir / "reports" / "drift.json", drift)
 
-    lin = cluster_run.lineage_store(store)
+    lin = runs.lineage_store(store)
     inputs = [(parent["clustering"]["clustering_artifact_id"], "previous_clustering"),
               (c.artifact_id, "corpus")]
     if parent.get("classifier_artifact_id"):
@@ -104,10 +105,10 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
                               "size_shift": shift}, producer=producer, inputs=inputs)
     cl = {**parent["clustering"], "clustering_artifact_id": art.id, "sizes": new_sizes.tolist(),
           "report": str(rdir / "reports" / "drift.json")}
-    cluster_run.update_run(store, new_id, clustering=cl, drift=drift)
+    runs.update_run(store, new_id, clustering=cl, drift=drift)
     extra = [(parent["classifier_artifact_id"], "classifier")] if parent.get("classifier_artifact_id") else []
-    cluster_run.write_partitions(store, cluster_run.read_run(store, new_id), cl, extra, producer=producer)
-    cluster_run.finish_run(store, cluster_run.read_run(store, new_id))
+    cluster_run.write_partitions(store, runs.read_run(store, new_id), cl, extra, producer=producer)
+    runs.finish_run(store, runs.read_run(store, new_id))
     return drift
 
 
@@ -118,7 +119,7 @@ def retrain_changed(store: Store, run_id: str, changed: list[int], params=None, 
     Returns the training summary (``models/training.json``) with ``retrained`` and ``carried_over``.
     """
     from cci_core.generate.generator_run import TrainParams, finish_training, plan_training, train_job
-    run = cluster_run.finished_run(store, run_id)
+    run = runs.finished_run(store, run_id)
     previous = run.get("refreshed_from")
     prev_path = store.run_dir(previous) / "models" / "training.json" if previous else None
     if not prev_path or not prev_path.exists():

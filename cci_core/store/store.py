@@ -1,6 +1,6 @@
 """The artifact store: one root folder holding corpora, runs, datasets and the lineage DB.
 
-Layout (DESIGN.md)::
+Layout (docs/architecture.md)::
 
     <root>/lineage.db
     <root>/corpora/<name>/images.zarr, index.parquet, corpus.json, quarantine.parquet
@@ -14,6 +14,7 @@ the next writer removes staging folders whose writer is gone (:func:`remove_stal
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -117,6 +118,31 @@ OWNER_FILE = ".owner.json"
 STAGING_PREFIX = ".staging-"
 # A staging folder without an owner file is younger than this while its writer is starting.
 _UNOWNED_GRACE_S = 120.0
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An OS file lock on ``path`` (created if missing), released when the block ends or the
+    process dies: guards a short read-check-write against other processes on this host."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists on this host (any owner)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def process_identity(pid: int | None = None) -> dict:
