@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cci_core.common.shapes import ImageShape
 from cci_core.ingest.idx import read_idx
-from cci_core.ingest.images import ImageShape, normalise
+from cci_core.ingest.images import normalise
 from cci_core.ingest.ingest import decode_batch, ingest_local, plan_ingest, plan_writes, prepare_array, select_new, write_segments
 from cci_core.ingest.sources import SourceError
 from cci_core.store.corpus import UnknownCorpusError, open_corpus

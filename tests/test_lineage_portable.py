@@ -101,3 +101,19 @@ def test_prov_and_dot_exports(published_store):
     dot = export(lin, "dot", "dataset:gen@v1")
     assert dot.startswith("digraph lineage {") and dot.count(" -> ") == sum(len(a.inputs) for a in arts)
     assert all(f'"{a.id}" [label=' in dot for a in arts)
+
+
+def test_by_uri_finds_the_newest_record_of_a_path_in_one_query(tmp_path):
+    lin = LineageStore(f"sqlite:///{tmp_path / 'lineage.db'}", root=tmp_path)
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    target = tmp_path / "runs" / "r1" / "model"
+    first = lin.record("model", "r1/model", str(target), "h1")
+    newer = lin.record("model", "r1/model", str(target), "h2")
+    lin.record("report", "r1/model", str(target), "h3")
+    old = lin.record("model", "old", "/elsewhere/model", "h4")  # outside the store: kept as written
+    for _ in range(1100):  # more records than list()'s default limit: a scan would miss the first ones
+        lin.record("noise", "n", str(tmp_path / "noise"), "x")
+    assert lin.by_uri(str(target), kind="model").id == newer.id != first.id
+    assert lin.by_uri(f"file://{target}", kind="model").id == newer.id
+    assert lin.by_uri("/elsewhere/model").id == old.id
+    assert lin.by_uri(str(tmp_path / "nothing")) is None

@@ -553,7 +553,7 @@ def predict_source(store: Store, run_id: str, spec: str, fit: str = "stretch",
 
     Returns (DataFrame with source, image_id, cluster, confidence; quarantine list).
     """
-    from cci_core.ingest.images import ImageShape
+    from cci_core.common.shapes import ImageShape
     from cci_core.ingest.sources import load_batch, open_source
 
     fn = load_predictor(store, run_id)

@@ -11,11 +11,12 @@ import io
 import os
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from cci_core.common.shapes import ImageShape
 
 FITS = ("stretch", "crop", "pad")
 DEFAULT_MAX_FILE_BYTES = 256 << 20       # bytes read from one file or tar member
@@ -32,24 +33,6 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 class ImageRefused(ValueError):
     """One image file is not decoded: a one-line reason (too big, not an image, corrupt)."""
-
-
-@dataclass(frozen=True)
-class ImageShape:
-    """Target shape of every image in a corpus."""
-    height: int
-    width: int
-    channels: int
-
-    def __post_init__(self):
-        if self.height < 1 or self.width < 1 or self.height > 4096 or self.width > 4096:
-            raise ValueError(f"image size {self.height}x{self.width} is out of range: use 1..4096 pixels a side")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels={self.channels} is not supported: use 1 (gray) or 3 (RGB)")
-
-    @property
-    def hwc(self) -> tuple[int, int, int]:
-        return (self.height, self.width, self.channels)
 
 
 def image_id(pixels: np.ndarray) -> str:

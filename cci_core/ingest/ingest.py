@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, FITS, ImageShape
+from cci_core.common.shapes import ImageShape
+from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, FITS
 from cci_core.ingest.sources import ReadLimits, Source, SourceError, first_image_shape, load_batch, open_source
 from cci_core.store.corpus import INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array, read_manifest, write_rows
 from cci_core.store.lineage import LineageStore

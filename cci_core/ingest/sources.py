@@ -23,12 +23,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from cci_core.common.shapes import ImageShape
 from cci_core.ingest.idx import IDXFormatError, read_idx
 from cci_core.ingest.images import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageRefused,
-    ImageShape,
     decide_value_range,
     image_id,
     normalise,

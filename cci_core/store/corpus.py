@@ -14,7 +14,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from cci_core.ingest.images import ImageShape
+from cci_core.common.shapes import ImageShape
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json
 
 CHUNK_BYTES = 4 << 20  # chunks of 2-4 MiB along N

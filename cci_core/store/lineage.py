@@ -273,6 +273,20 @@ class LineageStore:
             ids = conn.execute(q).scalars().all()
         return [self.get(i) for i in ids]
 
+    def by_uri(self, uri: str, kind: str | None = None) -> Artifact | None:
+        """The newest record whose URI names ``uri`` (a path or URI, compared as this store
+        writes them: portable form), optionally of one kind; one query, any store size."""
+        forms = {self.portable_uri(str(uri)), str(uri)}
+        local = _local_path(str(uri))
+        if local is not None:  # records written before URIs were store-relative hold the absolute path
+            forms.add(str(local.resolve()))
+        q = sa.select(artifacts_table.c.id).where(artifacts_table.c.uri.in_(sorted(forms)))
+        if kind:
+            q = q.where(artifacts_table.c.kind == kind)
+        with self.engine.connect() as conn:
+            aid = conn.execute(q.order_by(artifacts_table.c.created_at.desc()).limit(1)).scalar()
+        return None if aid is None else self.get(aid)
+
     def outputs_of(self, aid: str) -> list[tuple[str, str]]:
         """Artifacts made from ``aid``: ``(child id, role of aid in the child)``."""
         with self.engine.connect() as conn:
