@@ -1,6 +1,6 @@
 """What the real `cci` console script prints: one line (or a progress bar) per stage and the
 summary by default, Prefect's own lines only with --verbose, only the summary with --quiet; and
-options that mean one thing across commands."""
+options that mean one thing across commands. (What a whole `cci run` prints: tests/test_cci_run.py.)"""
 from __future__ import annotations
 
 import json
@@ -27,22 +27,6 @@ def _lines(res) -> list[str]:
 @pytest.fixture(scope="module")
 def store(digits28_store):
     return digits28_store("cli-output", corpus="d28")
-
-
-def test_run_prints_a_line_per_stage_and_the_summary(tmp_path, prefect_api, dask_scheduler):
-    res = _cci("run", "--store", tmp_path / "s", "-k", "3", "--refine-steps", 4, "--train-steps", 4,
-               "--per-cluster", 4, "--refine-set", "ae_epochs=0.05", "--refine-set", "batch_size=64",
-               "--dask-address", dask_scheduler, timeout=1800)  # ~1-2 min idle; far more on a shared box
-    assert res.returncode == 0, res.stderr[-3000:]
-    lines = _lines(res)
-    assert len(lines) <= 20, "\n".join(lines)
-    stages = [line for line in lines if line.startswith("✓ ")]
-    # the pipeline itself and its six stages, each once, in order
-    assert [s.split()[1] for s in stages] == ["ingest", "cluster", "refine", "train", "generate", "evaluate",
-                                              "pipeline"], stages
-    assert all(" s, " in s and "tasks" in s for s in stages)
-    assert "Finished in state" not in res.stderr and "INFO" not in res.stderr
-    assert "Pipeline on digits28" in res.stdout
 
 
 def test_verbose_quiet_and_the_progress_bar(store, prefect_api, dask_scheduler):

@@ -48,7 +48,7 @@ inputs_table = sa.Table(
 
 @dataclass
 class Artifact:
-    """One lineage record (DESIGN.md)."""
+    """One lineage record (docs/architecture.md, "The lineage record")."""
     id: str
     kind: str
     name: str

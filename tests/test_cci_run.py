@@ -1,0 +1,121 @@
+"""The whole `cci run`, as a user types it, run twice at once into two fresh stores (each on its own
+LocalCluster of two worker processes): one prints for a person, one prints JSON. One pair of runs
+serves three checks, because a `cci run` is the slowest thing the suite does:
+
+- what the terminal shows: a line per stage and the summary, nothing of Prefect's own logging;
+- same seed, same inputs -> byte-identical published images and manifest;
+- the clustering run links to the refined run made from it, so `cci features <clustering run>`
+  finds the CCI classifier (found by the run record's links, not by a name pattern).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+CCI = str(Path(sys.executable).parent / "cci")
+SMALL = ["--k", "4", "--refine-steps", "20", "--train-steps", "20", "--per-cluster", "8", "--workers", "2",
+         "--seed", "3", "--refine-set", "ae_epochs=0", "--refine-set", "width=8",
+         "--refine-set", "recluster=kmeans"]
+# CPU only, as a user without a GPU: CUDA kernels are not bitwise repeatable (the card says so)
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, prefect_api):
+    """`cci run` into store ``human`` (plain output) and store ``json`` (--json) at the same time
+    (the runs' timings differ; their outputs must not)."""
+    root = tmp_path_factory.mktemp("cci-run")
+    stores = {"human": root / "human", "json": root / "json"}
+    procs = {name: subprocess.Popen([CCI, "run", "builtin:digits", "--store", str(s), *SMALL]
+                                    + (["--json"] if name == "json" else []),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+             for name, s in stores.items()}
+    outs = {name: p.communicate(timeout=1800) for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, f"cci run ({name}) failed:\n{outs[name][1][-3000:]}"
+    out = outs["json"][0]
+    return {"stores": stores, "human": outs["human"], "summary": json.loads(out[out.index("{"):])}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_prints_a_line_per_stage_and_the_summary(two_runs):
+    stdout, stderr = two_runs["human"]
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+    assert len(lines) <= 20, "\n".join(lines)
+    stages = [line for line in lines if line.startswith("✓ ")]
+    # the pipeline itself and its six stages, each once, in order
+    assert [s.split()[1] for s in stages] == ["ingest", "cluster", "refine", "train", "generate", "evaluate",
+                                              "pipeline"], stages
+    assert all(" s, " in s and "tasks" in s for s in stages)
+    assert "Finished in state" not in stderr and "INFO" not in stderr
+    assert "Pipeline on digits28" in stdout
+
+
+def test_same_seed_gives_byte_identical_dataset(two_runs):
+    summary, stores = two_runs["summary"], two_runs["stores"]
+    b = Path(summary["dataset"]["path"])
+    a = stores["human"] / b.relative_to(stores["json"])  # the same layout in the other store
+    assert a.is_dir() and a != b
+
+    # decoded images, then every chunk and metadata byte of the Zarr store
+    ia, ib = zarr.open_array(str(a / "images.zarr"), mode="r")[:], zarr.open_array(str(b / "images.zarr"), mode="r")[:]
+    assert ia.shape == (32, 28, 28, 1) and ia.std() > 0
+    assert np.array_equal(ia, ib)
+    assert _files(a / "images.zarr") == _files(b / "images.zarr")
+
+    # the manifest's content, and its file byte for byte (it holds no wall-clock value)
+    ma, mb = pd.read_parquet(a / "manifest.parquet"), pd.read_parquet(b / "manifest.parquet")
+    pd.testing.assert_frame_equal(ma, mb)
+    assert not any(pd.api.types.is_datetime64_any_dtype(t) for t in ma.dtypes)
+    assert (a / "manifest.parquet").read_bytes() == (b / "manifest.parquet").read_bytes()
+    assert (a / "data.parquet").read_bytes() == (b / "data.parquet").read_bytes()
+
+    # the cards differ only in when they were written; both say the data is repeatable
+    ca, cb = (json.loads((p / "card.json").read_text()) for p in (a, b))
+    assert ca.pop("created_at") != "" and cb.pop("created_at") != ""
+    assert ca == cb
+    assert ca["deterministic"] is True and ca["devices"]["generate"] == "cpu"
+    assert set(ca["devices"]["train"].values()) == {"cpu"} and ca["devices"]["classifier"] == "cpu"
+
+
+def test_features_of_the_clustering_run_list_the_cci_classifier(two_runs):
+    from cci_core.store import runs
+    from cci_core.store.store import Store
+    summary, store = two_runs["summary"], Store(two_runs["stores"]["json"])
+    refined = runs.read_run(store, summary["refined_run"])
+    parent = refined["parent_run"]
+    assert [c["run_id"] for c in runs.children(store, parent, "refined")] == [summary["refined_run"]]
+
+    res = subprocess.run([CCI, "features", parent, "--store", str(store.root), "--space", "pixels",
+                          "--space", "classifier", "--fractions", "1", "--max-train", "300", "--max-test", "200",
+                          "--forest-trees", "5", "--workers", "1", "--json"],
+                         capture_output=True, text=True, timeout=900, env=ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout[res.stdout.index("{"):])
+    compared, skipped = _named(report, "spaces"), _named(report, "skipped")
+    assert "classifier" in compared and "classifier" not in skipped, json.dumps(report)[:3000]
+
+
+def _named(obj, key: str) -> set[str]:
+    """Every ``space`` named in a list held under ``key``, anywhere in a JSON report."""
+    found = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key and isinstance(v, list):
+                found |= {d["space"] for d in v if isinstance(d, dict) and "space" in d}
+            found |= _named(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            found |= _named(v, key)
+    return found
