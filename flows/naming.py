@@ -70,7 +70,7 @@ def run_tags(stage: str, corpus: str | None = None, run_id: str | None = None,
 
 def _run_corpus(store_root: str | None, run_id: str) -> str | None:
     """The corpus of RUN from its run.json (None when it cannot be read)."""
-    from cci_core.cluster.cluster_run import read_run
+    from cci_core.store.runs import read_run
     from cci_core.store.store import Store
     try:
         return read_run(Store(store_root), run_id).get("corpus")

@@ -11,10 +11,11 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cci_core.store import runs
 from cci_core.store.store import Store
 
 DASK_CONNECT_TIMEOUT_S = 2.5
-# what a store root holds once anything was written to it (DESIGN.md, artifact store)
+# what a store root holds once anything was written to it (docs/architecture.md, "The store layout")
 _STORE_MARKERS = ("lineage.db", "corpora", "runs", "datasets", "palettes")
 
 
@@ -120,22 +121,21 @@ def check_positive(value: int | float | None, flag: str, minimum: int | float = 
 def check_generate(store: Store, run_id: str, dataset: str, per_cluster: int, threshold: float,
                    models: str | None) -> None:
     """``cci generate``: the dataset name, the counts, and a run with the generators asked for."""
-    from cci_core.cluster import cluster_run
     from cci_core.generate.generate_run import chosen_models
     from cci_core.store.store import validate_name
     validate_name(dataset, "dataset name")
     check_positive(per_cluster, "--per-cluster")
     if not 0.0 <= threshold <= 1.0:
         raise PreflightError(f"--threshold {threshold}: a confidence threshold lies in [0, 1]")
-    chosen_models(store, cluster_run.read_run(store, run_id), models)
+    chosen_models(store, runs.read_run(store, run_id), models)
 
 
 def check_refresh(store: Store, source: str, corpus: str, run_id: str | None, dataset: str | None,
                   retrain_threshold: float, per_cluster: int) -> None:
     """``cci refresh``: the source, the corpus, the run it builds on and the dataset name."""
-    from cci_core.cluster.cluster_run import finished_run
     from cci_core.ingest.ingest import check_ingest_request
     from cci_core.store.corpus import open_corpus
+    from cci_core.store.runs import finished_run
     from cci_core.store.store import validate_name
     from flows.refresh import latest_served_run
     open_corpus(store, corpus)

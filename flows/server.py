@@ -38,8 +38,8 @@ def state_path(store_root: str | Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    from cci_core.ingest.ingest import _alive as exists
-    if not exists(pid):
+    from cci_core.store.store import pid_alive
+    if not pid_alive(pid):
         return False
     try:  # a zombie waits for its parent to reap it: it serves nothing
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.assets import materialize
 
 from cci_core.cluster import cluster_run
+from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, cluster_compute, producer
@@ -67,4 +68,4 @@ def pictures_task(plan: dict, emb: dict, cl: dict) -> list[str]:
 
 @task(name="finish-run", task_run_name="finish {plan[run_id]}")
 def finish_run_task(plan: dict, **fields) -> dict:
-    return cluster_run.finish_run(Store(plan["store"]), plan, **fields)
+    return runs.finish_run(Store(plan["store"]), plan, **fields)
