@@ -337,7 +337,7 @@ def test_expected_error_inside_a_flow_prints_no_traceback(prefect_api, capfd):
     import typer
     from prefect import flow, task
 
-    from flows.cli import run_flow
+    from flows.cli.common import run_flow
     refuse = task(_refuse, name="refuse")
 
     @flow(name="refusing-flow")

@@ -59,7 +59,7 @@ def test_palette_and_stylize_flows_publish_artifacts_and_lineage(store, prefect_
 
 
 def test_commands_register_and_fail_in_one_line(store, tmp_path):
-    from flows.cli_palette import register
+    from flows.cli import register
     app = typer.Typer()
     register(app)
     runner = CliRunner()

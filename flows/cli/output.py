@@ -9,7 +9,7 @@ while they work, on whichever Dask worker). On a terminal each stage is a rich p
 (tasks done, tasks/s, time left, the progress artifact's note); anywhere else each stage is one
 line when it ends.
 
-Verbosity is chosen on the command line (``--quiet`` / ``--verbose``, see :data:`QuietOpt`) and
+Verbosity is chosen on the command line (``--quiet`` / ``--verbose``, :mod:`flows.cli.options`) and
 applied by :func:`configure_logging` before Prefect is imported: Prefect's console handler is
 raised to WARNING (its API handler, the UI's logs, keeps everything), in this process and, by
 the environment, in the Dask worker processes the command starts.
@@ -22,8 +22,6 @@ import re
 import threading
 import time
 
-import typer
-
 QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
 _mode = {"value": NORMAL}
 _CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
@@ -35,21 +33,10 @@ def mode() -> str:
     return _mode["value"]
 
 
-def _set(value: str):
-    def callback(flag: bool) -> bool:
-        if flag:
-            if _mode["value"] not in (NORMAL, value):
-                raise typer.BadParameter("--quiet and --verbose exclude each other")
-            _mode["value"] = value
-            configure_logging()
-        return flag
-    return callback
-
-
-QuietOpt = typer.Option(False, "--quiet", "-q", is_eager=True, callback=_set(QUIET),
-                        help="Print only the final summary (and errors).")
-VerboseOpt = typer.Option(False, "--verbose", "-v", is_eager=True, callback=_set(VERBOSE),
-                          help="Also print Prefect's own log lines and the Dask workers' logs.")
+def set_mode(value: str) -> None:
+    """Switch to VALUE (quiet, normal or verbose) and apply it to Prefect's logging."""
+    _mode["value"] = value
+    configure_logging()
 
 
 def configure_logging() -> None:

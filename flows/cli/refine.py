@@ -1,0 +1,64 @@
+"""`cci refine`: the CCI classifier on a clustering run, published as a new run."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli.common import name_values, out, print_json, read_store, run_flow, run_guarded
+from flows.cli.options import DaskOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
+
+
+def refine(
+    run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Re-clustering rounds after the warm-up."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per round."),
+    lam: Optional[float] = typer.Option(None, "--lam", help="Weight of the k-means term in J = J_CE + lam * J_kmeans."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for everything random."),
+    device: Optional[str] = DeviceOpt,
+    option: list[str] = typer.Option([], "--set", help="Any other RefineConfig field, as NAME=VALUE (repeatable)."),
+    new_run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the refined run (default: RUN-refined)."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
+):
+    """Train the CCI classifier on RUN's clusters (J = J_CE + lam * J_kmeans, re-clustering its
+    embedding each round) and publish the refined clustering as a new run.
+
+    An interrupted refinement resumes from its last finished round when run again.
+
+    Example: cci refine RUN --rounds 2 --steps 800
+    """
+    from cci_core.refine.refine_run import check_refine, config_from_options
+    options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
+                                     device=device).items() if v is not None}
+    options.update(name_values(option, "--set"))
+    from flows.preflight import check_device
+    run_guarded(check_device, options.get("device"))
+    store_obj = read_store(store)
+    config = run_guarded(config_from_options, options)
+    run_guarded(check_refine, store_obj, run_id, config, new_run_id)
+    options = {k: v for k, v in asdict(config).items()}
+    from flows.refine import refine_flow  # after the checks: importing the flow (Prefect) takes seconds
+    summary = run_flow(refine_flow, dask_address, workers or 1,
+                       run_id, store_root=str(store_obj.root), options=options, new_run_id=new_run_id)
+    if as_json:
+        print_json(summary)
+        return
+    t = Table("round", "acc", "nmi", "ari", "silhouette", "selection", "changed", "seconds",
+              title=f"CCI refinement of {run_id} (kept round {summary['chosen_round']})")
+
+    def f(v):
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    for r in summary["rounds"]:
+        t.add_row(str(r.get("round")), f(r.get("acc")), f(r.get("nmi")), f(r.get("ari")), f(r.get("silhouette")),
+                  f(r.get("selection_score")), f(r.get("changed")), f(r.get("wall_seconds")))
+    out.print(t)
+    out.print(f"Refined run [bold]{summary['run_id']}[/]: {len(summary['partitions'])} clusters, "
+              f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {run_id}\n"
+              f"  classifier: {summary['classifier_artifact_id']}  ({summary['classifier']})\n"
+              f"  clustering: {summary['clustering_artifact_id']}\n  report: {summary['report']}\n"
+              f"  next: cci predict {summary['run_id']} PATH   |   cci train {summary['run_id']}",
+              highlight=False, soft_wrap=True)

@@ -1,0 +1,111 @@
+"""`cci run` (the whole pipeline) and `cci refresh` (what is new, against a served run)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Optional
+
+import typer
+
+from flows.cli.common import name_values, out, parse_k, parse_size, print_json, read_store, run_flow, run_guarded
+from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
+
+
+def run_pipeline(
+    source: str = typer.Argument("builtin:digits", help="What to ingest (default: scikit-learn's digits, no download)."),
+    corpus: str = typer.Option("digits28", "--corpus", "-c", help="Corpus name."),
+    size: Optional[str] = typer.Option("28x28", "--size", help="Image size HxW for the corpus (the models take 28, 32 or 64)."),
+    channels: Optional[int] = typer.Option(1, "--channels", help="1 (gray) or 3 (RGB)."),
+    k: str = typer.Option("10", "--k", "-k", help="Number of clusters, or a range to choose from: 5:30 or 5:30:5."),
+    refine_rounds: int = typer.Option(1, "--refine-rounds", help="CCI refinement rounds."),
+    refine_steps: int = typer.Option(150, "--refine-steps", help="Classifier training steps per round."),
+    train_steps: int = typer.Option(150, "--train-steps", help="Generator training steps per cluster."),
+    per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: <corpus>-generated)."),
+    seed: int = typer.Option(0, "--seed"),
+    option: list[str] = typer.Option([], "--refine-set", help="Other RefineConfig fields, NAME=VALUE (repeatable)."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
+):
+    """The whole pipeline as one Prefect flow: ingest -> cluster -> refine -> train -> generate -> evaluate.
+
+    Re-running it redoes only what is missing (stage outputs are named by their inputs).
+
+    Example: cci run builtin:digits -k 10 --quiet
+    """
+    from cci_core.refine.refine_run import config_from_options
+    refine_options = name_values(option, "--refine-set")
+    refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
+                      if key in refine_options}
+    from flows.preflight import check_device, check_pipeline
+    run_guarded(check_device, refine_options.get("device"))
+    from cci_core.store.store import Store
+    store_obj = Store(store)
+    k_value = parse_k(k)
+    run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
+                {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
+    from flows.server import warm
+    warm_state = None if dask_address else warm(store_obj.root)
+    user_api = os.environ.get("PREFECT_API_URL") or (warm_state or {}).get("api_url")  # a server that outlives the run
+    from flows.pipeline import pipeline_flow  # after the checks: importing the flow (Prefect) takes seconds
+    summary = run_flow(pipeline_flow, dask_address, workers,
+                       source, corpus, store_root=str(store_obj.root), size=parse_size(size),
+                       channels=channels, k=k_value, refine_rounds=refine_rounds, refine_steps=refine_steps,
+                       refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
+                       dataset=dataset, seed=seed)
+    if as_json:
+        print_json(summary)
+        return
+    ds = summary["dataset"]
+
+    def fmt(m):
+        return "  ".join(f"{key}={m[key]:.3f}" for key in ("acc", "nmi", "ari", "silhouette") if key in m)
+    out.print(f"[bold]Pipeline on {corpus}[/] v{summary['corpus_version']} ({summary['ingest_added']} new images)\n"
+              f"  clustering: run {summary['cluster_run']}  {fmt(summary['clustering_metrics'])}\n"
+              f"  refined:    run {summary['refined_run']}  {fmt(summary['refined_metrics'])}\n"
+              f"  dataset:    {ds['dataset']} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
+              f" at {ds['path']}\n  evaluation: {summary['evaluation_report']}\n"
+              f"  lineage:    cci lineage show {ds['artifact_id']}\n"
+              f"  read it:    cci datasets show {ds['dataset']}   (or plain zarr + pyarrow, see its card.json)\n"
+              "  Prefect UI: " + (f"{user_api.removesuffix('/api')} (flow runs, artifacts, assets)" if user_api else
+                                  "this run used a temporary server; `cci server start` (or export "
+                                  "PREFECT_API_URL=http://127.0.0.1:4200/api, then `prefect server start`) and "
+                                  "re-run to watch it in the UI"),
+              highlight=False, soft_wrap=True)
+
+
+def refresh(
+    source: str = typer.Argument(..., help="The corpus's source, with new images in it."),
+    run_id: Optional[str] = typer.Argument(None, help="Run to build on (default: the newest with trained generators)."),
+    corpus: str = typer.Option(..., "--corpus", "-c", help="Corpus to refresh."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to republish (default: <corpus>-generated)."),
+    retrain_threshold: float = typer.Option(0.1, "--retrain-threshold",
+            help="Retrain a cluster whose size grew by more than this share."),
+    per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
+    store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
+    as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
+):
+    """Ingest what is new, assign it with the classifier, report drift, retrain only the clusters
+    that changed and publish a new dataset version. With nothing new it does nothing and says so.
+
+    Example: cci refresh ./images --corpus photos   (or: cci refresh ./images RUN --corpus photos)
+    """
+    from flows.preflight import check_refresh
+    store_obj = read_store(store)
+    run_guarded(check_refresh, store_obj, source, corpus, run_id, dataset, retrain_threshold, per_cluster)
+    from flows.refresh import refresh_flow  # after the checks: importing the flow (Prefect) takes seconds
+    res = run_flow(refresh_flow, dask_address, workers,
+                   source, corpus, store_root=str(store_obj.root), run_id=run_id, dataset=dataset,
+                   retrain_threshold=retrain_threshold, per_cluster=per_cluster)
+    if as_json:
+        print_json(res)
+        return
+    if not res["changed"]:
+        out.print(res["message"], highlight=False, soft_wrap=True)
+        return
+    d = res["drift"]
+    out.print(f"Refreshed {corpus} to v{res['corpus_version']}: {d['n_new']} new images, "
+              f"{100 * d['low_confidence']:.1f}% low confidence, size shift {d['size_shift']:.3f}\n"
+              f"  retrained clusters: {res['retrained'] or 'none'}; carried over: {res['carried_over']}\n"
+              f"  new run: {res['run_id']}\n  dataset: {res['dataset']['dataset']} v{res['dataset']['version']}",
+              highlight=False, soft_wrap=True)
