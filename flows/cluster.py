@@ -1,7 +1,6 @@
 """The cluster flow: PCA on Dask, choose k, cluster, report, partitions, pictures."""
 from __future__ import annotations
 
-import base64
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from cci_core.cluster.cluster_run import ClusterParams
 from cci_core.store.store import Store
 from flows import naming
-from flows.readable import fig, file_link
+from flows.common import artifact_key, checked_options, fig, file_link, png_markdown
 from tasks.cluster import (
     choose_k_task,
     cluster_task,
@@ -28,17 +27,6 @@ METRIC_KEYS = ("n_clusters", "n_noise", "inertia", "silhouette", "silhouette_sam
                "calinski_harabasz", "acc", "nmi", "ari", "purity")
 
 
-def artifact_key(*parts) -> str:
-    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
-    text = "-".join(str(p) for p in parts).lower()
-    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:120]
-
-
-def _png_markdown(path: str, title: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n{file_link(path)}\n"
-
-
 @flow(name="cci-cluster", log_prints=True, flow_run_name=naming.cluster_name)
 def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, algorithm: str = "kmeans",
                  embedding: str = "pca", n_components: int | float = 50, whiten: bool = False, seed: int = 0,
@@ -49,12 +37,9 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
     (solver, umap_dim, sample_size, eps, ...).
     """
     log = get_run_logger()
-    known = {f.name for f in fields(ClusterParams)}
-    unknown = set(options or {}) - known
-    if unknown:
-        raise ValueError(f"unknown clustering option(s) {sorted(unknown)}; known: {sorted(known)}")
+    options = checked_options("clustering", options, {f.name for f in fields(ClusterParams)})
     params = asdict(ClusterParams(k=k, algorithm=algorithm, embedding=embedding, n_components=n_components,
-                                  whiten=whiten, seed=seed, **(options or {})))
+                                  whiten=whiten, seed=seed, **options))
     store_root = str(Store(store_root).ensure().root)
     plan = start_run_task(store_root, corpus, params, version=version, run_id=run_id)
     run_id = plan["run_id"]
@@ -109,7 +94,7 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
         key=artifact_key("cluster-pictures", corpus), description=f"pictures of run {run_id}",
         markdown=f"# Run `{run_id}`\n\ncorpus `{corpus}` v{plan['corpus_version']}; run folder: "
                  f"{file_link(plan['run_dir'])}; lineage: `cci lineage show {cl['clustering_artifact_id']}`\n\n"
-                 + "\n".join(_png_markdown(p, Path(p).stem) for p in shown))
+                 + "\n".join(png_markdown(p, Path(p).stem) for p in shown))
     summary = {"run_id": run_id, "run_dir": plan["run_dir"], "corpus": corpus,
                "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "k": k_used,
                "algorithm": algorithm, "embedding": embedding, "pca_artifact_id": emb["pca_artifact_id"],

@@ -11,7 +11,7 @@ from cci_core.features import feature_spaces as fs
 from cci_core.generate import selfcond as sc
 from cci_core.store.store import Store
 from flows import naming
-from flows.cluster import _png_markdown, artifact_key
+from flows.common import artifact_key, checked_options, png_markdown
 from flows.runtime import gpu_annotation
 from tasks.common import asset_for
 from tasks.features import (
@@ -30,13 +30,6 @@ from tasks.features import (
 )
 
 
-def _options(what: str, options: dict | None, known: set[str]) -> dict:
-    unknown = set(options or {}) - known
-    if unknown:
-        raise ValueError(f"unknown {what} option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return dict(options or {})
-
-
 @flow(name="cci-features", log_prints=True, flow_run_name=naming.features_name)
 def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] | None = None,
                   vae_steps: int | None = None, options: dict | None = None) -> dict:
@@ -47,7 +40,7 @@ def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] 
     ``options`` are the other :class:`cci_core.features.feature_spaces.FeatureParams` fields.
     """
     log = get_run_logger()
-    params = fs.FeatureParams(spaces=spaces, **_options("features", options, fs.params_fields() - {"spaces"}))
+    params = fs.FeatureParams(spaces=spaces, **checked_options("features", options, fs.params_fields() - {"spaces"}))
     params.validate()
     store_root = str(Store(store_root).root)
     if vae_steps:
@@ -85,7 +78,7 @@ def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] 
     create_markdown_artifact(key=artifact_key("features-report", run_id), description=f"feature spaces of run {run_id}",
                              markdown=summary["markdown"] + f"\n\nreport: `{summary['report']}` "
                                       f"({summary['report_artifact_id']})\n\n"
-                                      + _png_markdown(summary["chart"], "feature spaces"))
+                                      + png_markdown(summary["chart"], "feature spaces"))
     summary["gpu_resource"] = on_gpu
     return summary
 
@@ -97,7 +90,7 @@ def selfcond_flow(run_id: str, store_root: str | None = None, new_run_id: str | 
     features, re-found every ``recluster_every`` steps) and publish its final clustering as
     a new run (default RUN-selfcond); ``options`` are SelfCondParams fields."""
     log = get_run_logger()
-    params = sc.SelfCondParams(**_options("self-conditioned", options, sc.params_fields()))
+    params = sc.SelfCondParams(**checked_options("self-conditioned", options, sc.params_fields()))
     store_root = str(Store(store_root).root)
     plan = start_selfcond_task(store_root, run_id, asdict(params), new_run_id)
     log.info("Self-conditioned GAN from run %s into run %s: k=%d, %d steps, re-clustering every %d",

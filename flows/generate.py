@@ -1,32 +1,15 @@
 """The generate flow: draw images from a run's generators, score them, publish a dataset version."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core.common.imagegrid import make_grid, save_png
-from cci_core.store.datasets import open_dataset
 from cci_core.store.store import Store
 from flows import naming
-from flows.cluster import _png_markdown, artifact_key
-from flows.readable import fig, file_link
+from flows.common import artifact_key, fig, file_link, png_markdown
 from flows.runtime import gpu_annotation
 from tasks.common import asset_for
-from tasks.generate import generate_task
-
-
-def _sample_grid(store: Store, out: dict, per_cluster: int = 8) -> Path:
-    """One row per cluster: its first generated images (accepted ones first)."""
-    import numpy as np
-    ds = open_dataset(out["dataset"], out["version"], store=store)
-    m = ds.manifest.sort_values(["cluster", "accepted"], ascending=[True, False])
-    rows = np.concatenate([g["index"].to_numpy()[:per_cluster] for _, g in m.groupby("cluster")])
-    imgs = ds.images.get_orthogonal_selection((np.sort(rows),))
-    order = np.argsort(np.argsort(rows))
-    return save_png(make_grid(imgs[order], ncols=per_cluster), store.run_dir(out["run_id"]) / "pictures"
-                    / f"generated-{out['dataset']}-v{out['version']}.png", scale=2)
+from tasks.generate import generate_task, sample_grid_task
 
 
 @flow(name="cci-generate", log_prints=True, flow_run_name=naming.generate_name)
@@ -40,7 +23,7 @@ def generate_flow(run_id: str, dataset: str, store_root: str | None = None, per_
             str(store.root), run_id, dataset, per_cluster, threshold, seed, models).result()
     get_run_logger().info("Published %s v%d: %d images, %d accepted", dataset, out["version"], out["n_images"],
                           out["accepted"])
-    grid = _sample_grid(store, out)
+    grid = sample_grid_task.submit(str(store.root), out).result()
     create_table_artifact(key=artifact_key("dataset", dataset),
                           table=[{"cluster": c, "acceptance": fig(a)}
                                  for c, a in out["acceptance_by_cluster"].items()],
@@ -50,6 +33,6 @@ def generate_flow(run_id: str, dataset: str, store_root: str | None = None, per_
         markdown=f"# Dataset `{dataset}` v{out['version']}\n\n- images: {out['n_images']} ({out['accepted']} "
                  f"accepted by the {out['classifier']})\n- from run `{run_id}` ({out['models']} generators)\n"
                  f"- folder: {file_link(out['path'])}\n- lineage: `cci lineage show {out['artifact_id']}`\n\n"
-                 + _png_markdown(str(grid), "generated images, one row per cluster"))
-    out["sample_grid"] = str(grid)
+                 + png_markdown(grid, "generated images, one row per cluster"))
+    out["sample_grid"] = grid
     return out

@@ -10,9 +10,16 @@ from cci_core.ingest import ingest
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.store.store import Store
 from flows import naming
-from flows.readable import file_link
+from flows.common import artifact_key, file_link
 from tasks.common import asset_for
-from tasks.ingest import commit_task, decode_batch_task, plan_ingest_task, select_new_task, write_rows_task
+from tasks.ingest import (
+    commit_task,
+    decode_batch_task,
+    plan_ingest_task,
+    prepare_writes_task,
+    select_new_task,
+    write_rows_task,
+)
 
 
 @flow(name="cci-ingest", log_prints=True, flow_run_name=naming.ingest_name)
@@ -45,16 +52,17 @@ def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: t
             update_progress_artifact(progress, 100.0 * len(decoded) / len(batches))
         selection = select_new_task(plan, decoded)
         if selection["n_new"]:
-            ingest.prepare_array(plan, selection)
-            groups = ingest.plan_writes(plan, selection)
+            groups = prepare_writes_task(plan, selection)
             written = sum(f.result() for f in write_rows_task.map(unmapped(plan), groups))
             log.info("Wrote %d new rows in %d parallel region writes", written, len(groups))
         summary = commit_task.with_options(assets=[asset_for("corpus", corpus)])(store_root, plan, selection)
     finally:
-        ingest.release_lock(plan)  # also when a step failed: a re-run must not find the corpus locked
+        # also when a step failed (a re-run must not find the corpus locked); not a task, so that it
+        # runs even when the flow is failing because task runs cannot start
+        ingest.release_lock(plan)
     quarantine_md = "\n".join(f"| `{q['source']}` | {q['reason']} |" for q in summary["quarantine"][:50])
     create_markdown_artifact(
-        key=f"ingest-{corpus}".lower().replace("_", "-").replace(".", "-"),
+        key=artifact_key("ingest", corpus),
         description=f"ingest of {corpus}",
         markdown=(f"# Corpus `{corpus}` v{summary['version']}\n\n"
                   f"- rows: {summary['n_rows']} (added {summary['added']}, duplicates {summary['duplicates']}, "

@@ -13,7 +13,7 @@ from prefect.artifacts import (
 
 from cci_core.store.store import Store
 from flows import naming
-from flows.cluster import _png_markdown, artifact_key
+from flows.common import artifact_key, png_markdown
 from tasks.palette import (
     check_stylize_task,
     dataset_asset,
@@ -48,9 +48,9 @@ def palette_flow(source: str, colors: int = 8, store_root: str | None = None, sp
     create_table_artifact(key=f"{key}-colors", table=_color_table(out["colors"]),
                           description=f"palette {out['palette_id']} of {source}: colours and pixel shares")
     md = f"# Palette `{out['palette_id']}`\n\nsource: `{source}`, {out['k']} colours in {out['space']}\n\n"
-    md += _png_markdown(out["swatch"], "swatch")
+    md += png_markdown(out["swatch"], "swatch")
     if out.get("montage"):
-        md += _png_markdown(out["montage"], "before (top) / after (bottom)")
+        md += png_markdown(out["montage"], "before (top) / after (bottom)")
     create_markdown_artifact(key=f"{key}-pictures", markdown=md, description=f"palette {out['palette_id']}")
     return out
 
@@ -74,7 +74,7 @@ def stylize_flow(source: str, palette_id: str, dataset: str, store_root: str | N
                           description=f"palette {out['palette_id']} used for {dataset} v{out['version']}")
     create_markdown_artifact(key=f"{key}-montage", description=f"{dataset} v{out['version']} before/after",
                              markdown=f"# `{dataset}` v{out['version']}\n\n`{out['path']}`\n\n"
-                                      + _png_markdown(out["montage"], "before (top) / after (bottom)"))
+                                      + png_markdown(out["montage"], "before (top) / after (bottom)"))
     return out
 
 
@@ -87,6 +87,6 @@ def segment_flow(source: str, k: int = 5, store_root: str | None = None, space: 
                                      standardize=standardize, seed=seed).result()
     create_markdown_artifact(key=artifact_key("segment", out["segmentation_id"]),
                              markdown=f"# Segmentation `{out['segmentation_id']}`\n\n`{out['labels']}`\n\n"
-                                      + _png_markdown(out["overlay"], "overlays"),
+                                      + png_markdown(out["overlay"], "overlays"),
                              description=f"segmentation of {source}, k={k}")
     return out

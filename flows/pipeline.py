@@ -17,15 +17,16 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from cci_core.cluster.cluster_run import ClusterParams, read_run
+from cci_core.cluster.cluster_run import ClusterParams
 from cci_core.store.corpus import open_corpus
 from cci_core.store.datasets import UnknownDatasetError, open_dataset
+from cci_core.store.runs import read_run
 from cci_core.store.store import Store
-from flows.cluster import artifact_key, cluster_flow
+from flows.cluster import cluster_flow
+from flows.common import artifact_key, fig, file_link, metrics_text, run_link
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.naming import call_tagged
-from flows.readable import fig, file_link, metrics_text, run_link
 from flows.refine import refine_flow
 from flows.runtime import on_flow_cluster
 from flows.train import evaluate_flow, train_flow

@@ -9,8 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cci_core.store.store import Store
 from flows import naming
-from flows.cluster import _png_markdown, artifact_key
-from flows.readable import fig_row, file_link, metrics_text
+from flows.common import artifact_key, fig_row, file_link, metrics_text, png_markdown
 from flows.runtime import gpu_annotation
 from tasks.cluster import finish_run_task
 from tasks.common import asset_for
@@ -51,7 +50,7 @@ def refine_flow(run_id: str, store_root: str | None = None, options: dict | None
                                       f"{metrics_text(cl['metrics'])}\n\nfolder {file_link(plan['run_dir'])}, "
                                       f"partitions {file_link(Path(plan['run_dir']) / 'partitions')}; lineage: "
                                       f"`cci lineage show {cl['clustering_artifact_id']}`\n\n"
-                                      + "\n".join(_png_markdown(p, Path(p).stem) for p in shown))
+                                      + "\n".join(png_markdown(p, Path(p).stem) for p in shown))
     return {"run_id": plan["run_id"], "parent_run": run_id, "run_dir": plan["run_dir"], "corpus": plan["corpus"],
             "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "status": run["status"],
             "classifier": run["classifier"], "classifier_artifact_id": cl["classifier_artifact_id"],

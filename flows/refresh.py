@@ -2,31 +2,18 @@
 measure drift, retrain only the clusters that changed, publish a new dataset version."""
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core.cluster.cluster_run import lineage_store, read_run
-from cci_core.refresh import refresh_run
 from cci_core.store.corpus import open_corpus
+from cci_core.store.runs import lineage_store, read_run
 from cci_core.store.store import Store
-from flows.cluster import artifact_key
+from flows.common import artifact_key
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.naming import call_tagged
 from flows.runtime import on_flow_cluster
-from tasks.common import producer
-
-
-@task(name="assign-new-images", tags=["gpu"], task_run_name="assign new images to {run_id}")
-def assign_new_task(store_root: str, run_id: str, version: int, retrain_threshold: float,
-                    low_confidence: float) -> dict:
-    return refresh_run.assign_new(Store(store_root), run_id, version, retrain_threshold, low_confidence,
-                                  producer=producer())
-
-
-@task(name="retrain-changed-clusters", tags=["gpu"], task_run_name="retrain {run_id} clusters {changed}")
-def retrain_task(store_root: str, run_id: str, changed: list[int]) -> dict:
-    return refresh_run.retrain_changed(Store(store_root), run_id, changed, producer=producer())
+from tasks.refresh import assign_new_task, retrain_task
 
 
 def latest_served_run(store: Store, corpus: str) -> str:

@@ -25,6 +25,13 @@ def select_new_task(plan: dict, decoded: list[dict]) -> dict:
     return ingest.select_new(plan, decoded)
 
 
+@task(name="prepare-writes", task_run_name="prepare writes {plan[corpus]}")
+def prepare_writes_task(plan: dict, selection: dict) -> list[list[dict]]:
+    """Size the image array for the new rows, then group the writes so that no two share a chunk."""
+    ingest.prepare_array(plan, selection)
+    return ingest.plan_writes(plan, selection)
+
+
 @task(name="write-rows", retries=1, retry_delay_seconds=1, task_run_name="write rows {plan[corpus]}")
 def write_rows_task(plan: dict, segments: list[dict]) -> int:
     return ingest.write_segments(plan, segments)

@@ -1,8 +1,24 @@
-"""Artifact text a person reads: figures to 4 significant digits, links to folders and runs."""
+"""What the flows share: the keys and text of their Prefect artifacts (figures to 4 significant
+digits, links to folders and runs, pictures embedded in markdown) and the check of a flow's options."""
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
+
+
+def artifact_key(*parts) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    text = "-".join(str(p) for p in parts).lower()
+    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:120]
+
+
+def checked_options(what: str, options: dict | None, known: set[str]) -> dict:
+    """A copy of a flow's OPTIONS, refused (ValueError) when one is not among KNOWN."""
+    unknown = set(options or {}) - known
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return dict(options or {})
 
 
 def fig(value, digits: int = 4):
@@ -22,6 +38,12 @@ def file_link(path: str | Path, text: str | None = None) -> str:
     """A markdown link to a local file or folder (``file://`` URI), shown as its path."""
     p = Path(path).resolve()
     return f"[{text or p}]({p.as_uri()})"
+
+
+def png_markdown(path: str, title: str) -> str:
+    """A PNG embedded in markdown under a heading, with a link to its file."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n{file_link(path)}\n"
 
 
 def ui_url() -> str | None:
