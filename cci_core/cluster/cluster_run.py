@@ -51,6 +51,7 @@ from cci_core.cluster.cluster_pictures import save_cluster_montages, save_scatte
 from cci_core.cluster.clusterers import ALGORITHMS, centroids, fit_clusterer
 from cci_core.cluster.features import image_features
 from cci_core.cluster.kmeans import MiniBatchKMeans
+from cci_core.cluster.labels import read_labels, write_labels
 from cci_core.cluster.pca import PCA, SOLVERS
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
@@ -332,11 +333,7 @@ def cluster_step(store: Store, plan: dict, emb: dict, k: int | None,
     files = _save_model(result, cdir)
     files.append(_save_reference(plan, labels, cdir, p.seed))
     c = _corpus(store, plan)
-    index = c.index(["row", "image_id"]).sort_values("row")
-    atomic_write_parquet(cdir / "labels.parquet", pd.DataFrame(
-        {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(),
-         "cluster": labels}))
-    files.append(cdir / "labels.parquet")
+    files.append(write_labels(cdir, c, labels))
 
     y_true = c.labels()
     y_codes = pd.factorize(y_true)[0] if y_true is not None else None
@@ -372,8 +369,7 @@ def cluster_step(store: Store, plan: dict, emb: dict, k: int | None,
 
 def run_labels(plan: dict) -> np.ndarray:
     """(N,) int32 cluster ids of the run's corpus rows (-1 = noise)."""
-    df = pd.read_parquet(Path(plan["run_dir"]) / "clustering" / "labels.parquet", columns=["cluster"])
-    return df["cluster"].to_numpy(np.int32)
+    return read_labels(plan["run_dir"])
 
 
 def write_partitions(store: Store, plan: dict, cl: dict, inputs: list[tuple[str, str]],
