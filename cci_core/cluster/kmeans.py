@@ -19,18 +19,17 @@ How it runs on a Dask array of shape (N, D), chunked along rows:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from sklearn.cluster import kmeans_plusplus
 from threadpoolctl import threadpool_limits
 
 from cci_core.cluster.cluster_metrics import group_sums
+from cci_core.cluster.model_io import load_arrays, save_arrays
 
 # Stream ids for the seeded random draws (never derived from worker identity).
 _BATCH, _INIT_SAMPLE, _INIT, _REASSIGN = 1, 2, 3, 4
@@ -413,26 +412,15 @@ class MiniBatchKMeans:
     def save(self, directory: str | os.PathLike, name: str = "kmeans") -> Path:
         """Write ``<name>.safetensors`` (centres, counts) and ``<name>.json`` (params)."""
         centers = self._fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}.safetensors"
-        save_file({"cluster_centers": np.ascontiguousarray(centers),
-                   "counts": np.ascontiguousarray(self.counts_)}, str(path))
         meta = {"params": {p: getattr(self, p) for p in self._PARAMS},
                 "n_iter": int(self.n_iter_), "n_features_in": int(centers.shape[1]),
                 "inertia": getattr(self, "inertia_", None)}
-        (directory / f"{name}.json").write_text(json.dumps(meta, indent=2))
-        return path
+        return save_arrays(directory, name, {"cluster_centers": centers, "counts": self.counts_}, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, name: str = "kmeans") -> "MiniBatchKMeans":
-        directory = Path(directory)
-        path, meta_path = directory / f"{name}.safetensors", directory / f"{name}.json"
-        if not path.exists() or not meta_path.exists():
-            raise FileNotFoundError(f"no saved k-means '{name}' in {directory}")
-        meta = json.loads(meta_path.read_text())
+        arrays, meta = load_arrays(directory, name, "k-means")
         model = cls(**meta["params"])
-        arrays = load_file(str(path))
         model.cluster_centers_ = arrays["cluster_centers"]
         model.counts_ = arrays["counts"]
         model.n_iter_ = meta["n_iter"]

@@ -20,15 +20,15 @@ All solvers give components with a fixed sign (largest-magnitude entry positive)
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import dask
 import dask.array as da
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits
+
+from cci_core.cluster.model_io import load_arrays, save_arrays
 
 SOLVERS = ("cov", "randomized", "full", "tsqr")
 
@@ -264,30 +264,19 @@ class PCA:
     def save(self, directory: str | os.PathLike, name: str = "pca") -> Path:
         """Write ``<name>.safetensors`` (arrays) and ``<name>.json`` (parameters)."""
         self._fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}.safetensors"
-        save_file({"components": np.ascontiguousarray(self.components_),
-                   "mean": np.ascontiguousarray(self.mean_),
-                   "explained_variance": np.ascontiguousarray(self.explained_variance_)}, str(path))
         meta = {"params": {"n_components": self.n_components, "solver": self.solver,
                            "whiten": self.whiten, "n_oversamples": self.n_oversamples,
                            "n_power_iter": self.n_power_iter, "random_state": self.random_state},
                 "n_components_": self.n_components_, "n_samples": self.n_samples_,
                 "n_features_in": self.n_features_in_, "total_variance": self.total_variance_,
                 "explained_variance_ratio": [float(r) for r in self.explained_variance_ratio_]}
-        (directory / f"{name}.json").write_text(json.dumps(meta, indent=2))
-        return path
+        return save_arrays(directory, name, {"components": self.components_, "mean": self.mean_,
+                                             "explained_variance": self.explained_variance_}, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, name: str = "pca") -> "PCA":
-        directory = Path(directory)
-        path, meta_path = directory / f"{name}.safetensors", directory / f"{name}.json"
-        if not path.exists() or not meta_path.exists():
-            raise FileNotFoundError(f"no saved PCA '{name}' in {directory}")
-        meta = json.loads(meta_path.read_text())
+        arrays, meta = load_arrays(directory, name, "PCA")
         model = cls(**meta["params"])
-        arrays = load_file(str(path))
         model.components_ = arrays["components"]
         model.mean_ = arrays["mean"]
         model.explained_variance_ = arrays["explained_variance"]
