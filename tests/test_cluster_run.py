@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from cci_core.cluster import cluster_run as cr
 from cci_core.cluster.cluster_metrics import cluster_acc
 from cci_core.ingest.ingest import ingest_local
+from cci_core.predict import predict as pr
 from cci_core.store.corpus import UnknownCorpusError, open_corpus
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
@@ -90,7 +91,7 @@ def test_k_range_is_chosen_and_scored_in_the_report(digits_store):
 def test_predict_corpus_rows_and_files_against_a_run(digits_store, tmp_path):
     plan = cr.run_local(digits_store, "digits", cr.ClusterParams(k=10))
     c = open_corpus(digits_store, "digits")
-    df = cr.predict(digits_store, plan["run_id"], c.images()[:400], batch_size=128)
+    df = pr.predict(digits_store, plan["run_id"], c.images()[:400], batch_size=128)
     assert np.array_equal(df["cluster"].to_numpy(), cr.run_labels(plan)[:400])
     assert ((df["confidence"] >= 0) & (df["confidence"] <= 1)).all()
 
@@ -100,15 +101,15 @@ def test_predict_corpus_rows_and_files_against_a_run(digits_store, tmp_path):
     for i, p in enumerate(pixels):  # saved at 4x the size: resized back like ingest does
         Image.fromarray(p[..., 0]).resize((32, 32), Image.NEAREST).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
-    got, quarantine = cr.predict_source(digits_store, plan["run_id"], str(folder))
+    got, quarantine = pr.predict_source(digits_store, plan["run_id"], str(folder))
     assert len(got) == 5 and [Path(q["source"]).name for q in quarantine] == ["broken.png"]
     order = got.sort_values("source")
     assert np.array_equal(order["cluster"].to_numpy(), cr.run_labels(plan)[:5])
 
     with pytest.raises(ValueError, match="8x8x1 images"):
-        cr.predict(digits_store, plan["run_id"], np.zeros((2, 9, 9, 1), np.uint8))
+        pr.predict(digits_store, plan["run_id"], np.zeros((2, 9, 9, 1), np.uint8))
     with pytest.raises(LookupError, match="no run 'missing'"):
-        cr.predict(digits_store, "missing", pixels)
+        pr.predict(digits_store, "missing", pixels)
 
 
 @pytest.mark.parametrize("algorithm,embedding,k,min_nmi", [
@@ -125,7 +126,7 @@ def test_other_algorithms_run_on_a_sample_and_predict(digits_store, algorithm, e
     report = pd.read_json(Path(plan["run_dir"]) / "reports" / "metrics.json", typ="series")
     assert report["extension"] == run["clustering"]["extension"]
     assert report["n_noise"] == int((labels < 0).sum())
-    pred = cr.predict(digits_store, plan["run_id"], open_corpus(digits_store, "digits").images()[:300])
+    pred = pr.predict(digits_store, plan["run_id"], open_corpus(digits_store, "digits").images()[:300])
     assert (pred["cluster"].to_numpy() == labels[:300]).mean() > 0.8
 
 

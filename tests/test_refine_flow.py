@@ -13,6 +13,7 @@ import pytest
 from cci_core.cluster import cluster_run as cr
 from cci_core.ingest.idx import read_idx
 from cci_core.ingest.ingest import ingest_local
+from cci_core.predict import predict as pr
 from cci_core.refine import refine_run as rr
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
@@ -62,8 +63,8 @@ def test_refined_run_is_a_new_run_with_classifier_partitions_and_lineage(store):
     assert {r for _, r in part.inputs} == {"corpus", "classifier", "clustering"}
 
     # predicting on the refined run uses its classifier, which has learned the refined clusters
-    pred = cr.predict(store, run["run_id"], open_corpus(store, "fm").images()[:600])
-    assert cr.load_predictor(store, run["run_id"]).method == "cci classifier"
+    pred = pr.predict(store, run["run_id"], open_corpus(store, "fm").images()[:600])
+    assert pr.load_predictor(store, run["run_id"]).method == "cci classifier"
     assert (pred["cluster"].to_numpy() == labels[:600]).mean() > 0.5
     assert Path(run["run_dir"], "pictures", "clusters.png").exists()
 

@@ -108,7 +108,7 @@ def predict(
 
     Example: cci predict RUN ./new-images -o labels.parquet
     """
-    from cci_core.cluster import cluster_run
+    from cci_core.predict import predict
     store_obj = read_store(store)
     if (source is None) == (corpus is None):
         fail("give either a SOURCE of images or --corpus NAME")
@@ -124,10 +124,10 @@ def predict(
                 fail(f"--rows {rows!r}: give START:STOP, e.g. 0:1000")
         if not 0 <= start < stop <= c.n_rows:
             fail(f"--rows {rows!r}: corpus {corpus!r} has rows 0..{c.n_rows}")
-        df = run_guarded(cluster_run.predict, store_obj, run_id, c.images()[start:stop])
+        df = run_guarded(predict.predict, store_obj, run_id, c.images()[start:stop])
         df.insert(0, "row", range(start, stop))
     else:
-        df, quarantine = run_guarded(cluster_run.predict_source, store_obj, run_id, source, fit)
+        df, quarantine = run_guarded(predict.predict_source, store_obj, run_id, source, fit)
     for q in quarantine:
         err.print(f"[yellow]quarantined[/] {q['source']}: {q['reason']}", highlight=False, soft_wrap=True)
     if quarantine and not len(df):
