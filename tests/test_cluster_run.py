@@ -2,6 +2,8 @@
 prediction, the other algorithms, bad input, and the Fashion-MNIST acceptance figures."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,11 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.cluster.cluster_metrics import cluster_acc
+from cci_core.cluster.labels import write_labels
+from cci_core.cluster.records import ClusteringSummary, ClusterPlan, EmbeddingsSummary
 from cci_core.ingest.ingest import ingest_local
 from cci_core.predict import predict as pr
+from cci_core.store import runs
 from cci_core.store.corpus import UnknownCorpusError, open_corpus
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
@@ -128,6 +133,39 @@ def test_other_algorithms_run_on_a_sample_and_predict(digits_store, algorithm, e
     assert report["n_noise"] == int((labels < 0).sum())
     pred = pr.predict(digits_store, plan["run_id"], open_corpus(digits_store, "digits").images()[:300])
     assert (pred["cluster"].to_numpy() == labels[:300]).mean() > 0.8
+
+
+def test_typed_records_give_back_the_same_dicts_and_the_steps_take_them(digits_store, tmp_path):
+    plan = cr.start_run(digits_store, "digits", cr.ClusterParams(k=6, n_components=12))
+    typed = ClusterPlan.from_json(plan)
+    assert json.dumps(typed.to_json()) == json.dumps(plan)  # same keys, order and values
+    assert typed.to_json() == runs.read_run(digits_store, typed.run_id)  # run.json on disk
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.params.k = 3  # type: ignore[misc]
+
+    emb = cr.fit_embeddings(digits_store, typed)  # typed in, the same dict out
+    assert json.dumps(EmbeddingsSummary.from_json(emb).to_json()) == json.dumps(emb) and "umap_note" not in emb
+    cl = cr.cluster_step(digits_store, typed, EmbeddingsSummary.from_json(emb), 6)
+    summary = ClusteringSummary.from_json(cl)
+    assert json.dumps(summary.to_json()) == json.dumps(cl)
+    assert cr.write_pictures(digits_store, typed, emb, summary)
+    parts = cr.write_partitions(digits_store, typed, summary, [(emb["pca_artifact_id"], "pca")])
+    assert sum(p["count"] for p in parts) == 1797
+    run = runs.read_run(digits_store, typed.run_id)
+    assert run["embeddings"] == emb and run["clustering"] == cl
+    assert ClusterPlan.from_json(run) == typed  # a whole run.json reads as its plan
+
+    umap = {**emb, "space": "space.zarr", "umap_note": "UMAP of 1797 rows", "umap_seconds": 1.5}
+    assert list(EmbeddingsSummary.from_json(umap).to_json().items()) == list(umap.items())
+
+    # the one labels writer: row int64 in order, image_id, cluster int32; the same bytes as the run's
+    path = typed.dir / "clustering" / "labels.parquet"
+    df = pd.read_parquet(path)
+    assert list(df.columns) == ["row", "image_id", "cluster"]
+    assert df["row"].dtype == np.int64 and df["cluster"].dtype == np.int32
+    assert np.array_equal(df["row"].to_numpy(), np.arange(1797))
+    again = write_labels(tmp_path / "clustering", open_corpus(digits_store, "digits"), cr.run_labels(typed))
+    assert again == tmp_path / "clustering" / "labels.parquet" and again.read_bytes() == path.read_bytes()
 
 
 def test_bad_input_is_one_clear_error_and_overwrites_nothing(digits_store, tmp_path):

@@ -387,10 +387,6 @@ class MiniBatchKMeans:
             return X.map_blocks(f, chunks=(X.chunks[0], (len(centers),)), dtype=np.float64)
         return f(X)
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        self.fit(X)
-        return self.labels_ if self.compute_labels else np.asarray(dask.compute(self.predict(X))[0])
-
     def score(self, X, y=None) -> float:
         """Opposite of the inertia of X against the fitted centres (higher is better)."""
         return -self._assign(self._check_X_predict(X))[1]
