@@ -1,8 +1,9 @@
 """Ingest as plain steps: plan -> decode batches -> select new images -> write -> commit.
 
 The Prefect flow runs :func:`decode_batch` and :func:`write_segments` as parallel tasks;
-:func:`ingest_local` runs the same steps in one process. Every step passes small dicts of
-paths and numbers. Decoded pixels go to a staging folder as ``.npy`` files; the corpus
+:func:`ingest_local` runs the same steps in one process. The steps pass the plan
+(:class:`cci_core.ingest.records.IngestPlan`, as its JSON dict between tasks) and small dicts
+of paths and numbers. Decoded pixels go to a staging folder as ``.npy`` files; the corpus
 version becomes visible only when :func:`commit_ingest` writes ``corpus.json``.
 
 One writer per corpus: :func:`plan_ingest` takes the corpus lock *before* it reads
@@ -25,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from cci_core.common.shapes import ImageShape
+from cci_core.ingest.batches import first_image_shape, load_batch
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, FITS
-from cci_core.ingest.sources import ReadLimits, Source, SourceError, first_image_shape, load_batch, open_source
+from cci_core.ingest.records import IngestPlan, ReadLimits
+from cci_core.ingest.sources import Source, SourceError, open_source
 from cci_core.store.corpus import INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array, read_manifest, write_rows
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store, file_lock, pid_alive, utc_now, validate_name
@@ -97,7 +100,8 @@ def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int]
     """Inspect the source, lock the corpus, then read it: decide the shape and the batches.
 
     The lock is taken before ``corpus.json`` is read, so the version this plan extends
-    cannot change under it; a failed plan releases the lock.
+    cannot change under it; a failed plan releases the lock. Returns the plan's JSON dict
+    (:meth:`IngestPlan.to_json`), what the Prefect tasks pass.
     """
     limits = _check_options(corpus, size, channels, fit, batch_size,
                             dict(max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
@@ -116,30 +120,31 @@ def plan_ingest(store: Store, source: str, corpus: str, *, size: tuple[int, int]
         else:
             n0, version, previous = 0, 1, None
         batch_size = batch_size or default_batch_size(src.kind)
-        return {
-            "corpus": corpus, "corpus_dir": str(cdir), "source": src.uri, "source_kind": src.kind,
-            "source_count": src.count, "listing_hash": src.listing_hash, "shape": list(shape.hwc),
-            "fit": fit, "label_from_folder": label_from_folder, "n0": n0, "version": version,
-            "previous_artifact_id": previous, "ingest_id": ingest_id,
-            "value_range": src.value_range, "clip": clip, "limits": limits.asdict(),
-            "staging_dir": str(cdir / "_staging" / ingest_id),
-            "batch_size": batch_size, "batches": src.plan(batch_size),
-        }
+        return IngestPlan(
+            corpus=corpus, corpus_dir=str(cdir), source=src.uri, source_kind=src.kind,
+            source_count=src.count, listing_hash=src.listing_hash, shape=shape,
+            fit=fit, label_from_folder=label_from_folder, n0=n0, version=version,
+            previous_artifact_id=previous, ingest_id=ingest_id,
+            value_range=src.value_range, clip=clip, limits=limits,
+            staging_dir=str(cdir / "_staging" / ingest_id),
+            batch_size=batch_size, batches=tuple(src.plan(batch_size)),
+        ).to_json()
     except BaseException:
-        release_lock({"corpus_dir": str(cdir), "ingest_id": ingest_id})
+        _release(cdir, ingest_id)
         raise
 
 
-def check_still_latest(plan: dict) -> None:
+def check_still_latest(plan: IngestPlan | dict) -> None:
     """Compare-and-swap guard: the corpus's latest version is still the one this plan extends."""
-    manifest = read_manifest(Path(plan["corpus_dir"]))
+    plan = IngestPlan.of(plan)
+    manifest = read_manifest(plan.cdir)
     versions = manifest["versions"] if manifest else []
     latest = versions[-1]["artifact_id"] if versions else None
-    if len(versions) != plan["version"] - 1 or latest != plan["previous_artifact_id"]:
+    if len(versions) != plan.version - 1 or latest != plan.previous_artifact_id:
         by = versions[-1].get("ingest_id") if versions else None
         raise CorpusChangedError(
-            f"corpus {plan['corpus']!r} is at v{len(versions)} (written by ingest {by}) but this ingest "
-            f"({plan['ingest_id']}) planned to extend v{plan['version'] - 1}: nothing was committed; "
+            f"corpus {plan.corpus!r} is at v{len(versions)} (written by ingest {by}) but this ingest "
+            f"({plan.ingest_id}) planned to extend v{plan.version - 1}: nothing was committed; "
             "run the same cci ingest again to add this source's new images")
 
 
@@ -195,20 +200,26 @@ def _acquire(path: Path, me: dict, cdir: Path) -> None:
         return
 
 
-def release_lock(plan: dict) -> None:
+def release_lock(plan: IngestPlan | dict) -> None:
     """Drop the corpus lock if this ingest holds it (after commit, or when the ingest fails)."""
-    path = _lock_path(Path(plan["corpus_dir"]))
+    plan = IngestPlan.of(plan)
+    _release(plan.cdir, plan.ingest_id)
+
+
+def _release(cdir: Path, ingest_id: str) -> None:
+    path = _lock_path(cdir)
     try:
-        if json.loads(path.read_text()).get("ingest_id") == plan["ingest_id"]:
+        if json.loads(path.read_text()).get("ingest_id") == ingest_id:
             path.unlink(missing_ok=True)
     except (OSError, ValueError):
         pass
 
 
-def decode_batch(plan: dict, batch: dict) -> dict:
+def decode_batch(plan: IngestPlan | dict, batch: dict) -> dict:
     """Decode one batch into the staging folder; return paths and counts (no pixels)."""
-    result = load_batch(batch, ImageShape(*plan["shape"]), plan["fit"], ReadLimits(**plan["limits"]))
-    staging = Path(plan["staging_dir"])
+    plan = IngestPlan.of(plan)
+    result = load_batch(batch, plan.shape, plan.fit, plan.limits)
+    staging = plan.staging
     staging.mkdir(parents=True, exist_ok=True)
     stem = staging / f"batch-{batch['batch']:06d}"
     np.save(f"{stem}.npy", result.pixels, allow_pickle=False)
@@ -218,26 +229,26 @@ def decode_batch(plan: dict, batch: dict) -> dict:
             "n": len(result.rows), "quarantine": result.quarantine}
 
 
-def select_new(plan: dict, decoded: list[dict]) -> dict:
+def select_new(plan: IngestPlan | dict, decoded: list[dict]) -> dict:
     """Drop images already in the corpus (or earlier in this run); assign the new rows.
 
     Returns the new index rows' file, the duplicate count, quarantine entries and the
     write segments ``{pixels, keep, lo, hi, dst}`` (rows ``keep[lo:hi]`` of ``pixels``
     go to rows ``dst..``).
     """
+    plan = IngestPlan.of(plan)
     decoded = sorted(decoded, key=lambda d: d["batch"])
     quarantine = [q for d in decoded for q in d["quarantine"]]
     if not any(d["n"] for d in decoded):
         reasons = "; ".join(f"{Path(q['source']).name}: {q['reason']}" for q in quarantine[:3])
-        raise SourceError(f"every file in source {plan['source']} is unreadable ({len(quarantine)} files: "
+        raise SourceError(f"every file in source {plan.source} is unreadable ({len(quarantine)} files: "
                           f"{reasons}{' …' if len(quarantine) > 3 else ''}); nothing was ingested")
-    cdir = Path(plan["corpus_dir"])
     seen: set[str] = set()
-    if plan["n0"]:
-        idx = pd.read_parquet(cdir / "index.parquet", columns=["row", "image_id"])
-        seen = set(idx.loc[idx["row"] < plan["n0"], "image_id"])
+    if plan.n0:
+        idx = pd.read_parquet(plan.cdir / "index.parquet", columns=["row", "image_id"])
+        seen = set(idx.loc[idx["row"] < plan.n0, "image_id"])
     now = datetime.now(timezone.utc)
-    new_rows, segments, duplicates, dst = [], [], 0, plan["n0"]
+    new_rows, segments, duplicates, dst = [], [], 0, plan.n0
     for d in decoded:
         if not d["n"]:
             continue
@@ -255,23 +266,24 @@ def select_new(plan: dict, decoded: list[dict]) -> dict:
         np.save(keep_path, np.asarray(keep, np.int64), allow_pickle=False)
         kept = rows.iloc[keep].copy()
         kept["row"] = np.arange(dst, dst + len(keep))
-        kept["batch"] = [f"{plan['ingest_id']}/{b}" for b in kept["batch"]]
+        kept["batch"] = [f"{plan.ingest_id}/{b}" for b in kept["batch"]]
         new_rows.append(kept)
         segments.append({"pixels": d["pixels"], "keep": keep_path, "lo": 0, "hi": len(keep), "dst": dst})
         dst += len(keep)
     new_index = pd.concat(new_rows) if new_rows else pd.DataFrame(columns=INDEX_COLUMNS)
-    new_index["version"] = plan["version"]
+    new_index["version"] = plan.version
     new_index["ingested_at"] = now
-    rows_path = Path(plan["staging_dir"]) / "new-index.parquet"
+    rows_path = plan.staging / "new-index.parquet"
     new_index[INDEX_COLUMNS].to_parquet(rows_path)
-    return {"n_new": dst - plan["n0"], "n1": dst, "duplicates": duplicates, "quarantine": quarantine,
+    return {"n_new": dst - plan.n0, "n1": dst, "duplicates": duplicates, "quarantine": quarantine,
             "segments": segments, "new_index": str(rows_path)}
 
 
-def plan_writes(plan: dict, selection: dict, chunks_per_task: int = 4) -> list[list[dict]]:
+def plan_writes(plan: IngestPlan | dict, selection: dict, chunks_per_task: int = 4) -> list[list[dict]]:
     """Group the segments by destination chunk ranges so no two groups touch one chunk."""
-    step = chunk_rows(ImageShape(*plan["shape"])) * chunks_per_task
-    n0, n1 = plan["n0"], selection["n1"]
+    plan = IngestPlan.of(plan)
+    step = chunk_rows(plan.shape) * chunks_per_task
+    n0, n1 = plan.n0, selection["n1"]
     bounds = [n0] + list(range((n0 // step + 1) * step, n1, step)) + [n1]
     groups = []
     for a, b in zip(bounds[:-1], bounds[1:]):
@@ -287,9 +299,9 @@ def plan_writes(plan: dict, selection: dict, chunks_per_task: int = 4) -> list[l
     return groups
 
 
-def write_segments(plan: dict, segments: list[dict]) -> int:
+def write_segments(plan: IngestPlan | dict, segments: list[dict]) -> int:
     """Copy staged pixels into the corpus image array; returns rows written."""
-    images_path = Path(plan["corpus_dir"]) / "images.zarr"
+    images_path = IngestPlan.of(plan).cdir / "images.zarr"
     written = 0
     for s in segments:
         pixels = np.load(s["pixels"], mmap_mode="r", allow_pickle=False)
@@ -299,68 +311,69 @@ def write_segments(plan: dict, segments: list[dict]) -> int:
     return written
 
 
-def prepare_array(plan: dict, selection: dict) -> None:
+def prepare_array(plan: IngestPlan | dict, selection: dict) -> None:
     """Create or resize the image array to hold the new rows (before the parallel writes).
 
     Checks first that no other ingest committed since the plan: resizing would cut its rows."""
+    plan = IngestPlan.of(plan)
     check_still_latest(plan)
-    ensure_images_array(Path(plan["corpus_dir"]), ImageShape(*plan["shape"]), selection["n1"])
+    ensure_images_array(plan.cdir, plan.shape, selection["n1"])
 
 
-def commit_ingest(store: Store, plan: dict, selection: dict, producer: dict | None = None) -> dict:
+def commit_ingest(store: Store, plan: IngestPlan | dict, selection: dict, producer: dict | None = None) -> dict:
     """Record lineage, then publish the version (``corpus.json`` last). Returns a summary."""
-    cdir = Path(plan["corpus_dir"])
-    summary = {"corpus": plan["corpus"], "store": str(store.root), "source": plan["source"],
+    plan = IngestPlan.of(plan)
+    cdir, shape = plan.cdir, list(plan.shape.hwc)
+    summary = {"corpus": plan.corpus, "store": str(store.root), "source": plan.source,
                "added": selection["n_new"], "duplicates": selection["duplicates"],
                "quarantined": len(selection["quarantine"]), "quarantine": selection["quarantine"],
-               "shape": plan["shape"]}
+               "shape": shape}
     if selection["n_new"] == 0:
-        shutil.rmtree(plan["staging_dir"], ignore_errors=True)
-        return {**summary, "version": plan["version"] - 1, "n_rows": plan["n0"], "changed": False,
-                "artifact_id": plan["previous_artifact_id"]}
-    old_index = (pd.read_parquet(cdir / "index.parquet") if plan["n0"] else pd.DataFrame(columns=INDEX_COLUMNS))
-    old_index = old_index[old_index["row"] < plan["n0"]]
+        shutil.rmtree(plan.staging_dir, ignore_errors=True)
+        return {**summary, "version": plan.version - 1, "n_rows": plan.n0, "changed": False,
+                "artifact_id": plan.previous_artifact_id}
+    old_index = (pd.read_parquet(cdir / "index.parquet") if plan.n0 else pd.DataFrame(columns=INDEX_COLUMNS))
+    old_index = old_index[old_index["row"] < plan.n0]
     new_index = pd.read_parquet(selection["new_index"])
-    index = pd.concat([old_index, new_index], ignore_index=True) if plan["n0"] else new_index
-    old_q = pd.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan["n0"] else None
+    index = pd.concat([old_index, new_index], ignore_index=True) if plan.n0 else new_index
+    old_q = pd.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan.n0 else None
     new_q = pd.DataFrame(selection["quarantine"], columns=["source", "reason", "batch"]).drop(columns="batch")
-    new_q["version"] = plan["version"]
+    new_q["version"] = plan.version
     quarantine = (pd.concat([old_q, new_q]) if old_q is not None else new_q).drop_duplicates("source", keep="first")
 
     check_still_latest(plan)  # before the lineage record: a refused commit records nothing
-    content = hashlib.sha256(("x".join(map(str, plan["shape"])) + "|" +
-                              "".join(index["image_id"])).encode()).hexdigest()
+    content = hashlib.sha256(("x".join(map(str, shape)) + "|" + "".join(index["image_id"])).encode()).hexdigest()
     lineage = LineageStore(store.lineage_url)
-    src = lineage.record("source", plan["source"], plan["source"], plan["listing_hash"],
-                         size=plan["source_count"], params={"kind": plan["source_kind"]})
-    inputs = [(src.id, "source")] + ([(plan["previous_artifact_id"], "previous")] if plan["previous_artifact_id"] else [])
-    params = {"shape": plan["shape"], "fit": plan["fit"], "label_from_folder": plan["label_from_folder"],
-              "batch_size": plan["batch_size"], "version": plan["version"], "n_rows": len(index),
-              "value_range": plan.get("value_range"), "clip": plan.get("clip", False)}
-    art = lineage.record("corpus", f"{plan['corpus']}@v{plan['version']}", cdir.as_uri(), content,
+    src = lineage.record("source", plan.source, plan.source, plan.listing_hash,
+                         size=plan.source_count, params={"kind": plan.source_kind})
+    inputs = [(src.id, "source")] + ([(plan.previous_artifact_id, "previous")] if plan.previous_artifact_id else [])
+    params = {"shape": shape, "fit": plan.fit, "label_from_folder": plan.label_from_folder,
+              "batch_size": plan.batch_size, "version": plan.version, "n_rows": len(index),
+              "value_range": plan.value_range, "clip": plan.clip}
+    art = lineage.record("corpus", f"{plan.corpus}@v{plan.version}", cdir.as_uri(), content,
                          size=len(index), params=params, producer=producer,
                          metrics={"added": selection["n_new"], "duplicates": selection["duplicates"],
                                   "quarantined": len(selection["quarantine"])}, inputs=inputs)
-    manifest = read_manifest(cdir) or {"name": plan["corpus"], "shape": plan["shape"], "fit": plan["fit"],
+    manifest = read_manifest(cdir) or {"name": plan.corpus, "shape": shape, "fit": plan.fit,
                                        "created_at": datetime.now(timezone.utc).isoformat(), "versions": []}
-    manifest["chunk_rows"] = chunk_rows(ImageShape(*plan["shape"]))
-    manifest["versions"] = manifest["versions"][: plan["version"] - 1] + [{
-        "version": plan["version"], "n_rows": len(index), "added": selection["n_new"],
+    manifest["chunk_rows"] = chunk_rows(plan.shape)
+    manifest["versions"] = manifest["versions"][: plan.version - 1] + [{
+        "version": plan.version, "n_rows": len(index), "added": selection["n_new"],
         "duplicates": selection["duplicates"], "quarantined": len(selection["quarantine"]),
-        "source": plan["source"], "listing_hash": plan["listing_hash"], "artifact_id": art.id,
-        "ingest_id": plan["ingest_id"], "created_at": datetime.now(timezone.utc).isoformat()}]
-    with file_lock(Path(cdir) / ".commit.lock"):  # compare-and-swap: check and publish as one step
+        "source": plan.source, "listing_hash": plan.listing_hash, "artifact_id": art.id,
+        "ingest_id": plan.ingest_id, "created_at": datetime.now(timezone.utc).isoformat()}]
+    with file_lock(cdir / ".commit.lock"):  # compare-and-swap: check and publish as one step
         check_still_latest(plan)
         commit_version(cdir, manifest, index, quarantine)
     shutil.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'
-    return {**summary, "version": plan["version"], "n_rows": len(index), "changed": True, "artifact_id": art.id}
+    return {**summary, "version": plan.version, "n_rows": len(index), "changed": True, "artifact_id": art.id}
 
 
 def ingest_local(store: Store, source: str, corpus: str, producer: dict | None = None, **options) -> dict:
     """All ingest steps in this process, in order (no Prefect, no Dask)."""
-    plan = plan_ingest(store, source, corpus, **options)
+    plan = IngestPlan.from_json(plan_ingest(store, source, corpus, **options))
     try:
-        decoded = [decode_batch(plan, b) for b in plan["batches"]]
+        decoded = [decode_batch(plan, b) for b in plan.batches]
         selection = select_new(plan, decoded)
         if selection["n_new"]:
             prepare_array(plan, selection)

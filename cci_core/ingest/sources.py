@@ -1,4 +1,4 @@
-"""Image sources: discover what a source holds, plan it into batches, decode one batch.
+"""Image sources: discover what a source holds and plan it into batches; read array sources.
 
 A source spec is a path or ``builtin:digits``. Supported: a folder tree of image files
 (PNG, JPEG, BMP, TIFF, WebP, GIF first frame), MNIST-format IDX files (a folder of them or
@@ -6,10 +6,11 @@ one images file; ``.gz`` or raw), ``.npy`` / ``.npz`` arrays, a tar archive of i
 member by member, never extracted) and scikit-learn's digits.
 
 Batches are small JSON-able dicts (paths, member offsets and row ranges, never pixels) so
-they can travel through Prefect; :func:`load_batch` turns one into normalised pixels, index
-rows and quarantine rows in whatever process runs it. Array sources get their value range
-decided once, from a first pass over all of them (:func:`decide_value_range`), and every
-batch carries it, so a value maps to the same byte whatever the batch size.
+they can travel through Prefect; :func:`cci_core.ingest.batches.load_batch` turns one into
+normalised pixels, index rows and quarantine rows in whatever process runs it. Array sources
+get their value range decided once, from a first pass over all of them
+(:func:`cci_core.ingest.images.decide_value_range`), and every batch carries it, so a value
+maps to the same byte whatever the batch size.
 """
 from __future__ import annotations
 
@@ -18,55 +19,23 @@ import hashlib
 import os
 import re
 import tarfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cci_core.common.shapes import ImageShape
 from cci_core.ingest.idx import IDXFormatError, read_idx
-from cci_core.ingest.images import (
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    ImageRefused,
-    decide_value_range,
-    image_id,
-    normalise,
-    normalise_array,
-    open_image,
-    oversize_reason,
-    read_capped,
-    to_uint8,
-)
+from cci_core.ingest.images import decide_value_range
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 _IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images[-.]idx3-ubyte(\.gz)?$")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _ARRAY_KEYS = ("images", "x", "X", "data", "arr_0")
 _LABEL_KEYS = ("labels", "y", "Y", "targets", "arr_1")
-
-
 _STATS_ROWS = 8192  # rows per step of the value-range pass over an array source
 
 
 class SourceError(ValueError):
     """The source cannot be ingested at all (missing, empty, unreadable)."""
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """What one image file or tar member may cost, and whether symlinks may leave the folder."""
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    follow_symlinks: bool = False
-
-    def __post_init__(self):
-        for name in ("max_file_bytes", "max_image_pixels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive number")
-
-    def asdict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -136,7 +105,7 @@ def _source_value_range(src: Source, requested: str, clip: bool) -> str:
     """One pass over all values of an array source: min, max, NaN/inf count -> its value range."""
     lo, hi, bad, dtypes = np.inf, -np.inf, 0, set()
     for part in src.parts:
-        images, _ = _part_arrays(part)
+        images, _ = part_arrays(part)
         dtypes.add(np.dtype(images.dtype))
         for start in range(0, len(images), _STATS_ROWS):
             block = np.asarray(images[start:start + _STATS_ROWS])
@@ -238,7 +207,8 @@ def _folder_source(root: Path, label_from_folder: bool) -> Source:
     return Source("files", str(root), _hash_listing(sigs), len(files), files=files, labels=labels)
 
 
-def _safe_member(name: str) -> bool:
+def safe_member(name: str) -> bool:
+    """A tar member name that stays inside the archive (relative, no '..')."""
     p = PurePosixPath(name)
     return not p.is_absolute() and ".." not in p.parts and not name.startswith("/")
 
@@ -259,7 +229,7 @@ def _tar_source(path: Path, label_from_folder: bool) -> Source:
     names = sorted(n for n in by_name if not PurePosixPath(n).name.startswith("."))
     if not names:
         raise SourceError(f"tar archive {path} holds no files")
-    labels = [n.split("/", 1)[0] if label_from_folder and "/" in n and _safe_member(n) else None for n in names]
+    labels = [n.split("/", 1)[0] if label_from_folder and "/" in n and safe_member(n) else None for n in names]
     sig = _file_sig(path)
     offsets = [] if compressed else [[by_name[n].offset_data, by_name[n].size] for n in names]
     return Source("tar", str(path), _hash_listing([sig, *names]), len(names), files=names, labels=labels,
@@ -318,116 +288,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, d.target
 
 
-@dataclass
-class BatchResult:
-    """Decoded batch: pixels (n, H, W, C) uint8, one index row per image, quarantined items."""
-    pixels: np.ndarray
-    rows: list[dict]
-    quarantine: list[dict]
-
-
-def first_image_shape(source: Source, channels: int | None = None, size: tuple[int, int] | None = None,
-                      limits: ReadLimits | None = None) -> ImageShape:
-    """The corpus shape: ``size`` and ``channels`` where given, the rest from the first
-    decodable image of the source (decoded for ``size`` when given, so a large photo is cheap)."""
-    if size and channels:
-        return ImageShape(*size, channels)
-    if source.kind in ("files", "tar"):
-        limits = limits or ReadLimits()
-        for b in source.plan(64):
-            for _, got in _read_items(b, limits):
-                if isinstance(got, _Quarantine):
-                    continue
-                try:
-                    img = open_image(got, max_pixels=limits.max_image_pixels, target=size)
-                except ImageRefused:
-                    continue
-                c = channels or (1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
-                h, w = size or (img.height, img.width)
-                if max(h, w) > 4096:
-                    raise SourceError(f"the first image of {source.uri} is {w}x{h} pixels, more than 4096 a side: "
-                                      "give --size HxW (e.g. --size 64x64) for the corpus shape")
-                return ImageShape(h, w, c)
-        raise SourceError(f"source {source.uri}: every file is unreadable, nothing to ingest "
-                          f"(the first: {_first_reason(source, limits)})")
-    arr = _array_rows(source.parts[0], 0, 1)[0][0]
-    c = channels or (1 if arr.ndim == 2 or arr.shape[-1] == 1 else 3)
-    h, w = size or arr.shape[:2]
-    if max(h, w) > 4096:
-        raise SourceError(f"the images of {source.uri} are {w}x{h} pixels, more than 4096 a side: "
-                          "give --size HxW for the corpus shape")
-    return ImageShape(h, w, c)
-
-
-def _first_reason(source: Source, limits: ReadLimits) -> str:
-    batch = source.plan(1)[0]
-    for _, got in _read_items(batch, limits):
-        if isinstance(got, _Quarantine):
-            return f"{batch['items'][0]}: {got}"
-        try:
-            open_image(got, max_pixels=limits.max_image_pixels)
-        except ImageRefused as exc:
-            return f"{batch['items'][0]}: {exc}"
-    return "?"
-
-
-class _Quarantine(Exception):
-    pass
-
-
-def _read_items(batch: dict, limits: ReadLimits):
-    """Yield ``(i, bytes or _Quarantine)`` for the items of a files/tar batch, each read once
-    with the size cap: files by path, tar members by offset, or in one streaming pass of a
-    compressed archive. Items may come out of order."""
-    items, cap = batch["items"], limits.max_file_bytes
-    if batch["kind"] == "files":
-        root = Path(batch["root"])
-        for i, item in enumerate(items):
-            path = root / item
-            target = path.resolve()
-            if not limits.follow_symlinks and not target.is_relative_to(root):
-                yield i, _Quarantine(f"symlink to {target}, outside the source folder {root}: not read "
-                                     "(--follow-symlinks reads it)")
-                continue
-            try:
-                yield i, read_capped(path, cap)
-            except ImageRefused as exc:
-                yield i, _Quarantine(str(exc))
-        return
-    todo = {}
-    for i, item in enumerate(items):
-        if _safe_member(item):
-            todo[item] = i
-        else:
-            yield i, _Quarantine("unsafe member path in tar archive (absolute or '..'): not read")
-    try:
-        if "members" in batch:  # uncompressed: seek to each member's data
-            with open(batch["root"], "rb") as fh:
-                for item, i in list(todo.items()):
-                    del todo[item]
-                    offset, size = batch["members"][i]
-                    if size > cap:
-                        yield i, _Quarantine(oversize_reason(size, cap))
-                        continue
-                    fh.seek(offset)
-                    yield i, fh.read(size)
-            return
-        with tarfile.open(batch["root"], "r|*") as tf:  # compressed: one pass, stops when all are read
-            for m in tf:
-                i = todo.pop(m.name, None)
-                if i is not None and m.isfile():
-                    yield i, (_Quarantine(oversize_reason(m.size, cap)) if m.size > cap else tf.extractfile(m).read())
-                if not todo:
-                    break
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        for i in todo.values():
-            yield i, _Quarantine(f"cannot read tar member: {exc}")
-        return
-    for i in todo.values():
-        yield i, _Quarantine("member not found in the tar archive (it changed since it was listed)")
-
-
-def _part_arrays(part: dict) -> tuple[np.ndarray, np.ndarray | None]:
+def part_arrays(part: dict) -> tuple[np.ndarray, np.ndarray | None]:
     """All images (memory-mapped for .npy) and labels of one array part."""
     path = part["path"]
     if path == "builtin:digits":
@@ -437,61 +298,9 @@ def _part_arrays(part: dict) -> tuple[np.ndarray, np.ndarray | None]:
     return _load_idx(path, part.get("labels"))
 
 
-def _array_rows(part: dict, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
-    images, labels = _part_arrays(part)
+def array_rows(part: dict, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images and labels (None when unlabelled) of rows ``start:stop`` of one array part."""
+    images, labels = part_arrays(part)
     return np.asarray(images[start:stop]), (None if labels is None else np.asarray(labels[start:stop]))
 
 
-def load_batch(batch: dict, shape: ImageShape, fit: str = "stretch", limits: ReadLimits | None = None) -> BatchResult:
-    """Decode and normalise one batch planned by :meth:`Source.plan` (``limits``: per-file caps)."""
-    pixels, rows, quarantine = [], [], []
-    if batch["kind"] in ("files", "tar"):
-        limits = limits or ReadLimits()
-        done: dict[int, tuple] = {}
-        for i, got in _read_items(batch, limits):
-            try:
-                if isinstance(got, _Quarantine):
-                    raise got
-                try:
-                    img = open_image(got, max_pixels=limits.max_image_pixels, target=(shape.height, shape.width))
-                except ImageRefused as exc:
-                    raise _Quarantine(str(exc)) from None
-                w, h = img.info.get("declared_size", img.size)
-                try:
-                    done[i] = (normalise(img, shape, fit), (h, w, img.mode))
-                except Exception as exc:  # noqa: BLE001 - any conversion failure is quarantined
-                    raise _Quarantine(f"cannot convert mode {img.mode} to the corpus shape: {exc}") from None
-            except _Quarantine as q:
-                done[i] = (None, str(q))
-        for i, (item, label) in enumerate(zip(batch["items"], batch["labels"])):  # in listing order
-            uri = f"tar://{batch['root']}!{item}" if batch["kind"] == "tar" else str(Path(batch["root"]) / item)
-            px, orig = done[i]
-            if px is None:
-                quarantine.append({"source": uri, "reason": orig, "batch": batch["batch"]})
-                continue
-            pixels.append(px)
-            rows.append({"source": uri, "label": label, "split": None,
-                         "orig_height": orig[0], "orig_width": orig[1], "orig_mode": orig[2]})
-    else:
-        part = batch["part"]
-        images, labels = _array_rows(part, batch["start"], batch["stop"])
-        # decided once for the whole source (open_source), never from this batch alone
-        images = to_uint8(images, batch.get("value_range") or "0-255")
-        for i, arr in enumerate(images):
-            row = batch["start"] + i
-            uri = f"{part['path']}#{row}"
-            try:
-                px = normalise_array(arr, shape, fit)
-            except ValueError as exc:
-                quarantine.append({"source": uri, "reason": str(exc), "batch": batch["batch"]})
-                continue
-            pixels.append(px)
-            rows.append({"source": uri, "label": None if labels is None else str(labels[i]),
-                         "split": part.get("split"), "orig_height": int(arr.shape[0]),
-                         "orig_width": int(arr.shape[1]),
-                         "orig_mode": "L" if arr.ndim == 2 or arr.shape[-1] == 1 else f"C{arr.shape[-1]}"})
-    stacked = np.stack(pixels) if pixels else np.zeros((0, *shape.hwc), np.uint8)
-    for r, px in zip(rows, stacked):
-        r["image_id"] = image_id(px)
-        r["batch"] = batch["batch"]
-    return BatchResult(stacked, rows, quarantine)
