@@ -10,7 +10,8 @@ from cci_core.cluster.cluster_metrics import match_labels
 from cci_core.common.torch_data import CorpusImages
 from cci_core.refine.autoencoder import Decoder, pretrain_autoencoder
 from cci_core.refine.cnn import CNN, CNNConfig
-from cci_core.refine.refine import RefineConfig, refine
+from cci_core.refine.config import RefineConfig
+from cci_core.refine.refine import refine
 
 
 def _digits(n=600):

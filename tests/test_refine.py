@@ -12,7 +12,9 @@ from cci_core.cluster.cluster_metrics import match_labels
 from cci_core.cluster.kmeans import MiniBatchKMeans
 from cci_core.cluster.pca import PCA
 from cci_core.predict.assign import assign_centroids, assign_classifier
-from cci_core.refine.refine import RefineConfig, load_classifier, refine
+from cci_core.refine.classifier import load_classifier
+from cci_core.refine.config import RefineConfig
+from cci_core.refine.refine import refine
 from cci_core.store.weights import load_weights
 
 # small and fast: k-means re-clustering, no autoencoder start (tests/test_autoencoder.py)

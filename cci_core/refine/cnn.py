@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_SIZES = (28, 32, 64)
+from cci_core.common.shapes import MODEL_SIZES
 
 
 @dataclass
@@ -35,8 +35,8 @@ class CNNConfig:
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels={self.in_channels}: use 1 (grey) or 3 (RGB)")
-        if self.image_size not in IMAGE_SIZES:
-            raise ValueError(f"image_size={self.image_size}: use one of {IMAGE_SIZES}")
+        if self.image_size not in MODEL_SIZES:
+            raise ValueError(f"image_size={self.image_size}: use one of {MODEL_SIZES}")
         if self.n_classes < 2:
             raise ValueError(f"n_classes={self.n_classes}: need at least 2 clusters")
         if self.width < 1 or self.embed_dim < 1:

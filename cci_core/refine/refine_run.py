@@ -29,8 +29,10 @@ import pandas as pd
 
 from cci_core.cluster import cluster_run
 from cci_core.common.device import pick_device
-from cci_core.refine.cnn import IMAGE_SIZES
-from cci_core.refine.refine import RefineConfig, load_classifier, refine
+from cci_core.common.shapes import MODEL_SIZES
+from cci_core.refine.classifier import load_classifier
+from cci_core.refine.config import RefineConfig
+from cci_core.refine.refine import refine
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
@@ -73,9 +75,9 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
         raise ValueError(f"corpus {parent['corpus']!r} has {parent['n_rows']} images, fewer than one batch "
                          f"({config.batch_size}); lower --batch-size or add images")
     h, w, _ = parent["shape"]
-    if h != w or h not in IMAGE_SIZES:
+    if h != w or h not in MODEL_SIZES:
         raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
-                         f"{', '.join(f'{s}x{s}' for s in IMAGE_SIZES)} images: ingest into a new corpus "
+                         f"{', '.join(f'{s}x{s}' for s in MODEL_SIZES)} images: ingest into a new corpus "
                          "with --size 28x28 (for example) and cluster that")
     runs.check_new_run_id(store, new_run_id or f"{run_id}-refined")
     return parent
@@ -150,7 +152,7 @@ def write_refine_pictures(store: Store, plan: dict, cl: dict) -> list[str]:
     from cci_core.cluster.cluster_pictures import save_cluster_montages
     from cci_core.cluster.clusterers import centroids
     from cci_core.common.torch_data import CorpusImages
-    from cci_core.refine.refine import embed_corpus
+    from cci_core.refine.rounds import embed_corpus
 
     rdir, pics = Path(plan["run_dir"]), Path(plan["run_dir"]) / "pictures"
     c = open_corpus(store, plan["corpus"], plan["corpus_version"])

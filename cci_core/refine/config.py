@@ -1,0 +1,88 @@
+"""The settings of a CCI refinement (:class:`RefineConfig`), validated when built."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RECLUSTER = ("kmeans", "umap_gmm")
+
+
+@dataclass
+class RefineConfig:
+    """Every knob of a refinement; the defaults are the Fashion-MNIST benchmark recipe.
+
+    rounds : rounds after round 0 (round 0 = start clustering + first training)
+    ae_epochs : autoencoder pre-training epochs before round 0 (0 = start from the given
+        clustering with a randomly initialised CNN)
+    ae_lr, ae_shift : autoencoder optimiser rate and input shift (fraction of the side)
+    warmup_steps, steps : training steps in round 0 / in each later round
+    batch_size, lr, weight_decay : optimiser (AdamW, fresh each round, cosine decay)
+    lam : weight of the k-means term (embedding distance to its cluster centre)
+    label_smoothing : for the cross-entropy term
+    trust_quantile : fraction of each cluster trusted for training, most consistent first
+    knn : neighbours for the neighbourhood-consistency trust score
+    ema : decay of the teacher weights used to embed and predict
+    recluster : ``umap_gmm`` (UMAP + full-covariance GMM) or ``kmeans`` (PCA-whitened)
+    gmm_inits : GMM restarts (k-means starts), the best likelihood kept
+    gmm_from_previous : start the GMM from the previous round's cluster means instead
+    pca_dim : whitened dimensions before k-means (and the trust space without UMAP)
+    umap_neighbors, umap_dim, umap_sample : manifold stage (fitted on ``umap_sample``
+        rows, the others transformed; the recipe fits all rows)
+    shift, scale, flip, erase : augmentation of the classifier's training images
+    silhouette_sample : rows for the sampled silhouette (reported, not used to select)
+    width, depth, embed_dim : CNN shape
+    seed : everything random derives from it (per round), so resume is exact on CPU
+    device : None = CUDA when present, else CPU
+    """
+    rounds: int = 2
+    ae_epochs: float = 4.0
+    ae_lr: float = 2e-3
+    ae_shift: float = 0.08
+    warmup_steps: int = 1000
+    steps: int = 800
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lam: float = 0.1
+    label_smoothing: float = 0.1
+    trust_quantile: float = 0.5
+    knn: int = 20
+    ema: float = 0.99
+    recluster: str = "umap_gmm"
+    gmm_inits: int = 3
+    gmm_from_previous: bool = False
+    pca_dim: int = 32
+    umap_neighbors: int = 20
+    umap_dim: int = 10
+    umap_sample: int = 70000
+    shift: float = 0.12
+    scale: tuple = (0.85, 1.15)
+    flip: bool = True
+    erase: float = 0.0
+    silhouette_sample: int = 5000
+    width: int = 16
+    depth: int = 3
+    embed_dim: int = 64
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(self.scale)
+        checks = [
+            (self.rounds >= 0, f"rounds={self.rounds} must be >= 0"),
+            (self.ae_epochs >= 0, f"ae_epochs={self.ae_epochs} must be >= 0"),
+            (self.warmup_steps >= 1 and self.steps >= 1,
+             f"warmup_steps={self.warmup_steps}, steps={self.steps} must be >= 1"),
+            (self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2"),
+            (self.lr > 0 and self.ae_lr > 0, f"lr={self.lr}, ae_lr={self.ae_lr} must be > 0"),
+            (self.lam >= 0, f"lam={self.lam} must be >= 0"),
+            (0 < self.trust_quantile <= 1, f"trust_quantile={self.trust_quantile} must be in (0, 1]"),
+            (self.knn >= 1, f"knn={self.knn} must be >= 1"),
+            (0 <= self.ema < 1, f"ema={self.ema} must be in [0, 1)"),
+            (self.recluster in RECLUSTER, f"recluster={self.recluster!r}: use one of {RECLUSTER}"),
+            (self.gmm_inits >= 1, f"gmm_inits={self.gmm_inits} must be >= 1"),
+            (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
+             f"scale={self.scale} must be (low, high) with 0 < low <= high"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
