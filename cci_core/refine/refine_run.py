@@ -28,14 +28,16 @@ import numpy as np
 import pandas as pd
 
 from cci_core.cluster import cluster_run
+from cci_core.cluster.labels import read_labels, write_labels
 from cci_core.common.device import pick_device
 from cci_core.common.shapes import MODEL_SIZES
 from cci_core.refine.classifier import load_classifier
 from cci_core.refine.config import RefineConfig
+from cci_core.refine.records import RefinePlan
 from cci_core.refine.refine import refine
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
+from cci_core.store.store import Store, atomic_write_json
 
 
 def config_from_options(options: dict | None) -> RefineConfig:
@@ -84,20 +86,23 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
 
 
 def start_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
-    """Create (or reopen, when unfinished) the refined run's folder and run.json."""
+    """Create (or reopen, when unfinished) the refined run's folder and run.json; returns the
+    plan as its JSON dict (what the tasks pass on; :meth:`RefinePlan.from_json` reads it)."""
     parent = check_refine(store, run_id, config, new_run_id)
     return runs.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
 
 
-def refine_step(store: Store, plan: dict, log=print, producer: dict | None = None, progress=None) -> dict:
+def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict | None = None,
+                progress=None) -> dict:
     """Train the classifier (resuming finished rounds), save it and the refined labels,
     record lineage; returns the clustering summary (ids, sizes, per-round metrics).
     ``progress(done, total, note)`` follows the training steps (see :func:`cci_core.refine.refine.refine`)."""
-    config = RefineConfig(**plan["params"])
-    rdir = Path(plan["run_dir"])
-    c = open_corpus(store, plan["corpus"], plan["corpus_version"])
-    parent = runs.read_run(store, plan["parent_run"])
-    initial = cluster_run.run_labels(parent)
+    plan = RefinePlan.of(plan)
+    config = plan.config
+    rdir = Path(plan.run_dir)
+    c = open_corpus(store, plan.corpus, plan.corpus_version)
+    parent = runs.read_run(store, plan.parent_run)
+    initial = read_labels(parent["run_dir"])
     y = c.labels()
     y_codes = pd.factorize(y)[0] if y is not None else None
     result = refine(c.images(), c.n_rows, initial, config, out_dir=rdir / "refine", y_true=y_codes, log=log,
@@ -109,43 +114,39 @@ def refine_step(store: Store, plan: dict, log=print, producer: dict | None = Non
     cdir.mkdir(parents=True, exist_ok=True)
     for name in ("classifier.safetensors", "classifier.json"):
         shutil.copyfile(rdir / "refine" / name, cdir / name)
-    index = c.index(["row", "image_id"]).sort_values("row")
-    (rdir / "clustering").mkdir(parents=True, exist_ok=True)
-    atomic_write_parquet(rdir / "clustering" / "labels.parquet", pd.DataFrame(
-        {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(), "cluster": labels}))
+    lab_path = write_labels(rdir / "clustering", c, labels)
     history = result.history
     chosen = next((h for h in history if h.get("round") == result.chosen_round), history[-1] if history else {})
     headline = {m: chosen[m] for m in ("acc", "nmi", "ari", "silhouette", "inertia", "selection_score")
                 if isinstance(chosen.get(m), (int, float))}
     sizes = np.bincount(labels, minlength=k).tolist()
-    report = {"run_id": plan["run_id"], "parent_run": plan["parent_run"], "corpus": plan["corpus"],
-              "corpus_version": plan["corpus_version"], "chosen_round": result.chosen_round,
-              "rounds": history, "sizes": sizes, "n_clusters": k, **headline, "config": plan["params"]}
+    report = {"run_id": plan.run_id, "parent_run": plan.parent_run, "corpus": plan.corpus,
+              "corpus_version": plan.corpus_version, "chosen_round": result.chosen_round,
+              "rounds": history, "sizes": sizes, "n_clusters": k, **headline, "config": plan.params}
     atomic_write_json(rdir / "reports" / "metrics.json", report)
 
     lin = runs.lineage_store(store)
     files = [cdir / "classifier.safetensors", cdir / "classifier.json"]
-    clf = lin.record("classifier", f"{plan['run_id']}/classifier", str(cdir), cluster_run.hash_files(files),
-                     size=sum(f.stat().st_size for f in files), params=plan["params"], metrics=headline,
-                     producer=producer, inputs=[(plan["parent_clustering_artifact_id"], "initial_clustering"),
-                                                (plan["corpus_artifact_id"], "corpus")])
-    lab_path = rdir / "clustering" / "labels.parquet"
+    clf = lin.record("classifier", f"{plan.run_id}/classifier", str(cdir), cluster_run.hash_files(files),
+                     size=sum(f.stat().st_size for f in files), params=plan.params, metrics=headline,
+                     producer=producer, inputs=[(plan.parent_clustering_artifact_id, "initial_clustering"),
+                                                (plan.corpus_artifact_id, "corpus")])
     clustering = lin.record(
-        "clustering", f"{plan['run_id']}/clustering", str(rdir / "clustering"), cluster_run.hash_files([lab_path]),
-        size=lab_path.stat().st_size, params={**plan["params"], "parent_run": plan["parent_run"]},
+        "clustering", f"{plan.run_id}/clustering", str(rdir / "clustering"), cluster_run.hash_files([lab_path]),
+        size=lab_path.stat().st_size, params={**plan.params, "parent_run": plan.parent_run},
         metrics={"n_clusters": k, "chosen_round": result.chosen_round, **headline}, producer=producer,
-        inputs=[(clf.id, "classifier"), (plan["parent_clustering_artifact_id"], "initial_clustering"),
-                (plan["corpus_artifact_id"], "corpus")])
+        inputs=[(clf.id, "classifier"), (plan.parent_clustering_artifact_id, "initial_clustering"),
+                (plan.corpus_artifact_id, "corpus")])
     out = {"clustering_artifact_id": clustering.id, "classifier_artifact_id": clf.id, "k": k, "n_clusters": k,
            "n_noise": 0, "sizes": sizes, "metrics": headline, "chosen_round": result.chosen_round,
            "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
            "changed_from_parent": float((labels != initial).mean()),
            "device": str(pick_device(config.device))}  # a CUDA-trained classifier is not bitwise repeatable
-    runs.update_run(store, plan["run_id"], clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
+    runs.update_run(store, plan.run_id, clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
     return out
 
 
-def write_refine_pictures(store: Store, plan: dict, cl: dict) -> list[str]:
+def write_refine_pictures(store: Store, plan: RefinePlan | dict, cl: dict) -> list[str]:
     """Montages nearest each centre in the classifier's embedding; the per-round curves."""
     import torch
 
@@ -154,12 +155,13 @@ def write_refine_pictures(store: Store, plan: dict, cl: dict) -> list[str]:
     from cci_core.common.torch_data import CorpusImages
     from cci_core.refine.rounds import embed_corpus
 
-    rdir, pics = Path(plan["run_dir"]), Path(plan["run_dir"]) / "pictures"
-    c = open_corpus(store, plan["corpus"], plan["corpus_version"])
+    plan = RefinePlan.of(plan)
+    rdir, pics = Path(plan.run_dir), Path(plan.run_dir) / "pictures"
+    c = open_corpus(store, plan.corpus, plan.corpus_version)
     model = load_classifier(rdir / "classifier")
     Z, _ = embed_corpus(model, CorpusImages(c.images(), c.n_rows), next(model.parameters()).device)
     Z = np.asarray(Z.numpy() if isinstance(Z, torch.Tensor) else Z, dtype=np.float32)
-    labels = cluster_run.run_labels(plan)
+    labels = read_labels(plan.run_dir)
     paths = save_cluster_montages(c.images(), Z, labels, centroids(Z, labels, cl["n_clusters"]), pics,
                                   n_rows=c.n_rows)
     curves = rdir / "refine" / "curves.png"
@@ -172,8 +174,8 @@ def refine_local(store: Store, run_id: str, config: RefineConfig | None = None,
                  new_run_id: str | None = None, log=print) -> dict:
     """Every step of ``cci refine`` in this process; returns the finished run.json."""
     config = config or RefineConfig()
-    plan = start_refine(store, run_id, config, new_run_id)
+    plan = RefinePlan.from_json(start_refine(store, run_id, config, new_run_id))
     cl = refine_step(store, plan, log=log)
-    cluster_run.write_partitions(store, plan, cl, [(cl["classifier_artifact_id"], "classifier")])
+    cluster_run.write_partitions(store, plan.to_json(), cl, [(cl["classifier_artifact_id"], "classifier")])
     write_refine_pictures(store, plan, cl)
-    return runs.finish_run(store, plan)
+    return runs.finish_run(store, plan.run_id)
