@@ -18,15 +18,17 @@ Drift report (``reports/drift.json``):
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 
 from cci_core.cluster import cluster_run
+from cci_core.cluster.labels import read_labels, write_labels
+from cci_core.predict.predict import load_predictor
+from cci_core.refresh.records import RefreshPlan
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
 
 
 def assign_new(store: Store, run_id: str, version: int | None = None, retrain_threshold: float = 0.1,
@@ -43,7 +45,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
         return {"changed": False, "run_id": run_id, "corpus_version": c.version, "n_new": 0}
     root = parent.get("refresh_root", run_id)
     new_id = f"{root}-refresh-v{c.version}"
-    predict = cluster_run.load_predictor(store, run_id)
+    predict = load_predictor(store, run_id)
     labels, conf = [], []
     images = c.images()
     for start in range(old_n, new_n, 8192):
@@ -51,7 +53,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
         labels.append(lab)
         conf.append(cf)
     new_labels, new_conf = np.concatenate(labels), np.concatenate(conf)
-    old_labels = cluster_run.run_labels(parent)
+    old_labels = read_labels(parent["run_dir"])
     k = len(parent["partitions"])
     old_sizes = np.bincount(old_labels[old_labels >= 0], minlength=k)
     added = np.bincount(new_labels[new_labels >= 0], minlength=k)
@@ -63,27 +65,19 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     rdir = store.run_dir(new_id)
     if runs.run_file(store, new_id).exists() and runs.read_run(store, new_id).get("status") == "complete":
         raise ValueError(f"run {new_id!r} already holds corpus {c.name!r} v{c.version}; nothing to refresh")
-    plan = {key: parent[key] for key in ("corpus", "shape", "has_labels", "params", "kind")
-            if key in parent}
-    plan.update(run_id=new_id, store=str(store.root), run_dir=str(rdir), corpus_version=c.version,
-                corpus_artifact_id=c.artifact_id, n_rows=new_n, refreshed_from=run_id, refresh_root=root,
-                status="running",
-                created_at=utc_now())
-    for key in ("classifier", "classifier_artifact_id", "parent_run"):
-        if parent.get(key):
-            plan[key] = parent[key]
+    plan = RefreshPlan.from_parent(parent, run_id=new_id, store=str(store.root), run_dir=str(rdir),
+                                   corpus_version=c.version, corpus_artifact_id=c.artifact_id, n_rows=new_n,
+                                   refreshed_from=run_id, refresh_root=root, status="running", created_at=utc_now())
     rdir.mkdir(parents=True, exist_ok=True)
     for sub in ("pca",):  # what predict needs besides the classifier: shared, read-only, copied once
         if (store.run_dir(run_id) / sub).exists() and not (rdir / sub).exists():
             shutil.copytree(store.run_dir(run_id) / sub, rdir / sub)
     if not parent.get("classifier"):
         shutil.copytree(store.run_dir(run_id) / "clustering", rdir / "clustering", dirs_exist_ok=True)
-    runs.write_run(store, new_id, plan)
+    runs.write_run(store, new_id, plan.to_json())
 
-    index = c.index(["row", "image_id"]).sort_values("row")
     all_labels = np.concatenate([old_labels, new_labels]).astype(np.int32)
-    lab_path = atomic_write_parquet(rdir / "clustering" / "labels.parquet", pd.DataFrame(
-        {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(), "cluster": all_labels}))
+    lab_path = write_labels(rdir / "clustering", c, all_labels)
     drift = {"run_id": new_id, "refreshed_from": run_id, "corpus_version": c.version, "changed": True,
              "n_new": int(new_n - old_n), "low_confidence_threshold": low_confidence,
              "low_confidence": float((new_conf < low_confidence).mean()),
@@ -118,22 +112,25 @@ def retrain_changed(store: Store, run_id: str, changed: list[int], params=None, 
 
     Returns the training summary (``models/training.json``) with ``retrained`` and ``carried_over``.
     """
-    from cci_core.generate.generator_run import TrainParams, finish_training, plan_training, train_job
+    from cci_core.generate.records import TrainJob
+    from cci_core.generate.settings import TrainParams, train_params_fields
+    from cci_core.generate.training_run import finish_training, make_training_plan, train_job
     run = runs.finished_run(store, run_id)
     previous = run.get("refreshed_from")
     prev_path = store.run_dir(previous) / "models" / "training.json" if previous else None
     if not prev_path or not prev_path.exists():
         raise ValueError(f"run {run_id!r} is not a refresh of a run with trained generators")
     prev = read_json(prev_path)
-    params = params or TrainParams(**{k: v for k, v in prev["params"].items() if k in asdict(TrainParams())})
+    params = params or TrainParams(**{k: v for k, v in prev["params"].items() if k in train_params_fields()})
     params.baseline = False
-    plan = plan_training(store, run_id, params)
+    plan = make_training_plan(store, run_id, params)
     kept = {m["cluster"]: m for m in prev["models"] if m["kind"] == "cluster"}
-    jobs = [j for j in plan["jobs"] if j["kind"] == "cluster" and (j["cluster"] in changed or j["cluster"] not in kept)]
+    jobs = [j for j in plan.jobs if j.kind == "cluster" and (j.cluster in changed or j.cluster not in kept)]
     results = [train_job(store, plan, job, producer=producer) for job in jobs]
     trained = {r["cluster"] for r in results}
     carried = [{**m, "from_earlier_run": previous} for c, m in sorted(kept.items()) if c not in trained]
-    summary = finish_training(store, {**plan, "jobs": jobs + [{"name": m["name"]} for m in carried]},
+    # the report lists the carried-over models after the retrained ones (a job known by its name only)
+    summary = finish_training(store, replace(plan, jobs=(*jobs, *(TrainJob(m["name"]) for m in carried))),
                               results + carried)
     summary.update(retrained=sorted(trained), carried_over=[m["cluster"] for m in carried])
     return summary
