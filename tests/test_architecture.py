@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cci_core", "flows", "tasks", "deployments")
 # Stage packages of cci_core, low to high: a module may import from its own package or a lower one.
-STAGES = ("common", "store", "ingest", "cluster", "refine", "generate", "features", "palette", "refresh", "predict")
+STAGES = ("common", "store", "ingest", "cluster", "refine", "generate", "features", "palette", "predict", "refresh")
 FORBIDDEN_IN_CORE = ("prefect", "flows", "tasks", "deployments")
 # The top-level packages, low to high: each imports only from itself or a lower one.
 LAYERS = ("cci_core", "tasks", "flows", "deployments")
