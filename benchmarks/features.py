@@ -52,14 +52,15 @@ def train_generators(store: Store, args, stage) -> dict:
     """Per-cluster GANs + the unconditional baseline, and the cluster-conditional GAN, on the
     clustering run with the self-conditioned GAN's total step budget. The baseline's
     discriminator is also the ``discriminator`` feature space."""
-    from cci_core.generate import generator_run as gr
+    from cci_core.generate.settings import TrainParams
+    from cci_core.generate.training_run import train_local
     k = 10
     per = max(1, args.gan_steps // k)
     common = dict(steps=per, width=args.gan_width, z_dim=64, batch_size=64, min_size=1, checkpoint_every=per,
                   device="cpu", seed=0)
-    stage("train_per_cluster_and_baseline", gr.train_local, store, "fm", gr.TrainParams(mode="per-cluster", **common))
-    stage("train_conditional", gr.train_local, store, "fm",
-          gr.TrainParams(mode="conditional", baseline=False, **common))
+    stage("train_per_cluster_and_baseline", train_local, store, "fm", TrainParams(mode="per-cluster", **common))
+    stage("train_conditional", train_local, store, "fm",
+          TrainParams(mode="conditional", baseline=False, **common))
     return {"steps_per_cluster": per, "total_steps": per * k}
 
 
@@ -69,11 +70,12 @@ def generation_comparison(store: Store, args, stage, budget: dict) -> dict:
     ``reference`` space (a CNN trained on the true labels, shared by both runs through the
     lineage store) is common to all four; each run's ``classifier`` space is a CNN trained on
     that run's own clusters, so fidelity there measures self-consistency."""
-    from cci_core.generate import generator_run as gr
-    ep = gr.EvalParams(samples=args.eval_samples, max_real=1000, ref_steps=args.ref_steps, ref_rows=20000,
-                       kid_subsets=20, kid_subset_size=500, device="cpu")
-    a = stage("evaluate_clustering_run", gr.evaluate_local, store, "fm", ep)
-    b = stage("evaluate_self_conditioned_run", gr.evaluate_local, store, "fm-selfcond", ep)
+    from cci_core.generate.evaluation_run import evaluate_local
+    from cci_core.generate.settings import EvalParams
+    ep = EvalParams(samples=args.eval_samples, max_real=1000, ref_steps=args.ref_steps, ref_rows=20000,
+                    kid_subsets=20, kid_subset_size=500, device="cpu")
+    a = stage("evaluate_clustering_run", evaluate_local, store, "fm", ep)
+    b = stage("evaluate_self_conditioned_run", evaluate_local, store, "fm-selfcond", ep)
     table = []
     for run, rep, groups in (("fm", a, ["per_cluster", "conditional", "baseline"]), ("fm-selfcond", b, ["conditional"])):
         for g in groups:

@@ -34,7 +34,8 @@ from cci_core.generate.gen_metrics import (
     prob_fn,
     train_reference_cnn,
 )
-from cci_core.generate.train_generator import TrainConfig, generate, load_generator, train_generator
+from cci_core.generate.sampling import generate, load_generator
+from cci_core.generate.training_loop import TrainConfig, train_generator
 from cci_core.ingest.idx import read_idx
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

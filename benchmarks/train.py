@@ -25,7 +25,7 @@ import zarr
 
 from cci_core.common.device import pick_device
 from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
-from cci_core.generate.train_generator import TrainConfig, train_generator
+from cci_core.generate.training_loop import TrainConfig, train_generator
 from cci_core.generate.vae import VAE, VAEConfig
 from cci_core.ingest.idx import read_idx
 

@@ -121,7 +121,7 @@ def check_positive(value: int | float | None, flag: str, minimum: int | float = 
 def check_generate(store: Store, run_id: str, dataset: str, per_cluster: int, threshold: float,
                    models: str | None) -> None:
     """``cci generate``: the dataset name, the counts, and a run with the generators asked for."""
-    from cci_core.generate.generate_run import chosen_models
+    from cci_core.generate.dataset_run import chosen_models
     from cci_core.store.store import validate_name
     validate_name(dataset, "dataset name")
     check_positive(per_cluster, "--per-cluster")

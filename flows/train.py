@@ -16,7 +16,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
-from cci_core.generate import generator_run as gr
+from cci_core.generate.evaluation_run import HEADLINE
+from cci_core.generate.settings import EvalParams, TrainParams, eval_params_fields, train_params_fields
 from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, checked_options, fig, file_link, png_markdown
@@ -52,14 +53,14 @@ def train_flow(run_id: str, store_root: str | None = None, model: str = "gan", m
                gpu_resource: bool | None = None, options: dict | None = None) -> dict:
     """Train one generator per cluster of RUN (or one conditional GAN), plus the baseline.
 
-    ``options`` holds the other :class:`cci_core.generate.generator_run.TrainParams` fields
+    ``options`` holds the other :class:`cci_core.generate.settings.TrainParams` fields
     (width, z_dim, lr, loss, ema_decay, device). ``gpu_resource``: None = ask for a Dask
     ``GPU`` resource only when the workers advertise one.
     """
     log = get_run_logger()
-    params = gr.TrainParams(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size,
-                            min_size=min_size, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
-                            baseline=baseline, **checked_options("training", options, gr.train_params_fields()))
+    params = TrainParams(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size,
+                         min_size=min_size, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+                         baseline=baseline, **checked_options("training", options, train_params_fields()))
     store_root = str(Store(store_root).root)
     plan = plan_training_task(store_root, run_id, asdict(params))
     jobs = plan["jobs"]
@@ -110,10 +111,10 @@ def evaluate_flow(run_id: str, store_root: str | None = None, samples: int = 500
                   options: dict | None = None) -> dict:
     """Measure the generators of RUN against its real images, side by side with the baseline.
 
-    ``options`` holds the other :class:`cci_core.generate.generator_run.EvalParams` fields.
+    ``options`` holds the other :class:`cci_core.generate.settings.EvalParams` fields.
     """
     log = get_run_logger()
-    params = gr.EvalParams(samples=samples, **checked_options("evaluation", options, gr.eval_params_fields()))
+    params = EvalParams(samples=samples, **checked_options("evaluation", options, eval_params_fields()))
     store_root = str(Store(store_root).root)
     plan = plan_evaluation_task(store_root, run_id, asdict(params))
     groups = plan["groups"]
@@ -141,7 +142,7 @@ def evaluate_flow(run_id: str, store_root: str | None = None, samples: int = 500
     if not rows:  # one group only: still show its figures
         for space, reps in summary["headline"].items():
             for g, r in reps.items():
-                rows += [{"features": space, "measure": m, g: fig(r.get(m))} for m in gr.HEADLINE if m in r]
+                rows += [{"features": space, "measure": m, g: fig(r.get(m))} for m in HEADLINE if m in r]
     create_table_artifact(key=artifact_key("evaluate", run_id), table=rows,
                           description=f"generation measures of run {run_id}: who wins each measure")
     create_markdown_artifact(

@@ -1,4 +1,4 @@
-"""Prefect tasks around :mod:`cci_core.generate.generate_run`: publish a generated dataset version,
+"""Prefect tasks around :mod:`cci_core.generate.dataset_run`: publish a generated dataset version,
 then draw its sample grid."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.assets import materialize
 
 from cci_core.common.imagegrid import make_grid, save_png
-from cci_core.generate import generate_run
+from cci_core.generate import dataset_run
 from cci_core.store.datasets import open_dataset
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
@@ -18,10 +18,10 @@ from tasks.common import annotate_asset, asset_for, producer, progress_artifact
 def generate_task(store_root: str, run_id: str, dataset: str, per_cluster: int, threshold: float, seed: int,
                   models: str | None) -> dict:
     store = Store(store_root)
-    out = generate_run.generate_dataset(store, run_id, dataset, per_cluster=per_cluster, threshold=threshold,
-                                        seed=seed, models=models, producer=producer(),
-                                        log=get_run_logger().info,
-                                        progress=progress_artifact(f"generate {dataset} from {run_id}"))
+    out = dataset_run.generate_dataset(store, run_id, dataset, per_cluster=per_cluster, threshold=threshold,
+                                       seed=seed, models=models, producer=producer(),
+                                       log=get_run_logger().info,
+                                       progress=progress_artifact(f"generate {dataset} from {run_id}"))
     annotate_asset(asset_for("dataset", dataset), LineageStore(store.lineage_url).get(out["artifact_id"]))
     return out
 

@@ -1,4 +1,5 @@
-"""Prefect tasks around :mod:`cci_core.generate.generator_run`: dicts of paths and ids only.
+"""Prefect tasks around :mod:`cci_core.generate.training_run` and :mod:`cci_core.generate.evaluation_run`:
+dicts of paths and ids only.
 
 Training tasks (and the reference-CNN task of the evaluation) are tagged ``gpu``; the
 flow asks Dask for a ``GPU`` resource for them only when the workers advertise one.
@@ -8,7 +9,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.assets import materialize
 
-from cci_core.generate import generator_run as gr
+from cci_core.generate import eval_references, evaluation_run, settings, training_run
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 from tasks.common import annotate_asset, asset_for, producer, progress_artifact
@@ -24,7 +25,7 @@ def report_asset(run_id: str):
 
 @task(name="plan-training", task_run_name="plan training {run_id}")
 def plan_training_task(store_root: str, run_id: str, params: dict) -> dict:
-    return gr.plan_training(Store(store_root), run_id, gr.TrainParams(**params))
+    return training_run.plan_training(Store(store_root), run_id, settings.TrainParams(**params))
 
 
 def _progress_reporter(job: dict):
@@ -47,7 +48,7 @@ def worker_info() -> dict:
 def train_cluster_task(plan: dict, job: dict) -> dict:
     """Train (or resume) one generator: one cluster, the conditional GAN, or the baseline.
     A retry (or a later re-run) resumes from the job's last checkpoint."""
-    result = gr.train_job(Store(plan["store"]), plan, job, producer=producer(), progress=_progress_reporter(job))
+    result = training_run.train_job(Store(plan["store"]), plan, job, producer=producer(), progress=_progress_reporter(job))
     return {**result, **worker_info()}
 
 
@@ -62,27 +63,27 @@ def register_models_task(plan: dict, results: list[dict]) -> list[str]:
 
 @task(name="finish-training", task_run_name="finish training {plan[run_id]}")
 def finish_training_task(plan: dict, results: list[dict]) -> dict:
-    return gr.finish_training(Store(plan["store"]), plan, results)
+    return training_run.finish_training(Store(plan["store"]), plan, results)
 
 
 @task(name="plan-evaluation", task_run_name="plan evaluation {run_id}")
 def plan_evaluation_task(store_root: str, run_id: str, params: dict) -> dict:
-    return gr.plan_evaluation(Store(store_root), run_id, gr.EvalParams(**params))
+    return evaluation_run.plan_evaluation(Store(store_root), run_id, settings.EvalParams(**params))
 
 
 @task(name="prepare-references", tags=["gpu"], task_run_name="references {plan[run_id]}")
 def prepare_references_task(plan: dict) -> dict:
-    return gr.prepare_references(Store(plan["store"]), plan, producer=producer())
+    return eval_references.prepare_references(Store(plan["store"]), plan, producer=producer())
 
 
 @task(name="evaluate-models", tags=["gpu"], task_run_name="evaluate {group[group]}")
 def evaluate_group_task(plan: dict, refs: dict, group: dict) -> dict:
-    return gr.evaluate_group(Store(plan["store"]), plan, refs, group)
+    return evaluation_run.evaluate_group(Store(plan["store"]), plan, refs, group)
 
 
 @materialize("cci://report/pending", name="write-generation-report", task_run_name="report {plan[run_id]}")
 def write_report_task(plan: dict, refs: dict, results: list[dict]) -> dict:
     store = Store(plan["store"])
-    summary = gr.write_report(store, plan, refs, results, producer=producer())
+    summary = evaluation_run.write_report(store, plan, refs, results, producer=producer())
     annotate_asset(report_asset(plan["run_id"]), LineageStore(store.lineage_url).get(summary["report_artifact_id"]))
     return summary

@@ -114,10 +114,11 @@ def published_store(tmp_path_factory):
     run ``ref`` (tests/tiny_run.py): 12 images for each of its 3 clusters."""
     from tiny_run import train_tiny
 
-    from cci_core.generate import generate_run as gen
-    from cci_core.generate import generator_run as gr
+    from cci_core.generate import dataset_run
+    from cci_core.generate.evaluation_run import evaluate_local
+    from cci_core.generate.settings import EvalParams
     from cci_core.store.store import Store
     store = train_tiny(Store(tmp_path_factory.mktemp("published")))
-    gr.evaluate_local(store, "ref", gr.EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
-    gen.generate_dataset(store, "ref", "gen", per_cluster=12, threshold=0.4, seed=3, log=lambda _: None)
+    evaluate_local(store, "ref", EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
+    dataset_run.generate_dataset(store, "ref", "gen", per_cluster=12, threshold=0.4, seed=3, log=lambda _: None)
     return store

@@ -10,7 +10,8 @@ import zarr
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.features import feature_spaces as fs
-from cci_core.generate import generator_run as gr
+from cci_core.generate.settings import TrainParams
+from cci_core.generate.training_run import train_local
 from cci_core.ingest.ingest import ingest_local
 from cci_core.store.corpus import open_corpus
 from cci_core.store.lineage import LineageStore
@@ -35,8 +36,8 @@ def test_missing_models_name_the_command(store):
 
 
 def test_comparison_end_to_end(store):
-    gr.train_local(store, "r", gr.TrainParams(steps=10, width=8, z_dim=16, min_size=10, batch_size=32,
-                                              checkpoint_every=10, baseline=False))
+    train_local(store, "r", TrainParams(steps=10, width=8, z_dim=16, min_size=10, batch_size=32,
+                                        checkpoint_every=10, baseline=False))
     fs.train_corpus_vae(store, "r", steps=5, width=8, z_dim=4, batch_size=32)
     rep = fs.compare_local(store, "r", fs.FeatureParams(**FAST))
     spaces = [r["space"] for r in rep["spaces"]]

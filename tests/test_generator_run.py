@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from cci_core.cluster import cluster_run as cr
-from cci_core.generate import generator_run as gr
+from cci_core.generate import evaluation_run as ev
+from cci_core.generate import training_run as tr
+from cci_core.generate.settings import EvalParams, TrainParams
 from cci_core.ingest.ingest import ingest_local
 from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
@@ -30,7 +32,7 @@ def trained(store):
     # a min-size between the smallest and the others: exactly the smallest cluster is skipped
     small = int(np.argmin(sizes))
     min_size = min(sizes) + 1
-    summary = gr.train_local(store, "r3", gr.TrainParams(min_size=min_size, **TINY))
+    summary = tr.train_local(store, "r3", TrainParams(min_size=min_size, **TINY))
     return summary, small, sizes
 
 
@@ -65,22 +67,22 @@ def test_train_skips_small_cluster_records_lineage_and_baseline_budget(store, tr
             assert art.inputs == [(run["corpus_artifact_id"], "corpus")]
     assert run["training"]["model_artifact_ids"] == summary["model_artifact_ids"]
 
-    from cci_core.generate.train_generator import generate, load_generator
+    from cci_core.generate.sampling import generate, load_generator
     out = generate(load_generator(summary["models"][0]["dir"], "cpu"), 5, seed=1)
     assert out.shape == (5, 28, 28, 1) and out.dtype == np.uint8
 
 
 def test_rerun_resumes_without_redoing_and_more_steps_continue(store, trained):
     summary, small, sizes = trained
-    params = gr.TrainParams(min_size=sizes[small] + 1, **TINY)
-    again = gr.train_local(store, "r3", params)
+    params = TrainParams(min_size=sizes[small] + 1, **TINY)
+    again = tr.train_local(store, "r3", params)
     for before, after in zip(summary["models"], again["models"]):
         assert after["resumed_from"] == before["steps"] and after["steps"] == before["steps"]
         assert after["artifact_id"] == before["artifact_id"]  # same weights, same lineage record
     # a larger budget continues the step count from the checkpoint (one cluster, no baseline)
     big = max(range(3), key=lambda k: sizes[k])
-    more = gr.train_local(store, "r3", gr.TrainParams(**{**asdict_params(params), "steps": 30, "baseline": False,
-                                                         "min_size": sizes[big]}))
+    more = tr.train_local(store, "r3", TrainParams(**{**asdict_params(params), "steps": 30, "baseline": False,
+                                                      "min_size": sizes[big]}))
     m = more["models"][0]
     assert m["name"] == f"cluster-{big}" and m["resumed_from"] == 20 and m["steps"] == 30
     # the models this call did not touch stay listed for `cci evaluate`
@@ -89,7 +91,7 @@ def test_rerun_resumes_without_redoing_and_more_steps_continue(store, trained):
     # leave the run as the other tests expect it (20-step models): re-train that cluster's folder
     import shutil
     shutil.rmtree(Path(m["dir"]))
-    gr.train_local(store, "r3", params)
+    tr.train_local(store, "r3", params)
 
 
 def asdict_params(p):
@@ -98,24 +100,24 @@ def asdict_params(p):
 
 
 def test_bad_requests_are_one_clear_error_and_write_nothing(store, trained, tmp_path):
-    from cci_core.generate.gan import SIZES
-    assert gr.SIZES == SIZES  # the copy that keeps request checks free of torch
+    from cci_core.common.shapes import MODEL_SIZES as SIZES
+    assert tr.MODEL_SIZES is SIZES  # the one definition, which keeps request checks free of torch
     with pytest.raises(LookupError, match="no run 'nope'"):
-        gr.plan_training(store, "nope", gr.TrainParams())
+        tr.plan_training(store, "nope", TrainParams())
     cr.start_run(store, "digits28", cr.ClusterParams(k=3, n_components=20), run_id="unfinished")
     with pytest.raises(ValueError, match="no finished clustering"):
-        gr.plan_training(store, "unfinished", gr.TrainParams())
+        tr.plan_training(store, "unfinished", TrainParams())
     with pytest.raises(ValueError, match="smaller than --min-size 5000"):
-        gr.plan_training(store, "r3", gr.TrainParams(min_size=5000))
+        tr.plan_training(store, "r3", TrainParams(min_size=5000))
     with pytest.raises(ValueError, match="conditional GAN"):
-        gr.plan_training(store, "r3", gr.TrainParams(mode="conditional", model="vae"))
+        tr.plan_training(store, "r3", TrainParams(mode="conditional", model="vae"))
     # models already trained with other settings are never trained over
     with pytest.raises(ValueError, match="already holds a gan trained with other settings"):
-        gr.plan_training(store, "r3", gr.TrainParams(**{**TINY, "width": 16, "min_size": 1}))
+        tr.plan_training(store, "r3", TrainParams(**{**TINY, "width": 16, "min_size": 1}))
     # evaluate before train
     cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=10), run_id="untrained")
     with pytest.raises(ValueError, match="no trained models yet; run `cci train untrained` first"):
-        gr.plan_evaluation(store, "untrained", gr.EvalParams())
+        ev.plan_evaluation(store, "untrained", EvalParams())
     assert not (store.run_dir("untrained") / "models").exists()
     assert not (store.run_dir("untrained") / "reports" / "generation.json").exists()
     # 8x8 images: the generators make 28/32/64-pixel images
@@ -123,49 +125,49 @@ def test_bad_requests_are_one_clear_error_and_write_nothing(store, trained, tmp_
     ingest_local(small_store, "builtin:digits", "digits")
     cr.run_local(small_store, "digits", cr.ClusterParams(k=3, n_components=20), run_id="r8")
     with pytest.raises(ValueError, match="--size 28x28"):
-        gr.plan_training(small_store, "r8", gr.TrainParams())
+        tr.plan_training(small_store, "r8", TrainParams())
 
 
 def test_conditional_and_vae_modes(store):
     cr.run_local(store, "digits28", cr.ClusterParams(k=3, n_components=20, seed=1), run_id="r3c")
-    cond = gr.train_local(store, "r3c", gr.TrainParams(mode="conditional", min_size=1, baseline=False,
-                                                       **{**TINY, "steps": 5}))
+    cond = tr.train_local(store, "r3c", TrainParams(mode="conditional", min_size=1, baseline=False,
+                                                    **{**TINY, "steps": 5}))
     (m,) = cond["models"]
     run = runs.read_run(store, "r3c")
     assert m["name"] == "conditional" and m["steps"] == 15 and m["n_train"] == run["n_rows"]
     art = LineageStore(store.lineage_url).get(m["artifact_id"])
     assert sorted(i for i, r in art.inputs if r == "partition") == sorted(p["artifact_id"] for p in run["partitions"])
-    from cci_core.generate.train_generator import generate, load_generator
+    from cci_core.generate.sampling import generate, load_generator
     g = load_generator(m["dir"], "cpu")
     assert g.cfg.n_classes == 3
     assert generate(g, 6, labels=[0, 1, 2, 0, 1, 2]).shape == (6, 28, 28, 1)
     # mode seeking: on by default for the conditional GAN only; an explicit weight applies to every GAN
     state = json.loads((Path(m["dir"]) / "checkpoints" / "step-0000015" / "state.json").read_text())
     assert state["train"]["mode_seeking"] == 1.0 and state["model"]["d_condition"] == "concat"
-    plan = gr.plan_training(store, "r3c", gr.TrainParams(**TINY))
-    assert [gr.train_config(plan, j).mode_seeking for j in plan["jobs"]] == [0.0, 0.0, 0.0, 0.0]
-    plan = gr.plan_training(store, "r3c", gr.TrainParams(mode_seeking=0.5, **TINY))
-    assert {gr.train_config(plan, j).mode_seeking for j in plan["jobs"]} == {0.5}
+    plan = tr.plan_training(store, "r3c", TrainParams(**TINY))
+    assert [tr.train_config(plan, j).mode_seeking for j in plan["jobs"]] == [0.0, 0.0, 0.0, 0.0]
+    plan = tr.plan_training(store, "r3c", TrainParams(mode_seeking=0.5, **TINY))
+    assert {tr.train_config(plan, j).mode_seeking for j in plan["jobs"]} == {0.5}
     with pytest.raises(ValueError, match="--batch-size 1: mode seeking compares pairs"):
-        gr.TrainParams(mode="conditional", batch_size=1).validate()
-    gr.TrainParams(mode="conditional", batch_size=1, mode_seeking=0).validate()  # off: one image per step is fine
+        TrainParams(mode="conditional", batch_size=1).validate()
+    TrainParams(mode="conditional", batch_size=1, mode_seeking=0).validate()  # off: one image per step is fine
     # the per-cluster VAE in another run folder
     cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=20), run_id="r2v")
-    vae = gr.train_local(store, "r2v", gr.TrainParams(model="vae", min_size=1, baseline=False, **{**TINY, "steps": 5}))
+    vae = tr.train_local(store, "r2v", TrainParams(model="vae", min_size=1, baseline=False, **{**TINY, "steps": 5}))
     assert [m["model"] for m in vae["models"]] == ["vae", "vae"]
     assert all(math.isfinite(v) for m in vae["models"] for v in m["losses"].values())
 
 
 def test_mixture_counts_follow_cluster_sizes():
-    assert gr.mixture_counts({0: 600, 1: 300, 2: 100}, 100, 1) == {0: 60, 1: 30, 2: 10}
-    n = gr.mixture_counts({3: 1, 5: 1, 7: 1}, 10, 1)  # largest remainder: 10 in all, none below 3
+    assert ev.mixture_counts({0: 600, 1: 300, 2: 100}, 100, 1) == {0: 60, 1: 30, 2: 10}
+    n = ev.mixture_counts({3: 1, 5: 1, 7: 1}, 10, 1)  # largest remainder: 10 in all, none below 3
     assert sum(n.values()) == 10 and sorted(n.values()) == [3, 3, 4]
-    assert gr.mixture_counts({0: 990, 1: 10}, 100, 7) == {0: 99, 1: 7}  # the floor wins for a tiny cluster
+    assert ev.mixture_counts({0: 990, 1: 10}, 100, 7) == {0: 99, 1: 7}  # the floor wins for a tiny cluster
 
 
 def test_evaluate_report_side_by_side_with_baseline(store, trained):
     summary, small, _ = trained
-    rep = gr.evaluate_local(store, "r3", gr.EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
+    rep = ev.evaluate_local(store, "r3", EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
     report = json.loads(Path(rep["report"]).read_text())
     assert report["groups"] == ["per_cluster", "baseline"] and set(report["reports"]) == {"classifier", "reference"}
     for space in ("classifier", "reference"):
@@ -186,7 +188,7 @@ def test_evaluate_report_side_by_side_with_baseline(store, trained):
     assert set(per_k) == {str(k) for k in range(3) if k != small}
     # 40 draws shared out by cluster size: the per-cluster models sample the corpus's own mixture
     sizes = {p["cluster"]: p["count"] for p in runs.read_run(store, "r3")["partitions"] if p["cluster"] != small}
-    want = gr.mixture_counts(sizes, 40, 7)
+    want = ev.mixture_counts(sizes, 40, 7)
     assert sum(want.values()) == 40 and [e["n_fake"] for e in per_k.values()] == [want[int(k)] for k in per_k]
     for e in per_k.values():
         assert e["n_real"] == 120 and math.isfinite(e["fid"])
@@ -208,7 +210,7 @@ def test_evaluate_report_side_by_side_with_baseline(store, trained):
     assert sorted(i for i, r in art.inputs if r == "features") == sorted(
         s["artifact_id"] for s in report["feature_spaces"].values())
     # the true-label reference CNN is trained once per corpus version: a second evaluation reuses it
-    again = gr.evaluate_local(store, "r3", gr.EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
+    again = ev.evaluate_local(store, "r3", EvalParams(samples=20, max_real=120, ref_steps=30, kid_subsets=5))
     assert again["feature_spaces"]["reference"]["artifact_id"] == ref.id
 
 
@@ -226,7 +228,7 @@ def test_evaluate_uses_the_runs_cci_classifier_when_it_has_one(store, trained):
     run = json.loads(run_json.read_text())
     atomic_write_json(run_json, {**run, "classifier": str(cdir)})
     try:
-        rep = gr.evaluate_local(store, "r3", gr.EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
+        rep = ev.evaluate_local(store, "r3", EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
     finally:
         atomic_write_json(run_json, {**json.loads(run_json.read_text()), "classifier": None})
     space = rep["feature_spaces"]["classifier"]

@@ -24,8 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cci_core.cluster import cluster_run as cr
-from cci_core.generate import generate_run as gr
-from cci_core.generate.generator_run import TrainParams, train_local
+from cci_core.generate import dataset_run
+from cci_core.generate.settings import TrainParams
+from cci_core.generate.training_run import train_local
 from cci_core.palette import palette_run as pr
 from cci_core.refine import refine_run as rr
 from cci_core.store import runs
@@ -48,7 +49,7 @@ def store(digits28_store):
                     new_run_id="ref", log=lambda _: None)
     train_local(s, "ref", TrainParams(steps=10, batch_size=32, min_size=10, checkpoint_every=10, width=8, z_dim=16,
                                       baseline=False))
-    gr.generate_dataset(s, "ref", "gen", per_cluster=PER_CLUSTER, log=lambda _: None)
+    dataset_run.generate_dataset(s, "ref", "gen", per_cluster=PER_CLUSTER, log=lambda _: None)
     s.palette = pr.learn_palette_step(s, "d28", 4, montage=0)["palette_id"]
     pr.stylize_step(s, "d28", s.palette, "sty", dither=True)
     return s

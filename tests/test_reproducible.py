@@ -14,7 +14,7 @@ def test_generators_trained_in_threads_match_sequential(tmp_path):
     torch.manual_seed and layer initialisation interleaved on torch's global RNG, so weights
     (and every generated image) depended on thread timing."""
     from cci_core.generate.gan import GANConfig
-    from cci_core.generate.train_generator import TrainConfig, train_generator
+    from cci_core.generate.training_loop import TrainConfig, train_generator
     images = np.random.default_rng(0).integers(0, 256, (200, 28, 28, 1), dtype=np.uint8)
     cfg = GANConfig(image_size=28, channels=1, z_dim=8, g_width=8, d_width=8, d_features=16)
 
@@ -31,7 +31,7 @@ def test_generators_trained_in_threads_match_sequential(tmp_path):
 
 
 def test_card_says_when_a_gpu_made_the_dataset_unrepeatable():
-    from cci_core.generate.generate_run import devices_used
+    from cci_core.generate.dataset_run import devices_used
     refined = {"classifier": "runs/r/classifier", "clustering": {"device": "cpu"}}
     cpu = [{"name": "cluster-0", "device": "cpu"}, {"name": "cluster-1", "device": "cpu"}]
     assert devices_used(refined, cpu, "cpu")[0] is True

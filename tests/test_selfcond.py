@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from cci_core.cluster import cluster_run as cr
-from cci_core.generate import generate_run
+from cci_core.generate import dataset_run
 from cci_core.generate import selfcond as sc
+from cci_core.generate import selfcond_clusters as scc
 from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 
@@ -19,16 +20,16 @@ def _blobs(seed=0):
 
 def test_recluster_on_unchanged_features_keeps_every_id():
     X = _blobs()
-    labels, _ = sc.initial_clusters(X, 4, seed=0)
-    same = sc.recluster(X, labels, 4)
+    labels, _ = scc.initial_clusters(X, 4, seed=0)
+    same = scc.recluster(X, labels, 4)
     assert np.array_equal(same["labels"], labels) and same["changed"] == 0.0
     # whatever the ids were called before, they keep their names
     renamed = np.array([3, 0, 2, 1])[labels]
-    assert np.array_equal(sc.recluster(X, renamed, 4)["labels"], renamed)
+    assert np.array_equal(scc.recluster(X, renamed, 4)["labels"], renamed)
     # from arbitrary conditions: the first re-clustering moves rows, the next one keeps every id
     rough = np.random.default_rng(1).integers(0, 4, len(X)).astype(np.int32)
-    first = sc.recluster(X, rough, 4)
-    again = sc.recluster(X, first["labels"], 4)
+    first = scc.recluster(X, rough, 4)
+    again = scc.recluster(X, first["labels"], 4)
     assert np.array_equal(again["labels"], first["labels"]) and again["changed"] == 0.0
     # the centres follow the matched ids
     means = np.stack([X[first["labels"] == j].mean(0) for j in range(4)])
@@ -37,9 +38,9 @@ def test_recluster_on_unchanged_features_keeps_every_id():
 
 def test_recluster_matches_new_ids_to_old_when_features_move():
     X = _blobs()
-    labels, _ = sc.initial_clusters(X, 4, seed=0)
+    labels, _ = scc.initial_clusters(X, 4, seed=0)
     moved = X * 3.0 + 7.0  # same structure, other coordinates
-    res = sc.recluster(moved, labels, 4)
+    res = scc.recluster(moved, labels, 4)
     assert np.array_equal(res["labels"], labels)
 
 
@@ -68,14 +69,15 @@ def test_selfcond_run_is_a_regular_clustering_run(store):
     part = lin.get(run["partitions"][0]["artifact_id"])
     assert (hist["clustering_artifact_id"], "clustering") in [tuple(i) for i in part.inputs]
     # what generate / evaluate / train read
-    kind, models = generate_run.chosen_models(store, runs.read_run(store, "r-selfcond"), None)
+    kind, models = dataset_run.chosen_models(store, runs.read_run(store, "r-selfcond"), None)
     assert kind == "conditional" and models[0]["clusters"] == [0, 1, 2]
-    from cci_core.generate.train_generator import generate, load_generator
+    from cci_core.generate.sampling import generate, load_generator
     g = load_generator(models[0]["dir"], "cpu")
     assert g.cfg.n_classes == 3
     assert generate(g, 6, labels=np.array([0, 1, 2, 0, 1, 2])).shape == (6, 28, 28, 1)
-    from cci_core.generate import generator_run as gr
-    assert gr.plan_training(store, "r-selfcond", gr.TrainParams(steps=1, min_size=1, baseline=False))["jobs"]
+    from cci_core.generate.settings import TrainParams
+    from cci_core.generate.training_run import plan_training
+    assert plan_training(store, "r-selfcond", TrainParams(steps=1, min_size=1, baseline=False))["jobs"]
     # a finished run is never overwritten
     with pytest.raises(ValueError, match="already exists"):
         sc.start_selfcond(store, "r", params)

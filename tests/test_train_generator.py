@@ -9,14 +9,9 @@ import zarr
 from safetensors.torch import load_file
 
 from cci_core.generate.gan import GANConfig
-from cci_core.generate.train_generator import (
-    RowSource,
-    TrainConfig,
-    generate,
-    load_discriminator,
-    load_generator,
-    train_generator,
-)
+from cci_core.generate.image_batches import RowSource
+from cci_core.generate.sampling import generate, load_discriminator, load_generator
+from cci_core.generate.training_loop import TrainConfig, train_generator
 from cci_core.generate.vae import VAEConfig
 from cci_core.ingest.idx import read_idx
 

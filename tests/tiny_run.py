@@ -6,7 +6,8 @@ from __future__ import annotations
 def train_tiny(store, corpus: str = "d28"):
     """Ingest, cluster (run ``km``), refine (run ``ref``) and train generators on ``ref``; returns ``store``."""
     from cci_core.cluster import cluster_run as cr
-    from cci_core.generate.generator_run import TrainParams, train_local
+    from cci_core.generate.settings import TrainParams
+    from cci_core.generate.training_run import train_local
     from cci_core.ingest.ingest import ingest_local
     from cci_core.refine import refine_run as rr
     ingest_local(store, "builtin:digits", corpus, size=(28, 28))

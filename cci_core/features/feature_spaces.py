@@ -239,7 +239,7 @@ def _embedder(space: dict, device):
     import torch
     import torch.nn.functional as F
 
-    from cci_core.generate.train_generator import to_tensor
+    from cci_core.generate.image_batches import to_signed_tensor
     if space["source"] == "cci-classifier":
         from cci_core.common.torch_data import to_tensor as unit_tensor
         from cci_core.refine.refine import load_classifier
@@ -248,17 +248,17 @@ def _embedder(space: dict, device):
         def fn(x):
             return F.normalize(model.features(unit_tensor(x).to(device)).float(), dim=1)
     elif space["source"] == "discriminator":
-        from cci_core.generate.train_generator import load_discriminator
+        from cci_core.generate.sampling import load_discriminator
         model = load_discriminator(space["dir"], device)
 
         def fn(x):
-            return model.features(to_tensor(x, device)).float()
+            return model.features(to_signed_tensor(x, device)).float()
     elif space["source"] == "vae":
-        from cci_core.generate.train_generator import load_generator
+        from cci_core.generate.sampling import load_generator
         model = load_generator(space["dir"], device)
 
         def fn(x):
-            return model.encode(to_tensor(x, device))[0].float()
+            return model.encode(to_signed_tensor(x, device))[0].float()
     else:
         raise ValueError(f"space {space['space']!r} is not extracted with a model")
     model.eval()
@@ -555,7 +555,7 @@ def train_corpus_vae(store: Store, run_id: str, steps: int = 2000, width: int = 
                      producer: dict | None = None) -> dict:
     """One VAE on the whole corpus of a run (``runs/<run>/models/vae-corpus``), recorded as a
     ``model`` artifact: the ``vae`` feature space. Resumes from its checkpoints."""
-    from cci_core.generate.train_generator import TrainConfig, train_generator
+    from cci_core.generate.training_loop import TrainConfig, train_generator
     from cci_core.generate.vae import VAEConfig
     run = runs.finished_run(store, run_id)
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])

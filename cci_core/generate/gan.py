@@ -21,14 +21,13 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-SIZES = (28, 32, 64)
+from cci_core.common.shapes import MODEL_SIZES
+from cci_core.generate.model_choices import D_CONDITIONS, LOSSES
 
 
 def feature_map_plan(image_size: int) -> tuple[int, int]:
     """(smallest feature map side, number of stride-2 layers): 7 and 2 for 28x28, else 4 and log2(size/4)."""
     return (7, 2) if image_size == 28 else (4, {32: 3, 64: 4}[image_size])
-LOSSES = ("hinge", "ns")
-D_CONDITIONS = ("concat", "projection")
 
 
 @dataclass
@@ -53,8 +52,8 @@ class GANConfig:
     d_condition: str = "concat"  # how a conditional D sees y: "concat" or "projection"
 
     def __post_init__(self) -> None:
-        if self.image_size not in SIZES:
-            raise ValueError(f"image_size={self.image_size} is not supported; use one of {SIZES}")
+        if self.image_size not in MODEL_SIZES:
+            raise ValueError(f"image_size={self.image_size} is not supported; use one of {MODEL_SIZES}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels={self.channels} is not supported; use 1 or 3")
         if self.loss not in LOSSES:

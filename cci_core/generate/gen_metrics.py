@@ -26,7 +26,7 @@ from torch import nn
 
 from cci_core.common.device import pick_device
 from cci_core.common.seeding import seeded
-from cci_core.generate.train_generator import to_tensor
+from cci_core.generate.image_batches import to_signed_tensor
 
 LOWER_IS_BETTER = ("fid", "kid")
 HIGHER_IS_BETTER = ("precision", "recall", "density", "coverage", "fidelity", "is")
@@ -353,7 +353,7 @@ def train_reference_cnn(images, labels, n_classes: int | None = None, steps: int
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         idx = rng.integers(0, images.shape[0], batch_size)
-        loss = nn.functional.cross_entropy(model(to_tensor(images[idx], dev)),
+        loss = nn.functional.cross_entropy(model(to_signed_tensor(images[idx], dev)),
                                            torch.from_numpy(labels[idx]).to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -363,7 +363,7 @@ def train_reference_cnn(images, labels, n_classes: int | None = None, steps: int
 
 def _as_input(batch: np.ndarray, device: torch.device, value_range: tuple[float, float]) -> torch.Tensor:
     lo, hi = value_range
-    x = to_tensor(batch, device)  # [-1, 1]
+    x = to_signed_tensor(batch, device)  # [-1, 1]
     return x if (lo, hi) == (-1.0, 1.0) else (x + 1) * ((hi - lo) / 2) + lo
 
 

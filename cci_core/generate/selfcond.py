@@ -23,25 +23,40 @@ that reads runs (train, evaluate, generate, publish) works on it unchanged::
                  partitions/cluster-NNN.parquet
 
 Steps: :func:`start_selfcond` → :func:`train_selfcond` → :func:`cluster_run.write_partitions`
-→ :func:`finish_selfcond`; :func:`selfcond_local` runs them all in this process.
+→ :func:`finish_selfcond`; :func:`selfcond_local` runs them all in this process. The re-clustering
+itself is in :mod:`cci_core.generate.selfcond_clusters`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from cci_core.cluster import cluster_run
 from cci_core.cluster.cluster_metrics import match_labels
+from cci_core.cluster.labels import write_labels
+from cci_core.common.shapes import MODEL_SIZES
+from cci_core.generate.model_dir import last_sample
+from cci_core.generate.records import ModelRecord, model_lineage_params, model_metrics
+from cci_core.generate.selfcond_clusters import (
+    cluster_means,
+    discriminator_features,
+    initial_clusters,
+    kmeans_from,
+    label_scores,
+    recluster,
+)
+from cci_core.generate.settings import gan_config
+from cci_core.generate.training_run import record_model, write_training_report
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, read_json
 
-SIZES = (28, 32, 64)
 INITS = ("discriminator", "parent")
 
 
@@ -96,124 +111,66 @@ class SelfCondParams:
         if self.feature_rows is not None and self.feature_rows < 2:
             raise ValueError(f"--feature-rows {self.feature_rows} must be >= 2 (or unset for every row)")
 
+    def gan_config(self, shape, k: int):
+        """The conditional GAN on ``shape`` (H, W, C) images with ``k`` conditions: a projection
+        discriminator with spectral norm, whose features do not depend on the condition."""
+        return gan_config(shape, width=self.width, z_dim=self.z_dim, loss=self.loss, n_classes=k,
+                          d_condition="projection", spectral_norm=True)
+
+    def train_config(self, end: int):
+        """The TrainConfig of the phase that ends at step ``end`` (the step count runs on across phases)."""
+        from cci_core.generate.training_loop import TrainConfig
+        return TrainConfig(steps=end, batch_size=self.batch_size, lr=self.lr,
+                           checkpoint_every=min(self.checkpoint_every, end), mode_seeking=self.mode_seeking,
+                           seed=self.seed, device=self.device)
+
 
 def params_fields() -> set[str]:
     return {f.name for f in fields(SelfCondParams)}
 
 
-# ----------------------------------------------------------------------------- pure pieces
-
-def discriminator_features(D, images, n_rows: int | None = None, batch_size: int = 1024,
-                           rows: np.ndarray | None = None) -> np.ndarray:
-    """``D.features(x)`` of uint8 images (N, H, W, C) (numpy or zarr), batch by batch: (N, F) float32."""
-    import torch
-
-    from cci_core.generate.train_generator import _take, to_tensor
-    device = next(D.parameters()).device
-    n = images.shape[0] if n_rows is None else int(n_rows)
-    out = []
-    was = D.training
-    D.eval()
-    with torch.no_grad():
-        if rows is None:
-            for s in range(0, n, batch_size):
-                out.append(D.features(to_tensor(np.asarray(images[s:min(n, s + batch_size)]), device)).float().cpu().numpy())
-        else:
-            for s in range(0, len(rows), batch_size):
-                out.append(D.features(to_tensor(_take(images, rows[s:s + batch_size]), device)).float().cpu().numpy())
-    D.train(was)
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, D.cfg.d_features), np.float32)
-
-
-def _means(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    from cci_core.cluster.cluster_metrics import group_sums
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
-    sums = group_sums(np.asarray(X, np.float64), labels, k)
-    return sums / np.maximum(counts, 1)[:, None], counts
-
-
-def kmeans_from(X: np.ndarray, centres: np.ndarray, max_iter: int = 20, chunk_rows: int = 16384):
-    """k-means passes from ``centres``: assign (the project's distributed assignment over a
-    Dask array), recompute means, until no id changes. An empty cluster takes the row
-    farthest from its centre. Returns (labels (N,) int32, centres (k, F), passes)."""
-    import dask.array as da
-
-    from cci_core.cluster.kmeans import MiniBatchKMeans
-    X = np.asarray(X, np.float64)
-    k = len(centres)
-    km = MiniBatchKMeans(n_clusters=k, compute_labels=False)
-    Xd = da.from_array(X, chunks=(chunk_rows, X.shape[1]))
-    labels, passes = None, 0
-    centres = np.asarray(centres, np.float64).copy()
-    for passes in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
-        km.cluster_centers_ = centres
-        new = np.asarray(km.predict(Xd).compute(), np.int32)
-        means, counts = _means(X, new, k)
-        for e in np.flatnonzero(counts == 0):  # keep k conditions alive
-            d2 = ((X - means[new]) ** 2).sum(1)
-            far = int(np.argmax(d2))
-            new[far] = e
-            means, counts = _means(X, new, k)
-        centres = means
-        if labels is not None and np.array_equal(new, labels):
-            break
-        labels = new
-    return labels, centres, passes
-
-
-def initial_clusters(X: np.ndarray, k: int, seed: int = 0, max_iter: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """k-means++ / mini-batch k-means (the project's), then k-means passes to convergence."""
-    from cci_core.cluster.kmeans import MiniBatchKMeans
-    km = MiniBatchKMeans(n_clusters=k, batch_size=min(1024, len(X)), random_state=seed, compute_labels=False)
-    km.fit(np.asarray(X, np.float64))
-    labels, centres, _ = kmeans_from(X, km.cluster_centers_, max_iter)
-    return labels, centres
-
-
-def recluster(X: np.ndarray, previous: np.ndarray, k: int, max_iter: int = 20) -> dict:
-    """Re-cluster features ``X`` starting from the previous clusters' means in X; new ids
-    Hungarian-matched to ``previous``. On features where ``previous`` is already a k-means
-    fixed point every id stays the same.
-
-    Returns dict with ``labels`` (N,) int32, ``centres`` (k, F), ``changed`` (share of rows whose
-    id changed), ``passes``.
-    """
-    previous = np.asarray(previous, np.int32)
-    start, counts = _means(X, previous, k)
-    if (counts == 0).any():  # a condition with no rows: start it on a far row
-        d2 = ((np.asarray(X, np.float64) - start[previous]) ** 2).sum(1)
-        for j, e in enumerate(np.flatnonzero(counts == 0)):
-            start[e] = X[np.argsort(d2)[-(j + 1)]]
-    labels, centres, passes = kmeans_from(X, start, max_iter)
-    matched = match_labels(previous, labels, k)
-    if not np.array_equal(matched, labels):
-        perm = np.zeros(k, np.int64)  # new id -> matched id, to carry the centres along
-        for old, new in zip(labels, matched):
-            perm[old] = new
-        centres = centres[np.argsort(perm)]
-        labels = matched
-    return {"labels": labels.astype(np.int32), "centres": centres, "passes": passes,
-            "changed": float((labels != previous).mean())}
-
-
-def _scores(labels: np.ndarray, y: np.ndarray | None) -> dict:
-    if y is None:
-        return {}
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    from cci_core.cluster.cluster_metrics import cluster_acc
-    return {"acc": cluster_acc(y, labels), "nmi": float(normalized_mutual_info_score(y, labels)),
-            "ari": float(adjusted_rand_score(y, labels))}
-
-
 # ----------------------------------------------------------------------------- the run
 
-def gan_config(plan: dict):
-    from cci_core.generate.gan import GANConfig
-    p = plan["params"]
-    return GANConfig(image_size=plan["shape"][0], channels=plan["shape"][2], z_dim=p["z_dim"],
-                     g_width=p["width"], d_width=p["width"], d_features=4 * p["width"], n_classes=plan["k"],
-                     loss=p["loss"], d_condition="projection", spectral_norm=True)
+@dataclass(frozen=True)
+class SelfCondPlan:
+    """The new run's record as :func:`start_selfcond` writes it (its run.json): what training reads.
+
+    ``other`` keeps the record's remaining keys (status, writer, ...), so :meth:`to_json` gives the dict back.
+    """
+    run_id: str
+    run_dir: str
+    corpus: str
+    corpus_version: int
+    corpus_artifact_id: str
+    n_rows: int
+    shape: tuple[int, int, int]
+    parent_run: str
+    parent_clustering_artifact_id: str
+    k: int
+    params: SelfCondParams
+    other: Mapping[str, Any] = field(default_factory=dict)
+
+    _KEYS = ("run_id", "run_dir", "corpus", "corpus_version", "corpus_artifact_id", "n_rows", "shape", "parent_run",
+             "parent_clustering_artifact_id", "k", "params")
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SelfCondPlan:
+        known = {key: d[key] for key in cls._KEYS}
+        known.update(shape=tuple(d["shape"]), params=SelfCondParams(**d["params"]))
+        return cls(**known, other={key: v for key, v in d.items() if key not in cls._KEYS})
+
+    def to_json(self) -> dict[str, Any]:
+        out = {key: getattr(self, key) for key in self._KEYS}
+        out.update(shape=list(self.shape), params=asdict(self.params))
+        return {**out, **self.other}
+
+    @property
+    def gan_config(self):
+        return self.params.gan_config(self.shape, self.k)
+
+
+def _plan(plan) -> SelfCondPlan:
+    return SelfCondPlan.from_json(plan) if isinstance(plan, Mapping) else plan
 
 
 def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
@@ -221,9 +178,9 @@ def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id
     params.validate()
     parent = runs.finished_run(store, run_id)
     h, w, c = parent["shape"]
-    if h != w or h not in SIZES or c not in (1, 3):
+    if h != w or h not in MODEL_SIZES or c not in (1, 3):
         raise ValueError(f"run {run_id!r} clustered {h}x{w}x{c} images; the GAN makes square "
-                         f"{', '.join(map(str, SIZES))}-pixel images with 1 or 3 channels: re-ingest the corpus "
+                         f"{', '.join(map(str, MODEL_SIZES))}-pixel images with 1 or 3 channels: re-ingest the corpus "
                          "with --size 28x28 and cluster it again")
     k = params.k or len(parent["partitions"])
     if k > parent["n_rows"]:
@@ -238,7 +195,7 @@ def start_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id
     """Create (or reopen, when unfinished with the same params) the new run's folder and run.json."""
     parent = check_selfcond(store, run_id, params, new_run_id)
     return runs.start_derived_run(store, parent, new_run_id or f"{run_id}-selfcond", "self-conditioned",
-                                         asdict(params), k=params.k or len(parent["partitions"]))
+                                  asdict(params), k=params.k or len(parent["partitions"]))
 
 
 def _phase_ends(steps: int, every: int) -> list[int]:
@@ -246,7 +203,7 @@ def _phase_ends(steps: int, every: int) -> list[int]:
     return ends + [steps]
 
 
-def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=print,
+def train_selfcond(store: Store, plan: SelfCondPlan | dict, producer: dict | None = None, log=print,
                    progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train the GAN phase by phase, re-clustering on D's features between phases; save the
     final conditions as the run's clustering (labels + centres + report) and the model, and
@@ -258,16 +215,18 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
     from cci_core.common.device import pick_device
     from cci_core.common.seeding import seeded
     from cci_core.generate.gan import Discriminator
-    from cci_core.generate.train_generator import TrainConfig, load_discriminator, train_generator
-    p = SelfCondParams(**plan["params"])
-    rdir, k = Path(plan["run_dir"]), plan["k"]
+    from cci_core.generate.sampling import load_discriminator
+    from cci_core.generate.training_loop import train_generator
+    plan = _plan(plan)
+    p = plan.params
+    rdir, k = Path(plan.run_dir), plan.k
     sdir, out_dir = rdir / "selfcond", rdir / "models" / "conditional"
     sdir.mkdir(parents=True, exist_ok=True)
-    corpus = open_corpus(store, plan["corpus"], plan["corpus_version"])
+    corpus = open_corpus(store, plan.corpus, plan.corpus_version)
     images, n = corpus.images(), corpus.n_rows
     y = corpus.labels()
     y_codes = pd.factorize(y)[0] if y is not None else None
-    cfg = gan_config(plan)
+    cfg = plan.gan_config
     device = pick_device(p.device)
     fit_rows = None
     if p.feature_rows is not None and p.feature_rows < n:
@@ -303,7 +262,7 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
             res = {**sub, "labels": labels, "changed": float((labels != previous).mean())}
         timings["kmeans_seconds"] += time.perf_counter() - t0
         entry = {"step": step, "changed": res["changed"], "passes": res["passes"],
-                 "sizes": np.bincount(res["labels"], minlength=k).tolist(), **_scores(res["labels"], y_codes)}
+                 "sizes": np.bincount(res["labels"], minlength=k).tolist(), **label_scores(res["labels"], y_codes)}
         return res, X, entry
 
     def labels_file(step):
@@ -314,17 +273,17 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
         labels = np.load(labels_file(0))
     else:
         if p.init == "parent":
-            labels = cluster_run.run_labels(runs.read_run(store, plan["parent_run"])).astype(np.int32)
+            labels = cluster_run.run_labels(runs.read_run(store, plan.parent_run)).astype(np.int32)
             if labels.min() < 0 or labels.max() >= k:
                 raise ValueError(f"--init parent needs the parent's ids in [0, {k}) with no noise rows; "
                                  "use --init discriminator")
             history = [{"step": 0, "init": "parent", "sizes": np.bincount(labels, minlength=k).tolist(),
-                        **_scores(labels, y_codes)}]
+                        **label_scores(labels, y_codes)}]
         else:
             with seeded(p.seed):
                 D0 = Discriminator(cfg).to(device)
             res, _, entry = cluster_step(D0, None, 0)
-            parent_labels = cluster_run.run_labels(runs.read_run(store, plan["parent_run"]))
+            parent_labels = cluster_run.run_labels(runs.read_run(store, plan.parent_run))
             if parent_labels.max() < k and parent_labels.min() >= 0:  # start ids aligned with the parent's
                 labels = match_labels(parent_labels, res["labels"], k)
             else:
@@ -340,10 +299,8 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
         if labels_file(end).exists():
             labels = np.load(labels_file(end))
             continue
-        tcfg = TrainConfig(steps=end, batch_size=p.batch_size, lr=p.lr, checkpoint_every=min(p.checkpoint_every, end),
-                           mode_seeking=p.mode_seeking, seed=p.seed, device=p.device)
         t0 = time.perf_counter()
-        res = train_generator(images, out_dir, cfg, tcfg, n_rows=n, labels=labels, progress=progress)
+        res = train_generator(images, out_dir, cfg, p.train_config(end), n_rows=n, labels=labels, progress=progress)
         timings["train_seconds"] += time.perf_counter() - t0
         D = load_discriminator(out_dir, p.device)
         rc, X, entry = cluster_step(D, labels, end)
@@ -356,85 +313,72 @@ def train_selfcond(store: Store, plan: dict, producer: dict | None = None, log=p
     if centres is None:  # every phase was resumed: the final centres from the final D
         D = load_discriminator(out_dir, p.device)
         X = features_of(D)
-        centres = _means(X, labels, k)[0]
+        centres = cluster_means(X, labels, k)[0]
+    return _publish(store, plan, corpus, labels, centres, X, y_codes, history, timings, str(device), producer)
 
-    # -- publish: model (+ model.json), clustering (labels, centres, report)
+
+def _publish(store: Store, plan: SelfCondPlan, corpus, labels, centres, X, y_codes, history: list, timings: dict,
+             device: str, producer: dict | None) -> dict:
+    """Record the model, write the final conditions as the run's clustering (labels, centres, report) and
+    record it; returns the clustering summary."""
     from cci_core.cluster.cluster_metrics import clustering_report
-    lin = runs.lineage_store(store)
-    gen = out_dir / "generator.safetensors"
-    files = [gen, gen.with_suffix(".json")]
+    p, k, rdir = plan.params, plan.k, Path(plan.run_dir)
+    out_dir = rdir / "models" / "conditional"
     final = history[-1]
-    model_params = {**plan["params"], "run_id": plan["run_id"], "corpus": plan["corpus"],
-                    "corpus_version": plan["corpus_version"], "job": "conditional", "job_kind": "self-conditioned",
-                    "model": "gan", "model_config": asdict(cfg), "n_classes": k}
-    model_art = lin.record(
-        "model", f"{plan['run_id']}/models/conditional", str(out_dir), cluster_run.hash_files(files),
-        size=sum(f.stat().st_size for f in files), params=model_params,
-        metrics={"steps": p.steps, "n_train": n, **{f"loss_{a.removeprefix('loss_')}": float(v)
-                                                     for a, v in (final.get("losses") or {}).items()}},
-        producer=producer, inputs=[(plan["corpus_artifact_id"], "corpus"),
-                                   (plan["parent_clustering_artifact_id"], "initial_clustering")])
+    model_params = model_lineage_params(
+        asdict(p), run_id=plan.run_id, corpus=plan.corpus, corpus_version=plan.corpus_version, job="conditional",
+        job_kind="self-conditioned", model="gan", model_config=asdict(plan.gan_config), n_classes=k)
+    model_art = record_model(store, plan.run_id, "conditional", out_dir, model_params,
+                             model_metrics(p.steps, corpus.n_rows, final.get("losses") or {}), producer,
+                             [(plan.corpus_artifact_id, "corpus"),
+                              (plan.parent_clustering_artifact_id, "initial_clustering")])
     cdir = rdir / "clustering"
-    cdir.mkdir(parents=True, exist_ok=True)
-    index = corpus.index(["row", "image_id"]).sort_values("row")
-    lab_path = atomic_write_parquet(cdir / "labels.parquet", pd.DataFrame(
-        {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(), "cluster": labels}))
+    lab_path = write_labels(cdir, corpus, labels)
     np.save(cdir / "centres.npy", centres.astype(np.float32))
     report = clustering_report(X, labels, centres, y_true=y_codes, sample_size=10000, seed=p.seed)
     report.update(algorithm="self-conditioned kmeans", space="discriminator features", k=k,
-                  corpus=plan["corpus"], corpus_version=plan["corpus_version"], run_id=plan["run_id"],
-                  parent_run=plan["parent_run"], history=history,
+                  corpus=plan.corpus, corpus_version=plan.corpus_version, run_id=plan.run_id,
+                  parent_run=plan.parent_run, history=history,
                   timings={a: round(b, 3) for a, b in timings.items()})
     atomic_write_json(rdir / "reports" / "metrics.json", report)
     headline = {m: report.get(m) for m in ("inertia", "silhouette", "acc", "nmi", "ari", "purity")
                 if isinstance(report.get(m), (int, float))}
-    clustering = lin.record(
-        "clustering", f"{plan['run_id']}/clustering", str(cdir), cluster_run.hash_files([lab_path, cdir / "centres.npy"]),
-        size=lab_path.stat().st_size, params={**plan["params"], "k": k, "parent_run": plan["parent_run"]},
+    clustering = runs.lineage_store(store).record(
+        "clustering", f"{plan.run_id}/clustering", str(cdir), cluster_run.hash_files([lab_path, cdir / "centres.npy"]),
+        size=lab_path.stat().st_size, params={**asdict(p), "k": k, "parent_run": plan.parent_run},
         metrics={"n_clusters": k, **headline}, producer=producer,
-        inputs=[(model_art.id, "model"), (plan["parent_clustering_artifact_id"], "initial_clustering"),
-                (plan["corpus_artifact_id"], "corpus")])
+        inputs=[(model_art.id, "model"), (plan.parent_clustering_artifact_id, "initial_clustering"),
+                (plan.corpus_artifact_id, "corpus")])
     sizes = np.bincount(labels, minlength=k).tolist()
     cl = {"clustering_artifact_id": clustering.id, "model_artifact_id": model_art.id, "k": k, "n_clusters": k,
           "n_noise": 0, "sizes": sizes, "metrics": headline, "report": str(rdir / "reports" / "metrics.json"),
           "history": history, "timings": {a: round(b, 3) for a, b in timings.items()},
-          "device": str(device)}
-    runs.update_run(store, plan["run_id"], clustering={a: b for a, b in cl.items() if a != "history"})
+          "device": device}
+    runs.update_run(store, plan.run_id, clustering={a: b for a, b in cl.items() if a != "history"})
     return cl
 
 
-def finish_selfcond(store: Store, plan: dict, cl: dict, parts: list[dict]) -> dict:
+def finish_selfcond(store: Store, plan: SelfCondPlan | dict, cl: dict, parts: list[dict]) -> dict:
     """``models/training.json`` (one ``conditional`` GAN, what generate / evaluate read) and
     run.json status ``complete``."""
-    rdir, p = Path(plan["run_dir"]), plan["params"]
-    out_dir = rdir / "models" / "conditional"
+    plan = _plan(plan)
+    p = plan.params
+    out_dir = Path(plan.run_dir) / "models" / "conditional"
     clusters = [q["cluster"] for q in parts]
-    model = {"name": "conditional", "kind": "conditional", "model": "gan", "cluster": None, "clusters": clusters,
-             "n_train": plan["n_rows"], "steps": p["steps"], "step_budget": p["steps"],
-             "seconds": cl["timings"]["train_seconds"], "resumed_from": None,
-             "losses": cl["history"][-1].get("losses") or {}, "artifact_id": cl["model_artifact_id"],
-             "dir": str(out_dir), "generator": str(out_dir / "generator.safetensors"),
-             "samples": _last_sample(out_dir), "loss_curve": str(out_dir / "loss.png"),
-             "device": cl["device"], "self_conditioned": True, "finished_at": utc_now()}
+    model = ModelRecord.build(
+        name="conditional", kind="conditional", model="gan", out_dir=out_dir, cluster=None, clusters=tuple(clusters),
+        n_train=plan.n_rows, steps=p.steps, step_budget=p.steps, seconds=cl["timings"]["train_seconds"],
+        resumed_from=None, losses=cl["history"][-1].get("losses") or {}, artifact_id=cl["model_artifact_id"],
+        samples=last_sample(out_dir), loss_curve=str(out_dir / "loss.png"), device=cl["device"],
+        self_conditioned=True).to_json()
     atomic_write_json(out_dir / "model.json", model)
-    train_params = {"model": "gan", "mode": "self-conditioned", "steps": p["steps"], "batch_size": p["batch_size"],
-                    "width": p["width"], "z_dim": p["z_dim"], "loss": p["loss"], "seed": p["seed"],
-                    "recluster_every": p["recluster_every"]}
-    summary = {"run_id": plan["run_id"], "run_dir": plan["run_dir"], "corpus": plan["corpus"],
-               "corpus_version": plan["corpus_version"], "params": train_params, "mode": "self-conditioned",
-               "model": "gan", "trained_clusters": clusters, "skipped": [], "total_steps": p["steps"],
-               "models": [model], "model_artifact_ids": {"conditional": cl["model_artifact_id"]},
-               "training_report": str(rdir / "models" / "training.json"), "finished_at": utc_now()}
-    atomic_write_json(rdir / "models" / "training.json", summary)
-    runs.update_run(store, plan["run_id"], training={
-        "report": summary["training_report"], "mode": "self-conditioned", "model": "gan",
-        "model_artifact_ids": summary["model_artifact_ids"], "finished_at": summary["finished_at"]})
-    return runs.finish_run(store, plan)
-
-
-def _last_sample(out_dir: Path) -> str | None:
-    grids = sorted((out_dir / "samples").glob("step-*.png"))
-    return str(grids[-1]) if grids else None
+    train_params = {"model": "gan", "mode": "self-conditioned", "steps": p.steps, "batch_size": p.batch_size,
+                    "width": p.width, "z_dim": p.z_dim, "loss": p.loss, "seed": p.seed,
+                    "recluster_every": p.recluster_every}
+    write_training_report(store, run_id=plan.run_id, run_dir=plan.run_dir, corpus=plan.corpus,
+                          corpus_version=plan.corpus_version, params=train_params, mode="self-conditioned",
+                          model="gan", trained_clusters=clusters, skipped=[], total_steps=p.steps, models=[model])
+    return runs.finish_run(store, plan.run_id)
 
 
 def selfcond_local(store: Store, run_id: str, params: SelfCondParams | None = None,

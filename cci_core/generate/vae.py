@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cci_core.generate.gan import SIZES, feature_map_plan
+from cci_core.common.shapes import MODEL_SIZES
+from cci_core.generate.gan import feature_map_plan
 
 
 @dataclass
@@ -26,8 +27,8 @@ class VAEConfig:
     beta: float = 1.0          # weight of the KL term
 
     def __post_init__(self) -> None:
-        if self.image_size not in SIZES:
-            raise ValueError(f"image_size={self.image_size} is not supported; use one of {SIZES}")
+        if self.image_size not in MODEL_SIZES:
+            raise ValueError(f"image_size={self.image_size} is not supported; use one of {MODEL_SIZES}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels={self.channels} is not supported; use 1 or 3")
         if self.z_dim < 1 or self.width < 1:

@@ -51,7 +51,8 @@ def train(
 
     Example: cci train RUN --steps 2000 --model gan
     """
-    from cci_core.generate import generator_run as gr
+    from cci_core.generate.settings import TrainParams
+    from cci_core.generate.training_run import plan_training
     from flows.preflight import check_device
     run_guarded(check_device, device)
     # unset: each mode's own default (1 for the conditional GANs, 0 for the unconditional ones)
@@ -73,7 +74,7 @@ def train(
     options = dict(width=width, z_dim=z_dim, d_condition=d_condition, device=device, **seeking)
     store_obj = read_store(store)
     # everything checkable is checked here, before a server or a cluster is started
-    plan = run_guarded(gr.plan_training, store_obj, run_id, gr.TrainParams(**main, **options))
+    plan = run_guarded(plan_training, store_obj, run_id, TrainParams(**main, **options))
     from flows.train import train_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(train_flow, dask_address, workers,
                        run_id, store_root=str(store_obj.root), gpu_resource=gpu_resource,
@@ -112,12 +113,13 @@ def evaluate(
 
     Example: cci evaluate RUN --samples 500
     """
-    from cci_core.generate import generator_run as gr
+    from cci_core.generate.evaluation_run import plan_evaluation
+    from cci_core.generate.settings import EvalParams
     from flows.preflight import check_device
     run_guarded(check_device, device)
     options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
     store_obj = read_store(store)
-    run_guarded(gr.plan_evaluation, store_obj, run_id, gr.EvalParams(samples=samples, **options))
+    run_guarded(plan_evaluation, store_obj, run_id, EvalParams(samples=samples, **options))
     from flows.train import evaluate_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(evaluate_flow, dask_address, workers,
                        run_id, store_root=str(store_obj.root), samples=samples, options=options)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cci_core.store import dataset_card, runs
-from cci_core.store.datasets import DatasetWriter, open_dataset
+from cci_core.store.datasets import DatasetWriter
 from cci_core.store.store import Store, read_json, validate_name
 
 MANIFEST_SCHEMA = {
@@ -67,7 +67,7 @@ def scoring_classifier(store: Store, run: dict, device=None):
 
     The run's CCI classifier when it has one (``cci refine``); otherwise the CNN that
     ``cci evaluate`` trained on the run's cluster labels (``runs/<run>/cluster-cnn``)."""
-    from cci_core.generate.generator_run import space_fns
+    from cci_core.generate.eval_references import space_fns
     if run.get("classifier"):
         space = {"source": "cci-classifier", "path": run["classifier"]}
         aid, desc = run.get("classifier_artifact_id"), "CCI classifier"
@@ -78,9 +78,8 @@ def scoring_classifier(store: Store, run: dict, device=None):
                              f"`cci refine {run['run_id']}` (and train/generate from the refined run) or "
                              f"`cci evaluate {run['run_id']}` first")
         space = {"source": "cluster-cnn", "path": str(cdir)}
-        found = [a for a in runs.lineage_store(store).list(kind="reference_cnn")
-                 if Path(a.uri).resolve() == cdir.resolve()]
-        aid, desc = (found[0].id if found else None), "CNN trained on the run's cluster labels"
+        found = runs.lineage_store(store).by_uri(str(cdir), kind="reference_cnn")
+        aid, desc = (found.id if found else None), "CNN trained on the run's cluster labels"
     return space_fns(space, device)[1], aid, desc
 
 
@@ -108,7 +107,7 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
     Returns a summary: dataset, version, path, counts, acceptance per cluster, artifact id.
     """
     from cci_core.common.device import pick_device
-    from cci_core.generate.train_generator import generate, load_generator
+    from cci_core.generate.sampling import generate, load_generator
 
     validate_name(dataset, "dataset name")
     if per_cluster < 1:
@@ -182,14 +181,3 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
             "artifact_id": version.card["lineage"]["artifact_id"],
             "n_images": writer.n, "accepted": n_acc, "acceptance_by_cluster": metrics["acceptance_by_cluster"],
             "models": kind, "classifier": classifier_desc, "run_id": run_id}
-
-
-def dataset_summary(store: Store, name: str, version="latest") -> dict:
-    ds = open_dataset(name, version, store=store)
-    card = ds.card
-    m = ds.manifest
-    return {"name": ds.name, "version": ds.version, "path": str(ds.path), "n_images": len(ds),
-            "shape": card.get("shape"), "run_id": card.get("run_id"), "artifact_id": card.get("lineage", {}).get("artifact_id"),
-            "accepted": int(m["accepted"].sum()) if "accepted" in m else None,
-            "per_cluster": m.groupby("cluster").size().to_dict() if "cluster" in m else {},
-            "created_at": card.get("created_at"), "how_to_read": card.get("how_to_read")}

@@ -12,7 +12,8 @@ checkpoint in ``out_dir``, and ends with the exported generator and a loss-curve
     out_dir/loss.png
 
 A conditional GAN takes ``labels`` (cluster ids aligned with ``rows``). They are read at
-every call, so a later phase may resume the same run with different labels.
+every call, so a later phase may resume the same run with different labels. Loading and sampling a
+trained generator: :mod:`cci_core.generate.sampling`.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from cci_core.common.device import pick_device, use_amp
 from cci_core.common.imagegrid import make_grid, save_png
 from cci_core.common.seeding import seeded
 from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
+from cci_core.generate.image_batches import RowSource, to_signed_tensor, to_uint8
+from cci_core.generate.model_dir import checkpoint_dirs
 from cci_core.generate.vae import VAE, VAEConfig
 from cci_core.store.weights import load_weights, save_weights
 
@@ -77,87 +80,6 @@ class TrainConfig:
                              "must be >= 2 (or set mode_seeking=0)")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay} must be in (0, 1), or None for no EMA")
-
-
-# ---------------------------------------------------------------- data
-
-def _take(images, rows: np.ndarray) -> np.ndarray:
-    if isinstance(images, np.ndarray):
-        return images[rows]
-    return np.asarray(images.get_orthogonal_selection((rows,)))
-
-
-class RowSource:
-    """Uniform random batches (with replacement) of rows of an (N, H, W, C) uint8 array.
-
-    Rows fitting in ``max_bytes`` are read once; otherwise a contiguous window of the
-    (sorted) rows is read and sampled from for ``window // batch_size`` steps, then the
-    next window is chosen from ``(seed, window number)``, so resuming needs no extra state.
-    """
-
-    def __init__(self, images, rows=None, n_rows: int | None = None, labels=None,
-                 batch_size: int = 64, max_bytes: int = 2 ** 31, seed: int = 0):
-        if images.ndim != 4 or np.dtype(images.dtype) != np.uint8:
-            raise ValueError(f"images must be uint8 with shape (N, H, W, C); got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        n_total = images.shape[0] if n_rows is None else int(n_rows)
-        if not 0 < n_total <= images.shape[0]:
-            raise ValueError(f"n_rows={n_rows} must be in 1..{images.shape[0]} (the array's length)")
-        rows = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
-        if rows.size == 0:
-            raise ValueError("rows is empty: there is nothing to train on")
-        if rows.min() < 0 or rows.max() >= n_total:
-            raise ValueError(f"rows must lie in [0, {n_total}) (the committed rows); "
-                             f"got min {rows.min()}, max {rows.max()}")
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.int64).ravel()
-            if labels.shape != rows.shape:
-                raise ValueError(f"labels has {labels.size} entries but there are {rows.size} rows; "
-                                 "give one cluster id per training row")
-        order = np.argsort(rows, kind="stable")
-        self.images, self.rows = images, rows[order]
-        self.labels = None if labels is None else labels[order]
-        self.seed = seed
-        row_bytes = int(np.prod(images.shape[1:]))
-        self.window = int(min(self.rows.size, max(batch_size, max_bytes // row_bytes)))
-        self.refresh_every = max(1, self.window // batch_size)
-        self._window_id = None
-        if self.window == self.rows.size:
-            self._load(0)
-
-    def __len__(self) -> int:
-        return int(self.rows.size)
-
-    def _load(self, start: int) -> None:
-        sel = slice(start, start + self.window)
-        self.cache = _take(self.images, self.rows[sel])
-        self.cache_labels = None if self.labels is None else self.labels[sel]
-
-    def batch(self, batch_size: int, gen: torch.Generator, step: int):
-        """Return (uint8 images (B, H, W, C), labels (B,) or None) for training step ``step``."""
-        if self.window < self.rows.size:
-            wid = step // self.refresh_every
-            if wid != self._window_id:
-                rng = np.random.default_rng((self.seed, wid))
-                self._load(int(rng.integers(0, self.rows.size - self.window + 1)))
-                self._window_id = wid
-        idx = torch.randint(len(self.cache), (batch_size,), generator=gen).numpy()
-        return self.cache[idx], None if self.cache_labels is None else self.cache_labels[idx]
-
-
-def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, C) -> float (B, C, H, W) in [-1, 1] on ``device``."""
-    batch = np.ascontiguousarray(batch)
-    if not batch.flags.writeable:  # e.g. a slice of a read-only IDX buffer
-        batch = batch.copy()
-    x = torch.from_numpy(batch).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C) numpy."""
-    x = ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---------------------------------------------------------------- models: one small strategy each
@@ -283,13 +205,6 @@ def _make_kind(model_cfg, tcfg: TrainConfig, device: torch.device):
 
 # ---------------------------------------------------------------- checkpoints
 
-def _checkpoint_dirs(out_dir: Path) -> list[Path]:
-    """Complete checkpoints (JSON written last), oldest first."""
-    found = [p for p in (out_dir / "checkpoints").glob("step-*") if (p / "state.json").exists()
-             and (p / "state.safetensors").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def _save_checkpoint(out_dir: Path, kind, step: int, elapsed: float, gen: torch.Generator,
                      history: dict[str, list[float]], meta: dict, keep: int) -> Path:
     tensors: dict[str, torch.Tensor] = {"rng.torch": gen.get_state()}
@@ -306,7 +221,7 @@ def _save_checkpoint(out_dir: Path, kind, step: int, elapsed: float, gen: torch.
     path = out_dir / "checkpoints" / f"step-{step:07d}"
     save_weights(path, tensors, dict(meta, step=step, elapsed=elapsed, param_groups=groups,
                                      history=sorted(history)), name="state")
-    for old in _checkpoint_dirs(out_dir)[:-keep]:
+    for old in checkpoint_dirs(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
 
@@ -426,7 +341,7 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     meta = {"kind": kind.kind, "model": asdict(model_cfg), "train": asdict(tcfg)}
 
     step, elapsed, history, resumed_from = 0, 0.0, {}, None
-    ckpts = _checkpoint_dirs(out_dir)
+    ckpts = checkpoint_dirs(out_dir)
     if ckpts:
         step, elapsed, history = _load_checkpoint(ckpts[-1], kind, gen, meta)
         resumed_from = step
@@ -440,7 +355,7 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     start = time.perf_counter() - elapsed
     while step < tcfg.steps and (tcfg.seconds is None or time.perf_counter() - start < tcfg.seconds):
         xb, yb = source.batch(tcfg.batch_size, gen, step)
-        x = to_tensor(xb, device)
+        x = to_signed_tensor(xb, device)
         y = None if yb is None else torch.from_numpy(yb).to(device)
         kind.updates_done = step  # the EMA's warm-up follows the global step, so resume is exact
         losses = kind.step(x, y, gen)
@@ -470,89 +385,4 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     tail = {k: float(np.mean(v[-50:])) for k, v in history.items()}
     return {"kind": kind.kind, "steps": step, "seconds": elapsed, "resumed_from": resumed_from,
             "losses": tail, "n_train": len(source), "generator": gen_path,
-            "checkpoint": _checkpoint_dirs(out_dir)[-1], "samples": samples, "loss_curve": curve}
-
-
-# ---------------------------------------------------------------- using a trained generator
-
-def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
-    """load_state_dict with an error that names the file and what to do."""
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise ValueError(f"{path} does not match the {type(model).__name__} this version builds (its "
-                         f"weights were written by an older version or another configuration); train "
-                         f"the model again, e.g. `cci train RUN`. Details: {str(exc).splitlines()[0]}") from None
-
-
-def load_generator(directory: str | Path, device: str | torch.device | None = None) -> nn.Module:
-    """Load ``generator.{safetensors,json}`` written by :func:`train_generator` (eval mode)."""
-    device = pick_device(str(device) if device is not None else None)
-    tensors, info = load_weights(directory, "generator")
-    if info.get("kind") == "gan":
-        model = Generator(GANConfig(**info["model"]))
-    elif info.get("kind") == "vae":
-        model = VAE(VAEConfig(**info["model"]))
-    else:
-        raise ValueError(f"{directory}/generator.json has kind={info.get('kind')!r}; expected 'gan' or 'vae'")
-    _load_state(model, tensors, Path(directory) / "generator.safetensors")
-    return model.to(device).eval()
-
-
-def load_discriminator(out_dir: str | Path, device: str | torch.device | None = None) -> nn.Module:
-    """The discriminator of the latest checkpoint in ``out_dir`` (eval mode), e.g. for
-    ``D.features(x)`` when re-clustering real images between training phases."""
-    ckpts = _checkpoint_dirs(Path(out_dir))
-    if not ckpts:
-        raise FileNotFoundError(f"no checkpoint in {out_dir}/checkpoints; train first")
-    tensors, info = load_weights(ckpts[-1], "state")
-    if info["kind"] != "gan":
-        raise ValueError(f"{ckpts[-1]} holds a {info['kind']}, which has no discriminator")
-    D = Discriminator(GANConfig(**info["model"]))
-    _load_state(D, {k[2:]: v for k, v in tensors.items() if k.startswith("D.")}, ckpts[-1] / "state.safetensors")
-    return D.to(pick_device(str(device) if device is not None else None)).eval()
-
-
-@torch.no_grad()
-def generate(generator: nn.Module, n: int, labels=None, seed: int = 0,
-             batch_size: int = 256) -> np.ndarray:
-    """Draw ``n`` images from a Generator or VAE.
-
-    Parameters
-    ----------
-    labels : int array (n,), cluster ids — required for a conditional generator.
-
-    Returns
-    -------
-    ndarray of shape (n, H, W, C), uint8
-    """
-    if n < 0:
-        raise ValueError(f"n={n} must be >= 0")
-    cfg = generator.cfg
-    n_classes = getattr(cfg, "n_classes", 0)
-    if n_classes and labels is None:
-        raise ValueError(f"this generator is conditional (n_classes={n_classes}); pass labels, n cluster ids")
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int64).ravel()
-        if labels.shape != (n,):
-            raise ValueError(f"labels has {labels.size} entries; expected n={n}")
-        if not n_classes:
-            raise ValueError("labels were given to an unconditional generator; pass labels=None")
-        if n and (labels.min() < 0 or labels.max() >= n_classes):
-            raise ValueError(f"labels must lie in [0, {n_classes}); got {labels.min()}..{labels.max()}")
-    device = next(generator.parameters()).device
-    was_training = generator.training
-    generator.eval()
-    rng = np.random.default_rng(seed)  # numpy draws the same stream whatever the batch size
-    out = np.empty((n, cfg.image_size, cfg.image_size, cfg.channels), np.uint8)
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        z = torch.from_numpy(rng.standard_normal((m, cfg.z_dim), dtype=np.float32)).to(device)
-        if isinstance(generator, VAE):
-            x = generator.decode(z)
-        else:
-            y = None if labels is None else torch.from_numpy(labels[i:i + m]).to(device)
-            x = generator(z, y)
-        out[i:i + m] = to_uint8(x)
-    generator.train(was_training)
-    return out
+            "checkpoint": checkpoint_dirs(out_dir)[-1], "samples": samples, "loss_curve": curve}
