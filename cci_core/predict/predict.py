@@ -81,7 +81,7 @@ def _check_shape(images: np.ndarray, run: dict) -> np.ndarray:
 
 def _classifier_predictor(run: dict):
     from cci_core.predict.assign import assign_classifier
-    from cci_core.refine.refine import load_classifier
+    from cci_core.refine.classifier import load_classifier
     model = load_classifier(run["classifier"])
 
     def predict(images) -> tuple[np.ndarray, np.ndarray]:
