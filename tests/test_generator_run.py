@@ -237,3 +237,42 @@ def test_evaluate_uses_the_runs_cci_classifier_when_it_has_one(store, trained):
     assert lin.get(space["artifact_id"]).kind == "classifier"
     assert (space["artifact_id"], "features") in lin.get(rep["report_artifact_id"]).inputs
     assert math.isfinite(rep["headline"]["classifier"]["per_cluster"]["fidelity"])
+
+
+def test_typed_plans_and_model_records_give_back_the_same_dicts(store, trained):
+    from cci_core.generate.records import EvaluationPlan, ModelRecord, TrainingPlan, TrainJob
+    summary, small, sizes = trained
+    params = TrainParams(min_size=sizes[small] + 1, **TINY)
+    plan = tr.plan_training(store, "r3", params)
+    typed = TrainingPlan.from_json(plan)
+    assert typed.to_json() == plan and json.dumps(typed.to_json()) == json.dumps(plan)  # same keys, same order
+    assert TrainingPlan.from_json(json.loads(json.dumps(plan))).to_json() == plan  # through JSON too (Prefect)
+    assert tr.make_training_plan(store, "r3", params) == typed
+    # one settings object builds each job's model and training configuration
+    job = typed.jobs[0]
+    assert typed.model_config(job) == params.model_config(typed.shape, job.kind, typed.n_clusters)
+    assert tr.train_config(plan, plan["jobs"][0]) == typed.train_config(job)
+    assert typed.model_config(job).d_features == 4 * params.width
+    assert TrainJob.from_json({"name": "cluster-9"}).to_json() == {"name": "cluster-9"}  # a name only orders a report
+    # the model record: model.json and training.json hold the same record; keys added later are kept, in order
+    for m in summary["models"]:
+        on_disk = json.loads((Path(m["dir"]) / "model.json").read_text())
+        assert ModelRecord.from_json(on_disk).to_json() == on_disk and on_disk.keys() == m.keys()
+        assert ModelRecord.from_json(m).to_json() == m and list(ModelRecord.from_json(m).to_json()) == list(m)
+    extra = {**summary["models"][0], "from_earlier_run": True, "worker": "tcp://w"}
+    assert list(ModelRecord.from_json(extra).to_json().items())[-2:] == [("from_earlier_run", True), ("worker", "tcp://w")]
+    ev_plan = ev.plan_evaluation(store, "r3", EvalParams(samples=20))
+    assert EvaluationPlan.from_json(ev_plan).to_json() == ev_plan
+    assert json.dumps(EvaluationPlan.from_json(json.loads(json.dumps(ev_plan))).to_json()) == json.dumps(ev_plan)
+
+
+def test_to_signed_tensor_is_the_generators_range():
+    import torch
+
+    from cci_core.common.torch_data import to_tensor
+    from cci_core.generate.image_batches import to_signed_tensor, to_uint8
+    x = np.array([[[[0], [255]], [[128], [1]]]], np.uint8)
+    t = to_signed_tensor(x, torch.device("cpu"))
+    assert t.shape == (1, 1, 2, 2) and t.min() == -1.0 and t.max() == 1.0
+    assert to_tensor(x).min() == 0.0  # the other conversion gives [0, 1]
+    assert np.array_equal(to_uint8(t), x)

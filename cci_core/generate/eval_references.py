@@ -70,7 +70,7 @@ def _load_cnn(directory: Path, device: str | None):
 def _space_model(space: dict, device: str | None):
     """(model, value_range) of a feature space described in the refs."""
     if space["source"] == "cci-classifier":
-        from cci_core.refine.refine import load_classifier
+        from cci_core.refine.classifier import load_classifier
         return load_classifier(space["path"], device), (0.0, 1.0)
     return _load_cnn(Path(space["path"]), device)[0], (-1.0, 1.0)
 
