@@ -150,7 +150,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     s = ingest_local(Store(tmp_path / "s2"), str(src), "b", size=(8, 8), channels=3)
     assert s["added"] == 2 and s["quarantined"] == 2
     # palette and segment read user files through the same helper: one clear error
-    from cci_core.palette.palette_run import read_image_file
+    from cci_core.palette.sources import read_image_file
     with pytest.raises(ValueError, match=r"cannot read image .*bomb\.png: image too large"):
         read_image_file(src / "bomb.png")
     with pytest.raises(ImageRefused, match="12000x12000"):

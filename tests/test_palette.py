@@ -17,17 +17,10 @@ from PIL import Image
 from cci_core.cluster import cluster_run as cr
 from cci_core.ingest.ingest import ingest_local
 from cci_core.palette import palette_run as pr
-from cci_core.palette.palette import (
-    Palette,
-    feature_array,
-    kmeans_1d_optimal,
-    lab_to_srgb,
-    learn_palette,
-    lloyd_pixels,
-    pixel_array,
-    srgb_to_lab,
-    weighted_kmeans,
-)
+from cci_core.palette import sources as ps
+from cci_core.palette.colorspace import lab_to_srgb, srgb_to_lab
+from cci_core.palette.palette import Palette, feature_array, learn_palette, pixel_array
+from cci_core.palette.pixel_kmeans import kmeans_1d_optimal, lloyd_pixels, weighted_kmeans
 from cci_core.palette.render import match_colors, render, transfer
 from cci_core.palette.segment import overlay, segment_image
 from cci_core.store.lineage import LineageStore
@@ -153,13 +146,13 @@ def test_rgba_and_paletted_files(tmp_path):
     rgba[..., 0] = 255
     rgba[:, 15:, 3] = 255  # left half transparent: white after compositing
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    arr = pr.read_image_file(tmp_path / "a.png")
+    arr = ps.read_image_file(tmp_path / "a.png")
     assert arr.shape == (20, 30, 3) and tuple(arr[0, 0]) == (255, 255, 255) and tuple(arr[0, 29]) == (255, 0, 0)
     Image.fromarray(_flat_image()).quantize(5).save(tmp_path / "p.png")  # P mode, colour
     assert Image.open(tmp_path / "p.png").mode == "P"
-    assert pr.read_image_file(tmp_path / "p.png").shape[-1] == 3
+    assert ps.read_image_file(tmp_path / "p.png").shape[-1] == 3
     Image.fromarray(np.tile(np.arange(0, 250, 50, dtype=np.uint8), (10, 2))).convert("P").save(tmp_path / "g.png")
-    assert pr.read_image_file(tmp_path / "g.png").shape[-1] == 1
+    assert ps.read_image_file(tmp_path / "g.png").shape[-1] == 1
     store = Store(tmp_path / "s")
     out = pr.learn_palette_step(store, str(tmp_path / "a.png"), 4, log=lambda m: None)
     assert out["k"] == 2 and out["messages"]  # two colours only: clamped with a message
@@ -251,4 +244,4 @@ def test_partition_palette_and_stylised_dataset_with_lineage(digits_store):
     with pytest.raises(ValueError, match="--mode 'median'"):
         pr.check_stylize(store, "digits", pa["palette_id"], "x", mode="median")
     with pytest.raises(LookupError, match="no partition for cluster 7"):
-        pr.resolve_source(store, "digits-km:7")
+        ps.resolve_source(store, "digits-km:7")

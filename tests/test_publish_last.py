@@ -15,6 +15,7 @@ import pytest
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.palette import palette_run as pr
+from cci_core.palette import sources as ps
 from cci_core.store import runs
 from cci_core.store.datasets import DatasetWriter, dataset_versions, list_datasets, open_dataset
 from cci_core.store.lineage import LineageStore
@@ -178,7 +179,7 @@ def test_a_killed_run_is_never_listed_and_a_rerun_starts_clean(store):
     with pytest.raises(ValueError, match="no finished clustering"):
         runs.finished_run(store, "r")
     with pytest.raises(ValueError, match="no finished clustering"):
-        pr.resolve_source(store, "r:5")
+        ps.resolve_source(store, "r:5")
     # a live writer of the same id is refused, before any work
     runs.update_run(store, "r", writer={**process_identity(os.getppid())})
     with pytest.raises(ValueError, match="is being written by process"):

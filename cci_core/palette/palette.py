@@ -1,6 +1,6 @@
 """Colour palettes learned by k-means over every pixel of a corpus, a partition or one image.
 
-Pixel features (``space``):
+Pixel features (``space``, :mod:`cci_core.palette.colorspace`):
 
 * ``gray`` - the 8-bit intensity, for 1-channel sources;
 * ``lab`` - CIELAB (D65), the default for RGB sources: Euclidean distance there is close to
@@ -13,12 +13,13 @@ Two ways to learn a palette, both over every pixel:
   the same centres, inertia and shares as k-means on the pixels themselves (a Lloyd step only
   needs per-colour sums and counts). For 8-bit gray there are at most 256 bins, so this is the
   path for 1-channel corpora, and there the k-means is solved *globally* by dynamic programming
-  (:func:`kmeans_1d_optimal`); RGB sources take it when they have at most ``max_bins`` distinct
-  colours, with the weighted Lloyd loop :func:`weighted_kmeans` (the project's
-  :class:`cci_core.cluster.kmeans.MiniBatchKMeans` takes no sample weights).
+  (:func:`cci_core.palette.pixel_kmeans.kmeans_1d_optimal`); RGB sources take it when they have
+  at most ``max_bins`` distinct colours, with the weighted Lloyd loop
+  :func:`cci_core.palette.pixel_kmeans.weighted_kmeans`.
 * **pixels**: a Dask array (pixels x channels), block-wise, never copied whole into memory:
   :class:`cci_core.cluster.kmeans.MiniBatchKMeans` finds the centres from mini-batches, then full
-  Lloyd passes over all pixels (:func:`lloyd_pixels`, per-block sums and counts) polish them.
+  Lloyd passes over all pixels (:func:`cci_core.palette.pixel_kmeans.lloyd_pixels`, per-block
+  sums and counts) polish them.
 
 A :class:`Palette` is saved as ``palette.json`` (colours in sRGB and Lab, pixel shares,
 inertia) plus ``swatch.png``.
@@ -34,96 +35,14 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
-from threadpoolctl import threadpool_limits
 
-SPACES = ("gray", "lab", "rgb")
+from cci_core.palette.colorspace import check_space, colors_from_features, features, lab_of_colors
+from cci_core.palette.pixel_kmeans import kmeans_1d_optimal, lloyd_pixels, weighted_kmeans
+
 METHODS = ("auto", "histogram", "pixels")
 FORMAT = "cci-palette/1"
 MAX_COLORS = 256  # label maps and rendered indices are uint8
-_SLICE = 1 << 16  # pixels per distance computation inside a block (bounds temporary memory)
 _BLOCK_PIXELS = 1 << 20  # pixels per Dask block of the pixel array
-
-# ----- colour spaces -----------------------------------------------------------------------
-
-_M = np.array([[0.412453, 0.357580, 0.180423],
-               [0.212671, 0.715160, 0.072169],
-               [0.019334, 0.119193, 0.950227]])  # linear sRGB -> XYZ (D65), as scikit-image
-_M_INV = np.linalg.inv(_M)
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-_c = np.arange(256) / 255.0
-_LINEAR_LUT = np.where(_c <= 0.04045, _c / 12.92, ((_c + 0.055) / 1.055) ** 2.4)
-
-
-def srgb_to_lab(rgb: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """sRGB (..., 3) -> CIELAB (..., 3). uint8 input goes through a 256-entry table."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype == np.uint8:
-        lin = _LINEAR_LUT.astype(dtype)[rgb]
-    else:
-        c = np.clip(rgb.astype(np.float64) / 255.0, 0, 1)
-        lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(dtype)
-    xyz = lin @ (_M / _WHITE[:, None]).T.astype(dtype)
-    f = np.where(xyz > 0.008856, np.cbrt(np.maximum(xyz, 0)), 7.787 * xyz + 16.0 / 116.0)
-    lab = np.empty_like(f)
-    lab[..., 0] = 116.0 * f[..., 1] - 16.0
-    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return lab.astype(dtype, copy=False)
-
-
-def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
-    """CIELAB (..., 3) -> sRGB floats in [0, 255] (out-of-gamut colours clipped)."""
-    lab = np.asarray(lab, dtype=np.float64)
-    fy = (lab[..., 0] + 16.0) / 116.0
-    f = np.stack([lab[..., 1] / 500.0 + fy, fy, fy - lab[..., 2] / 200.0], axis=-1)
-    xyz = np.where(f ** 3 > 0.008856, f ** 3, (f - 16.0 / 116.0) / 7.787) * _WHITE
-    lin = np.clip(xyz @ _M_INV.T, 0, 1)
-    c = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
-    return np.clip(c * 255.0, 0, 255)
-
-
-def default_space(channels: int) -> str:
-    return "gray" if channels == 1 else "lab"
-
-
-def check_space(space: str | None, channels: int) -> str:
-    """The feature space for a source with ``channels`` channels (one-line errors)."""
-    if channels not in (1, 3):
-        raise ValueError(f"images with {channels} channels are not supported: use 1 (gray) or 3 (RGB)")
-    space = (space or default_space(channels)).lower()
-    if space not in SPACES:
-        raise ValueError(f"--space {space!r}: use one of {', '.join(SPACES)}")
-    if channels == 1 and space != "gray":
-        raise ValueError(f"--space {space}: the source is 1-channel (gray); use --space gray")
-    if channels == 3 and space == "gray":
-        raise ValueError("--space gray: the source is RGB; use --space lab (default) or rgb")
-    return space
-
-
-def features(pixels: np.ndarray, space: str, dtype=np.float32) -> np.ndarray:
-    """uint8 pixels (..., C) -> features (n, d) in ``space``."""
-    pixels = np.asarray(pixels)
-    if space == "gray":
-        return pixels.reshape(-1, 1).astype(dtype)
-    if space == "rgb":
-        return pixels.reshape(-1, 3).astype(dtype)
-    return srgb_to_lab(pixels.reshape(-1, 3), dtype)
-
-
-def colors_from_features(centers: np.ndarray, space: str) -> np.ndarray:
-    """Feature-space centres (k, d) -> displayable sRGB colours (k, C) uint8."""
-    centers = np.asarray(centers, dtype=np.float64)
-    rgb = lab_to_srgb(centers) if space == "lab" else centers
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-def lab_of_colors(colors: np.ndarray) -> np.ndarray:
-    """sRGB uint8 colours (k, 1 or 3) -> Lab (k, 3) float64 (gray as R = G = B)."""
-    colors = np.asarray(colors, dtype=np.uint8)
-    if colors.shape[-1] == 1:
-        colors = np.repeat(colors, 3, axis=-1)
-    return srgb_to_lab(colors, np.float64)
 
 
 # ----- the palette ------------------------------------------------------------------------
@@ -240,158 +159,6 @@ def swatch(palette: Palette, cell: int = 48, bar: int = 16) -> np.ndarray:
     for i, c in enumerate(colors):
         out[cell + 4:, edges[i]:edges[i + 1]] = c
     return out
-
-
-# ----- k-means pieces ---------------------------------------------------------------------
-
-def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre for every row of x (n, d), computed in slices."""
-    x = np.asarray(x)
-    c = np.asarray(centers, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
-    out = np.empty(len(x), dtype=np.int32)
-    for s in range(0, len(x), _SLICE):
-        out[s:s + _SLICE] = np.argmin(_sq_dist(x[s:s + _SLICE], c), axis=1)
-    return out
-
-
-def _lloyd(X: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iter: int, tol: float = 0.0):
-    """Weighted Lloyd iterations until the assignment stops changing (or, with ``tol`` > 0, the
-    inertia improves by less than ``tol`` relative)."""
-    k, lab, last = len(centers), None, None
-    for it in range(1, max_iter + 1):  # noqa: B007 (returned after the loop)
-        d2 = _sq_dist(X, centers)
-        new_lab = np.argmin(d2, axis=1)
-        mind = d2[np.arange(len(X)), new_lab]
-        cur = float((w * mind).sum())
-        if tol > 0 and last is not None and last - cur <= tol * max(cur, 1e-12):
-            break
-        last = cur
-        cnt = np.bincount(new_lab, weights=w, minlength=k)
-        sums = np.stack([np.bincount(new_lab, weights=w * X[:, j], minlength=k) for j in range(X.shape[1])], 1)
-        empty = np.flatnonzero(cnt == 0)
-        centers = centers.copy()
-        hit = cnt > 0
-        centers[hit] = sums[hit] / cnt[hit, None]
-        if empty.size:  # move empty centres onto the points that cost most
-            far = np.argsort(-(w * mind))[:empty.size]
-            centers[empty] = X[far]
-        elif lab is not None and np.array_equal(new_lab, lab):
-            break
-        lab = new_lab
-    d2 = _sq_dist(X, centers)
-    lab = np.argmin(d2, axis=1)
-    diff = X - centers[lab]
-    inertia = float((w * np.einsum("ij,ij->i", diff, diff)).sum())
-    return centers, lab, inertia, it
-
-
-def weighted_kmeans(X: np.ndarray, w: np.ndarray, k: int, n_init: int = 4, max_iter: int = 300,
-                    seed: int = 0, init: np.ndarray | None = None, tol: float = 0.0):
-    """Exact k-means on weighted points (colour bins): k-means++ starts, Lloyd to convergence.
-
-    Returns (centers (k, d), labels (m,), inertia, counts (k,)). On colour bins with pixel
-    counts as weights this is k-means on every pixel.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    best = None
-    with threadpool_limits(1, user_api="blas"):
-        for s in range(1 if init is not None else n_init):
-            c0 = (np.asarray(init, dtype=np.float64) if init is not None else
-                  kmeans_plusplus(X, k, sample_weight=w, random_state=int(seed) * 7919 + s)[0])
-            c, lab, inertia, _ = _lloyd(X, w, c0, max_iter, tol)
-            if best is None or inertia < best[2] - 1e-9 * max(1.0, abs(inertia)):
-                best = (c, lab, inertia)
-    c, lab, inertia = best
-    return c, lab, inertia, np.bincount(lab, weights=w, minlength=k)
-
-
-def kmeans_1d_optimal(values: np.ndarray, w: np.ndarray, k: int):
-    """Globally optimal weighted k-means in one dimension (dynamic programming over the sorted
-    values, O(k m^2) for m values: instant for 256 gray bins). Returns (centers (k, 1), labels
-    (m,), inertia, counts (k,)) for ``values`` in their given order."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    w = np.asarray(w, dtype=np.float64)
-    order = np.argsort(values, kind="stable")
-    x, ww = values[order], w[order]
-    m = len(x)
-    W = np.concatenate([[0.0], np.cumsum(ww)])
-    S1 = np.concatenate([[0.0], np.cumsum(ww * x)])
-    S2 = np.concatenate([[0.0], np.cumsum(ww * x * x)])
-    i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")  # segment x[i..j]
-    valid = i <= j
-    wsum = np.where(valid, W[j + 1] - W[i], 1.0)
-    s1 = np.where(valid, S1[j + 1] - S1[i], 0.0)
-    cost = np.where(valid, np.maximum(S2[j + 1] - S2[i] - s1 * s1 / wsum, 0.0), np.inf)
-    D = cost[0].copy()  # D[j]: best cost of x[0..j] in 1 cluster
-    back = np.zeros((k, m), dtype=np.int64)
-    for c in range(1, k):
-        prev = np.concatenate([[np.inf], D[:-1]])  # a new cluster starts at i: x[0..i-1] in c clusters
-        tot = prev[:, None] + cost
-        back[c] = np.argmin(tot, axis=0)
-        D = tot[back[c], np.arange(m)]
-    bounds, j = [], m - 1
-    for c in range(k - 1, -1, -1):
-        start = back[c][j] if c > 0 else 0
-        bounds.append((start, j))
-        j = start - 1
-    bounds.reverse()
-    sorted_lab = np.empty(m, dtype=np.int64)
-    centers = np.empty((k, 1))
-    for c, (a, b) in enumerate(bounds):
-        sorted_lab[a:b + 1] = c
-        centers[c, 0] = (S1[b + 1] - S1[a]) / (W[b + 1] - W[a])
-    lab = np.empty(m, dtype=np.int64)
-    lab[order] = sorted_lab
-    diff = values - centers[lab, 0]
-    return centers, lab, float((w * diff * diff).sum()), np.bincount(lab, weights=w, minlength=k)
-
-
-def _stats_block(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-centre sums (k, d), counts (k,) and inertia of one block of features."""
-    k, d = centers.shape
-    sums, cnt, inertia = np.zeros((k, d)), np.zeros(k), 0.0
-    c = centers.astype(np.float64)
-    for s in range(0, len(x), _SLICE):
-        xs = np.asarray(x[s:s + _SLICE], dtype=np.float64)
-        lab = np.argmin(_sq_dist(xs, c), axis=1)
-        cnt += np.bincount(lab, minlength=k)
-        for j in range(d):
-            sums[:, j] += np.bincount(lab, weights=xs[:, j], minlength=k)
-        diff = xs - c[lab]
-        inertia += float(np.einsum("ij,ij->", diff, diff))
-    return sums, cnt, inertia
-
-
-def pixel_stats(X: da.Array, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """One parallel pass over every pixel: per-centre sums, counts, inertia (block order)."""
-    parts = dask.compute(*[dask.delayed(_stats_block)(b, centers) for b in X.to_delayed().ravel()])
-    return (sum(p[0] for p in parts), sum(p[1] for p in parts), float(sum(p[2] for p in parts)))
-
-
-def lloyd_pixels(X: da.Array, centers: np.ndarray, max_passes: int = 30, tol: float = 1e-6):
-    """Full Lloyd passes over a Dask feature array; stops when the inertia gains less than
-    ``tol`` (relative) or the centres stop moving. Returns (centers, counts, inertia, passes)."""
-    centers = np.asarray(centers, dtype=np.float64)
-    last = None
-    with threadpool_limits(1, user_api="blas"):
-        for p in range(1, max_passes + 1):
-            sums, cnt, inertia = pixel_stats(X, centers)
-            if last is not None and last - inertia <= tol * max(inertia, 1e-12):
-                return centers, cnt, inertia, p
-            hit = cnt > 0
-            new = centers.copy()
-            new[hit] = sums[hit] / cnt[hit, None]
-            if np.array_equal(new, centers):
-                return centers, cnt, inertia, p
-            centers, last = new, inertia
-        sums, cnt, inertia = pixel_stats(X, centers)
-    return centers, cnt, inertia, max_passes
 
 
 # ----- sources as Dask pixel arrays -----------------------------------------------------------

@@ -1,12 +1,8 @@
 """Palettes, stylised datasets and segmentations in the store: the pure steps behind
 ``cci palette``, ``cci stylize`` and ``cci segment``.
 
-A SOURCE is one of:
-
-* a corpus name, ``NAME`` (latest committed version) or ``NAME@V``;
-* one cluster's partition of a finished run, ``RUN_ID:C`` or ``RUN_ID/cluster-C``;
-* a published dataset, ``dataset:NAME`` or ``dataset:NAME@vN``;
-* an image file on disk (any Pillow format; RGBA is composited on white, P-mode converted).
+Each reads a SOURCE (a corpus version, one cluster of a run, a dataset version or an image
+file: :mod:`cci_core.palette.sources`).
 
 Store layout::
 
@@ -27,23 +23,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 
 from cci_core.common.imagegrid import make_grid, save_png
 from cci_core.palette.palette import Palette, check_k, learn_palette
+from cci_core.palette.records import PaletteSource
 from cci_core.palette.render import MODES, check_channels, match_colors, render
-from cci_core.store import runs
-from cci_core.store.corpus import open_corpus
+from cci_core.palette.sources import palette_source, read_image_file, source_images
 from cci_core.store.lineage import artifact_id
 from cci_core.store.runs import lineage_store
-from cci_core.store.store import Store, atomic_write_json, publish_dir, read_json, staging
+from cci_core.store.store import Store, atomic_write_json, publish_dir, staging
 
-_PARTITION_RE = re.compile(r"^(?P<run>[A-Za-z0-9][A-Za-z0-9._-]*?)(?::|/cluster-)(?P<c>\d+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_CORPUS_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*?)(?:@v?(?P<v>\d+))?$")
-GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 class UnknownPaletteError(LookupError):
@@ -52,109 +44,6 @@ class UnknownPaletteError(LookupError):
 
 def palettes_dir(store: Store) -> Path:
     return store.root / "palettes"
-
-
-# ----- sources ---------------------------------------------------------------------------------
-
-def read_image_file(path: str | Path) -> np.ndarray:
-    """One image file -> (H, W, 1 or 3) uint8; RGBA over white, P-mode and 16-bit converted."""
-    from cci_core.ingest.images import ImageRefused, open_image, to_mode
-    path = Path(path)
-    try:
-        with open_image(path) as img:  # size cap and decompression-bomb limit before decoding
-            mode = img.mode
-            if mode == "P":  # a paletted image is gray when every palette entry is
-                pal = np.asarray(img.convert("RGB"))
-                channels = 1 if (pal[..., 0] == pal[..., 1]).all() and (pal[..., 1] == pal[..., 2]).all() else 3
-            else:
-                channels = 1 if mode in GRAY_MODES else 3
-            arr = np.asarray(to_mode(img, channels), dtype=np.uint8)
-    except ImageRefused as exc:
-        if not path.exists():
-            raise FileNotFoundError(f"no image file {path}") from None
-        raise ValueError(f"cannot read image {path}: {exc}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def resolve_source(store: Store, source: str) -> dict:
-    """What SOURCE names: kind, label, corpus / run / dataset, shape and lineage inputs (small dict)."""
-    if not source:
-        raise ValueError("empty SOURCE: give a corpus name, RUN_ID:CLUSTER, dataset:NAME or an image file")
-    p = Path(source)
-    if p.is_file():
-        img = read_image_file(p)
-        lin = lineage_store(store.ensure())
-        h = _file_hash(p)
-        art = lin.record("image_file", p.name, str(p.resolve()), h, size=p.stat().st_size,
-                         params={"shape": list(img.shape)})
-        return {"kind": "file", "source": source, "canonical": str(p.resolve()), "label": p.stem, "path": str(p.resolve()),
-                "shape": list(img.shape), "n_images": 1, "inputs": [(art.id, "image")]}
-    if source.startswith("dataset:"):
-        from cci_core.store.datasets import open_dataset
-        spec = source[len("dataset:"):]
-        name, _, ver = spec.partition("@")
-        ds = open_dataset(name, ver or "latest", store=store)
-        inputs = [(a.id, "dataset") for a in lineage_store(store).list(kind="dataset", name=f"{ds.name}@v{ds.version}")][:1]
-        return {"kind": "dataset", "source": source, "canonical": f"dataset:{ds.name}@v{ds.version}",
-                "label": f"{ds.name}-v{ds.version}", "dataset": ds.name,
-                "dataset_version": ds.version, "path": str(ds.path), "shape": list(ds.images.shape[1:]),
-                "n_images": len(ds), "inputs": inputs}
-    m = _PARTITION_RE.match(source)
-    if m and runs.run_file(store, m["run"]).exists():
-        from cci_core.store.runs import finished_run
-        run, c = finished_run(store, m["run"]), int(m["c"])  # an unfinished run is not a source
-        parts = {int(q["cluster"]): q for q in run.get("partitions") or []}
-        if c not in parts:
-            raise LookupError(f"run {m['run']!r} has no partition for cluster {c} "
-                              f"(clusters: {', '.join(map(str, sorted(parts))) or 'none; is the run finished?'})")
-        corpus = open_corpus(store, run["corpus"], run["corpus_version"])
-        return {"kind": "partition", "source": source, "canonical": f"{m['run']}:{c}", "label": f"{m['run']}-c{c}",
-                "run_id": m["run"], "cluster": c,
-                "corpus": corpus.name, "corpus_version": corpus.version, "shape": list(corpus.shape.hwc),
-                "n_images": int(parts[c]["count"]),
-                "inputs": [(parts[c]["artifact_id"], "partition")]
-                + ([(corpus.artifact_id, "corpus")] if corpus.artifact_id else [])}
-    m = _CORPUS_RE.match(source)
-    if m is None:
-        raise ValueError(f"SOURCE {source!r}: give a corpus name (NAME or NAME@V), RUN_ID:CLUSTER, "
-                         "dataset:NAME or an existing image file")
-    if _PARTITION_RE.match(source) and not (store.corpus_dir(m["name"]) / "corpus.json").exists():
-        raise LookupError(f"no run {source.split(':')[0].split('/')[0]!r} in {store.root}")
-    corpus = open_corpus(store, m["name"], int(m["v"]) if m["v"] else None)
-    return {"kind": "corpus", "source": source, "canonical": f"{corpus.name}@{corpus.version}",
-            "label": f"{corpus.name}-v{corpus.version}", "corpus": corpus.name,
-            "corpus_version": corpus.version, "shape": list(corpus.shape.hwc), "n_images": corpus.n_rows,
-            "inputs": [(corpus.artifact_id, "corpus")] if corpus.artifact_id else []}
-
-
-def source_images(store: Store, info: dict) -> tuple[da.Array, np.ndarray, np.ndarray]:
-    """(images (N, H, W, C) uint8 Dask array, source rows (N,), source image ids (N,))."""
-    if info["kind"] == "file":
-        img = read_image_file(info["path"])
-        return da.from_array(img[None], chunks=(1, -1, -1, -1)), np.array([0]), \
-            np.array([hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()], dtype=object)
-    if info["kind"] == "dataset":
-        from cci_core.store.datasets import open_dataset
-        ds = open_dataset(info["dataset"], info["dataset_version"], store=store)
-        man = ds.manifest
-        ids = man["image_id"].to_numpy(dtype=object) if "image_id" in man else man["index"].astype(str).to_numpy(object)
-        return da.from_zarr(ds.images), np.arange(len(ds)), ids
-    corpus = open_corpus(store, info["corpus"], info["corpus_version"])
-    arr = da.from_zarr(corpus.images())[: corpus.n_rows]
-    idx = corpus.index(["row", "image_id"]).set_index("row")["image_id"]
-    if info["kind"] == "partition":
-        from cci_core.cluster.cluster_run import partition_rows
-        rows = partition_rows(store, info["run_id"], info["cluster"])
-        arr = arr[rows] if len(rows) else arr[:0]
-    else:
-        rows = np.arange(corpus.n_rows)
-    return arr, rows, idx.reindex(rows).to_numpy(dtype=object)
 
 
 # ----- palettes ----------------------------------------------------------------------------------
@@ -222,7 +111,7 @@ def learn_palette_step(store: Store, source: str, colors: int, space: str | None
     log = log or (lambda msg: None)
     check_k(colors)
     store.ensure()
-    info = resolve_source(store, source)
+    info = palette_source(store, source)
     images, _rows, _ids = source_images(store, info)
     if images.shape[0] == 0:
         raise ValueError(f"SOURCE {source!r} has no images")
@@ -232,14 +121,12 @@ def learn_palette_step(store: Store, source: str, colors: int, space: str | None
         messages.append(msg)
         log(msg)
     pal = learn_palette(images, colors, space=space, method=method, seed=seed, log=note)
-    pal.meta.update(source=info["canonical"], source_kind=info["kind"],
-                    **{k: info[k] for k in ("corpus", "corpus_version", "run_id", "cluster", "dataset",
-                                            "dataset_version") if k in info},
+    pal.meta.update(source=info.canonical, source_kind=info.kind, **info.ids(),
                     n_images=int(images.shape[0]), colors_requested=int(colors))
     params = {"colors": int(colors), "k": pal.k, "space": pal.space, "method": method, "seed": int(seed),
-              "source": info["canonical"]}
+              "source": info.canonical}
     chash = pal.content_hash()
-    pid = artifact_id("palette", chash, params, info["inputs"])
+    pid = artifact_id("palette", chash, params, list(info.inputs))
     pal.meta["palette_id"] = pid
     pdir = palettes_dir(store) / pid
     metrics = {"inertia": pal.inertia, "mse": pal.inertia / max(1, pal.n_pixels), "k": pal.k,
@@ -248,25 +135,29 @@ def learn_palette_step(store: Store, source: str, colors: int, space: str | None
         paths = pal.save(stage)
         paths["montage"] = None
         if montage > 0:
-            sample = _sample_rows(int(images.shape[0]), montage if info["kind"] != "file" else 1, seed)
+            sample = _sample_rows(int(images.shape[0]), montage if info.kind != "file" else 1, seed)
             before = np.asarray(images[sample].compute())
             paths["montage"] = before_after(before, render(before, pal), stage / "montage.png")
-        art = lineage_store(store).record("palette", f"{info['label']}/k{pal.k}-{pal.space}", str(pdir), chash,
+        art = lineage_store(store).record("palette", f"{info.label}/k{pal.k}-{pal.space}", str(pdir), chash,
                                           size=Path(paths["json"]).stat().st_size, params=params, metrics=metrics,
-                                          producer=producer, inputs=info["inputs"])
+                                          producer=producer, inputs=list(info.inputs))
         publish_dir(stage, pdir)  # visible only now, after its lineage record
     paths = {key: str(pdir / Path(v).name) if v else v for key, v in paths.items()}
-    return {"palette_id": art.id, "palette_dir": str(pdir), **paths, "source": source, "source_kind": info["kind"],
+    return {"palette_id": art.id, "palette_dir": str(pdir), **paths, "source": source, "source_kind": info.kind,
             "k": pal.k, "colors_requested": int(colors), "space": pal.space, "method": pal.meta.get("method"),
             "inertia": pal.inertia, "mse": metrics["mse"], "n_pixels": pal.n_pixels,
             "n_images": int(images.shape[0]), "colors": pal.describe(), "messages": messages,
-            "inputs": [{"id": i, "role": r} for i, r in info["inputs"]]}
+            "inputs": [{"id": i, "role": r} for i, r in info.inputs]}
 
 
 # ----- stylised datasets --------------------------------------------------------------------------
 
 def check_stylize(store: Store, source: str, palette_id: str, dataset: str, mode: str = "nearest") -> dict:
-    """Everything checkable before any work: one-line errors. Returns the resolved source."""
+    """Everything checkable before any work: one-line errors. Returns the resolved source (its JSON dict)."""
+    return _checked_source(store, source, palette_id, dataset, mode).to_json()
+
+
+def _checked_source(store: Store, source: str, palette_id: str, dataset: str, mode: str) -> PaletteSource:
     from cci_core.store.store import validate_name
     validate_name(dataset, "dataset name")
     if mode not in MODES:
@@ -276,8 +167,8 @@ def check_stylize(store: Store, source: str, palette_id: str, dataset: str, mode
     if lineage_store(store).find(pal_dir.name) is None:  # the dataset's lineage could not name it
         raise LookupError(f"palette {pal_dir.name!r} has no lineage record in {store.lineage_url}; "
                           "learn it again with `cci palette SOURCE`")
-    info = resolve_source(store, source)
-    check_channels(pal, info["shape"][-1])
+    info = palette_source(store, source)
+    check_channels(pal, info.channels)
     return info
 
 
@@ -296,7 +187,7 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
     """
     from cci_core.store.datasets import DatasetWriter
     log = log or (lambda msg: None)
-    info = check_stylize(store, source, palette_id, dataset, mode)
+    info = _checked_source(store, source, palette_id, dataset, mode)
     pal_dir = palette_path(store, palette_id)
     pal = Palette.load(pal_dir)
     pid = pal_dir.name
@@ -306,13 +197,13 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
         raise ValueError(f"SOURCE {source!r} has no images")
     via, mapping, src_pal = None, None, None
     if mode != "nearest":
-        src_space = "gray" if info["shape"][-1] == 1 else ("rgb" if pal.space == "rgb" else "lab")
+        src_space = "gray" if info.channels == 1 else ("rgb" if pal.space == "rgb" else "lab")
         src_pal = learn_palette_step(store, source, pal.k, space=src_space, seed=seed, producer=producer, log=log,
-                                     montage=0 if info["kind"] != "file" else 1)
+                                     montage=0 if info.kind != "file" else 1)
         via = load_palette(store, src_pal["palette_id"])
         mapping = match_colors(via, pal, mode)
     out_c = pal.channels
-    h, w = info["shape"][:2]
+    h, w = info.shape[:2]
     images = images.rechunk({0: rows_per_task})
     out = images.map_blocks(_render_block, pal, dither, via, mapping, dtype=np.uint8,
                             chunks=(images.chunks[0], (h,), (w,), (out_c,)))
@@ -333,14 +224,14 @@ def stylize_step(store: Store, source: str, palette_id: str, dataset: str, mode:
                     "dither": bool(dither)}))
                 start += m
             log(f"rendered {start}/{n} images")
-        inputs = [(pid, "palette"), *info["inputs"]]
+        inputs = [(pid, "palette"), *info.inputs]
         if src_pal:
             inputs.append((src_pal["palette_id"], "source_palette"))
-        params = {"dataset": dataset, "palette_id": pid, "mode": mode, "dither": bool(dither), "source": info["canonical"],
+        params = {"dataset": dataset, "palette_id": pid, "mode": mode, "dither": bool(dither), "source": info.canonical,
                   "seed": int(seed)}
         chash = out_hash.hexdigest()
-        shown = Path(source).name if info["kind"] == "file" else source  # no producer path in the card
-        card = {"kind": "stylized", "source": shown, "source_kind": info["kind"], "palette_id": pid,
+        shown = Path(source).name if info.kind == "file" else source  # no producer path in the card
+        card = {"kind": "stylized", "source": shown, "source_kind": info.kind, "palette_id": pid,
                 "description": f"{shown} rendered in palette {pid} ({mode}{', dithered' if dither else ''})",
                 "license_note": f"The terms of the source images ({shown}) apply.",
                 "mode": mode, "dither": bool(dither), "colors": pal.describe(),
@@ -402,11 +293,11 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
     from cci_core.palette.segment import check_k as seg_k
     from cci_core.palette.segment import overlay, segment_images
     seg_k(k)
-    info = resolve_source(store, source)
+    info = palette_source(store, source)
     images, _rows, _ids = source_images(store, info)
     n, h, w, _c = (int(s) for s in images.shape)
     opts = {"space": space, "position_weight": position_weight, "standardize": standardize, "seed": seed}
-    params = {"k": int(k), **opts, "source": info["canonical"]}
+    params = {"k": int(k), **opts, "source": info.canonical}
     images = images.rechunk({0: rows_per_task})
     labels = images.map_blocks(lambda b: segment_images(np.asarray(b), k, **opts), dtype=np.uint8,
                                drop_axis=3, chunks=(images.chunks[0], (h,), (w,)))
@@ -418,7 +309,7 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
         chash = hashlib.sha256()
         for s in range(0, n, rows_per_task):
             chash.update(np.ascontiguousarray(arr[s:s + rows_per_task]).tobytes())
-        sid = artifact_id("segmentation", chash.hexdigest(), params, info["inputs"])
+        sid = artifact_id("segmentation", chash.hexdigest(), params, list(info.inputs))
         final = base / sid
         sample = _sample_rows(n, 16, seed)
         imgs = np.asarray(images[sample].compute())
@@ -427,13 +318,10 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
         mont = str(final / "overlay.png")
         atomic_write_json(tmp / "segments.json", {**params, "n_images": n, "source_rows": "see source",
                                                   "labels": str(final / "labels.zarr"), "overlay": mont})
-        art = lineage_store(store).record("segmentation", f"{info['label']}/k{k}", str(final), chash.hexdigest(),
+        art = lineage_store(store).record("segmentation", f"{info.label}/k{k}", str(final), chash.hexdigest(),
                                           params=params, metrics={"n_images": n}, producer=producer,
-                                          inputs=info["inputs"])
+                                          inputs=list(info.inputs))
         publish_dir(tmp, final)  # visible only now, after its lineage record
     return {"segmentation_id": art.id, "dir": str(final), "labels": str(final / "labels.zarr"), "overlay": mont,
             "n_images": n, "k": int(k), "source": source}
 
-
-def read_palette_json(store: Store, palette_id: str) -> dict:
-    return read_json(palette_path(store, palette_id) / "palette.json")

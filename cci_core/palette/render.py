@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from cci_core.palette.palette import Palette, features, nearest
+from cci_core.palette.colorspace import features
+from cci_core.palette.palette import Palette
+from cci_core.palette.pixel_kmeans import nearest
 
 MODES = ("nearest", "hungarian", "lightness")
 MATCHINGS = ("hungarian", "lightness")

@@ -3,7 +3,7 @@
 Features: the gray intensity (1-channel) or Lab / RGB colour, standardised per feature by
 default, plus an optional (x, y) position scaled by ``position_weight`` (0: colour only,
 larger: more compact regions). Without position the k-means runs exactly on the distinct
-colours weighted by their counts (:func:`cci_core.palette.palette.weighted_kmeans`).
+colours weighted by their counts (:func:`cci_core.palette.pixel_kmeans.weighted_kmeans`).
 
 Labels come out ordered dark to light (label 0 is the darkest segment), as uint8.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cci_core.palette.palette import check_space, features, lab_of_colors, weighted_kmeans
+from cci_core.palette.colorspace import check_space, features, lab_of_colors
+from cci_core.palette.pixel_kmeans import weighted_kmeans
 
 # qualitative colours for the overlay (Tableau 10, then 10 lighter ones)
 OVERLAY_COLORS = np.array([
@@ -107,11 +108,3 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     edge[1:, :] |= lab[1:, :] != lab[:-1, :]
     out[edge] *= 0.3
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def label_image(labels: np.ndarray) -> np.ndarray:
-    """Labels spread over 0..255 so that a label PNG is visible (the uint8 map keeps raw labels)."""
-    lab = np.asarray(labels)
-    top = max(1, int(lab.max()))
-    return np.rint(lab.astype(np.float64) * (255.0 / top)).astype(np.uint8)
-

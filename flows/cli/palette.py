@@ -27,16 +27,16 @@ def palette(
 
     Example: cci palette fmnist --colors 8
     """
-    from cci_core.palette import palette_run as pr
     from cci_core.palette.palette import METHODS, check_k
+    from cci_core.palette.sources import resolve_source
     from cci_core.store.store import Store
     # an image file may start a new store; a corpus, run or dataset must be in an existing one
     store_obj = Store(store) if Path(source).is_file() else read_store(store)
     run_guarded(check_k, colors)
     if method not in METHODS:
         fail(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    info = run_guarded(pr.resolve_source, store_obj, source)
-    from cci_core.palette.palette import check_space
+    info = run_guarded(resolve_source, store_obj, source)
+    from cci_core.palette.colorspace import check_space
     run_guarded(check_space, space, info["shape"][-1])
     from flows.palette import palette_flow  # after the checks: importing the flow (Prefect) takes seconds
     res = run_flow(palette_flow, dask_address, workers,
@@ -108,6 +108,7 @@ def segment(
     """
     from cci_core.palette import palette_run as pr
     from cci_core.palette.segment import check_k
+    from cci_core.palette.sources import resolve_source
     run_guarded(check_k, k)
     if Path(image).is_file():
         res = run_guarded(pr.segment_file, image, k, out_dir=out_dir, space=space,
@@ -119,10 +120,10 @@ def segment(
         out.print(f"Segmented {image} into {res['k']} segments (sizes {res['sizes']})\n"
                   f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
         return
-    from cci_core.palette.palette import check_space
+    from cci_core.palette.colorspace import check_space
     from flows.palette import segment_flow
     store_obj = read_store(store)
-    info = run_guarded(pr.resolve_source, store_obj, image)
+    info = run_guarded(resolve_source, store_obj, image)
     run_guarded(check_space, space, info["shape"][-1])
     res = run_flow(segment_flow, dask_address, workers,
                    image, k, store_root=str(store_obj.root), space=space,
