@@ -7,6 +7,8 @@ from prefect.assets import materialize
 
 from cci_core.cluster import cluster_run
 from cci_core.features import feature_spaces as fs
+from cci_core.features.probes import evaluate_space
+from cci_core.features.report import write_report
 from cci_core.generate import selfcond as sc
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
@@ -53,13 +55,13 @@ def extract_space_task(plan: dict, space: dict) -> dict:
 
 @task(name="evaluate-feature-space", task_run_name="evaluate {ext[space]}")
 def evaluate_space_task(plan: dict, ext: dict) -> dict:
-    return fs.evaluate_space(Store(plan["store"]), plan, ext)
+    return evaluate_space(Store(plan["store"]), plan, ext)
 
 
 @materialize("cci://report/pending", name="write-features-report", task_run_name="report {plan[run_id]}")
 def write_features_report_task(plan: dict, results: list[dict]) -> dict:
     store = Store(plan["store"])
-    summary = fs.write_report(store, plan, results, producer=producer())
+    summary = write_report(store, plan, results, producer=producer())
     annotate_asset(features_report_asset(plan["run_id"]),
                    LineageStore(store.lineage_url).get(summary["report_artifact_id"]))
     return summary

@@ -10,6 +10,7 @@ import zarr
 
 from cci_core.cluster import cluster_run as cr
 from cci_core.features import feature_spaces as fs
+from cci_core.features.probes import run_probes
 from cci_core.generate.settings import TrainParams
 from cci_core.generate.training_run import train_local
 from cci_core.ingest.ingest import ingest_local
@@ -72,7 +73,7 @@ def test_probe_accuracy_on_raw_pixels_equals_sklearn(store):
     X = c.read_images(slice(0, c.n_rows)).reshape(c.n_rows, -1).astype(np.float32) / np.float32(255.0)
     y = np.asarray(c.labels(), dtype=object)
     params = fs.FeatureParams(fractions=[0.1, 1.0], **FAST)
-    got = fs.run_probes(X, y, params)
+    got = run_probes(X, y, params)
     codes = pd.factorize(y)[0]
     rng = np.random.default_rng(0).permutation(c.n_rows)
     n_test = round(0.2 * c.n_rows)
