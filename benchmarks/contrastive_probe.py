@@ -30,7 +30,7 @@ from cci_core.common.torch_data import CorpusImages
 from cci_core.ingest.idx import read_idx
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.contrastive import pretrain_contrastive
-from cci_core.refine.refine import embed_corpus
+from cci_core.refine.rounds import embed_corpus
 from cci_core.refine.scan import mine_neighbours, neighbour_purity, self_label_round, train_scan, train_scan_heads
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -129,7 +129,7 @@ def main() -> None:
     stage("ingest", ingest_local, store, str(DATA), "fmnist")
     stage("cluster_pca50_kmeans10", cr.run_local, store, "fmnist", cr.ClusterParams(k=10, n_components=50), run_id="fm")
     if args.refine_steps:
-        from cci_core.refine.refine import RefineConfig
+        from cci_core.refine.config import RefineConfig
         from cci_core.refine.refine_run import refine_local
         stage("refine", refine_local, store, "fm",
               RefineConfig(rounds=1, steps=args.refine_steps, warmup_steps=args.refine_steps, ae_epochs=1.0),

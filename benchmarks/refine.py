@@ -28,7 +28,8 @@ from cci_core.cluster.manifold import umap_embed
 from cci_core.cluster.pca import PCA
 from cci_core.common.device import pick_device
 from cci_core.ingest.idx import read_idx
-from cci_core.refine.refine import RefineConfig, refine
+from cci_core.refine.config import RefineConfig
+from cci_core.refine.refine import refine
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RESULT = Path(__file__).parent / "results" / "refine.json"

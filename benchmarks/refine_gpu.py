@@ -18,7 +18,8 @@ from cci_core.cluster.cluster_metrics import cluster_acc
 from cci_core.cluster.clusterers import fit_clusterer
 from cci_core.cluster.pca import PCA
 from cci_core.ingest.idx import read_idx
-from cci_core.refine.refine import RefineConfig, refine
+from cci_core.refine.config import RefineConfig
+from cci_core.refine.refine import refine
 
 D = Path(".data/fashion-mnist")
 X = np.concatenate([read_idx(D / "train-images-idx3-ubyte.gz"), read_idx(D / "t10k-images-idx3-ubyte.gz")])[..., None]

@@ -57,20 +57,11 @@ from cci_core.store.store import (
     Store,
     atomic_write_json,
     atomic_write_parquet,
+    hash_files,
     process_identity,
     utc_now,
     validate_name,
 )
-
-
-def hash_files(paths) -> str:
-    """sha256 over the bytes of the given files, in order."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def check_request(store: Store, corpus: str, params: ClusterParams, version: int | None = None,

@@ -39,13 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core.cluster import cluster_run
 from cci_core.features.probes import evaluate_space
 from cci_core.features.records import SPACES, FeatureParams, FeaturePlan, FeatureSpace
 from cci_core.features.report import write_report
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, read_json
+from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
 
 
 def params_fields() -> set[str]:
@@ -302,7 +301,7 @@ def train_corpus_vae(store: Store, run_id: str, steps: int = 2000, width: int = 
     gen = Path(res["generator"])
     files = [gen, gen.with_suffix(".json")]
     art = runs.lineage_store(store).record(
-        "model", f"{run_id}/models/vae-corpus", str(out_dir), cluster_run.hash_files(files),
+        "model", f"{run_id}/models/vae-corpus", str(out_dir), hash_files(files),
         size=sum(f.stat().st_size for f in files),
         params={"run_id": run_id, "model": "vae", "job": "vae-corpus", "model_config": asdict(cfg),
                 "steps": steps, "batch_size": batch_size, "seed": seed},

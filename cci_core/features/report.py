@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cci_core.cluster import cluster_run
 from cci_core.features.probes import PROBES, pct
 from cci_core.features.records import FeaturePlan
 from cci_core.store import runs
-from cci_core.store.store import Store, atomic_write_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, hash_files, utc_now
 
 
 def table_rows(results: list[dict], fractions) -> list[dict]:
@@ -105,7 +104,7 @@ def write_report(store: Store, plan: FeaturePlan | dict, results: list[dict], pr
     metrics = {f"{r['space']}_{m}": r[m] for r in results for m in ("acc", "nmi", "ari", "silhouette")
                if isinstance(r[m], (int, float))}
     art = runs.lineage_store(store).record(
-        "report", f"{plan.run_id}/features", str(path), cluster_run.hash_files([path]), size=path.stat().st_size,
+        "report", f"{plan.run_id}/features", str(path), hash_files([path]), size=path.stat().st_size,
         params={"run_id": plan.run_id, **params, "spaces": order}, metrics=metrics, producer=producer,
         inputs=list(dict.fromkeys(inputs)))
     runs.update_run(store, plan.run_id, features={"report": str(path), "report_artifact_id": art.id,

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cci_core.cluster.cluster_run import hash_files
 from cci_core.cluster.labels import read_labels
 from cci_core.generate.records import EvaluationPlan, as_plan
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import lineage_store
-from cci_core.store.store import Store, atomic_write_json
+from cci_core.store.store import Store, atomic_write_json, hash_files
 
 
 def sample_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:

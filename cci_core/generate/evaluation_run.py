@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cci_core.cluster.cluster_run import hash_files
 from cci_core.generate.eval_references import batched, prepare_references, space_fns
 from cci_core.generate.records import ClusterSize, EvalGroup, EvaluationPlan, GroupModel, SkippedCluster, as_plan
 from cci_core.generate.settings import EvalParams
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
-from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
 
 HEADLINE = ("fid", "kid", "precision", "recall", "density", "coverage", "fidelity", "is")
 GROUP_ORDER = ("per_cluster", "conditional", "baseline")

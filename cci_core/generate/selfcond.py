@@ -55,7 +55,7 @@ from cci_core.generate.settings import gan_config
 from cci_core.generate.training_run import record_model, write_training_report
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, read_json
+from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
 
 INITS = ("discriminator", "parent")
 
@@ -344,7 +344,7 @@ def _publish(store: Store, plan: SelfCondPlan, corpus, labels, centres, X, y_cod
     headline = {m: report.get(m) for m in ("inertia", "silhouette", "acc", "nmi", "ari", "purity")
                 if isinstance(report.get(m), (int, float))}
     clustering = runs.lineage_store(store).record(
-        "clustering", f"{plan.run_id}/clustering", str(cdir), cluster_run.hash_files([lab_path, cdir / "centres.npy"]),
+        "clustering", f"{plan.run_id}/clustering", str(cdir), hash_files([lab_path, cdir / "centres.npy"]),
         size=lab_path.stat().st_size, params={**asdict(p), "k": k, "parent_run": plan.parent_run},
         metrics={"n_clusters": k, **headline}, producer=producer,
         inputs=[(model_art.id, "model"), (plan.parent_clustering_artifact_id, "initial_clustering"),

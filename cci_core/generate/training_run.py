@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cci_core.cluster.cluster_run import hash_files, partition_rows
+from cci_core.cluster.cluster_run import partition_rows
 from cci_core.common.shapes import MODEL_SIZES
 from cci_core.generate.model_dir import last_sample, latest_checkpoint_info
 from cci_core.generate.records import (
@@ -49,7 +49,7 @@ from cci_core.generate.records import (
 from cci_core.generate.settings import TrainParams
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
-from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
 
 
 def _job(job) -> TrainJob:

@@ -17,7 +17,7 @@ def assign_classifier(model: CNN, images, n_rows: int | None = None,
 
     Parameters
     ----------
-    model : a trained CNN (e.g. from ``refine.load_classifier``), on its device
+    model : a trained CNN (e.g. from ``refine.classifier.load_classifier``), on its device
     images : zarr.Array or ndarray (N, H, W, C) uint8 matching the model's input shape
     n_rows : rows to label (None = all)
 

@@ -50,10 +50,6 @@ from cci_core.common.device import pick_device
 from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages
 from cci_core.refine.classifier import last_done_round, round_dir, save_round, write_artifacts
-
-# load_classifier lives in refine.classifier; re-exported only for callers not yet moved over
-# (predict.predict, generate.eval_references): remove once they import it from there.
-from cci_core.refine.classifier import load_classifier as load_classifier
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.config import RefineConfig
 from cci_core.refine.rounds import (

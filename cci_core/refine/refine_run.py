@@ -37,7 +37,7 @@ from cci_core.refine.records import RefinePlan
 from cci_core.refine.refine import refine
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json
+from cci_core.store.store import Store, atomic_write_json, hash_files
 
 
 def config_from_options(options: dict | None) -> RefineConfig:
@@ -127,12 +127,12 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
 
     lin = runs.lineage_store(store)
     files = [cdir / "classifier.safetensors", cdir / "classifier.json"]
-    clf = lin.record("classifier", f"{plan.run_id}/classifier", str(cdir), cluster_run.hash_files(files),
+    clf = lin.record("classifier", f"{plan.run_id}/classifier", str(cdir), hash_files(files),
                      size=sum(f.stat().st_size for f in files), params=plan.params, metrics=headline,
                      producer=producer, inputs=[(plan.parent_clustering_artifact_id, "initial_clustering"),
                                                 (plan.corpus_artifact_id, "corpus")])
     clustering = lin.record(
-        "clustering", f"{plan.run_id}/clustering", str(rdir / "clustering"), cluster_run.hash_files([lab_path]),
+        "clustering", f"{plan.run_id}/clustering", str(rdir / "clustering"), hash_files([lab_path]),
         size=lab_path.stat().st_size, params={**plan.params, "parent_run": plan.parent_run},
         metrics={"n_clusters": k, "chosen_round": result.chosen_round, **headline}, producer=producer,
         inputs=[(clf.id, "classifier"), (plan.parent_clustering_artifact_id, "initial_clustering"),

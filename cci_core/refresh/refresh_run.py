@@ -28,7 +28,7 @@ from cci_core.predict.predict import load_predictor
 from cci_core.refresh.records import RefreshPlan
 from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, read_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
 
 
 def assign_new(store: Store, run_id: str, version: int | None = None, retrain_threshold: float = 0.1,
@@ -93,7 +93,7 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     if parent.get("classifier_artifact_id"):
         inputs.append((parent["classifier_artifact_id"], "classifier"))
     art = lin.record("clustering", f"{new_id}/clustering", str(rdir / "clustering"),
-                     cluster_run.hash_files([lab_path]), size=lab_path.stat().st_size,
+                     hash_files([lab_path]), size=lab_path.stat().st_size,
                      params={"refreshed_from": run_id, "corpus_version": c.version, "method": predict.method},
                      metrics={"n_new": drift["n_new"], "low_confidence": drift["low_confidence"],
                               "size_shift": shift}, producer=producer, inputs=inputs)
