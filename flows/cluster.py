@@ -1,16 +1,16 @@
 """The cluster flow: PCA on Dask, choose k, cluster, report, partitions, pictures."""
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from cci_core.cluster.cluster_run import ClusterParams
 from cci_core.store.store import Store
 from flows import naming
-from flows.common import artifact_key, checked_options, fig, file_link, png_markdown
+from flows.common import artifact_key, fig, file_link, png_markdown
+from flows.settings import ClusterSettings
 from tasks.cluster import (
     choose_k_task,
     cluster_task,
@@ -28,20 +28,13 @@ METRIC_KEYS = ("n_clusters", "n_noise", "inertia", "silhouette", "silhouette_sam
 
 
 @flow(name="cci-cluster", log_prints=True, flow_run_name=naming.cluster_name)
-def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, algorithm: str = "kmeans",
-                 embedding: str = "pca", n_components: int | float = 50, whiten: bool = False, seed: int = 0,
-                 version: int | None = None, run_id: str | None = None, options: dict | None = None) -> dict:
-    """Cluster CORPUS into k groups (or choose k in a range); write everything to a new run.
-
-    ``options`` holds the other :class:`cci_core.cluster.cluster_run.ClusterParams` fields
-    (solver, umap_dim, sample_size, eps, ...).
-    """
+def cluster_flow(settings: ClusterSettings) -> dict:
+    """Cluster the corpus into k groups (or choose k in a range); write everything to a new run."""
     log = get_run_logger()
-    options = checked_options("clustering", options, {f.name for f in fields(ClusterParams)})
-    params = asdict(ClusterParams(k=k, algorithm=algorithm, embedding=embedding, n_components=n_components,
-                                  whiten=whiten, seed=seed, **options))
-    store_root = str(Store(store_root).ensure().root)
-    plan = start_run_task(store_root, corpus, params, version=version, run_id=run_id)
+    corpus, p = settings.corpus, settings.params
+    algorithm, embedding = p.algorithm, p.embedding
+    store_root = str(Store(settings.store_root).ensure().root)
+    plan = start_run_task(store_root, corpus, asdict(p), version=settings.version, run_id=settings.run_id)
     run_id = plan["run_id"]
     log.info("Run %s: corpus %s v%d, %d images %s, %s on %s", run_id, corpus, plan["corpus_version"],
              plan["n_rows"], "x".join(map(str, plan["shape"])), algorithm, embedding)
@@ -55,13 +48,13 @@ def cluster_flow(corpus: str, store_root: str | None = None, k: int | str = 10, 
     log.info("PCA: %d components explain %.1f%% of the variance", emb["n_components"],
              100 * emb["explained_variance"])
     choice = None
-    if ClusterParams(**params).ks() is not None:
+    if p.ks() is not None:
         choice = choose_k_task.submit(plan, emb).result()
         log.info("Chose k=%d by %s (elbow says %d, silhouette says %d)", choice["k"], choice["criterion"],
                  choice["elbow_k"], choice["silhouette_k"])
         create_table_artifact(key=artifact_key("choose-k", corpus), table=choice["scores"],
                               description=f"k candidates for run {run_id}: chose {choice['k']}")
-    k_used = choice["k"] if choice else ClusterParams(**params).fixed_k()
+    k_used = choice["k"] if choice else p.fixed_k()
     update_progress_artifact(progress, 50.0, description=f"cluster {corpus}: run {run_id}, k={k_used}")
 
     # the corpus upstream: the clustering's asset event names what it was made from

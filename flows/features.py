@@ -7,12 +7,11 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cci_core.features import feature_spaces as fs
-from cci_core.generate import selfcond as sc
 from cci_core.store.store import Store
 from flows import naming
-from flows.common import artifact_key, checked_options, png_markdown
+from flows.common import artifact_key, png_markdown
 from flows.runtime import gpu_annotation
+from flows.settings import FeaturesSettings, SelfCondSettings
 from tasks.common import asset_for
 from tasks.features import (
     embeddings_asset,
@@ -31,18 +30,15 @@ from tasks.features import (
 
 
 @flow(name="cci-features", log_prints=True, flow_run_name=naming.features_name)
-def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] | None = None,
-                  vae_steps: int | None = None, options: dict | None = None) -> dict:
-    """Compare every feature space of RUN: k-means ACC/NMI/ARI + sampled silhouette, and linear /
+def features_flow(settings: FeaturesSettings) -> dict:
+    """Compare every feature space of the run: k-means ACC/NMI/ARI + sampled silhouette, and linear /
     k-NN / random-forest probes on 1/10/100 % of the labels when the corpus has labels.
 
-    ``vae_steps`` first trains one VAE on the whole corpus (the ``vae`` space);
-    ``options`` are the other :class:`cci_core.features.feature_spaces.FeatureParams` fields.
+    ``vae_steps`` first trains one VAE on the whole corpus (the ``vae`` space).
     """
     log = get_run_logger()
-    params = fs.FeatureParams(spaces=spaces, **checked_options("features", options, fs.params_fields() - {"spaces"}))
-    params.validate()
-    store_root = str(Store(store_root).root)
+    run_id, params, vae_steps = settings.run_id, settings.params, settings.vae_steps
+    store_root = str(Store(settings.store_root).root)
     if vae_steps:
         with gpu_annotation():
             vae = train_corpus_vae_task.submit(store_root, run_id, vae_steps, params.seed, params.device).result()
@@ -84,15 +80,14 @@ def features_flow(run_id: str, store_root: str | None = None, spaces: list[str] 
 
 
 @flow(name="cci-self-condition", log_prints=True, flow_run_name=naming.selfcond_name)
-def selfcond_flow(run_id: str, store_root: str | None = None, new_run_id: str | None = None,
-                  options: dict | None = None) -> dict:
-    """Train a self-conditioned GAN from RUN (conditions: k-means of its discriminator's
+def selfcond_flow(settings: SelfCondSettings) -> dict:
+    """Train a self-conditioned GAN from the run (conditions: k-means of its discriminator's
     features, re-found every ``recluster_every`` steps) and publish its final clustering as
-    a new run (default RUN-selfcond); ``options`` are SelfCondParams fields."""
+    a new run (default RUN-selfcond)."""
     log = get_run_logger()
-    params = sc.SelfCondParams(**checked_options("self-conditioned", options, sc.params_fields()))
-    store_root = str(Store(store_root).root)
-    plan = start_selfcond_task(store_root, run_id, asdict(params), new_run_id)
+    run_id, params = settings.run_id, settings.params
+    store_root = str(Store(settings.store_root).root)
+    plan = start_selfcond_task(store_root, run_id, asdict(params), settings.new_run_id)
     log.info("Self-conditioned GAN from run %s into run %s: k=%d, %d steps, re-clustering every %d",
              run_id, plan["run_id"], plan["k"], params.steps, params.recluster_every)
     with gpu_annotation() as on_gpu:

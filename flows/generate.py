@@ -8,19 +8,21 @@ from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, fig, file_link, png_markdown
 from flows.runtime import gpu_annotation
+from flows.settings import GenerateSettings
 from tasks.common import asset_for
 from tasks.generate import generate_task, sample_grid_task
 
 
 @flow(name="cci-generate", log_prints=True, flow_run_name=naming.generate_name)
-def generate_flow(run_id: str, dataset: str, store_root: str | None = None, per_cluster: int = 100,
-                  threshold: float = 0.5, seed: int = 0, models: str | None = None) -> dict:
-    """Publish PER_CLUSTER generated images for every cluster of RUN as a new version of DATASET."""
-    store = Store(store_root)
+def generate_flow(settings: GenerateSettings) -> dict:
+    """Publish ``per_cluster`` generated images for every cluster of the run as a new version of the dataset."""
+    s = settings
+    run_id, dataset = s.run_id, s.dataset
+    store = Store(s.store_root)
     with gpu_annotation():
         out = generate_task.with_options(assets=[asset_for("dataset", dataset)],
                                          asset_deps=[asset_for("clustering", run_id)]).submit(
-            str(store.root), run_id, dataset, per_cluster, threshold, seed, models).result()
+            str(store.root), run_id, dataset, s.per_cluster, s.threshold, s.seed, s.models).result()
     get_run_logger().info("Published %s v%d: %d images, %d accepted", dataset, out["version"], out["n_images"],
                           out["accepted"])
     grid = sample_grid_task.submit(str(store.root), out).result()

@@ -7,10 +7,10 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
 from cci_core.ingest import ingest
-from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, file_link
+from flows.settings import IngestSettings
 from tasks.common import asset_for
 from tasks.ingest import (
     commit_task,
@@ -23,19 +23,12 @@ from tasks.ingest import (
 
 
 @flow(name="cci-ingest", log_prints=True, flow_run_name=naming.ingest_name)
-def ingest_flow(source: str, corpus: str, store_root: str | None = None, size: tuple[int, int] | None = None,
-                channels: int | None = None, fit: str = "stretch", label_from_folder: bool = False,
-                batch_size: int | None = None, value_range: str = "auto", clip: bool = False,
-                max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                follow_symlinks: bool = False) -> dict:
-    """Ingest SOURCE into CORPUS: a new corpus version with only the images not stored yet."""
+def ingest_flow(settings: IngestSettings) -> dict:
+    """Ingest the source into the corpus: a new corpus version with only the images not stored yet."""
     log = get_run_logger()
-    store_root = str(Store(store_root).ensure().root)
-    plan = plan_ingest_task(store_root, source, corpus, size=tuple(size) if size else None,
-                            channels=channels, fit=fit, label_from_folder=label_from_folder,
-                            batch_size=batch_size, value_range=value_range, clip=clip,
-                            max_file_bytes=max_file_bytes, max_image_pixels=max_image_pixels,
-                            follow_symlinks=follow_symlinks)
+    corpus = settings.corpus
+    store_root = str(Store(settings.store_root).ensure().root)
+    plan = plan_ingest_task(store_root, settings.source, corpus, **settings.options())
     batches = plan.pop("batches")
     log.info("Source %s (%s, %d items) -> corpus %s v%d: %d batches, shape %s",
              plan["source"], plan["source_kind"], plan["source_count"], corpus, plan["version"],

@@ -1,7 +1,8 @@
 """What a flow run is called and tagged with, read from its inputs.
 
 Flow run names are callables for ``@flow(flow_run_name=...)`` (Prefect calls them in the
-run with :data:`prefect.runtime.flow_run.parameters`). Tags have to exist when the run is
+run with :data:`prefect.runtime.flow_run.parameters`: a stage flow's one ``settings`` object
+(:mod:`flows.settings`), or its JSON dict). Tags have to exist when the run is
 created, so whoever starts a flow enters :func:`run_tags` first (``with prefect.tags(...)``):
 the CLI for its top-level run, the pipeline and the refresh for their subflows.
 Every CCI run carries the tag :data:`RUN_TAG`; the crash automation
@@ -17,9 +18,15 @@ from pathlib import Path
 RUN_TAG = "cci"
 
 
+def _settings(parameters: dict) -> dict:
+    """A stage flow's ``settings`` (object or JSON dict) as a dict; other flows' parameters as they are."""
+    from flows.settings import as_dict
+    return as_dict(parameters["settings"]) if "settings" in parameters else dict(parameters)
+
+
 def _params() -> dict:
     from prefect.runtime import flow_run
-    return dict(flow_run.parameters or {})
+    return _settings(dict(flow_run.parameters or {}))
 
 
 def _short(source: str) -> str:
@@ -39,11 +46,12 @@ def _name(fn: Callable[[dict], str]) -> Callable[[], str]:
 
 
 ingest_name = _name(lambda p: f"ingest {p['corpus']} from {_short(str(p['source']))}")
-cluster_name = _name(lambda p: f"cluster {p['corpus']} k={p.get('k', 10)}"
-                     + ("" if p.get("algorithm", "kmeans") == "kmeans" else f" {p['algorithm']}")
-                     + ("" if p.get("embedding", "pca") == "pca" else f" on {p['embedding']}"))
+cluster_name = _name(lambda p: f"cluster {p['corpus']} k={p['params'].get('k', 10)}"
+                     + ("" if p["params"].get("algorithm", "kmeans") == "kmeans" else f" {p['params']['algorithm']}")
+                     + ("" if p["params"].get("embedding", "pca") == "pca" else f" on {p['params']['embedding']}"))
 refine_name = _name(lambda p: f"refine {p['run_id']}")
-train_name = _name(lambda p: f"train {p['run_id']} ({p.get('model', 'gan')}, {p.get('steps', 2000)} steps)")
+train_name = _name(lambda p: f"train {p['run_id']} ({p['params'].get('model', 'gan')}, "
+                   f"{p['params'].get('steps', 2000)} steps)")
 evaluate_name = _name(lambda p: f"evaluate {p['run_id']}")
 generate_name = _name(lambda p: f"generate {p['dataset']} from {p['run_id']}")
 features_name = _name(lambda p: f"features {p['run_id']}")
@@ -84,6 +92,7 @@ def flow_tags(flow, *args, **kwargs) -> list[str]:
         bound = inspect.signature(flow.fn).bind_partial(*args, **kwargs).arguments
     except TypeError:
         bound = dict(kwargs)
+    bound = _settings(bound)
     stage = STAGES.get(flow.name, flow.name.removeprefix("cci-"))
     run_id = bound.get("run_id") if isinstance(bound.get("run_id"), str) else None
     corpus = bound.get("corpus") if isinstance(bound.get("corpus"), str) else None

@@ -14,6 +14,7 @@ from prefect.artifacts import (
 from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, png_markdown
+from flows.settings import PaletteSettings, SegmentSettings, StylizeSettings
 from tasks.palette import (
     check_stylize_task,
     dataset_asset,
@@ -31,14 +32,14 @@ def _color_table(colors: list[dict]) -> list[dict]:
 
 
 @flow(name="cci-palette", log_prints=True, flow_run_name=naming.palette_name)
-def palette_flow(source: str, colors: int = 8, store_root: str | None = None, space: str | None = None,
-                 method: str = "auto", seed: int = 0) -> dict:
-    """Learn a COLORS-colour palette from every pixel of SOURCE (corpus, RUN:CLUSTER, dataset:NAME, file)."""
+def palette_flow(settings: PaletteSettings) -> dict:
+    """Learn a ``colors``-colour palette from every pixel of the source (corpus, RUN:CLUSTER, dataset:NAME, file)."""
     log = get_run_logger()
-    store_root = str(Store(store_root).ensure().root)
+    source, colors, space = settings.source, settings.colors, settings.space
+    store_root = str(Store(settings.store_root).ensure().root)
     progress = create_progress_artifact(0.0, description=f"palette of {source}, {colors} colours")
     out = learn_palette_task.with_options(assets=[palette_asset(source, colors, space)]).submit(
-        store_root, source, colors, space=space, method=method, seed=seed).result()
+        store_root, source, colors, space=space, method=settings.method, seed=settings.seed).result()
     update_progress_artifact(progress, 100.0)
     for msg in out["messages"]:
         log.warning(msg)
@@ -56,16 +57,17 @@ def palette_flow(source: str, colors: int = 8, store_root: str | None = None, sp
 
 
 @flow(name="cci-stylize", log_prints=True, flow_run_name=naming.stylize_name)
-def stylize_flow(source: str, palette_id: str, dataset: str, store_root: str | None = None, mode: str = "nearest",
-                 dither: bool = False, seed: int = 0) -> dict:
-    """Render SOURCE in palette PALETTE_ID (nearest colour, or a one-to-one transfer) as a new
-    version of dataset DATASET."""
+def stylize_flow(settings: StylizeSettings) -> dict:
+    """Render the source in the palette (nearest colour, or a one-to-one transfer) as a new
+    version of the dataset."""
     log = get_run_logger()
-    store_root = str(Store(store_root).ensure().root)
+    source, palette_id, dataset = settings.source, settings.palette_id, settings.dataset
+    mode, dither = settings.mode, settings.dither
+    store_root = str(Store(settings.store_root).ensure().root)
     check_stylize_task(store_root, source, palette_id, dataset, mode)
     progress = create_progress_artifact(0.0, description=f"stylize {source} with {palette_id}")
     out = stylize_task.with_options(assets=[dataset_asset(dataset)]).submit(
-        store_root, source, palette_id, dataset, mode=mode, dither=dither, seed=seed).result()
+        store_root, source, palette_id, dataset, mode=mode, dither=dither, seed=settings.seed).result()
     update_progress_artifact(progress, 100.0)
     log.info("Dataset %s v%d: %d images in palette %s (%s%s) -> %s", dataset, out["version"], out["n_images"],
              out["palette_id"], mode, ", dithered" if dither else "", out["path"])
@@ -79,12 +81,13 @@ def stylize_flow(source: str, palette_id: str, dataset: str, store_root: str | N
 
 
 @flow(name="cci-segment", log_prints=True, flow_run_name=naming.segment_name)
-def segment_flow(source: str, k: int = 5, store_root: str | None = None, space: str | None = None,
-                 position_weight: float = 0.0, standardize: bool = True, seed: int = 0) -> dict:
-    """Per-image k-means segmentation of every image of SOURCE (label maps as Zarr)."""
-    store_root = str(Store(store_root).ensure().root)
-    out = segment_corpus_task.submit(store_root, source, k, space=space, position_weight=position_weight,
-                                     standardize=standardize, seed=seed).result()
+def segment_flow(settings: SegmentSettings) -> dict:
+    """Per-image k-means segmentation of every image of the source (label maps as Zarr)."""
+    s = settings
+    source, k = s.source, s.k
+    store_root = str(Store(s.store_root).ensure().root)
+    out = segment_corpus_task.submit(store_root, source, k, space=s.space, position_weight=s.position_weight,
+                                     standardize=s.standardize, seed=s.seed).result()
     create_markdown_artifact(key=artifact_key("segment", out["segmentation_id"]),
                              markdown=f"# Segmentation `{out['segmentation_id']}`\n\n`{out['labels']}`\n\n"
                                       + png_markdown(out["overlay"], "overlays"),

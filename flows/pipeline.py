@@ -10,25 +10,34 @@ or with nothing new, redoes only what is missing.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from cci_core.cluster.cluster_run import ClusterParams
+from cci_core.cluster.records import ClusterParams
+from cci_core.generate.settings import EvalParams, TrainParams, eval_params_fields, train_params_fields
+from cci_core.refine.refine_run import config_from_options
 from cci_core.store.corpus import open_corpus
 from cci_core.store.datasets import UnknownDatasetError, open_dataset
 from cci_core.store.runs import read_run
 from cci_core.store.store import Store
 from flows.cluster import cluster_flow
-from flows.common import artifact_key, fig, file_link, metrics_text, run_link
+from flows.common import artifact_key, checked_options, fig, file_link, metrics_text, run_link
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.naming import call_tagged
 from flows.refine import refine_flow
 from flows.runtime import on_flow_cluster
+from flows.settings import (
+    ClusterSettings,
+    EvaluateSettings,
+    GenerateSettings,
+    IngestSettings,
+    RefineSettings,
+    TrainSettings,
+)
 from flows.train import evaluate_flow, train_flow
 
 
@@ -137,14 +146,18 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                   min_size: int = 50, per_cluster: int = 64, dataset: str | None = None,
                   eval_samples: int = 200, eval_options: dict | None = None, train_options: dict | None = None,
                   seed: int = 0) -> dict:
-    """Run every stage on SOURCE; each stage is its own flow run (a subflow) in the Prefect UI."""
+    """Run every stage on SOURCE; each stage is its own flow run (a subflow) in the Prefect UI.
+
+    The parameters stay plain JSON values (a deployment's, given as ``--param k=4``); each stage's
+    settings (:mod:`flows.settings`) are built from them here, once, when the stage is reached.
+    """
     log = get_run_logger()
     store = Store(store_root).ensure()
     root = str(store.root)
     dataset = dataset or f"{corpus}-generated"
     stages = Stages(corpus)
 
-    ing = stages.run("ingest", ingest_flow, source, corpus, store_root=root, size=size, channels=channels)
+    ing = stages.run("ingest", ingest_flow, IngestSettings(source, corpus, store_root=root, size=size, channels=channels))
     c = open_corpus(store, corpus)
     params = ClusterParams(k=k, n_components=n_components, seed=seed)
     run_id = f"{corpus}-v{c.version}-{stage_id(c.artifact_id, asdict(params))}"
@@ -153,8 +166,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                  run_id, corpus, c.version)
         stages.skip("cluster", "reused")
     else:
-        stages.run("cluster", cluster_flow, corpus, store_root=root, k=k, n_components=n_components, seed=seed,
-                   version=c.version, run_id=run_id)
+        stages.run("cluster", cluster_flow, ClusterSettings(corpus, store_root=root, params=params, version=c.version,
+                                                            run_id=run_id))
 
     refine_opts = {"rounds": refine_rounds, "steps": refine_steps, "warmup_steps": refine_steps, "seed": seed,
                    "batch_size": 128, **(refine_options or {})}
@@ -163,13 +176,15 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
         log.info("Refined run %s already done: reusing it", refined)
         stages.skip("refine", "reused")
     else:
-        stages.run("refine", refine_flow, run_id, store_root=root, options=refine_opts, new_run_id=refined)
+        stages.run("refine", refine_flow, RefineSettings(run_id, store_root=root, config=config_from_options(refine_opts),
+                                                         new_run_id=refined))
 
     train_options = dict(train_options or {})
-    explicit = {k: train_options.pop(k) for k in list(train_options)
-                if k in inspect.signature(train_flow.fn).parameters}
-    training = stages.run("train", train_flow, refined, store_root=root, model=model, steps=train_steps,
-                          min_size=min_size, seed=seed, options=train_options, **explicit)
+    gpu_resource = train_options.pop("gpu_resource", None)
+    train_params = TrainParams(model=model, steps=train_steps, min_size=min_size, seed=seed,
+                               **checked_options("training", train_options, train_params_fields()))
+    training = stages.run("train", train_flow, TrainSettings(refined, store_root=root, params=train_params,
+                                                             gpu_resource=gpu_resource))
     gen_params = {"per_cluster": per_cluster, "seed": seed}
     reuse = _reusable_dataset(store, dataset, refined, gen_params, set(training["model_artifact_ids"].values()))
     if reuse is not None:
@@ -179,10 +194,10 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                      "accepted": int(reuse.manifest["accepted"].sum()), "reused": True}
         stages.skip("generate", "reused")
     else:
-        published = stages.run("generate", generate_flow, refined, dataset, store_root=root,
-                               per_cluster=per_cluster, seed=seed)
-    evaluation = stages.run("evaluate", evaluate_flow, refined, store_root=root, samples=eval_samples,
-                            options=eval_options)
+        published = stages.run("generate", generate_flow, GenerateSettings(refined, dataset, store_root=root,
+                                                                           per_cluster=per_cluster, seed=seed))
+    eval_params = EvalParams(samples=eval_samples, **checked_options("evaluation", eval_options, eval_params_fields()))
+    evaluation = stages.run("evaluate", evaluate_flow, EvaluateSettings(refined, store_root=root, params=eval_params))
 
     run = read_run(store, refined)
     summary = {"corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,

@@ -2,6 +2,7 @@
 clustering as a new run (partitions, per-round metrics, curves, montages)."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -11,6 +12,7 @@ from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, fig_row, file_link, metrics_text, png_markdown
 from flows.runtime import gpu_annotation
+from flows.settings import RefineSettings
 from tasks.cluster import finish_run_task
 from tasks.common import asset_for
 from tasks.refine import refine_pictures_task, refine_task, refined_partitions_task, start_refine_task
@@ -20,12 +22,12 @@ ROUND_KEYS = ("round", "acc", "nmi", "ari", "silhouette", "selection_score", "in
 
 
 @flow(name="cci-refine", log_prints=True, flow_run_name=naming.refine_name)
-def refine_flow(run_id: str, store_root: str | None = None, options: dict | None = None,
-                new_run_id: str | None = None) -> dict:
-    """Refine RUN's clustering with the CCI classifier; ``options`` are RefineConfig fields."""
+def refine_flow(settings: RefineSettings) -> dict:
+    """Refine the clustering of the settings' run with the CCI classifier into a new run."""
     log = get_run_logger()
-    store_root = str(Store(store_root).root)
-    plan = start_refine_task(store_root, run_id, options or {}, new_run_id)
+    run_id = settings.run_id
+    store_root = str(Store(settings.store_root).root)
+    plan = start_refine_task(store_root, run_id, asdict(settings.config), settings.new_run_id)
     log.info("Refining run %s (corpus %s v%d, %d images) into run %s", run_id, plan["corpus"],
              plan["corpus_version"], plan["n_rows"], plan["run_id"])
     assets = [asset_for("classifier", plan["run_id"]), asset_for("clustering", plan["run_id"])]

@@ -13,6 +13,7 @@ from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.naming import call_tagged
 from flows.runtime import on_flow_cluster
+from flows.settings import GenerateSettings, IngestSettings
 from tasks.refresh import assign_new_task, retrain_task
 
 
@@ -42,7 +43,8 @@ def refresh_flow(source: str, corpus: str, store_root: str | None = None, run_id
     root = str(store.root)
     run_id = run_id or latest_served_run(store, corpus)
     dataset = dataset or f"{corpus}-generated"
-    ing = call_tagged(on_flow_cluster(ingest_flow), source, corpus, store_root=root, size=size, channels=channels)
+    ing = call_tagged(on_flow_cluster(ingest_flow), IngestSettings(source, corpus, store_root=root, size=size,
+                                                                   channels=channels))
     version = open_corpus(store, corpus).version
     if not ing["changed"] or read_run(store, run_id)["n_rows"] >= open_corpus(store, corpus).n_rows:
         msg = (f"Nothing new in {source}: corpus {corpus} stays at v{version}, run {run_id} and dataset "
@@ -58,8 +60,8 @@ def refresh_flow(source: str, corpus: str, store_root: str | None = None, run_id
              drift["n_new"], drift["method"], 100 * drift["low_confidence"], low_confidence,
              100 * retrain_threshold, drift["changed_clusters"] or "none")
     training = retrain_task.submit(root, new_run, drift["changed_clusters"]).result()
-    published = call_tagged(on_flow_cluster(generate_flow), new_run, dataset, store_root=root,
-                            per_cluster=per_cluster, seed=seed)
+    published = call_tagged(on_flow_cluster(generate_flow), GenerateSettings(new_run, dataset, store_root=root,
+                                                                             per_cluster=per_cluster, seed=seed))
     create_table_artifact(
         key=artifact_key("refresh-drift", corpus),
         table=[{"cluster": int(c), "new images": drift["added"][c], "growth": round(drift["growth"][c], 4),

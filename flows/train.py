@@ -17,11 +17,11 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
 from cci_core.generate.evaluation_run import HEADLINE
-from cci_core.generate.settings import EvalParams, TrainParams, eval_params_fields, train_params_fields
 from cci_core.store.store import Store
 from flows import naming
-from flows.common import artifact_key, checked_options, fig, file_link, png_markdown
+from flows.common import artifact_key, fig, file_link, png_markdown
 from flows.runtime import gpu_annotation
+from flows.settings import EvaluateSettings, TrainSettings
 from tasks.cluster import partition_asset
 from tasks.common import asset_for
 from tasks.train import (
@@ -47,21 +47,12 @@ def _gpu_context(gpu_resource: bool | None, log):
 
 
 @flow(name="cci-train", log_prints=True, flow_run_name=naming.train_name)
-def train_flow(run_id: str, store_root: str | None = None, model: str = "gan", mode: str = "per-cluster",
-               steps: int = 2000, seconds: float | None = None, batch_size: int = 64, min_size: int = 100,
-               ema: bool = False, checkpoint_every: int = 500, seed: int = 0, baseline: bool = True,
-               gpu_resource: bool | None = None, options: dict | None = None) -> dict:
-    """Train one generator per cluster of RUN (or one conditional GAN), plus the baseline.
-
-    ``options`` holds the other :class:`cci_core.generate.settings.TrainParams` fields
-    (width, z_dim, lr, loss, ema_decay, device). ``gpu_resource``: None = ask for a Dask
-    ``GPU`` resource only when the workers advertise one.
-    """
+def train_flow(settings: TrainSettings) -> dict:
+    """Train one generator per cluster of the run (or one conditional GAN), plus the baseline."""
     log = get_run_logger()
-    params = TrainParams(model=model, mode=mode, steps=steps, seconds=seconds, batch_size=batch_size,
-                         min_size=min_size, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
-                         baseline=baseline, **checked_options("training", options, train_params_fields()))
-    store_root = str(Store(store_root).root)
+    run_id, params = settings.run_id, settings.params
+    model, mode, steps = params.model, params.mode, params.steps
+    store_root = str(Store(settings.store_root).root)
     plan = plan_training_task(store_root, run_id, asdict(params))
     jobs = plan["jobs"]
     for s in plan["skipped"]:
@@ -70,7 +61,7 @@ def train_flow(run_id: str, store_root: str | None = None, model: str = "gan", m
              mode, model, steps, plan["total_steps"])
     progress = create_progress_artifact(0.0, key=artifact_key("train-progress", run_id),
                                         description=f"train {run_id}: models done / total ({len(jobs)})")
-    with _gpu_context(gpu_resource, log):
+    with _gpu_context(settings.gpu_resource, log):
         cluster_jobs = [j for j in jobs if j["kind"] == "cluster"]
         futures = list(train_cluster_task.map(unmapped(plan), cluster_jobs)) if cluster_jobs else []
         futures += [train_cluster_task.with_options(name=f"train-{j['name']}").submit(plan, j)
@@ -107,16 +98,12 @@ def train_flow(run_id: str, store_root: str | None = None, model: str = "gan", m
 
 
 @flow(name="cci-evaluate", log_prints=True, flow_run_name=naming.evaluate_name)
-def evaluate_flow(run_id: str, store_root: str | None = None, samples: int = 500,
-                  options: dict | None = None) -> dict:
-    """Measure the generators of RUN against its real images, side by side with the baseline.
-
-    ``options`` holds the other :class:`cci_core.generate.settings.EvalParams` fields.
-    """
+def evaluate_flow(settings: EvaluateSettings) -> dict:
+    """Measure the generators of the run against its real images, side by side with the baseline."""
     log = get_run_logger()
-    params = EvalParams(samples=samples, **checked_options("evaluation", options, eval_params_fields()))
-    store_root = str(Store(store_root).root)
-    plan = plan_evaluation_task(store_root, run_id, asdict(params))
+    run_id = settings.run_id
+    store_root = str(Store(settings.store_root).root)
+    plan = plan_evaluation_task(store_root, run_id, asdict(settings.params))
     groups = plan["groups"]
     progress = create_progress_artifact(0.0, key=artifact_key("evaluate-progress", run_id),
                                         description=f"evaluate {run_id}: model groups measured / {len(groups)}")

@@ -48,6 +48,7 @@ def test_cli_ingest_on_separate_dask_processes(tmp_path, dask_scheduler, run_cci
 def test_flow_on_local_cluster(tmp_path, prefect_api):
     from flows.ingest import ingest_flow
     from flows.runtime import dask_task_runner
+    from flows.settings import IngestSettings
     flow = ingest_flow.with_options(task_runner=dask_task_runner(n_workers=2))
-    summary = flow("builtin:digits", "digits", store_root=str(tmp_path / "store"), batch_size=500)
+    summary = flow(IngestSettings("builtin:digits", "digits", store_root=str(tmp_path / "store"), batch_size=500))
     assert summary["changed"] and summary["n_rows"] == open_corpus(Store(tmp_path / "store"), "digits").n_rows

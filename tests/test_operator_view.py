@@ -40,9 +40,11 @@ def _flow_runs(api: str, name: str) -> list[dict]:
 
 
 def test_refine_is_named_tagged_and_shows_progress_while_running(store, dask_scheduler, prefect_api):
+    from cci_core.refine.refine_run import config_from_options
     from flows.naming import tagged
     from flows.refine import refine_flow
     from flows.runtime import dask_task_runner
+    from flows.settings import RefineSettings
 
     seen: list[tuple[float, str]] = []
     stop = threading.Event()
@@ -62,11 +64,11 @@ def test_refine_is_named_tagged_and_shows_progress_while_running(store, dask_sch
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     flow = refine_flow.with_options(task_runner=dask_task_runner(dask_scheduler))
-    args = ("run1",)
-    kwargs = {"store_root": str(store.root), "options": TINY, "new_run_id": "run1-ref"}
+    settings = RefineSettings("run1", store_root=str(store.root), config=config_from_options(TINY),
+                              new_run_id="run1-ref")
     try:
-        with tagged(flow, *args, **kwargs):
-            state = flow(*args, return_state=True, **kwargs)
+        with tagged(flow, settings):
+            state = flow(settings, return_state=True)
     finally:
         stop.set()
         watcher.join(timeout=30)
@@ -91,14 +93,17 @@ def test_refine_is_named_tagged_and_shows_progress_while_running(store, dask_sch
 
 
 def test_cluster_artifacts_are_readable(store, dask_scheduler, prefect_api):
+    from cci_core.cluster.records import ClusterParams
     from flows.cluster import cluster_flow
     from flows.naming import tagged
     from flows.runtime import dask_task_runner
+    from flows.settings import ClusterSettings
 
     flow = cluster_flow.with_options(task_runner=dask_task_runner(dask_scheduler))
-    kwargs = {"store_root": str(store.root), "k": 3, "n_components": 8, "run_id": "run-read"}
-    with tagged(flow, "d28", **kwargs):
-        state = flow("d28", return_state=True, **kwargs)
+    settings = ClusterSettings("d28", store_root=str(store.root), params=ClusterParams(k=3, n_components=8),
+                               run_id="run-read")
+    with tagged(flow, settings):
+        state = flow(settings, return_state=True)
     assert state.is_completed(), state
     fr = httpx.get(f"{prefect_api}/flow_runs/{state.state_details.flow_run_id}", timeout=30).json()
     assert fr["name"] == "cluster d28 k=3"

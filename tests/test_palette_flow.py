@@ -31,20 +31,21 @@ def test_palette_and_stylize_flows_publish_artifacts_and_lineage(store, prefect_
 
     from flows.palette import palette_flow, segment_flow, stylize_flow
     from flows.runtime import dask_task_runner
+    from flows.settings import PaletteSettings, SegmentSettings, StylizeSettings
     flow = palette_flow.with_options(task_runner=dask_task_runner(n_workers=1))
-    pal = flow("digits", 5, store_root=str(store.root))
+    pal = flow(PaletteSettings("digits", 5, store_root=str(store.root)))
     assert pal["k"] == 5 and pal["space"] == "gray" and pal["n_pixels"] == 1797 * 64
     lin = LineageStore(store.lineage_url)
     art = lin.get(pal["palette_id"])
     assert art.kind == "palette" and art.producer["flow_name"] == "cci-palette"
     assert art.producer["task_name"] == "learn-palette" and [r for _, r in art.inputs] == ["corpus"]
 
-    st = stylize_flow("digits", pal["palette_id"], "digits-posterised", store_root=str(store.root))
+    st = stylize_flow(StylizeSettings("digits", pal["palette_id"], "digits-posterised", store_root=str(store.root)))
     assert st["version"] == 1 and st["n_images"] == 1797
     assert zarr.open_array(str(Path(st["path"]) / "images.zarr"), mode="r").shape == (1797, 8, 8, 1)
     assert {r for _, r in lin.get(st["artifact_id"]).inputs} == {"palette", "corpus"}
 
-    seg = segment_flow("digits", 3, store_root=str(store.root))
+    seg = segment_flow(SegmentSettings("digits", 3, store_root=str(store.root)))
     labels = zarr.open_array(seg["labels"], mode="r")
     assert labels.shape == (1797, 8, 8) and labels.dtype == np.uint8 and labels[:].max() <= 2
 

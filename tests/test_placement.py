@@ -15,7 +15,9 @@ import pytest
 from distributed import Client, get_task_stream
 from distributed.utils import key_split
 
+from cci_core.cluster.records import ClusterParams
 from flows.runtime import dask_task_runner
+from flows.settings import ClusterSettings, PaletteSettings
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,8 @@ def assert_on_workers(placed: dict, workers: set, prefixes: tuple[str, ...]) -> 
 def test_cluster_flow_runs_pca_and_kmeans_on_the_workers(store, dask_scheduler, prefect_api):
     from flows.cluster import cluster_flow
     with scheduler_records(dask_scheduler) as (placed, workers):
-        out = cluster_flow.with_options(task_runner=dask_task_runner(dask_scheduler))(
-            "d28", store_root=str(store.root), k="9:10", n_components=20, seed=5, run_id="placed")
+        out = cluster_flow.with_options(task_runner=dask_task_runner(dask_scheduler))(ClusterSettings(
+            "d28", store_root=str(store.root), params=ClusterParams(k="9:10", n_components=20, seed=5), run_id="placed"))
     assert out["status"] == "complete" and out["n_clusters"] == out["k"]
     # the Prefect task runs (keys named after their functions) ...
     assert_on_workers(placed, workers, ("fit_embeddings_task", "choose_k_task", "cluster_task",
@@ -59,7 +61,7 @@ def test_palette_flow_runs_on_the_workers(store, dask_scheduler, prefect_api):
     from flows.palette import palette_flow
     with scheduler_records(dask_scheduler) as (placed, workers):
         pal = palette_flow.with_options(task_runner=dask_task_runner(dask_scheduler))(
-            "d28", 4, store_root=str(store.root))
+            PaletteSettings("d28", 4, store_root=str(store.root)))
     assert pal["k"] == 4 and pal["n_pixels"] == 1797 * 28 * 28
     assert_on_workers(placed, workers, ("learn_palette_task", "gray_hist"))
 
@@ -75,7 +77,7 @@ def test_subflows_run_on_the_parent_flows_cluster(store, dask_scheduler, prefect
     @flow
     def parent(colors: int, same_cluster: bool) -> dict:
         sub = on_flow_cluster(palette_flow) if same_cluster else palette_flow
-        return sub("d28", colors, store_root=str(store.root))
+        return sub(PaletteSettings("d28", colors, store_root=str(store.root)))
 
     for colors, same_cluster in ((3, False), (5, True)):
         with scheduler_records(dask_scheduler) as (placed, workers):
@@ -93,6 +95,6 @@ def test_nothing_listening_fails_and_nothing_runs(store, prefect_api):
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), pytest.raises(OSError):
-        cluster_flow.with_options(task_runner=dask_task_runner(address))(
-            "d28", store_root=str(store.root), k=10, n_components=20, run_id="nowhere")
+        cluster_flow.with_options(task_runner=dask_task_runner(address))(ClusterSettings(
+            "d28", store_root=str(store.root), params=ClusterParams(k=10, n_components=20), run_id="nowhere"))
     assert not (Path(store.run_dir("nowhere")) / "embeddings.zarr").exists()

@@ -81,11 +81,14 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
         from distributed import Client
         with Client(dask_scheduler, timeout=60) as client:
             client.wait_for_workers(3, timeout=90)
+        from cci_core.generate.settings import TrainParams
         from flows.runtime import dask_task_runner
+        from flows.settings import TrainSettings
         from flows.train import train_flow
+        params = TrainParams(steps=20, batch_size=16, checkpoint_every=10, min_size=sizes[small] + 1, width=8,
+                             z_dim=8, device="cpu")
         again = train_flow.with_options(task_runner=dask_task_runner(dask_scheduler))(
-            "flowrun", store_root=str(store.root), steps=20, batch_size=16, checkpoint_every=10,
-            min_size=sizes[small] + 1, options={"width": 8, "z_dim": 8, "device": "cpu"})
+            TrainSettings("flowrun", store_root=str(store.root), params=params))
     finally:
         gpu.terminate()
         gpu.wait(timeout=30)

@@ -63,12 +63,14 @@ def cluster(
     main = dict(k=k_value, algorithm=algorithm, embedding=embedding,
                 n_components=parse_number(components, "--components"), whiten=whiten, seed=seed)
     store_obj = read_store(store)
+    params = ClusterParams(**main, **options)
     # everything checkable is checked here, before a server or a cluster is started
-    run_guarded(check_request, store_obj, corpus, ClusterParams(**main, **options), version, run_id)
+    run_guarded(check_request, store_obj, corpus, params, version, run_id)
     from flows.cluster import cluster_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import ClusterSettings
     summary = run_flow(cluster_flow, dask_address, workers,
-                       corpus, store_root=str(store_obj.root), version=version, run_id=run_id,
-                       options=options, **main)
+                       ClusterSettings(corpus, store_root=str(store_obj.root), params=params, version=version,
+                                       run_id=run_id))
     if as_json:
         print_json(summary)
         return

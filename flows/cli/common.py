@@ -39,7 +39,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
     from flows.cli import output
     from flows.server import warm
     output.configure_logging()  # before the LocalCluster's workers inherit the environment
-    state = None if dask_address else warm(kwargs.get("store_root"))
+    store_root = kwargs.get("store_root", getattr(args[0], "store_root", None) if args else None)
+    state = None if dask_address else warm(store_root)
     if state:
         os.environ["PREFECT_API_URL"] = state["api_url"]
         dask_address = state["dask_address"]

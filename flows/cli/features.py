@@ -49,12 +49,13 @@ def features(
     params = fs.FeatureParams(spaces=list(space) or None, **options)
     if vae_steps is not None and vae_steps < 1:
         fail(f"--vae-steps {vae_steps} must be a positive integer")
+    run_guarded(params.validate)
     if not vae_steps or "vae" not in (params.spaces or []):
         run_guarded(fs.plan_features, store_obj, run_id, params)  # every check before a server starts
     from flows.features import features_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import FeaturesSettings
     summary = run_flow(features_flow, dask_address, workers or 1,
-                       run_id, store_root=str(store_obj.root), spaces=params.spaces,
-                       vae_steps=vae_steps, options=options)
+                       FeaturesSettings(run_id, store_root=str(store_obj.root), params=params, vae_steps=vae_steps))
     if as_json:
         print_json(summary)
         return
@@ -126,11 +127,12 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
     from flows.preflight import check_device
     run_guarded(check_device, options.get("device"))
     store_obj = read_store(store)
-    run_guarded(sc.check_selfcond, store_obj, run_id, sc.SelfCondParams(**options), new_run_id)
+    params = sc.SelfCondParams(**options)
+    run_guarded(sc.check_selfcond, store_obj, run_id, params, new_run_id)
     from flows.features import selfcond_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import SelfCondSettings
     summary = run_flow(selfcond_flow, dask_address, workers or 1,
-                       run_id, store_root=str(store_obj.root), new_run_id=new_run_id,
-                       options=options)
+                       SelfCondSettings(run_id, store_root=str(store_obj.root), params=params, new_run_id=new_run_id))
     if as_json:
         print_json(summary)
         return

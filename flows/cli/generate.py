@@ -28,9 +28,10 @@ def generate(
     store_obj = read_store(store)
     run_guarded(check_generate, store_obj, run_id, dataset, per_cluster, threshold, models)
     from flows.generate import generate_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import GenerateSettings
     out_ = run_flow(generate_flow, dask_address, workers or 1,
-                    run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
-                    threshold=threshold, seed=seed, models=models)
+                    GenerateSettings(run_id, dataset, store_root=str(store_obj.root), per_cluster=per_cluster,
+                                     threshold=threshold, seed=seed, models=models))
     if as_json:
         print_json(out_)
         return

@@ -50,7 +50,9 @@ def ingest(
                    max_image_pixels=max_image_pixels, follow_symlinks=follow_symlinks)
     # everything checkable is checked here, before a server or a cluster is started
     run_guarded(check_ingest_request, store_obj, source, corpus, **options)
-    summary = run_flow(ingest_flow, dask_address, workers, source, corpus, store_root=str(store_obj.root), **options)
+    from flows.settings import IngestSettings
+    summary = run_flow(ingest_flow, dask_address, workers,
+                       IngestSettings(source, corpus, store_root=str(store_obj.root), **options))
     if as_json:
         print_json(summary)
         return

@@ -39,9 +39,10 @@ def palette(
     from cci_core.palette.colorspace import check_space
     run_guarded(check_space, space, info["shape"][-1])
     from flows.palette import palette_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import PaletteSettings
     res = run_flow(palette_flow, dask_address, workers,
-                   source, colors, store_root=str(store_obj.root), space=space, method=method,
-                   seed=seed)
+                   PaletteSettings(source, colors, store_root=str(store_obj.root), space=space, method=method,
+                                   seed=seed))
     if as_json:
         print_json(res)
         return
@@ -75,9 +76,10 @@ def stylize(
     store_obj = read_store(store)
     run_guarded(pr.check_stylize, store_obj, source, palette_id, dataset, mode)
     from flows.palette import stylize_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import StylizeSettings
     res = run_flow(stylize_flow, dask_address, workers,
-                   source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
-                   dither=dither, seed=seed)
+                   StylizeSettings(source, palette_id, dataset, store_root=str(store_obj.root), mode=mode,
+                                   dither=dither, seed=seed))
     if as_json:
         print_json(res)
         return
@@ -125,9 +127,10 @@ def segment(
     store_obj = read_store(store)
     info = run_guarded(resolve_source, store_obj, image)
     run_guarded(check_space, space, info["shape"][-1])
+    from flows.settings import SegmentSettings
     res = run_flow(segment_flow, dask_address, workers,
-                   image, k, store_root=str(store_obj.root), space=space,
-                   position_weight=position_weight, standardize=standardize, seed=seed)
+                   SegmentSettings(image, k, store_root=str(store_obj.root), space=space,
+                                   position_weight=position_weight, standardize=standardize, seed=seed))
     if as_json:
         print_json(res)
         return

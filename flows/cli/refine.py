@@ -1,7 +1,6 @@
 """`cci refine`: the CCI classifier on a clustering run, published as a new run."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Optional
 
 import typer
@@ -40,10 +39,10 @@ def refine(
     store_obj = read_store(store)
     config = run_guarded(config_from_options, options)
     run_guarded(check_refine, store_obj, run_id, config, new_run_id)
-    options = {k: v for k, v in asdict(config).items()}
     from flows.refine import refine_flow  # after the checks: importing the flow (Prefect) takes seconds
+    from flows.settings import RefineSettings
     summary = run_flow(refine_flow, dask_address, workers or 1,
-                       run_id, store_root=str(store_obj.root), options=options, new_run_id=new_run_id)
+                       RefineSettings(run_id, store_root=str(store_obj.root), config=config, new_run_id=new_run_id))
     if as_json:
         print_json(summary)
         return

@@ -74,11 +74,12 @@ def train(
     options = dict(width=width, z_dim=z_dim, d_condition=d_condition, device=device, **seeking)
     store_obj = read_store(store)
     # everything checkable is checked here, before a server or a cluster is started
-    plan = run_guarded(plan_training, store_obj, run_id, TrainParams(**main, **options))
+    params = TrainParams(**main, **options)
+    plan = run_guarded(plan_training, store_obj, run_id, params)
+    from flows.settings import TrainSettings
     from flows.train import train_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(train_flow, dask_address, workers,
-                       run_id, store_root=str(store_obj.root), gpu_resource=gpu_resource,
-                       options=options, **main)
+                       TrainSettings(run_id, store_root=str(store_obj.root), params=params, gpu_resource=gpu_resource))
     if as_json:
         print_json(summary)
         return
@@ -119,10 +120,12 @@ def evaluate(
     run_guarded(check_device, device)
     options = dict(max_real=max_real, ref_steps=ref_steps, seed=seed, device=device)
     store_obj = read_store(store)
-    run_guarded(plan_evaluation, store_obj, run_id, EvalParams(samples=samples, **options))
+    params = EvalParams(samples=samples, **options)
+    run_guarded(plan_evaluation, store_obj, run_id, params)
+    from flows.settings import EvaluateSettings
     from flows.train import evaluate_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(evaluate_flow, dask_address, workers,
-                       run_id, store_root=str(store_obj.root), samples=samples, options=options)
+                       EvaluateSettings(run_id, store_root=str(store_obj.root), params=params))
     if as_json:
         print_json(summary)
         return
