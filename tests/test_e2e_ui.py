@@ -38,8 +38,7 @@ TINY = {"k": 4, "refine_rounds": 1, "refine_steps": 20,
         "train_steps": 10, "min_size": 20, "per_cluster": 8, "eval_samples": 40,
         "eval_options": {"ref_steps": 20, "max_real": 100, "kid_subset_size": 20, "kid_subsets": 5},
         "train_options": {"width": 8, "z_dim": 16}}
-# (train_flow takes batch_size / checkpoint_every / baseline as its own arguments, which the pipeline does not
-# pass through; putting them in train_options makes train_flow fail with "got multiple values")
+# (train_options are TrainParams fields: the pipeline builds the train stage's TrainSettings from them)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium "
