@@ -23,9 +23,14 @@ import zarr
 CCI = str(Path(sys.executable).parent / "cci")
 SMALL = ["--k", "4", "--refine-steps", "20", "--train-steps", "20", "--per-cluster", "8", "--workers", "2",
          "--seed", "3", "--refine-set", "ae_epochs=0", "--refine-set", "width=8",
-         "--refine-set", "recluster=kmeans"]
-# CPU only, as a user without a GPU: CUDA kernels are not bitwise repeatable (the card says so)
-ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "200"}
+         "--refine-set", "recluster=kmeans", "--eval-set", "samples=40", "--eval-set", "ref_steps=20",
+         "--eval-set", "max_real=100", "--eval-set", "kid_subsets=5", "--eval-set", "kid_subset_size=20"]
+
+
+def _env() -> dict:
+    """The environment of a user without a GPU (CUDA kernels are not bitwise repeatable: the card says so),
+    read when a test runs, so that the session's Prefect API (``prefect_api``) is in it."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "COLUMNS": "200"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def two_runs(tmp_path_factory, prefect_api):
     stores = {"human": root / "human", "json": root / "json"}
     procs = {name: subprocess.Popen([CCI, "run", "builtin:digits", "--store", str(s), *SMALL]
                                     + (["--json"] if name == "json" else []),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
              for name, s in stores.items()}
     outs = {name: p.communicate(timeout=1800) for name, p in procs.items()}
     for name, p in procs.items():
@@ -100,7 +105,7 @@ def test_features_of_the_clustering_run_list_the_cci_classifier(two_runs):
     res = subprocess.run([CCI, "features", parent, "--store", str(store.root), "--space", "pixels",
                           "--space", "classifier", "--fractions", "1", "--max-train", "300", "--max-test", "200",
                           "--forest-trees", "5", "--workers", "1", "--json"],
-                         capture_output=True, text=True, timeout=900, env=ENV)
+                         capture_output=True, text=True, timeout=900, env=_env())
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout[res.stdout.index("{"):])
     compared, skipped = _named(report, "spaces"), _named(report, "skipped")

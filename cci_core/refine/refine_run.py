@@ -19,7 +19,6 @@ Steps: :func:`start_refine` → :func:`refine_step` → :func:`cluster_run.write
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 from cci_core.cluster import cluster_run
 from cci_core.cluster.labels import read_labels, write_labels
 from cci_core.common.device import pick_device
+from cci_core.common.options import from_options
 from cci_core.common.shapes import MODEL_SIZES
 from cci_core.refine.classifier import load_classifier
 from cci_core.refine.config import RefineConfig
@@ -42,28 +42,7 @@ from cci_core.store.store import Store, atomic_write_json, hash_files
 
 def config_from_options(options: dict | None) -> RefineConfig:
     """A RefineConfig from ``{name: value}`` (values may be strings, as typed on a command line)."""
-    fields = {f.name: f for f in dataclasses.fields(RefineConfig)}
-    kwargs = {}
-    for name, value in (options or {}).items():
-        if name not in fields:
-            raise ValueError(f"unknown refine option {name!r}; known: {', '.join(sorted(fields))}")
-        default = fields[name].default
-        if isinstance(value, str) and not isinstance(default, str):
-            try:
-                if isinstance(default, bool):
-                    value = value.lower() in ("1", "true", "yes", "on")
-                elif isinstance(default, int):
-                    value = int(value)
-                elif isinstance(default, float):
-                    value = float(value)
-                elif isinstance(default, tuple):
-                    value = tuple(float(v) for v in value.split(","))
-                elif value.lower() == "none":
-                    value = None
-            except ValueError:
-                raise ValueError(f"refine option {name}={value!r}: expected a {type(default).__name__}") from None
-        kwargs[name] = value
-    return RefineConfig(**kwargs)
+    return from_options(RefineConfig, options, "refine")
 
 
 def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:

@@ -24,6 +24,8 @@ def run_pipeline(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: <corpus>-generated)."),
     seed: int = typer.Option(0, "--seed"),
     option: list[str] = typer.Option([], "--refine-set", help="Other RefineConfig fields, NAME=VALUE (repeatable)."),
+    eval_set: list[str] = typer.Option([], "--eval-set", help="Evaluation settings (EvalParams fields), NAME=VALUE "
+                                       "(repeatable), e.g. --eval-set ref_steps=100 --eval-set samples=50."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
@@ -37,8 +39,10 @@ def run_pipeline(
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
                       if key in refine_options}
+    eval_options, eval_samples = _eval_options(eval_set)
     from flows.preflight import check_device, check_pipeline
     run_guarded(check_device, refine_options.get("device"))
+    run_guarded(check_device, eval_options.get("device"))
     from cci_core.store.store import Store
     store_obj = Store(store)
     k_value = parse_k(k)
@@ -52,7 +56,7 @@ def run_pipeline(
                        source, corpus, store_root=str(store_obj.root), size=parse_size(size),
                        channels=channels, k=k_value, refine_rounds=refine_rounds, refine_steps=refine_steps,
                        refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
-                       dataset=dataset, seed=seed)
+                       dataset=dataset, seed=seed, eval_samples=eval_samples, eval_options=eval_options)
     if as_json:
         print_json(summary)
         return
@@ -109,3 +113,13 @@ def refresh(
               f"  retrained clusters: {res['retrained'] or 'none'}; carried over: {res['carried_over']}\n"
               f"  new run: {res['run_id']}\n  dataset: {res['dataset']['dataset']} v{res['dataset']['version']}",
               highlight=False, soft_wrap=True)
+
+
+def _eval_options(items: list[str]) -> tuple[dict, int]:
+    """``--eval-set`` as the pipeline's (eval_options, eval_samples), checked now, before any server starts."""
+    from cci_core.common.options import typed_options
+    from cci_core.generate.settings import EvalParams
+    options = run_guarded(typed_options, EvalParams, name_values(items, "--eval-set"), "evaluation")
+    samples = options.pop("samples", 200)  # the pipeline's own default for its evaluation stage
+    run_guarded(EvalParams(samples=samples, **options).validate)
+    return options, samples
