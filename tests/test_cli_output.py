@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,18 +32,19 @@ def store(digits28_store):
 
 def test_verbose_quiet_and_the_progress_bar(store, prefect_api, dask_scheduler):
     args = ["cluster", "d28", "--k", 3, "--components", 10, "--store", store.root, "--dask-address", dask_scheduler]
-    quiet = _cci(*args, "--quiet")
+    # the four ways of printing, run at once (each its own run in the store): the output is what is compared
+    with ThreadPoolExecutor(4) as pool:
+        quiet, verbose, default, tty = pool.map(lambda a: _cci(*a[0], env=a[1]), [
+            ([*args, "--quiet"], None), ([*args, "--verbose"], None), (args, None),
+            (args, {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"})])
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert quiet.stderr.strip() == "" and quiet.stdout.startswith("Run ")  # the summary only
-    verbose = _cci(*args, "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "Finished in state Completed()" in verbose.stderr and "Beginning flow run" in verbose.stderr
-    default = _cci(*args)
     assert default.returncode == 0 and "Finished in state" not in default.stderr
     assert [line for line in default.stderr.splitlines() if line.startswith("✓ cluster d28 k=3")]
     assert len(_lines(default)) < len(_lines(verbose))
     # on a terminal (rich told so) the stage is a live bar with its task count and rate
-    tty = _cci(*args, env={"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"})
     assert tty.returncode == 0, tty.stderr[-3000:]
     assert "━" in tty.stderr and "tasks" in tty.stderr and "cluster d28 k=3" in tty.stderr
     assert "\x1b[" in tty.stderr  # cursor movement of the live display

@@ -157,22 +157,35 @@ class LineageStore:
         aid = artifact_id(kind, content_hash, params, inputs)
         existing = self.find(aid)
         if existing is not None:
-            if metrics and metrics != existing.metrics:
-                self.update_metrics(aid, metrics)
-                existing.metrics = {**existing.metrics, **metrics}
-            return existing
-        with self.engine.begin() as conn:
-            for parent, _ in inputs:
-                if conn.execute(sa.select(artifacts_table.c.id).where(artifacts_table.c.id == parent)).first() is None:
-                    raise UnknownArtifactError(parent)
-            row = dict(id=aid, kind=kind, name=name, uri=self.portable_uri(uri), content_hash=content_hash, size=size,
-                       created_at=datetime.now(timezone.utc), params=params, metrics=metrics,
-                       code_version=code_version(), producer=producer or {})
-            conn.execute(artifacts_table.insert().values(**row))
-            if inputs:
-                conn.execute(inputs_table.insert(), [
-                    {"artifact_id": aid, "input_id": parent, "role": role} for parent, role in inputs])
+            return self._same_as(existing, metrics)
+        try:
+            with self.engine.begin() as conn:
+                for parent, _ in inputs:
+                    if conn.execute(sa.select(artifacts_table.c.id)
+                                    .where(artifacts_table.c.id == parent)).first() is None:
+                        raise UnknownArtifactError(parent)
+                row = dict(id=aid, kind=kind, name=name, uri=self.portable_uri(uri), content_hash=content_hash,
+                           size=size, created_at=datetime.now(timezone.utc), params=params, metrics=metrics,
+                           code_version=code_version(), producer=producer or {})
+                conn.execute(artifacts_table.insert().values(**row))
+                if inputs:
+                    conn.execute(inputs_table.insert(), [
+                        {"artifact_id": aid, "input_id": parent, "role": role} for parent, role in inputs])
+        except sa.exc.IntegrityError:
+            # another process recorded the same artifact (same id: same content, params and inputs)
+            # between our check and our insert: theirs is ours
+            existing = self.find(aid)
+            if existing is None:
+                raise
+            return self._same_as(existing, metrics)
         return self.get(aid)
+
+    def _same_as(self, existing: Artifact, metrics: dict) -> Artifact:
+        """An artifact recorded again: the existing record, with any new metrics merged in."""
+        if metrics and metrics != existing.metrics:
+            self.update_metrics(existing.id, metrics)
+            existing.metrics = {**existing.metrics, **metrics}
+        return existing
 
     def update_metrics(self, aid: str, metrics: dict) -> None:
         art = self.get(aid)
