@@ -14,6 +14,7 @@ from typing import Any
 from cci_core.cluster.choose_k import parse_k_range
 from cci_core.cluster.clusterers import ALGORITHMS
 from cci_core.cluster.pca import SOLVERS
+from cci_core.common.records import JsonRecord
 
 EMBEDDINGS = ("pca", "umap")
 
@@ -115,7 +116,7 @@ class ClusterParams:
 
 
 @dataclass(frozen=True)
-class ClusterPlan:
+class ClusterPlan(JsonRecord):
     """The plan of a clustering run: what ``start_run`` wrote to ``run.json`` and every step reads."""
     run_id: str
     store: str
@@ -136,11 +137,6 @@ class ClusterPlan:
         return Path(self.run_dir)
 
     @classmethod
-    def of(cls, plan: ClusterPlan | Mapping[str, Any]) -> ClusterPlan:
-        """The plan typed, given typed or as its JSON dict (a whole run.json also does: other keys are ignored)."""
-        return plan if isinstance(plan, cls) else cls.from_json(plan)
-
-    @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ClusterPlan:
         own = {f.name: d.get(f.name) for f in fields(cls)}
         return cls(**{**own, "shape": tuple(d.get("shape") or ()), "params": ClusterParams(**d.get("params") or {})})
@@ -151,7 +147,7 @@ class ClusterPlan:
 
 
 @dataclass(frozen=True)
-class EmbeddingsSummary:
+class EmbeddingsSummary(JsonRecord):
     """What ``fit_embeddings`` made: the PCA and its projections (and their UMAP with ``embedding="umap"``).
 
     space : the file the clustering runs on, ``embeddings.zarr`` or ``space.zarr`` (the UMAP)
@@ -165,10 +161,6 @@ class EmbeddingsSummary:
     space: str = "embeddings.zarr"
     umap_note: str | None = None
     umap_seconds: float | None = None
-
-    @classmethod
-    def of(cls, emb: EmbeddingsSummary | Mapping[str, Any]) -> EmbeddingsSummary:
-        return emb if isinstance(emb, cls) else cls.from_json(emb)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EmbeddingsSummary:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from cci_core.common.records import JsonRecord
+
 SPACES = ("pixels", "pca", "classifier", "discriminator", "selfcond", "vae")
 
 
@@ -91,7 +93,7 @@ class FeatureSpace:
 
 
 @dataclass(frozen=True)
-class FeaturePlan:
+class FeaturePlan(JsonRecord):
     """A checked comparison request: the run and corpus version, k, the spaces found (each
     with its model) and those skipped, with the reason."""
     run_id: str
@@ -109,11 +111,6 @@ class FeaturePlan:
     spaces: tuple[FeatureSpace, ...]
     skipped: tuple[Mapping[str, str], ...]  # {"space", "reason"}
     probe_note: str | None
-
-    @classmethod
-    def of(cls, plan: FeaturePlan | Mapping[str, Any]) -> FeaturePlan:
-        """The plan typed, given typed or as its JSON dict."""
-        return plan if isinstance(plan, cls) else cls.from_json(plan)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FeaturePlan:

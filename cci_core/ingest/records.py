@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cci_core.common.records import JsonRecord
 from cci_core.common.shapes import ImageShape
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
@@ -32,7 +33,7 @@ class ReadLimits:
 
 
 @dataclass(frozen=True)
-class IngestPlan:
+class IngestPlan(JsonRecord):
     """One ingest, decided under the corpus lock: where the source's images go and how.
 
     n0 : committed rows of the version this ingest extends (0 for a new corpus)
@@ -67,11 +68,6 @@ class IngestPlan:
     @property
     def staging(self) -> Path:
         return Path(self.staging_dir)
-
-    @classmethod
-    def of(cls, plan: IngestPlan | Mapping[str, Any]) -> IngestPlan:
-        """The plan typed, given typed or as its JSON dict."""
-        return plan if isinstance(plan, cls) else cls.from_json(plan)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> IngestPlan:

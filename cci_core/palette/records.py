@@ -10,12 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from cci_core.common.records import JsonRecord
+
 # What identifies the source inside the store, in the order the palette's metadata lists it.
 _IDS = ("corpus", "corpus_version", "run_id", "cluster", "dataset", "dataset_version")
 
 
 @dataclass(frozen=True)
-class PaletteSource:
+class PaletteSource(JsonRecord):
     """One SOURCE: a corpus version, one cluster of a run, a dataset version or an image file.
 
     kind : ``corpus``, ``partition``, ``dataset`` or ``file``
@@ -48,11 +50,6 @@ class PaletteSource:
     def ids(self) -> dict[str, Any]:
         """The store ids of the source that apply (corpus, run, cluster, dataset and versions)."""
         return {k: getattr(self, k) for k in _IDS if getattr(self, k) is not None}
-
-    @classmethod
-    def of(cls, source: PaletteSource | Mapping[str, Any]) -> PaletteSource:
-        """The source typed, given typed or as its JSON dict."""
-        return source if isinstance(source, cls) else cls.from_json(source)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PaletteSource:

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cci_core.common.records import JsonRecord
 from cci_core.refine.config import RefineConfig
 
 
 @dataclass(frozen=True)
-class RefinePlan:
+class RefinePlan(JsonRecord):
     """The plan of a refined run (``kind == "refined"``): where it lives, what it reads, its settings.
 
     params : the :class:`RefineConfig` as a dict (``dataclasses.asdict``), as recorded in run.json
@@ -54,11 +55,6 @@ class RefinePlan:
             raise KeyError(f"refine plan {d.get('run_id')!r} lacks {', '.join(missing)}")
         known = {k: d[k] for k in cls._ORDER if k in d}
         return cls(**known, extra={k: v for k, v in d.items() if k not in cls._ORDER})
-
-    @classmethod
-    def of(cls, plan: RefinePlan | Mapping[str, Any]) -> RefinePlan:
-        """The plan itself, or one read from its JSON dict (what the tasks pass)."""
-        return plan if isinstance(plan, RefinePlan) else cls.from_json(plan)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self._ORDER
