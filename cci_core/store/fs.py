@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import Any
@@ -29,6 +30,8 @@ from typing import Any
 import fsspec
 import numpy as np
 import pandas as pd
+
+from cci_core.store.writers import process_identity, writer_alive
 
 # Several processes write one store: a listing cached in one of them would hide the others' files.
 fsspec.config.conf.setdefault("s3", {}).setdefault("use_listings_cache", False)
@@ -66,6 +69,46 @@ def zarr_url(p: Any) -> str:
 def ensure_parent(path: AnyPath) -> None:
     if is_local(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def makedirs(path: Any) -> AnyPath:
+    """Make a folder and its parents (existing is fine). An object store has no folders: a
+    prefix exists once a file is written under it, so nothing is done there."""
+    path = as_path(path)
+    if is_local(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def unlink(path: Any, missing_ok: bool = False) -> None:
+    """Delete one file (not a folder)."""
+    path = as_path(path)
+    if is_local(path):
+        path.unlink(missing_ok=missing_ok)
+        return
+    fs, p = _fs_and_path(path)
+    try:
+        fs.rm_file(p)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def mtime(path: Any) -> float:
+    """Last modification time (seconds since the epoch). A folder on an object store has none of
+    its own: the newest file under it counts (0 when it holds none)."""
+    path = as_path(path)
+    if is_local(path):
+        return path.stat().st_mtime
+    fs, p = _fs_and_path(path)
+    infos = fs.find(p, detail=True).values() if fs.isdir(p) else [fs.info(p)]
+    stamps = [i.get("LastModified") or i.get("mtime") for i in infos]
+    return max((s.timestamp() if hasattr(s, "timestamp") else float(s) for s in stamps if s), default=0.0)
+
+
+def tmp_sibling(path: Path) -> Path:
+    """A hidden temporary name beside ``path`` (for write + ``os.replace``)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def write_bytes(path: Any, data: bytes) -> AnyPath:
@@ -173,9 +216,13 @@ def copytree(src: Any, dst: Any, dirs_exist_ok: bool = False) -> AnyPath:
     return dst
 
 
-def move(src: Any, dst: Any) -> AnyPath:
+def move(src: Any, dst: Any, last: tuple[str, ...] = ()) -> AnyPath:
     """Rename a file or folder: ``os.replace`` locally; copy then delete on an object store, where
-    the caller's commit marker (written after) is what makes it visible."""
+    the caller's commit marker (written after) is what makes it visible.
+
+    last : paths relative to ``src`` copied after every other file on an object store (the
+        record that readers take as "this folder is complete").
+    """
     src, dst = as_path(src), as_path(dst)
     if is_local(src):
         os.replace(src, dst)
@@ -183,7 +230,9 @@ def move(src: Any, dst: Any) -> AnyPath:
     fs, s = _fs_and_path(src)
     _, d = _fs_and_path(dst)
     if fs.isdir(s):
-        copytree(src, dst, dirs_exist_ok=True)
+        files = sorted(fs.find(s), key=lambda f: (f[len(s):].lstrip("/") in last, f))
+        for f in files:
+            fs.copy(f, d + f[len(s):])
     else:
         fs.copy(s, d)
     fs.rm(s, recursive=True)
@@ -213,7 +262,6 @@ def create_exclusive(path: Any, data: bytes = b"") -> bool:
 
 
 def _lock_stale(owner: dict) -> bool:
-    from cci_core.store.store import writer_alive
     limit = float(os.environ.get("CCI_LOCK_STALE_S", 600))
     return (not writer_alive(owner, max_age_s=limit)) or time.time() - float(owner.get("taken", 0)) > limit
 
@@ -236,7 +284,6 @@ def lock(path: Any, poll_s: float = 0.05, timeout_s: float | None = None) -> Ite
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         return
-    from cci_core.store.store import process_identity
     start = time.monotonic()
     while True:
         owner = {**process_identity(), "taken": time.time()}
@@ -263,21 +310,21 @@ def save_tensors(path: Any, tensors: dict, metadata: dict | None = None) -> AnyP
     from safetensors.torch import save, save_file
     path = as_path(path)
     if is_local(path):
-        from cci_core.store.store import _tmp_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_path(path)
+        tmp = tmp_sibling(path)
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
         return path
     return write_bytes(path, save(tensors, metadata=metadata))
 
 
-def load_tensors(path: Any) -> dict:
+def load_tensors(path: Any, device: str = "cpu") -> dict:
     from safetensors.torch import load, load_file
     path = as_path(path)
     if is_local(path):
-        return load_file(str(path))
-    return load(path.read_bytes())
+        return load_file(str(path), device=str(device))
+    tensors = load(path.read_bytes())
+    return tensors if str(device) == "cpu" else {k: v.to(device) for k, v in tensors.items()}
 
 
 def savefig(fig, path: Any, **kw) -> AnyPath:

@@ -7,28 +7,34 @@ Layout (docs/architecture.md)::
     <root>/runs/<run-id>/...
     <root>/datasets/<name>/<version>/...
 
-Every file another process may read is written atomically (temp file + rename). Anything
+The root is a local folder or an fsspec URL (``s3://bucket/prefix``); paths inside it are
+``Path`` or ``UPath`` (:mod:`cci_core.store.fs`). Every file another process may read is written
+atomically (temp file + rename locally, one PUT on an object store). Anything
 bigger is written in a hidden staging folder that names its writer (:func:`make_staging`);
 the next writer removes staging folders whose writer is gone (:func:`remove_stale_staging`).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from cci_core.store import fs
+from cci_core.store.fs import AnyPath
+from cci_core.store.writers import pid_alive, process_identity, utc_now, writer_alive
+
+__all__ = ["Store", "validate_name", "hash_files", "utc_now", "atomic_write_bytes", "atomic_write_json",
+           "read_json", "atomic_write_parquet", "file_lock", "pid_alive", "process_identity", "writer_alive",
+           "make_staging", "staging_owner", "remove_stale_staging", "publish_dir", "staging"]
 
 DEFAULT_ROOT = "./cci-store"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -43,28 +49,49 @@ def validate_name(name: str, what: str = "name") -> str:
 
 
 class Store:
-    """Paths inside one artifact store root (a local folder).
+    """Paths inside one artifact store root: a local folder or an fsspec URL (``s3://bucket/prefix``).
 
-    The root comes from the argument, else ``$CCI_STORE``, else ``./cci-store``.
-    The lineage database URL comes from ``$CCI_LINEAGE_URL``, else SQLite in the root.
+    The root comes from the argument, else ``$CCI_STORE``, else ``./cci-store``; a local root is
+    made absolute, a URL is kept as given (a ``UPath``). The lineage database URL comes from
+    ``$CCI_LINEAGE_URL``, else SQLite in a local root; a URL root has no default (SQLite cannot
+    live in an object store), so reading :attr:`lineage_url` without one is an error.
     """
 
     def __init__(self, root: str | Path | None = None, lineage_url: str | None = None):
-        self.root = Path(root or os.environ.get("CCI_STORE") or DEFAULT_ROOT).resolve()
-        self.lineage_url = (lineage_url or os.environ.get("CCI_LINEAGE_URL")
-                            or f"sqlite:///{self.root / 'lineage.db'}")
+        root = root or os.environ.get("CCI_STORE") or DEFAULT_ROOT
+        self.root: AnyPath = fs.as_path(root) if fs.is_url(root) else Path(root).resolve()
+        self._lineage_url = lineage_url or os.environ.get("CCI_LINEAGE_URL")
+
+    @property
+    def is_local(self) -> bool:
+        return fs.is_local(self.root)
+
+    @property
+    def lineage_url(self) -> str:
+        """The SQLAlchemy URL of the lineage database."""
+        if self._lineage_url:
+            return self._lineage_url
+        if not self.is_local:
+            raise ValueError(f"store {self.root} is on an object store, where the lineage database cannot live: "
+                             "set $CCI_LINEAGE_URL to a database every worker reaches "
+                             "(e.g. postgresql+psycopg://user@host/cci)")
+        return f"sqlite:///{self.root / 'lineage.db'}"
+
+    @lineage_url.setter
+    def lineage_url(self, url: str | None) -> None:
+        self._lineage_url = url
 
     def ensure(self) -> "Store":
-        self.root.mkdir(parents=True, exist_ok=True)
+        fs.makedirs(self.root)
         return self
 
-    def corpus_dir(self, name: str) -> Path:
+    def corpus_dir(self, name: str) -> AnyPath:
         return self.root / "corpora" / validate_name(name, "corpus name")
 
-    def run_dir(self, run_id: str) -> Path:
+    def run_dir(self, run_id: str) -> AnyPath:
         return self.root / "runs" / validate_name(run_id, "run id")
 
-    def dataset_dir(self, name: str) -> Path:
+    def dataset_dir(self, name: str) -> AnyPath:
         return self.root / "datasets" / validate_name(name, "dataset name")
 
     def corpora(self) -> list[str]:
@@ -79,23 +106,21 @@ def hash_files(paths) -> str:
     """sha256 over the bytes of the given files, in order."""
     h = hashlib.sha256()
     for p in paths:
-        with open(p, "rb") as fh:
+        with fs.as_path(p).open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
 
 
-def utc_now() -> str:
-    """The current UTC time as ISO 8601 to the second: the timestamp of every JSON record."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+_tmp_path = fs.tmp_sibling
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
+def atomic_write_bytes(path: str | Path, data: bytes) -> AnyPath:
+    """Write a whole file so that readers see the old or the new bytes, never a part: temp file,
+    fsync and ``os.replace`` locally; one PUT on an object store."""
+    path = fs.as_path(path)
+    if not fs.is_local(path):
+        return fs.write_bytes(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     with open(tmp, "wb") as fh:
@@ -106,16 +131,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
+def atomic_write_json(path: str | Path, obj: Any) -> AnyPath:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    return json.loads(fs.as_path(path).read_text())
 
 
-def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> Path:
-    path = Path(path)
+def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> AnyPath:
+    path = fs.as_path(path)
+    if not fs.is_local(path):
+        return fs.write_parquet(path, df, index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     df.to_parquet(tmp, index=False)
@@ -131,83 +158,37 @@ STAGING_PREFIX = ".staging-"
 _UNOWNED_GRACE_S = 120.0
 
 
-@contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """An OS file lock on ``path`` (created if missing), released when the block ends or the
-    process dies: guards a short read-check-write against other processes on this host."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def file_lock(path: str | Path):
+    """An exclusive lock on ``path`` for a short read-check-write against other processes
+    (:func:`cci_core.store.fs.lock`: an OS file lock locally, a conditional-put lock object on an
+    object store), released when the block ends."""
+    return fs.lock(path)
 
 
-def pid_alive(pid: int) -> bool:
-    """True while a process with this pid exists on this host (any owner)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_identity(pid: int | None = None) -> dict:
-    """Who is writing: host, pid and the process's start time (a reused pid has another)."""
-    import psutil
-    pid = os.getpid() if pid is None else pid
-    return {"host": socket.gethostname(), "pid": pid, "started": psutil.Process(pid).create_time(),
-            "since": utc_now()}
-
-
-def writer_alive(owner: dict | None, max_age_s: float | None = None) -> bool:
-    """True while the process named by ``owner`` (:func:`process_identity`) still runs.
-
-    On this host that is checked directly (pid alive with the same start time). A writer on
-    another host is taken as alive until ``max_age_s`` (default ``$CCI_STAGING_MAX_AGE_S``,
-    else two days) has passed since it started.
-    """
-    import psutil
-    if not owner or "pid" not in owner:
-        return False
-    if owner.get("host") != socket.gethostname():
-        limit = max_age_s if max_age_s is not None else float(os.environ.get("CCI_STAGING_MAX_AGE_S", 172800))
-        return time.time() - float(owner.get("started", 0)) < limit
-    try:
-        proc = psutil.Process(int(owner["pid"]))
-        return abs(proc.create_time() - float(owner.get("started", 0))) < 1.0 and \
-            proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
-
-
-def make_staging(parent: str | Path, label: str = "") -> Path:
+def make_staging(parent: str | Path, label: str = "") -> AnyPath:
     """A fresh hidden folder ``parent/.staging-[label-]<hex>`` that records this process as its writer."""
-    parent = Path(parent)
+    parent = fs.as_path(parent)
     path = parent / f"{STAGING_PREFIX}{label + '-' if label else ''}{uuid.uuid4().hex[:12]}"
-    path.mkdir(parents=True)
+    if fs.is_local(path):
+        path.mkdir(parents=True)
     atomic_write_json(path / OWNER_FILE, process_identity())
     return path
 
 
 def staging_owner(path: str | Path) -> dict | None:
     try:
-        return read_json(Path(path) / OWNER_FILE)
+        return read_json(fs.as_path(path) / OWNER_FILE)
     except (OSError, ValueError):
         return None
 
 
-def remove_stale_staging(parent: str | Path) -> list[Path]:
+def remove_stale_staging(parent: str | Path) -> list[AnyPath]:
     """Remove the staging folders under ``parent`` whose writer is gone (killed); returns them.
 
     A folder without an owner file counts as stale once it is older than a short grace period
     (its writer may be between ``mkdir`` and writing the file).
     """
-    parent = Path(parent)
+    parent = fs.as_path(parent)
     removed = []
     if not parent.exists():
         return removed
@@ -217,31 +198,36 @@ def remove_stale_staging(parent: str | Path) -> list[Path]:
         owner = staging_owner(path)
         if owner is None:
             try:
-                stale = time.time() - path.stat().st_mtime > _UNOWNED_GRACE_S
+                stale = time.time() - fs.mtime(path) > _UNOWNED_GRACE_S
             except OSError:
                 continue
         else:
             stale = not writer_alive(owner)
         if stale:
-            shutil.rmtree(path, ignore_errors=True)
+            fs.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def publish_dir(staging: str | Path, final: str | Path) -> Path:
+def publish_dir(staging: str | Path, final: str | Path) -> AnyPath:
     """Move a finished staging folder to its content-addressed place (its lineage already
-    written). When ``final`` exists the same content is already published: the copy is dropped."""
-    staging, final = Path(staging), Path(final)
-    (staging / OWNER_FILE).unlink(missing_ok=True)
+    written). When ``final`` exists the same content is already published: the copy is dropped.
+
+    On an object store the move is a copy, so the folder's top-level ``.json`` records (what
+    readers check, e.g. ``palette.json``) are copied last."""
+    staging, final = fs.as_path(staging), fs.as_path(final)
+    fs.unlink(staging / OWNER_FILE, missing_ok=True)
     if final.exists():
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
+        fs.rmtree(staging, ignore_errors=True)
+    elif fs.is_local(staging):
         os.replace(staging, final)
+    else:
+        fs.move(staging, final, last=tuple(p.name for p in staging.glob("*.json")))
     return final
 
 
 @contextlib.contextmanager
-def staging(parent: str | Path, label: str = "") -> Iterator[Path]:
+def staging(parent: str | Path, label: str = "") -> Iterator[AnyPath]:
     """A staging folder under ``parent`` for one writer: stale ones of killed writers are removed
     first; this one is removed when the block fails (or was not published with
     :func:`publish_dir`). A kill leaves it for the next writer to remove."""
@@ -251,4 +237,4 @@ def staging(parent: str | Path, label: str = "") -> Iterator[Path]:
         yield path
     finally:
         if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
+            fs.rmtree(path, ignore_errors=True)
