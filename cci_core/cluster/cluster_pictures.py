@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from cci_core.cluster.features import lazy_images
 from cci_core.common.imagegrid import make_grid, save_labelled_rows, save_png
+from cci_core.store import fs
 
 
 def _block_nearest(x, lab, offset, centers, n):
@@ -87,7 +88,7 @@ def save_cluster_montages(images, X, labels, centers, out_dir, n_per_cluster: in
 
     images : (N, H, W[, C]) uint8 zarr / numpy / dask, row i belongs to X[i]
     """
-    out_dir = Path(out_dir)
+    out_dir = fs.as_path(out_dir)
     nearest = nearest_to_centers(X, labels, centers, n_per_cluster)
     paths, rows_of_grid = [], []
     for c, rows in enumerate(nearest):
@@ -131,7 +132,6 @@ def save_scatter(X, labels, path, max_points: int = 20000, seed: int = 0,
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2")
     ax.set_title(title or f"{len(rows)} of {n} rows, {k} clusters")
-    path = Path(path)
+    path = fs.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return fs.savefig(fig, path)

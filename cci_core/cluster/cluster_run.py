@@ -34,7 +34,6 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -51,7 +50,7 @@ from cci_core.cluster.features import image_features
 from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
 from cci_core.cluster.pca import PCA
 from cci_core.cluster.records import ClusteringSummary, ClusterParams, ClusterPlan, EmbeddingsSummary, LabelledRun
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.corpus import Corpus, open_corpus
 from cci_core.store.store import (
     Store,
@@ -102,17 +101,17 @@ def _corpus(store: Store, plan: ClusterPlan) -> Corpus:
     return open_corpus(store, plan.corpus, plan.corpus_version)
 
 
-def _write_zarr(path: Path, X: da.Array) -> None:
-    """Write a float32 (N, D) Dask array to a fresh Zarr store, block by block."""
+def _write_zarr(path, X: da.Array) -> None:
+    """Write a float32 (N, D) Dask array to a fresh Zarr store (a folder or a URL), block by block."""
     X = X.rechunk({1: -1})
-    arr = zarr.create_array(str(path), shape=X.shape, chunks=(max(X.chunks[0]), X.shape[1]),
+    arr = zarr.create_array(fs.zarr_url(path), shape=X.shape, chunks=(max(X.chunks[0]), X.shape[1]),
                             dtype="float32", overwrite=True)
     da.store(X.astype(np.float32), arr, lock=False)
 
 
 def embeddings(plan: ClusterPlan | Mapping, name: str = "embeddings.zarr") -> da.Array:
     """The run's embeddings (or ``space.zarr``) as a lazy Dask array."""
-    return da.from_zarr(str(ClusterPlan.of(plan).dir / name))
+    return da.from_zarr(fs.zarr_url(ClusterPlan.of(plan).dir / name))
 
 
 def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | None = None) -> dict:
@@ -249,8 +248,8 @@ def write_partitions(store: Store, plan, cl, inputs: list[tuple[str, str]],
     """
     plan = LabelledRun.of(plan)
     cl = cl.to_json() if hasattr(cl, "to_json") else cl
-    run = Path(plan.run_dir)
-    df = pd.read_parquet(run / "clustering" / LABELS_FILE)
+    run = fs.as_path(plan.run_dir)
+    df = fs.read_parquet(run / "clustering" / LABELS_FILE)
     lin = runs.lineage_store(store)
     parts = []
     for cluster in range(cl["n_clusters"]):
@@ -274,7 +273,7 @@ def partition_rows(store: Store, run_id: str, cluster: int) -> np.ndarray:
     path = store.run_dir(run_id) / "partitions" / f"cluster-{cluster:03d}.parquet"
     if not path.exists():
         raise LookupError(f"run {run_id!r} has no partition for cluster {cluster}")
-    return np.sort(pd.read_parquet(path, columns=["row"])["row"].to_numpy(np.int64))
+    return np.sort(fs.read_parquet(path, columns=["row"])["row"].to_numpy(np.int64))
 
 
 def write_pictures(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSummary | Mapping,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from sklearn.mixture import GaussianMixture
 
 from cci_core.cluster.cluster_metrics import sample_rows
 from cci_core.cluster.kmeans import MiniBatchKMeans
-from cci_core.cluster.model_io import load_arrays, save_arrays
+from cci_core.cluster.model_io import load_arrays, load_numpy_tensors, save_arrays, save_numpy_tensors
+from cci_core.store import fs
 
 REFERENCE_ROWS = 50000  # labelled rows kept for nearest-neighbour prediction
 
@@ -43,10 +43,8 @@ def save_reference(embeddings: da.Array, labels: np.ndarray, directory: Path, se
     """A seeded sample of the labelled PCA rows (``embeddings``: the run's PCA projections)."""
     rows = sample_rows(labels.size, REFERENCE_ROWS, seed)
     X = np.asarray(embeddings[rows].compute(), dtype=np.float32)
-    path = directory / "reference.safetensors"
-    save_file({"embeddings": np.ascontiguousarray(X), "labels": labels[rows].astype(np.int32),
-               "rows": rows.astype(np.int64)}, str(path))
-    return path
+    return save_numpy_tensors(directory / "reference.safetensors", {
+        "embeddings": np.ascontiguousarray(X), "labels": labels[rows].astype(np.int32), "rows": rows.astype(np.int64)})
 
 
 def load_centers(directory: Path, algorithm: str) -> np.ndarray:
@@ -67,4 +65,4 @@ def load_gmm(directory: Path) -> GaussianMixture:
 
 def load_reference(directory: Path) -> dict[str, np.ndarray]:
     """``embeddings`` (n, D) float32, ``labels`` (n,) int32 and ``rows`` of :func:`save_reference`."""
-    return load_file(str(directory / "reference.safetensors"))
+    return load_numpy_tensors(fs.as_path(directory) / "reference.safetensors")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cci_core.store import fs
 from cci_core.store.corpus import Corpus
 from cci_core.store.store import atomic_write_parquet
 
@@ -29,11 +30,11 @@ def write_labels(cdir: str | Path, corpus: Corpus, labels: np.ndarray) -> Path:
     Returns the path written (atomically replaced).
     """
     index = corpus.index(["row", "image_id"]).sort_values("row")
-    return atomic_write_parquet(Path(cdir) / LABELS_FILE, pd.DataFrame(
+    return atomic_write_parquet(fs.as_path(cdir) / LABELS_FILE, pd.DataFrame(
         {"row": index["row"].to_numpy(np.int64), "image_id": index["image_id"].to_numpy(), "cluster": labels}))
 
 
 def read_labels(run_dir: str | Path) -> np.ndarray:
     """(N,) int32 cluster ids of a run's corpus rows (-1 = noise)."""
-    df = pd.read_parquet(Path(run_dir) / "clustering" / LABELS_FILE, columns=["cluster"])
+    df = fs.read_parquet(fs.as_path(run_dir) / "clustering" / LABELS_FILE, columns=["cluster"])
     return df["cluster"].to_numpy(np.int32)

@@ -1,7 +1,8 @@
 """A fitted model on disk without pickle: ``<name>.safetensors`` (arrays) beside ``<name>.json`` (the rest).
 
 Used by :class:`~cci_core.cluster.pca.PCA`, :class:`~cci_core.cluster.kmeans.MiniBatchKMeans` and
-the clustering model of a run (:mod:`cci_core.cluster.clustering_model`).
+the clustering model of a run (:mod:`cci_core.cluster.clustering_model`). The folder may be local or
+in a store on an object store (:mod:`cci_core.store.fs`).
 """
 from __future__ import annotations
 
@@ -10,16 +11,34 @@ import os
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save, save_file
+
+from cci_core.store import fs
+
+
+def save_numpy_tensors(path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write numpy arrays as one safetensors file, locally or as one object; returns the path."""
+    path = fs.as_path(path)
+    if fs.is_local(path):
+        save_file(arrays, str(path))
+    else:
+        fs.write_bytes(path, save(arrays))
+    return path
+
+
+def load_numpy_tensors(path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file written by :func:`save_numpy_tensors`."""
+    path = fs.as_path(path)
+    return load_file(str(path)) if fs.is_local(path) else load(path.read_bytes())
 
 
 def save_arrays(directory: str | os.PathLike, name: str, arrays: dict[str, np.ndarray], meta: dict,
                 indent: int | None = 2) -> Path:
     """Write ``arrays`` (each made C-contiguous, dtype kept) and ``meta`` (JSON); returns the ``.safetensors`` path."""
-    directory = Path(directory)
+    directory = fs.as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+    path = save_numpy_tensors(directory / f"{name}.safetensors",
+                              {k: np.ascontiguousarray(v) for k, v in arrays.items()})
     (directory / f"{name}.json").write_text(json.dumps(meta, indent=indent))
     return path
 
@@ -29,8 +48,8 @@ def load_arrays(directory: str | os.PathLike, name: str, what: str) -> tuple[dic
 
     what : the model's name in the error when a file is missing (``no saved <what> '<name>' in <dir>``)
     """
-    directory = Path(directory)
+    directory = fs.as_path(directory)
     path, meta_path = directory / f"{name}.safetensors", directory / f"{name}.json"
     if not path.exists() or not meta_path.exists():
         raise FileNotFoundError(f"no saved {what} '{name}' in {directory}")
-    return load_file(str(path)), json.loads(meta_path.read_text())
+    return load_numpy_tensors(path), json.loads(meta_path.read_text())

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from cci_core.cluster.choose_k import parse_k_range
 from cci_core.cluster.clusterers import ALGORITHMS
 from cci_core.cluster.pca import SOLVERS
 from cci_core.common.records import JsonRecord
+from cci_core.store import fs
 
 EMBEDDINGS = ("pca", "umap")
 
@@ -133,8 +133,9 @@ class ClusterPlan(JsonRecord):
     created_at: str
 
     @property
-    def dir(self) -> Path:
-        return Path(self.run_dir)
+    def dir(self):
+        """The run folder: a Path, or a UPath in a store on an object store."""
+        return fs.as_path(self.run_dir)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ClusterPlan:

@@ -1,6 +1,8 @@
-"""Tile uint8 images into one grid image and write it as PNG."""
+"""Tile uint8 images into one grid image and write it as PNG (to a local path, or to a store path on an
+object store: any path object with ``open``, such as a ``upath.UPath``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +40,22 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
 
 def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> Path:
     """Save an (H, W, C) or (H, W) uint8 array as PNG, optionally upscaled (nearest)."""
-    path = Path(path)
+    path = _as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _image(array, scale).save(path)
+    _save(_image(array, scale), path)
     return path
+
+
+def _as_path(path):
+    return Path(path) if isinstance(path, (str, os.PathLike)) else path
+
+
+def _save(img: Image.Image, path) -> None:
+    if isinstance(path, Path):
+        img.save(path)
+    else:  # a store path on an object store: one PUT of the whole file
+        with path.open("wb") as fh:
+            img.save(fh, format="PNG")
 
 
 def _image(array: np.ndarray, scale: int = 1) -> Image.Image:
@@ -60,7 +74,7 @@ def save_labelled_rows(grid: np.ndarray, labels: list[str], path: str | Path, sc
     """Save a grid of ``len(labels)`` equal rows (from :func:`make_grid`) as PNG with each
     row's label written in a white strip on its left (Pillow's default font)."""
     from PIL import ImageDraw, ImageFont
-    path = Path(path)
+    path = _as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = _image(grid, scale)
     font = ImageFont.load_default()
@@ -73,5 +87,5 @@ def save_labelled_rows(grid: np.ndarray, labels: list[str], path: str | Path, sc
     ink = 0 if img.mode == "L" else (0,) * len(img.mode)
     for i, text in enumerate(labels):
         draw.text((4, pad * scale + i * row_h + row_h / 2), text, fill=ink, font=font, anchor="lm")
-    out.save(path)
+    _save(out, path)
     return path
