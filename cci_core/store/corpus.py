@@ -7,7 +7,6 @@ committed: rows of ``images.zarr`` or ``index.parquet`` beyond the latest versio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,8 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from cci_core.common.shapes import ImageShape
+from cci_core.store import fs
+from cci_core.store.fs import AnyPath
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json
 
 CHUNK_BYTES = 4 << 20  # chunks of 2-4 MiB along N
@@ -43,7 +44,7 @@ def chunk_rows(shape: ImageShape) -> int:
 class Corpus:
     """A read-only view of the latest (or a chosen) committed version of a corpus."""
     name: str
-    dir: Path
+    dir: AnyPath
     manifest: dict
     version: int
 
@@ -68,12 +69,12 @@ class Corpus:
         return self.meta.get("artifact_id")
 
     @property
-    def images_path(self) -> Path:
+    def images_path(self) -> AnyPath:
         return self.dir / "images.zarr"
 
     def images(self) -> zarr.Array:
         """The image array, opened read-only. Only rows ``[0, n_rows)`` are committed."""
-        return zarr.open_array(self.images_path, mode="r")
+        return zarr.open_array(fs.zarr_url(self.images_path), mode="r")
 
     def read_images(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Pixels of committed rows, (n, H, W, C) uint8."""
@@ -92,7 +93,7 @@ class Corpus:
         path = self.dir / "index.parquet"
         if not path.exists() or not self.n_rows:
             return pd.DataFrame(columns=columns or INDEX_COLUMNS)
-        df = pd.read_parquet(path, columns=columns if columns is None or "row" in columns else ["row", *columns])
+        df = fs.read_parquet(path, columns=columns if columns is None or "row" in columns else ["row", *columns])
         df = df[df["row"] < self.n_rows]
         return df if columns is None else df[columns]
 
@@ -103,7 +104,7 @@ class Corpus:
 
     def quarantine(self) -> pd.DataFrame:
         path = self.dir / "quarantine.parquet"
-        return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["source", "reason", "version"])
+        return fs.read_parquet(path) if path.exists() else pd.DataFrame(columns=["source", "reason", "version"])
 
     def info(self) -> dict:
         """Summary for ``cci corpus info``: plain JSON-able values."""
@@ -135,16 +136,16 @@ def open_corpus(store: Store, name: str, version: int | None = None) -> Corpus:
     return Corpus(name, cdir, manifest, version)
 
 
-def read_manifest(cdir: Path) -> dict | None:
-    path = cdir / "corpus.json"
+def read_manifest(cdir: AnyPath) -> dict | None:
+    path = fs.as_path(cdir) / "corpus.json"
     return read_json(path) if path.exists() else None
 
 
-def ensure_images_array(cdir: Path, shape: ImageShape, n_total: int) -> zarr.Array:
+def ensure_images_array(cdir: AnyPath, shape: ImageShape, n_total: int) -> zarr.Array:
     """Create ``images.zarr`` or resize it to ``n_total`` rows (rows < committed n never change)."""
-    path = cdir / "images.zarr"
+    path = fs.as_path(cdir) / "images.zarr"
     if path.exists():
-        arr = zarr.open_array(path, mode="r+")
+        arr = zarr.open_array(fs.zarr_url(path), mode="r+")
         if tuple(arr.shape[1:]) != shape.hwc:
             raise ValueError(f"{path} holds images of shape {arr.shape[1:]}, not {shape.hwc}")
         if arr.shape[0] != n_total:
@@ -152,19 +153,20 @@ def ensure_images_array(cdir: Path, shape: ImageShape, n_total: int) -> zarr.Arr
         return arr
     rows = chunk_rows(shape)
     return zarr.create_array(
-        store=str(path), shape=(n_total, *shape.hwc), chunks=(rows, *shape.hwc), dtype="uint8",
+        store=fs.zarr_url(path), shape=(n_total, *shape.hwc), chunks=(rows, *shape.hwc), dtype="uint8",
         compressors=BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle"), fill_value=0,
         dimension_names=["n", "y", "x", "c"])
 
 
-def write_rows(images_path: Path | str, start: int, pixels: np.ndarray) -> None:
+def write_rows(images_path: AnyPath | str, start: int, pixels: np.ndarray) -> None:
     """Write pixels into rows ``[start, start + len(pixels))`` of an existing image array."""
-    arr = zarr.open_array(images_path, mode="r+")
+    arr = zarr.open_array(fs.zarr_url(images_path), mode="r+")
     arr[start:start + len(pixels)] = pixels
 
 
-def commit_version(cdir: Path, manifest: dict, index: pd.DataFrame, quarantine: pd.DataFrame) -> None:
+def commit_version(cdir: AnyPath, manifest: dict, index: pd.DataFrame, quarantine: pd.DataFrame) -> None:
     """Publish a version: index and quarantine first, ``corpus.json`` last (the commit point)."""
+    cdir = fs.as_path(cdir)
     atomic_write_parquet(cdir / "index.parquet", index[INDEX_COLUMNS])
     atomic_write_parquet(cdir / "quarantine.parquet", quarantine)
     atomic_write_json(cdir / "corpus.json", manifest)

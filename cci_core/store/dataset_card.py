@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cci_core.store import fs
+
 # The class names of Fashion-MNIST, in label order (the idx files store 0..9).
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -50,7 +52,7 @@ def cluster_profile(partitions: list[dict], labels: np.ndarray | None, names: di
         c = int(p["cluster"])
         entry: dict = {"size": int(p["count"]), "name": f"cluster-{c}"}
         if labels is not None:
-            rows = pd.read_parquet(p["path"], columns=["row"])["row"].to_numpy(np.int64)
+            rows = fs.read_parquet(p["path"], columns=["row"])["row"].to_numpy(np.int64)
             lab = pd.Series(labels[rows[rows < len(labels)]]).dropna().astype(str)
             if len(lab):
                 counts = lab.value_counts()

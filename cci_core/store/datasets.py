@@ -20,12 +20,9 @@ get two versions. Staging folders of killed writers are removed when the next wr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +34,8 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
-from cci_core.store import dataset_card
+from cci_core.store import dataset_card, fs
+from cci_core.store.fs import AnyPath
 from cci_core.store.store import (
     OWNER_FILE,
     Store,
@@ -62,7 +60,8 @@ class UnknownDatasetError(LookupError):
     pass
 
 
-def _versions(ddir: Path) -> list[int]:
+def _versions(ddir: AnyPath) -> list[int]:
+    ddir = fs.as_path(ddir)
     if not ddir.exists():
         return []
     found = []
@@ -73,15 +72,9 @@ def _versions(ddir: Path) -> list[int]:
     return sorted(found)
 
 
-@contextlib.contextmanager
-def _lock(ddir: Path):
-    ddir.mkdir(parents=True, exist_ok=True)
-    with open(ddir / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _lock(ddir: AnyPath):
+    """Commits of one dataset, one at a time (:func:`cci_core.store.fs.lock`)."""
+    return fs.lock(fs.as_path(ddir) / ".lock")
 
 
 class DatasetWriter:
@@ -107,7 +100,7 @@ class DatasetWriter:
         remove_stale_staging(self.dir)
         self.staging = make_staging(self.dir)
         self._images = zarr.create_array(
-            str(self.staging / "images.zarr"), shape=(0, *self.shape), chunks=(chunk_rows, *self.shape),
+            fs.zarr_url(self.staging / "images.zarr"), shape=(0, *self.shape), chunks=(chunk_rows, *self.shape),
             dtype="uint8", compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
         self._rows: list[pd.DataFrame] = []
         self.n = 0
@@ -133,7 +126,7 @@ class DatasetWriter:
         """The images written so far (the staging array), to read back before the commit."""
         return self._images
 
-    def commit(self, card: dict, record: Callable[[Path, int], str | None] | None = None) -> "DatasetVersion":
+    def commit(self, card: dict, record: Callable[[AnyPath, int], str | None] | None = None) -> "DatasetVersion":
         """Write manifest and card, record lineage, move the version into place, write the marker,
         move ``latest``.
 
@@ -148,7 +141,7 @@ class DatasetWriter:
             raise ValueError(f"dataset {self.name!r}: nothing to publish (0 images)")
         manifest = pd.concat(self._rows, ignore_index=True)
         manifest.insert(0, "index", np.arange(self.n, dtype=np.int64))
-        manifest.to_parquet(self.staging / "manifest.parquet", index=False)
+        fs.write_parquet(self.staging / "manifest.parquet", manifest, index=False)
         clusters = sorted(int(c) for c in manifest["cluster"].unique()) if "cluster" in manifest else []
         write_hf_parquet(self._images, manifest, self.staging / "data.parquet",
                          dataset_card.class_names(card, clusters) if clusters else None)
@@ -156,7 +149,7 @@ class DatasetWriter:
             version = (_versions(self.dir) or [0])[-1] + 1
             final = self.dir / f"v{version}"
             if final.exists():  # a version folder left without its marker by a crash: never visible
-                shutil.rmtree(final)
+                fs.rmtree(final)
             card = {"name": self.name, "version": version, "n_images": self.n, "shape": list(self.shape),
                     "dtype": "uint8", "created_at": utc_now(),
                     "files": {"images": "images.zarr", "manifest": "manifest.parquet", "data": "data.parquet",
@@ -170,15 +163,15 @@ class DatasetWriter:
                                    "show": f"cci lineage show {aid}"}
             atomic_write_json(self.staging / "card.json", card)
             atomic_write_bytes(self.staging / "README.md", dataset_card.readme(card).encode())
-            (self.staging / OWNER_FILE).unlink(missing_ok=True)
-            os.replace(self.staging, final)
+            fs.unlink(self.staging / OWNER_FILE, missing_ok=True)
+            fs.move(self.staging, final)  # on an object store a copy: invisible until the marker
             atomic_write_bytes(final / MARKER, (card["created_at"] + "\n").encode())
             atomic_write_json(self.dir / "latest.json", {"version": version})
         self.committed = open_dataset(self.name, version, store=self.store)
         return self.committed
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        fs.rmtree(self.staging, ignore_errors=True)
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -193,15 +186,15 @@ class DatasetVersion:
     """One committed version: ``images`` (zarr, read lazily), ``manifest``, ``card``."""
     name: str
     version: int
-    path: Path
+    path: AnyPath
 
     @property
     def images(self) -> zarr.Array:
-        return zarr.open_array(str(self.path / "images.zarr"), mode="r")
+        return zarr.open_array(fs.zarr_url(self.path / "images.zarr"), mode="r")
 
     @property
     def manifest(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "manifest.parquet")
+        return fs.read_parquet(self.path / "manifest.parquet")
 
     @property
     def card(self) -> dict:
@@ -230,8 +223,8 @@ class TorchDataset:
         return (self.transform(x) if self.transform else x), self.rows[i]
 
 
-def _dataset_dir(name_or_path: str | Path, store: Store | None) -> Path:
-    p = Path(name_or_path)
+def _dataset_dir(name_or_path: str | Path, store: Store | None) -> AnyPath:
+    p = fs.as_path(name_or_path)
     if p.is_dir() and ((p / "latest.json").exists() or any(p.glob(f"v*/{MARKER}"))):
         return p
     return (store or Store()).dataset_dir(str(name_or_path))
@@ -306,7 +299,7 @@ def hf_features(schema: pa.Schema, class_names: list[str] | None) -> dict:
 
 
 def write_hf_parquet(images: zarr.Array, manifest: pd.DataFrame, path: str | Path,
-                     class_names: list[str] | None = None, block: int = 4096) -> Path:
+                     class_names: list[str] | None = None, block: int = 4096) -> AnyPath:
     """One Parquet file that ``datasets.load_dataset("parquet", ...)`` reads as images with named clusters.
 
     The ``image`` column is a struct {bytes: PNG, path: null}, the way ``datasets`` stores an
@@ -323,15 +316,21 @@ def write_hf_parquet(images: zarr.Array, manifest: pd.DataFrame, path: str | Pat
     schema = pa.schema([pa.field("image", image_type), *first.schema])
     meta = {"huggingface": json.dumps({"info": {"features": hf_features(schema, class_names)}})}
     schema = schema.with_metadata(meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(path, schema) as out:
+    path = fs.as_path(path)
+    fs.makedirs(path.parent)
+    with _parquet_sink(path) as sink, pq.ParquetWriter(sink, schema) as out:
         for start in range(0, len(manifest), block):
             pngs = [_png(img) for img in images[start:start + block]]
             part = pa.Table.from_pandas(manifest.iloc[start:start + len(pngs)], schema=first.schema, preserve_index=False)
             col = pa.array([{"bytes": b, "path": None} for b in pngs], type=image_type)
             out.write_table(pa.Table.from_arrays([col, *part.columns], schema=schema), row_group_size=block)
     return path
+
+
+def _parquet_sink(path: AnyPath):
+    """Where a ParquetWriter writes: the local path itself, or a file object on an object store
+    (written as one object when it closes)."""
+    return contextlib.nullcontext(path) if fs.is_local(path) else path.open("wb")
 
 
 def export_png(ds: DatasetVersion, out_dir: str | Path) -> Path:

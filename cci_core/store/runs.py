@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+from cci_core.store import fs
+from cci_core.store.fs import AnyPath
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import (
     Store,
@@ -104,7 +104,7 @@ def lineage_store(store: Store) -> LineageStore:
     return LineageStore(store.lineage_url)
 
 
-def run_file(store: Store, run_id: str) -> Path:
+def run_file(store: Store, run_id: str) -> AnyPath:
     """Where a run's record lives (whether or not it exists yet)."""
     return store.run_dir(validate_name(run_id, "run id")) / RUN_FILE
 
@@ -215,8 +215,8 @@ def claim_run_dir(store: Store, run_id: str, params: dict | None = None) -> dict
     if params is not None and existing and existing.get("params") == params:
         return existing
     if rdir.exists():
-        shutil.rmtree(rdir)
-    rdir.mkdir(parents=True)
+        fs.rmtree(rdir)
+    fs.makedirs(rdir)
     return {}
 
 
