@@ -16,6 +16,7 @@ import numpy as np
 from cci_core.common.device import pick_device
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.config import RefineConfig
+from cci_core.store import fs
 from cci_core.store.weights import load_weights, save_weights
 
 
@@ -32,9 +33,9 @@ def save_round(out_dir: Path, r: int, model: CNN, teacher: CNN, state: dict,
     meta = {"cnn": asdict(model.config), "refine": asdict(cfg)}
     save_weights(d, model.state_dict(), meta, name="student")
     save_weights(d, teacher.state_dict(), meta, name="classifier")
-    np.save(d / "labels.npy", state["labels"].astype(np.int32))
-    np.save(d / "embedding.npy", state["Z"].astype(np.float32))
-    np.save(d / "probs.npy", state["P"].astype(np.float32))
+    fs.save_npy(d / "labels.npy", state["labels"].astype(np.int32))
+    fs.save_npy(d / "embedding.npy", state["Z"].astype(np.float32))
+    fs.save_npy(d / "probs.npy", state["P"].astype(np.float32))
     (d / "history.json").write_text(json.dumps(history, indent=2))
     (d / "_DONE").write_text("")
 
@@ -58,7 +59,7 @@ def write_artifacts(out: Path, teacher: CNN, labels: np.ndarray, history: list, 
     """The kept round's classifier, its labels, the per-round metrics and their curves."""
     save_weights(out, teacher.state_dict(), {"cnn": asdict(teacher.config), "refine": asdict(cfg)},
                  name="classifier")
-    np.save(out / "labels.npy", labels.astype(np.int32))
+    fs.save_npy(out / "labels.npy", labels.astype(np.int32))
     (out / "metrics.json").write_text(json.dumps(
         {"chosen_round": chosen, "rounds": history}, indent=2))
     try:

@@ -64,6 +64,7 @@ from cci_core.refine.rounds import (
     trusted_rows,
     unit,
 )
+from cci_core.store import fs
 from cci_core.store.weights import load_weights
 
 
@@ -119,7 +120,7 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         raise ValueError(f"images are {h}x{w}; refine needs square images")
     y_true = None if y_true is None else np.asarray(y_true)[:n]
     device = pick_device(cfg.device)
-    out = Path(out_dir) if out_dir is not None else None
+    out = fs.as_path(out_dir) if out_dir is not None else None
 
     with seeded(cfg.seed):
         model = CNN(CNNConfig(in_channels=c, image_size=h, n_classes=k, width=cfg.width,
@@ -133,8 +134,8 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         d = round_dir(out, last)
         model.load_state_dict(load_weights(d, "student", device)[0])
         teacher.load_state_dict(load_weights(d, "classifier", device)[0])
-        state = {"labels": np.load(d / "labels.npy").astype(np.int64),
-                 "Z": np.load(d / "embedding.npy"), "P": np.load(d / "probs.npy")}
+        state = {"labels": fs.load_npy(d / "labels.npy").astype(np.int64),
+                 "Z": fs.load_npy(d / "embedding.npy"), "P": fs.load_npy(d / "probs.npy")}
         history = json.loads((d / "history.json").read_text())
         start = last + 1
         log(f"resuming after round {last} from {d}")
@@ -212,7 +213,7 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     best = max(history, key=lambda h: h["selection_score"])
     chosen = best["round"]
     if out is not None:
-        result_labels = np.load(round_dir(out, chosen) / "labels.npy")
+        result_labels = fs.load_npy(round_dir(out, chosen) / "labels.npy")
         teacher.load_state_dict(load_weights(round_dir(out, chosen), "classifier", device)[0])
     else:
         result_labels = kept[chosen][0]

@@ -8,13 +8,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cci_core.store import fs  # noqa: E402
+
 CURVES = ("acc", "nmi", "ari", "pred_nmi", "silhouette", "selection_score", "knn_consistency",
           "trusted", "agreement")
 
 
 def plot_rounds(history: list[dict], path: str | Path) -> Path:
     """Plot every metric in ``CURVES`` present in ``history`` against the round number."""
-    path = Path(path)
+    path = fs.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in CURVES:
@@ -26,6 +28,6 @@ def plot_rounds(history: list[dict], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fs.savefig(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -19,9 +19,7 @@ Steps: :func:`start_refine` → :func:`refine_step` → :func:`cluster_run.write
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +33,7 @@ from cci_core.refine.classifier import load_classifier
 from cci_core.refine.config import RefineConfig
 from cci_core.refine.records import RefinePlan
 from cci_core.refine.refine import refine
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, hash_files
 
@@ -78,7 +76,7 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
     ``progress(done, total, note)`` follows the training steps (see :func:`cci_core.refine.refine.refine`)."""
     plan = RefinePlan.of(plan)
     config = plan.config
-    rdir = Path(plan.run_dir)
+    rdir = fs.as_path(plan.run_dir)
     c = open_corpus(store, plan.corpus, plan.corpus_version)
     parent = runs.read_run(store, plan.parent_run)
     initial = read_labels(parent["run_dir"])
@@ -92,7 +90,7 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
     cdir = rdir / "classifier"
     cdir.mkdir(parents=True, exist_ok=True)
     for name in ("classifier.safetensors", "classifier.json"):
-        shutil.copyfile(rdir / "refine" / name, cdir / name)
+        fs.copyfile(rdir / "refine" / name, cdir / name)
     lab_path = write_labels(rdir / "clustering", c, labels)
     history = result.history
     chosen = next((h for h in history if h.get("round") == result.chosen_round), history[-1] if history else {})
@@ -135,7 +133,8 @@ def write_refine_pictures(store: Store, plan: RefinePlan | dict, cl: dict) -> li
     from cci_core.refine.rounds import embed_corpus
 
     plan = RefinePlan.of(plan)
-    rdir, pics = Path(plan.run_dir), Path(plan.run_dir) / "pictures"
+    rdir = fs.as_path(plan.run_dir)
+    pics = rdir / "pictures"
     c = open_corpus(store, plan.corpus, plan.corpus_version)
     model = load_classifier(rdir / "classifier")
     Z, _ = embed_corpus(model, CorpusImages(c.images(), c.n_rows), next(model.parameters()).device)
@@ -145,7 +144,7 @@ def write_refine_pictures(store: Store, plan: RefinePlan | dict, cl: dict) -> li
                                   n_rows=c.n_rows)
     curves = rdir / "refine" / "curves.png"
     if curves.exists():
-        paths.append(Path(shutil.copyfile(curves, pics / "curves.png")))
+        paths.append(fs.copyfile(curves, pics / "curves.png"))
     return [str(p) for p in paths]
 
 
