@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core.store import dataset_card, runs
+from cci_core.store import dataset_card, fs, runs
 from cci_core.store.datasets import DatasetWriter
 from cci_core.store.store import Store, read_json, validate_name
 
@@ -56,7 +56,7 @@ def chosen_models(store: Store, run: dict, which: str | None) -> tuple[str, list
                          f"(it has: {', '.join(sorted(by_kind)) or 'none'}); train them with "
                          f"`cci train {run['run_id']} --mode {'conditional' if choice == 'conditional' else 'per-cluster'}`")
     for m in by_kind[choice]:
-        if not (Path(m["dir"]) / "generator.safetensors").exists():
+        if not (fs.as_path(m["dir"]) / "generator.safetensors").exists():
             raise ValueError(f"generator {m['name']} of run {run['run_id']!r} is missing in {m['dir']}; "
                              f"run `cci train {run['run_id']}` again")
     return choice, by_kind[choice]

@@ -18,6 +18,7 @@ import numpy as np
 
 from cci_core.cluster.labels import read_labels
 from cci_core.generate.records import EvaluationPlan, as_plan
+from cci_core.store import fs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import lineage_store
 from cci_core.store.store import Store, atomic_write_json, hash_files
@@ -71,7 +72,7 @@ def _space_model(space: dict, device: str | None):
     if space["source"] == "cci-classifier":
         from cci_core.refine.classifier import load_classifier
         return load_classifier(space["path"], device), (0.0, 1.0)
-    return _load_cnn(Path(space["path"]), device)[0], (-1.0, 1.0)
+    return _load_cnn(fs.as_path(space["path"]), device)[0], (-1.0, 1.0)
 
 
 def space_fns(space: dict, device: str | None):
@@ -85,19 +86,19 @@ def _classifier_space(store: Store, plan: EvaluationPlan, corpus, labels: np.nda
     """The ``classifier`` feature space: the run's CCI classifier, or a CNN on its cluster labels."""
     lin = lineage_store(store)
     if plan.classifier:
-        path = str(Path(plan.classifier))
+        path = str(fs.as_path(plan.classifier))
         art_id = plan.classifier_artifact_id
         if not art_id:
             art = lin.by_uri(path, kind="classifier")
             if art is None:
-                files = [Path(path) / "classifier.safetensors", Path(path) / "classifier.json"]
+                files = [fs.as_path(path) / "classifier.safetensors", fs.as_path(path) / "classifier.json"]
                 art = lin.record("classifier", f"{plan.run_id}/classifier", path, hash_files(files),
                                  size=files[0].stat().st_size, params={"run_id": plan.run_id},
                                  producer=producer, inputs=[(plan.clustering_artifact_id, "clustering")])
             art_id = art.id
         return {"source": "cci-classifier", "path": path, "artifact_id": art_id, "labels": "clusters",
                 "note": "the run's CCI classifier (embedding features and cluster predictions)"}
-    p, cdir = plan.params, Path(plan.run_dir) / "cluster-cnn"
+    p, cdir = plan.params, fs.as_path(plan.run_dir) / "cluster-cnn"
     if (cdir / "model.safetensors").exists() and (art := lin.by_uri(str(cdir), kind="reference_cnn")):
         config = _load_cnn(cdir, p.device)[1]
     else:
@@ -118,17 +119,17 @@ def _reference_space(store: Store, plan: EvaluationPlan, corpus, producer) -> di
     found = None
     for art in lineage_store(store).list(kind="reference_cnn"):
         if (art.params.get("labels") == "true" and art.params.get("corpus_artifact_id") == plan.corpus_artifact_id
-                and art.params.get("steps") == p.ref_steps and (Path(art.uri) / "model.safetensors").exists()):
+                and art.params.get("steps") == p.ref_steps and (fs.as_path(art.uri) / "model.safetensors").exists()):
             found = art
             break
     if found is not None:
-        art, config = found, _load_cnn(Path(found.uri), p.device)[1]
+        art, config = found, _load_cnn(fs.as_path(found.uri), p.device)[1]
     else:
         y = np.asarray(corpus.labels()).astype(str)
         classes, codes = np.unique(y, return_inverse=True)
         keep = sample_rows(np.arange(corpus.n_rows), p.ref_rows, p.seed)
         _, art, config = _train_cnn(
-            store, plan, Path(plan.run_dir) / "reference-cnn", corpus.read_images(keep), codes[keep].astype(np.int64),
+            store, plan, fs.as_path(plan.run_dir) / "reference-cnn", corpus.read_images(keep), codes[keep].astype(np.int64),
             len(classes), {"labels": "true", "classes": classes.tolist(), "corpus_artifact_id": plan.corpus_artifact_id},
             [(plan.corpus_artifact_id, "corpus")], f"{plan.corpus}@{plan.corpus_version}/reference-cnn", producer)
     return {"source": "reference-cnn", "path": art.uri, "artifact_id": art.id, "labels": "true",
@@ -143,7 +144,7 @@ def prepare_references(store: Store, plan: EvaluationPlan | dict, producer: dict
     """
     from cci_core.generate.gen_metrics import evaluate_features
     plan = as_plan(EvaluationPlan, plan)
-    p, eval_dir = plan.params, Path(plan.eval_dir)
+    p, eval_dir = plan.params, fs.as_path(plan.eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     corpus = open_corpus(store, plan.corpus, plan.corpus_version)
     labels = read_labels(plan.run_dir)
@@ -158,18 +159,18 @@ def prepare_references(store: Store, plan: EvaluationPlan | dict, producer: dict
     overall = sample_rows(np.arange(corpus.n_rows), p.max_real * plan.n_clusters, p.seed)
     union = np.unique(np.concatenate([overall, *per_cluster.values()]))
     images = corpus.read_images(union)
-    np.save(eval_dir / "real-rows.npy", union)
+    fs.save_npy(eval_dir / "real-rows.npy", union)
     real = {"rows": str(eval_dir / "real-rows.npy"), "n_overall": int(len(overall)),
             "n_per_cluster": {str(k): int(len(v)) for k, v in per_cluster.items()}}
     masks = {"overall": np.isin(union, overall),
              **{str(k): np.isin(union, v) for k, v in per_cluster.items()}}
-    np.savez(eval_dir / "real-masks.npz", **masks)
+    fs.save_npz(eval_dir / "real-masks.npz", **masks)
     real["masks"] = str(eval_dir / "real-masks.npz")
     floor, real_fidelity = {}, {}
     for name, space in spaces.items():
         feats, probs = space_fns(space, p.device)
         f, pr = batched(feats, images), batched(probs, images)
-        np.save(eval_dir / f"real-{name}.npy", f.astype(np.float32))
+        fs.save_npy(eval_dir / f"real-{name}.npy", f.astype(np.float32))
         space["features"] = str(eval_dir / f"real-{name}.npy")
         space["dim"] = int(f.shape[1])
         # the floor: two disjoint halves of the real whole-corpus sample

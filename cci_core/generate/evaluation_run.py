@@ -25,13 +25,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
 from cci_core.generate.eval_references import batched, prepare_references, space_fns
 from cci_core.generate.records import ClusterSize, EvalGroup, EvaluationPlan, GroupModel, SkippedCluster, as_plan
 from cci_core.generate.settings import EvalParams
+from cci_core.store import fs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
@@ -50,7 +50,7 @@ def make_evaluation_plan(store: Store, run_id: str, params: EvalParams) -> Evalu
     training = read_json(path)
     groups: dict[str, dict] = {}
     for m in training["models"]:
-        if not (Path(m["dir"]) / "generator.safetensors").exists():
+        if not (fs.as_path(m["dir"]) / "generator.safetensors").exists():
             raise ValueError(f"model {m['name']} of run {run_id!r} has no generator in {m['dir']}; "
                              f"run `cci train {run_id}` again to finish it")
         group = {"cluster": "per_cluster"}.get(m["kind"], m["kind"])
@@ -126,7 +126,7 @@ def evaluate_group(store: Store, plan: EvaluationPlan | dict, refs: dict, group:
     from cci_core.common.imagegrid import make_grid, save_png
     from cci_core.generate.gen_metrics import cluster_fidelity, evaluate_features
     plan, group = as_plan(EvaluationPlan, plan), as_plan(EvalGroup, group)
-    p, eval_dir = plan.params, Path(plan.eval_dir)
+    p, eval_dir = plan.params, fs.as_path(plan.eval_dir)
     t0 = time.perf_counter()
     fakes, intended = _generate_group(plan, group)
     # a grid: up to 8 images per cluster, one row per cluster (the baseline: 8 per row)
@@ -135,12 +135,12 @@ def evaluate_group(store: Store, plan: EvaluationPlan | dict, refs: dict, group:
     else:
         pick = np.arange(min(len(fakes), 8 * max(1, len(plan.trained_clusters))))
     grid = save_png(make_grid(fakes[pick], ncols=8), eval_dir / f"generated-{group.group}.png", scale=2)
-    masks = np.load(refs["real"]["masks"])
+    masks = fs.load_npz(refs["real"]["masks"])
     kw = p.metric_options()
     reports, per_cluster, assigned = {}, {}, None
     for name, space in refs["spaces"].items():
         feats, probs = space_fns(space, p.device)
-        fr = np.load(space["features"]).astype(np.float64)
+        fr = fs.load_npy(space["features"]).astype(np.float64)
         ff, pf = batched(feats, fakes), batched(probs, fakes)
         is_cluster_space = space["labels"] == "clusters"
         rep = evaluate_features(fr[masks["overall"]], ff, pf, intended if is_cluster_space else None, **kw)
@@ -247,7 +247,7 @@ def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results:
               "generated": {r["group"]: {"n": r["n_fake"], "shape": r["shape"], "dtype": r["dtype"],
                                          "pixel_range": r["pixel_range"]} for r in results},
               "markdown": markdown}
-    path = Path(plan.run_dir) / "reports" / "generation.json"
+    path = fs.as_path(plan.run_dir) / "reports" / "generation.json"
     atomic_write_json(path, report)
     headline = {f"{g}_{m}": reports["classifier"][g][m] for g in groups for m in HEADLINE
                 if _finite(reports["classifier"][g].get(m))}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cci_core.store import fs
 from cci_core.store.store import read_json
 
 
 def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
     """Complete checkpoints (JSON written last), oldest first."""
-    found = [p for p in (Path(out_dir) / "checkpoints").glob("step-*") if (p / "state.json").exists()
+    found = [p for p in (fs.as_path(out_dir) / "checkpoints").glob("step-*") if (p / "state.json").exists()
              and (p / "state.safetensors").exists()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
@@ -29,5 +30,5 @@ def latest_checkpoint_info(out_dir: str | Path) -> dict | None:
 
 def last_sample(out_dir: str | Path) -> str | None:
     """The newest sample grid, if any."""
-    grids = sorted((Path(out_dir) / "samples").glob("step-*.png"))
+    grids = sorted((fs.as_path(out_dir) / "samples").glob("step-*.png"))
     return str(grids[-1]) if grids else None

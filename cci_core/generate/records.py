@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cci_core.generate.settings import EvalParams, TrainParams
+from cci_core.store import fs
 from cci_core.store.store import utc_now
 
 
@@ -124,7 +125,7 @@ class TrainingPlan:
 
     def out_dir(self, job: TrainJob) -> Path:
         """The folder of one job's generator: ``runs/<run-id>/models/<job name>/``."""
-        return Path(self.run_dir) / "models" / job.name
+        return fs.as_path(self.run_dir) / "models" / job.name
 
     def model_config(self, job: TrainJob):
         """The GANConfig or VAEConfig of one job."""
@@ -176,7 +177,7 @@ class ModelRecord:
     def build(cls, *, name: str, kind: str, model: str, out_dir: str | Path, samples: str | None,
               loss_curve: str | None, **fields) -> ModelRecord:
         """A fresh record of the generator in ``out_dir``, finished now."""
-        out_dir = Path(out_dir)
+        out_dir = fs.as_path(out_dir)
         return cls(name=name, kind=kind, model=model, dir=str(out_dir), generator=str(out_dir / "generator.safetensors"),
                    samples=samples, loss_curve=loss_curve, finished_at=utc_now(), **fields)
 

@@ -16,6 +16,7 @@ from cci_core.generate.gan import Discriminator, GANConfig, Generator
 from cci_core.generate.image_batches import to_uint8
 from cci_core.generate.training_loop import checkpoint_dirs
 from cci_core.generate.vae import VAE, VAEConfig
+from cci_core.store import fs
 from cci_core.store.weights import load_weights
 
 
@@ -39,14 +40,14 @@ def load_generator(directory: str | Path, device: str | torch.device | None = No
         model = VAE(VAEConfig(**info["model"]))
     else:
         raise ValueError(f"{directory}/generator.json has kind={info.get('kind')!r}; expected 'gan' or 'vae'")
-    _load_state(model, tensors, Path(directory) / "generator.safetensors")
+    _load_state(model, tensors, fs.as_path(directory) / "generator.safetensors")
     return model.to(device).eval()
 
 
 def load_discriminator(out_dir: str | Path, device: str | torch.device | None = None) -> nn.Module:
     """The discriminator of the latest checkpoint in ``out_dir`` (eval mode), e.g. for
     ``D.features(x)`` when re-clustering real images between training phases."""
-    ckpts = checkpoint_dirs(Path(out_dir))
+    ckpts = checkpoint_dirs(out_dir)
     if not ckpts:
         raise FileNotFoundError(f"no checkpoint in {out_dir}/checkpoints; train first")
     tensors, info = load_weights(ckpts[-1], "state")

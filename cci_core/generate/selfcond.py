@@ -31,7 +31,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -53,7 +52,7 @@ from cci_core.generate.selfcond_clusters import (
 )
 from cci_core.generate.settings import gan_config
 from cci_core.generate.training_run import record_model, write_training_report
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
 
@@ -219,7 +218,7 @@ def train_selfcond(store: Store, plan: SelfCondPlan | dict, producer: dict | Non
     from cci_core.generate.training_loop import train_generator
     plan = _plan(plan)
     p = plan.params
-    rdir, k = Path(plan.run_dir), plan.k
+    rdir, k = fs.as_path(plan.run_dir), plan.k
     sdir, out_dir = rdir / "selfcond", rdir / "models" / "conditional"
     sdir.mkdir(parents=True, exist_ok=True)
     corpus = open_corpus(store, plan.corpus, plan.corpus_version)
@@ -270,7 +269,7 @@ def train_selfcond(store: Store, plan: SelfCondPlan | dict, producer: dict | Non
 
     # -- the conditions before the first step
     if labels_file(0).exists():
-        labels = np.load(labels_file(0))
+        labels = fs.load_npy(labels_file(0))
     else:
         if p.init == "parent":
             labels = cluster_run.run_labels(runs.read_run(store, plan.parent_run)).astype(np.int32)
@@ -289,7 +288,7 @@ def train_selfcond(store: Store, plan: SelfCondPlan | dict, producer: dict | Non
             else:
                 labels = res["labels"]
             history = [{**entry, "init": "discriminator"}]
-        np.save(labels_file(0), labels)
+        fs.save_npy(labels_file(0), labels)
         atomic_write_json(hist_path, history)
 
     # -- phases: train to the phase end with the current conditions, then re-cluster
@@ -297,7 +296,7 @@ def train_selfcond(store: Store, plan: SelfCondPlan | dict, producer: dict | Non
     X = centres = None
     for end in ends:
         if labels_file(end).exists():
-            labels = np.load(labels_file(end))
+            labels = fs.load_npy(labels_file(end))
             continue
         t0 = time.perf_counter()
         res = train_generator(images, out_dir, cfg, p.train_config(end), n_rows=n, labels=labels, progress=progress)
@@ -308,7 +307,7 @@ def train_selfcond(store: Store, plan: SelfCondPlan | dict, producer: dict | Non
         log(f"step {end}/{p.steps}: re-clustered on D's features, {entry['changed']:.1%} of rows changed "
             f"condition" + (f", nmi {entry['nmi']:.3f}" if "nmi" in entry else ""))
         history.append({**entry, "losses": res["losses"]})
-        np.save(labels_file(end), labels)
+        fs.save_npy(labels_file(end), labels)
         atomic_write_json(hist_path, history)
     if centres is None:  # every phase was resumed: the final centres from the final D
         D = load_discriminator(out_dir, p.device)
@@ -322,7 +321,7 @@ def _publish(store: Store, plan: SelfCondPlan, corpus, labels, centres, X, y_cod
     """Record the model, write the final conditions as the run's clustering (labels, centres, report) and
     record it; returns the clustering summary."""
     from cci_core.cluster.cluster_metrics import clustering_report
-    p, k, rdir = plan.params, plan.k, Path(plan.run_dir)
+    p, k, rdir = plan.params, plan.k, fs.as_path(plan.run_dir)
     out_dir = rdir / "models" / "conditional"
     final = history[-1]
     model_params = model_lineage_params(
@@ -334,7 +333,7 @@ def _publish(store: Store, plan: SelfCondPlan, corpus, labels, centres, X, y_cod
                               (plan.parent_clustering_artifact_id, "initial_clustering")])
     cdir = rdir / "clustering"
     lab_path = write_labels(cdir, corpus, labels)
-    np.save(cdir / "centres.npy", centres.astype(np.float32))
+    fs.save_npy(cdir / "centres.npy", centres.astype(np.float32))
     report = clustering_report(X, labels, centres, y_true=y_codes, sample_size=10000, seed=p.seed)
     report.update(algorithm="self-conditioned kmeans", space="discriminator features", k=k,
                   corpus=plan.corpus, corpus_version=plan.corpus_version, run_id=plan.run_id,
@@ -363,7 +362,7 @@ def finish_selfcond(store: Store, plan: SelfCondPlan | dict, cl: dict, parts: li
     run.json status ``complete``."""
     plan = _plan(plan)
     p = plan.params
-    out_dir = Path(plan.run_dir) / "models" / "conditional"
+    out_dir = fs.as_path(plan.run_dir) / "models" / "conditional"
     clusters = [q["cluster"] for q in parts]
     model = ModelRecord.build(
         name="conditional", kind="conditional", model="gan", out_dir=out_dir, cluster=None, clusters=tuple(clusters),

@@ -18,7 +18,6 @@ trained generator: :mod:`cci_core.generate.sampling`.
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g
 from cci_core.generate.image_batches import RowSource, to_signed_tensor, to_uint8
 from cci_core.generate.model_dir import checkpoint_dirs
 from cci_core.generate.vae import VAE, VAEConfig
+from cci_core.store import fs
 from cci_core.store.weights import load_weights, save_weights
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -222,7 +222,7 @@ def _save_checkpoint(out_dir: Path, kind, step: int, elapsed: float, gen: torch.
     save_weights(path, tensors, dict(meta, step=step, elapsed=elapsed, param_groups=groups,
                                      history=sorted(history)), name="state")
     for old in checkpoint_dirs(out_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        fs.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -269,7 +269,7 @@ def save_loss_curve(history: dict[str, list[float]], path: str | Path, smooth: i
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
+    path = fs.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)
@@ -282,8 +282,7 @@ def save_loss_curve(history: dict[str, list[float]], path: str | Path, smooth: i
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return fs.savefig(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------- the loop
@@ -313,7 +312,7 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     ``checkpoint``, ``samples`` (list), ``loss_curve``.
     """
     tcfg = train_cfg or TrainConfig()
-    out_dir = Path(out_dir)
+    out_dir = fs.as_path(out_dir)
     h, w, c = images.shape[1:] if images.ndim == 4 else (None, None, None)
     if (h, w, c) != (model_cfg.image_size, model_cfg.image_size, model_cfg.channels):
         raise ValueError(f"images have shape {tuple(images.shape)} but the model expects "

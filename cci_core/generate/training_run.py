@@ -47,6 +47,7 @@ from cci_core.generate.records import (
     model_metrics,
 )
 from cci_core.generate.settings import TrainParams
+from cci_core.store import fs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
@@ -212,7 +213,7 @@ def write_training_report(store: Store, *, run_id: str, run_dir: str, corpus: st
                           params: dict, mode: str, model: str, trained_clusters: list, skipped: list,
                           total_steps: int, models: list[dict]) -> dict:
     """Write ``models/training.json`` (what evaluate and generate read) and point run.json at it."""
-    path = Path(run_dir) / "models" / "training.json"
+    path = fs.as_path(run_dir) / "models" / "training.json"
     summary = {"run_id": run_id, "run_dir": run_dir, "corpus": corpus, "corpus_version": corpus_version,
                "params": params, "mode": mode, "model": model, "trained_clusters": trained_clusters,
                "skipped": skipped, "total_steps": total_steps, "models": models,
@@ -232,14 +233,14 @@ def finish_training(store: Store, plan: TrainingPlan | dict, results: list[dict]
     plan = as_plan(TrainingPlan, plan)
     order = {j.name: i for i, j in enumerate(plan.jobs)}
     results = sorted(results, key=lambda r: order.get(r["name"], len(order)))
-    path = Path(plan.run_dir) / "models" / "training.json"
+    path = fs.as_path(plan.run_dir) / "models" / "training.json"
     # models an earlier `cci train` made and this one did not touch (e.g. the baseline after a
     # re-run with --no-baseline, or per-cluster models beside a later conditional GAN) stay listed
     kept = []
     if path.exists():
         names = {r["name"] for r in results}
         kept = [{**m, "from_earlier_run": True} for m in read_json(path).get("models", [])
-                if m["name"] not in names and (Path(m["dir"]) / "generator.safetensors").exists()]
+                if m["name"] not in names and (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
     params = asdict(plan.params)
     return write_training_report(
         store, run_id=plan.run_id, run_dir=plan.run_dir, corpus=plan.corpus, corpus_version=plan.corpus_version,
