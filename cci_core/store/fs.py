@@ -119,6 +119,16 @@ def write_bytes(path: Any, data: bytes) -> AnyPath:
     return path
 
 
+def read_bytes(path: Any) -> bytes:
+    """A whole file. On an object store one GET, so a file replaced meanwhile gives the old or
+    the new bytes (an open file object would fail with ``FileExpired`` instead)."""
+    path = as_path(path)
+    if is_local(path):
+        return path.read_bytes()
+    fs, p = _fs_and_path(path)
+    return fs.cat_file(p)
+
+
 def save_npy(path: Any, arr: np.ndarray) -> AnyPath:
     path = as_path(path)
     if is_local(path):
@@ -290,8 +300,8 @@ def lock(path: Any, poll_s: float = 0.05, timeout_s: float | None = None) -> Ite
         if create_exclusive(path, json.dumps(owner).encode()):
             break
         try:
-            held = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
+            held = json.loads(read_bytes(path))
+        except (OSError, ValueError):  # released (or replaced) between our put and this read
             held = None
         if held is not None and _lock_stale(held):
             rmtree(path, ignore_errors=True)

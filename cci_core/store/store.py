@@ -136,7 +136,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> AnyPath:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(fs.as_path(path).read_text())
+    return json.loads(fs.read_bytes(path))
 
 
 def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> AnyPath:
