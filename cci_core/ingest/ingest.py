@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import uuid
 from datetime import datetime, timezone
@@ -30,7 +29,9 @@ from cci_core.ingest.batches import first_image_shape, load_batch
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, FITS
 from cci_core.ingest.records import IngestPlan, ReadLimits
 from cci_core.ingest.sources import Source, SourceError, open_source
+from cci_core.store import fs
 from cci_core.store.corpus import INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array, read_manifest, write_rows
+from cci_core.store.fs import AnyPath
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store, file_lock, pid_alive, utc_now, validate_name
 
@@ -148,23 +149,23 @@ def check_still_latest(plan: IngestPlan | dict) -> None:
             "run the same cci ingest again to add this source's new images")
 
 
-def _lock_path(cdir: Path) -> Path:
-    return Path(cdir) / ".ingest.lock"
+def _lock_path(cdir: AnyPath) -> AnyPath:
+    return fs.as_path(cdir) / ".ingest.lock"
 
 
-def acquire_lock(cdir: Path, ingest_id: str) -> None:
+def acquire_lock(cdir: AnyPath, ingest_id: str) -> None:
     """One writer per corpus: new rows go straight into the image array beyond the committed
     ones, so a second concurrent ingest would tear them. A lock left by a process that is
     gone (same host) is taken over."""
     path = _lock_path(cdir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fs.makedirs(path.parent)
     me = {"ingest_id": ingest_id, "pid": os.getpid(), "host": socket.gethostname(),
           "since": utc_now()}
-    with file_lock(Path(cdir) / ".ingest.lock.guard"):  # two takeovers of one stale lock cannot interleave
+    with file_lock(fs.as_path(cdir) / ".ingest.lock.guard"):  # two takeovers of one stale lock cannot interleave
         _acquire(path, me, cdir)
 
 
-def _holder(path: Path) -> dict | None:
+def _holder(path: AnyPath) -> dict | None:
     """Who holds the lock at ``path``: its record, or None when there is no lock or its
     process is gone (same host: a crashed ingest, whose lock may be taken over)."""
     try:
@@ -178,26 +179,22 @@ def _holder(path: Path) -> dict | None:
     return held
 
 
-def _busy(cdir: Path, held: dict) -> ValueError:
-    return ValueError(f"corpus {Path(cdir).name!r} is being written by another ingest "
+def _busy(cdir: AnyPath, held: dict) -> ValueError:
+    return ValueError(f"corpus {fs.as_path(cdir).name!r} is being written by another ingest "
                       f"({held.get('ingest_id')}, pid {held.get('pid')} on {held.get('host')} since "
                       f"{held.get('since')}); wait for it to finish, or delete {_lock_path(cdir)} if no ingest "
                       "is running")
 
 
-def _acquire(path: Path, me: dict, cdir: Path) -> None:
+def _acquire(path: AnyPath, me: dict, cdir: AnyPath) -> None:
     for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            held = _holder(path)
-            if held is None:
-                path.unlink(missing_ok=True)  # its process is gone: a crashed ingest
-                continue
-            raise _busy(cdir, held) from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        return
+        if fs.create_exclusive(path, json.dumps(me).encode()):
+            return
+        held = _holder(path)
+        if held is None:
+            fs.unlink(path, missing_ok=True)  # its process is gone: a crashed ingest
+            continue
+        raise _busy(cdir, held)
 
 
 def release_lock(plan: IngestPlan | dict) -> None:
@@ -206,11 +203,11 @@ def release_lock(plan: IngestPlan | dict) -> None:
     _release(plan.cdir, plan.ingest_id)
 
 
-def _release(cdir: Path, ingest_id: str) -> None:
+def _release(cdir: AnyPath, ingest_id: str) -> None:
     path = _lock_path(cdir)
     try:
         if json.loads(path.read_text()).get("ingest_id") == ingest_id:
-            path.unlink(missing_ok=True)
+            fs.unlink(path, missing_ok=True)
     except (OSError, ValueError):
         pass
 
@@ -219,12 +216,11 @@ def decode_batch(plan: IngestPlan | dict, batch: dict) -> dict:
     """Decode one batch into the staging folder; return paths and counts (no pixels)."""
     plan = IngestPlan.of(plan)
     result = load_batch(batch, plan.shape, plan.fit, plan.limits)
-    staging = plan.staging
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = fs.makedirs(plan.staging)
     stem = staging / f"batch-{batch['batch']:06d}"
-    np.save(f"{stem}.npy", result.pixels, allow_pickle=False)
-    pd.DataFrame(result.rows, columns=["image_id", "source", "label", "split", "orig_height",
-                                       "orig_width", "orig_mode", "batch"]).to_parquet(f"{stem}.parquet")
+    fs.save_npy(f"{stem}.npy", result.pixels)
+    fs.write_parquet(f"{stem}.parquet", pd.DataFrame(result.rows, columns=[
+        "image_id", "source", "label", "split", "orig_height", "orig_width", "orig_mode", "batch"]), index=None)
     return {"batch": batch["batch"], "pixels": f"{stem}.npy", "rows": f"{stem}.parquet",
             "n": len(result.rows), "quarantine": result.quarantine}
 
@@ -245,14 +241,14 @@ def select_new(plan: IngestPlan | dict, decoded: list[dict]) -> dict:
                           f"{reasons}{' …' if len(quarantine) > 3 else ''}); nothing was ingested")
     seen: set[str] = set()
     if plan.n0:
-        idx = pd.read_parquet(plan.cdir / "index.parquet", columns=["row", "image_id"])
+        idx = fs.read_parquet(plan.cdir / "index.parquet", columns=["row", "image_id"])
         seen = set(idx.loc[idx["row"] < plan.n0, "image_id"])
     now = datetime.now(timezone.utc)
     new_rows, segments, duplicates, dst = [], [], 0, plan.n0
     for d in decoded:
         if not d["n"]:
             continue
-        rows = pd.read_parquet(d["rows"])
+        rows = fs.read_parquet(d["rows"])
         keep = []
         for i, iid in enumerate(rows["image_id"]):
             if iid in seen:
@@ -263,7 +259,7 @@ def select_new(plan: IngestPlan | dict, decoded: list[dict]) -> dict:
         if not keep:
             continue
         keep_path = d["pixels"].replace(".npy", ".keep.npy")
-        np.save(keep_path, np.asarray(keep, np.int64), allow_pickle=False)
+        fs.save_npy(keep_path, np.asarray(keep, np.int64))
         kept = rows.iloc[keep].copy()
         kept["row"] = np.arange(dst, dst + len(keep))
         kept["batch"] = [f"{plan.ingest_id}/{b}" for b in kept["batch"]]
@@ -274,7 +270,7 @@ def select_new(plan: IngestPlan | dict, decoded: list[dict]) -> dict:
     new_index["version"] = plan.version
     new_index["ingested_at"] = now
     rows_path = plan.staging / "new-index.parquet"
-    new_index[INDEX_COLUMNS].to_parquet(rows_path)
+    fs.write_parquet(rows_path, new_index[INDEX_COLUMNS], index=None)
     return {"n_new": dst - plan.n0, "n1": dst, "duplicates": duplicates, "quarantine": quarantine,
             "segments": segments, "new_index": str(rows_path)}
 
@@ -304,8 +300,8 @@ def write_segments(plan: IngestPlan | dict, segments: list[dict]) -> int:
     images_path = IngestPlan.of(plan).cdir / "images.zarr"
     written = 0
     for s in segments:
-        pixels = np.load(s["pixels"], mmap_mode="r", allow_pickle=False)
-        keep = np.load(s["keep"], allow_pickle=False)[s["lo"]:s["hi"]]
+        pixels = fs.load_npy(s["pixels"], mmap=True)  # mapped locally, read whole from an object store
+        keep = fs.load_npy(s["keep"])[s["lo"]:s["hi"]]
         write_rows(images_path, s["dst"], np.asarray(pixels[keep]))
         written += len(keep)
     return written
@@ -329,14 +325,14 @@ def commit_ingest(store: Store, plan: IngestPlan | dict, selection: dict, produc
                "quarantined": len(selection["quarantine"]), "quarantine": selection["quarantine"],
                "shape": shape}
     if selection["n_new"] == 0:
-        shutil.rmtree(plan.staging_dir, ignore_errors=True)
+        fs.rmtree(plan.staging_dir, ignore_errors=True)
         return {**summary, "version": plan.version - 1, "n_rows": plan.n0, "changed": False,
                 "artifact_id": plan.previous_artifact_id}
-    old_index = (pd.read_parquet(cdir / "index.parquet") if plan.n0 else pd.DataFrame(columns=INDEX_COLUMNS))
+    old_index = (fs.read_parquet(cdir / "index.parquet") if plan.n0 else pd.DataFrame(columns=INDEX_COLUMNS))
     old_index = old_index[old_index["row"] < plan.n0]
-    new_index = pd.read_parquet(selection["new_index"])
+    new_index = fs.read_parquet(selection["new_index"])
     index = pd.concat([old_index, new_index], ignore_index=True) if plan.n0 else new_index
-    old_q = pd.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan.n0 else None
+    old_q = fs.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan.n0 else None
     new_q = pd.DataFrame(selection["quarantine"], columns=["source", "reason", "batch"]).drop(columns="batch")
     new_q["version"] = plan.version
     quarantine = (pd.concat([old_q, new_q]) if old_q is not None else new_q).drop_duplicates("source", keep="first")
@@ -365,7 +361,7 @@ def commit_ingest(store: Store, plan: IngestPlan | dict, selection: dict, produc
     with file_lock(cdir / ".commit.lock"):  # compare-and-swap: check and publish as one step
         check_still_latest(plan)
         commit_version(cdir, manifest, index, quarantine)
-    shutil.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'
+    fs.rmtree(cdir / "_staging", ignore_errors=True)  # this run's and any abandoned runs'
     return {**summary, "version": plan.version, "n_rows": len(index), "changed": True, "artifact_id": art.id}
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from cci_core.common.records import JsonRecord
 from cci_core.common.shapes import ImageShape
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from cci_core.store import fs
+from cci_core.store.fs import AnyPath
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,12 @@ class IngestPlan(JsonRecord):
     batches: tuple[dict, ...] | None = None
 
     @property
-    def cdir(self) -> Path:
-        return Path(self.corpus_dir)
+    def cdir(self) -> AnyPath:
+        return fs.as_path(self.corpus_dir)
 
     @property
-    def staging(self) -> Path:
-        return Path(self.staging_dir)
+    def staging(self) -> AnyPath:
+        return fs.as_path(self.staging_dir)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> IngestPlan:
