@@ -6,6 +6,7 @@ lose nothing; a store URL without ``$CCI_LINEAGE_URL`` says what to set.
 """
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing as mp
 import os
@@ -13,8 +14,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from s3server import make_bucket, moto_server, s3_env
 
+from cci_core.common.imagegrid import make_grid, save_png
 from cci_core.ingest.ingest import acquire_lock, ingest_local
 from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
@@ -58,7 +61,7 @@ def _comparable_index(c) -> pd.DataFrame:
 
 
 def test_digits_ingest_into_s3_equals_the_local_ingest(s3_store, tmp_path):
-    local = Store(tmp_path / "local")
+    local = Store(tmp_path / "local", lineage_url=f"sqlite:///{tmp_path / 'local-lineage.db'}")
     opts = dict(size=(28, 28), channels=1, batch_size=500)
     got_s3 = ingest_local(s3_store, "builtin:digits", "digits", **opts)
     got_local = ingest_local(local, "builtin:digits", "digits", **opts)
@@ -76,7 +79,7 @@ def test_digits_ingest_into_s3_equals_the_local_ingest(s3_store, tmp_path):
     assert s3_store.corpora() == ["digits"]
 
     art = LineageStore(s3_store.lineage_url).get(got_s3["artifact_id"])
-    assert art.uri in (str(s3_store.corpus_dir("digits")), str(local.corpus_dir("digits")))
+    assert art.uri == art.stored_uri == str(s3_store.corpus_dir("digits"))  # a URL: every worker resolves it
 
     again = ingest_local(s3_store, "builtin:digits", "digits", **opts)  # every image is already there
     assert (again["added"], again["duplicates"], again["changed"]) == (0, 1797, False)
@@ -165,3 +168,12 @@ def test_staging_folders_on_s3_publish_json_last_and_stale_ones_go(s3_store):
     (dead / ".owner.json").write_text(json.dumps({"host": os.uname().nodename, "pid": 2 ** 22 + 9, "started": 1.0}))
     (dead / "half.npy").write_bytes(b"x")
     assert remove_stale_staging(parent) == [dead] and not dead.exists()
+
+
+def test_pictures_are_written_to_a_store_url(s3_store):
+    grid = make_grid(np.arange(4 * 5 * 5, dtype=np.uint8).reshape(4, 5, 5))
+    for where in (f"{s3_store.root}/pictures/g.png", s3_store.root / "pictures" / "h.png"):
+        out = save_png(grid, where, scale=2)
+        assert not fs.is_local(out)
+        with out.open("rb") as fh:
+            assert Image.open(io.BytesIO(fh.read())).size == (grid.shape[1] * 2, grid.shape[0] * 2)

@@ -47,6 +47,10 @@ def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> Path:
 
 
 def _as_path(path):
+    """A local ``Path``; a URL string (``s3://...``) becomes a ``UPath``; other path objects stay."""
+    if isinstance(path, str) and "://" in path:
+        from upath import UPath
+        return UPath(path)
     return Path(path) if isinstance(path, (str, os.PathLike)) else path
 
 
