@@ -19,6 +19,7 @@ from s3server import make_bucket, moto_server, s3_env
 
 from cci_core.common.imagegrid import make_grid, save_png
 from cci_core.ingest.ingest import acquire_lock, ingest_local
+from cci_core.ingest.sources import SourceError
 from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.datasets import DatasetWriter, UnknownDatasetError, dataset_versions, open_dataset
@@ -177,3 +178,25 @@ def test_pictures_are_written_to_a_store_url(s3_store):
         assert not fs.is_local(out)
         with out.open("rb") as fh:
             assert Image.open(io.BytesIO(fh.read())).size == (grid.shape[1] * 2, grid.shape[0] * 2)
+
+
+def test_an_array_source_at_a_url_ingests_like_the_same_local_file(s3_store, tmp_path):
+    rng = np.random.default_rng(7)
+    images, labels = rng.integers(0, 256, (50, 8, 8), dtype=np.uint8), rng.integers(0, 3, 50)
+    np.savez(tmp_path / "arr.npz", images=images, labels=labels)
+    fs.copyfile(tmp_path / "arr.npz", s3_store.root / "in" / "arr.npz")
+    np.save(tmp_path / "x.npy", images)
+    fs.copyfile(tmp_path / "x.npy", s3_store.root / "in" / "x.npy")
+    local = Store(tmp_path / "local", lineage_url=f"sqlite:///{tmp_path / 'local-lineage.db'}")
+    ingest_local(s3_store, f"{s3_store.root}/in/arr.npz", "arr", batch_size=16)
+    ingest_local(local, str(tmp_path / "arr.npz"), "arr", batch_size=16)
+    remote, here = open_corpus(s3_store, "arr"), open_corpus(local, "arr")
+    assert np.array_equal(remote.read_images(), here.read_images())
+    assert remote.labels().tolist() == here.labels().tolist() == [str(v) for v in labels]
+    assert remote.index()["source"].iloc[3] == f"{s3_store.root}/in/arr.npz#3"
+    got = ingest_local(s3_store, f"{s3_store.root}/in/x.npy", "arr", batch_size=16)
+    assert (got["added"], got["duplicates"]) == (0, 50)
+    with pytest.raises(SourceError, match="does not exist"):
+        ingest_local(s3_store, f"{s3_store.root}/in/none.npy", "arr")
+    with pytest.raises(SourceError, match="only .npy/.npz arrays"):
+        ingest_local(s3_store, f"{s3_store.root}/in/", "arr")

@@ -3,7 +3,9 @@
 A source spec is a path or ``builtin:digits``. Supported: a folder tree of image files
 (PNG, JPEG, BMP, TIFF, WebP, GIF first frame), MNIST-format IDX files (a folder of them or
 one images file; ``.gz`` or raw), ``.npy`` / ``.npz`` arrays, a tar archive of images (read
-member by member, never extracted) and scikit-learn's digits.
+member by member, never extracted) and scikit-learn's digits. A ``.npy`` / ``.npz`` array may
+also be an fsspec URL (``s3://bucket/x.npy``), which every worker reaches; it is read whole
+(memory-mapped only locally).
 
 Batches are small JSON-able dicts (paths, member offsets and row ranges, never pixels) so
 they can travel through Prefect; :func:`cci_core.ingest.batches.load_batch` turns one into
@@ -26,6 +28,7 @@ import numpy as np
 
 from cci_core.ingest.idx import IDXFormatError, read_idx
 from cci_core.ingest.images import decide_value_range
+from cci_core.store import fs
 
 _IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images[-.]idx3-ubyte(\.gz)?$")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -82,7 +85,7 @@ def _hash_listing(entries) -> str:
 
 def _file_sig(path: Path) -> tuple:
     st = path.stat()
-    return (path.name, st.st_size, st.st_mtime_ns)
+    return (path.name, st.st_size, st.st_mtime_ns if fs.is_local(path) else st.st_mtime)
 
 
 def open_source(spec: str, label_from_folder: bool = False, value_range: str = "auto",
@@ -129,6 +132,8 @@ def _open_source(spec: str, label_from_folder: bool) -> Source:
                       parts=[{"path": spec, "n": 1797, "split": None}])
     if spec.startswith("builtin:"):
         raise SourceError(f"unknown built-in corpus {spec!r}: the built-in corpus is 'builtin:digits'")
+    if fs.is_url(spec):
+        return _url_source(spec)
     path = Path(spec).expanduser()
     if not path.exists():
         raise SourceError(f"source {spec!r} does not exist: give a folder of images, IDX/.npy/.npz/tar "
@@ -236,6 +241,21 @@ def _tar_source(path: Path, label_from_folder: bool) -> Source:
                   members=offsets)
 
 
+def _url_source(spec: str) -> Source:
+    """A ``.npy`` / ``.npz`` array at a URL (other kinds of source are read from local files)."""
+    path = fs.as_path(spec)
+    if not path.name.lower().endswith((".npy", ".npz")):
+        raise SourceError(f"source {spec!r}: from a URL only .npy/.npz arrays are read; copy image folders, "
+                          "IDX and tar files to a local folder first")
+    try:
+        found = path.exists()
+    except OSError as exc:
+        raise SourceError(f"source {spec!r} cannot be reached ({exc}): check the URL and its credentials") from exc
+    if not found:
+        raise SourceError(f"source {spec!r} does not exist")
+    return _array_source(path)
+
+
 def _array_source(path: Path) -> Source:
     images, labels = _load_array_file(str(path))
     if images.ndim not in (3, 4) or images.shape[0] == 0:
@@ -252,22 +272,29 @@ def _array_source(path: Path) -> Source:
 def _load_array_file(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         if path.endswith(".npy"):
-            return np.load(path, mmap_mode="r", allow_pickle=False), None
+            return fs.load_npy(path, mmap=True), None
+        if fs.is_url(path):
+            return _npz_arrays(path, fs.load_npz(path))
         with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            ikey = next((k for k in _ARRAY_KEYS if k in keys), keys[0] if keys else None)
-            if ikey is None:
-                raise SourceError(f"{path}: the .npz archive is empty")
-            lkey = next((k for k in _LABEL_KEYS if k in keys and k != ikey), None)
-            labels = z[lkey] if lkey else None
-            if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
-                labels = labels[:, 0]  # a column vector of labels
-            return z[ikey], labels
+            return _npz_arrays(path, z)
     except (ValueError, OSError) as exc:
         if isinstance(exc, SourceError):
             raise
         raise SourceError(f"{path}: cannot read array file ({exc}); object arrays are refused "
                           "(no pickle): save plain numeric arrays") from exc
+
+
+def _npz_arrays(path: str, z) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images and labels (None if none) of an .npz archive's arrays, chosen by name."""
+    keys = list(z.keys())
+    ikey = next((k for k in _ARRAY_KEYS if k in keys), keys[0] if keys else None)
+    if ikey is None:
+        raise SourceError(f"{path}: the .npz archive is empty")
+    lkey = next((k for k in _LABEL_KEYS if k in keys and k != ikey), None)
+    labels = z[lkey] if lkey else None
+    if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]  # a column vector of labels
+    return z[ikey], labels
 
 
 @functools.lru_cache(maxsize=4)
