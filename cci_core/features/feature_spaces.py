@@ -42,7 +42,7 @@ import pandas as pd
 from cci_core.features.probes import evaluate_space
 from cci_core.features.records import SPACES, FeatureParams, FeaturePlan, FeatureSpace
 from cci_core.features.report import write_report
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
 
@@ -84,7 +84,7 @@ def _trained_models(r: dict, store: Store) -> list[dict]:
     path = store.run_dir(r["run_id"]) / "models" / "training.json"
     if not path.exists():
         return []
-    return [m for m in read_json(path).get("models", []) if (Path(m["dir"]) / "generator.safetensors").exists()]
+    return [m for m in read_json(path).get("models", []) if (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
 
 
 def find_space(store: Store, run: dict, space: str) -> FeatureSpace:
@@ -107,7 +107,7 @@ def find_space(store: Store, run: dict, space: str) -> FeatureSpace:
                                f"make them with `cci cluster {run['corpus']}`")
     if space == "classifier":
         for r in chain:
-            if r.get("classifier") and (Path(r["classifier"]) / "classifier.safetensors").exists():
+            if r.get("classifier") and (fs.as_path(r["classifier"]) / "classifier.safetensors").exists():
                 aid = r.get("classifier_artifact_id") or _find_artifact(store, "classifier", r["classifier"])
                 return FeatureSpace(space, "cci-classifier", r["classifier"], aid, r["run_id"],
                                     note=f"CCI classifier embedding of run {r['run_id']}")
@@ -229,7 +229,7 @@ def extract_features(images, n_rows: int, fn, path: str | Path, batch_size: int 
     for s in range(0, n_rows, batch_size):
         f = fn(np.asarray(images[s:min(n_rows, s + batch_size)]))
         if arr is None:
-            arr = zarr.create_array(str(path), shape=(n_rows, f.shape[1]), chunks=(min(chunk_rows, n_rows), f.shape[1]),
+            arr = zarr.create_array(fs.zarr_url(path), shape=(n_rows, f.shape[1]), chunks=(min(chunk_rows, n_rows), f.shape[1]),
                                     dtype="float32", overwrite=True)
         buf.append(f)
         if sum(len(b) for b in buf) >= chunk_rows or s + batch_size >= n_rows:
@@ -254,11 +254,11 @@ def extract_space(store: Store, plan: FeaturePlan | dict, space: FeatureSpace | 
                 "device": None, "embeddings_artifact_id": None}
     if space.source == "pca":
         import zarr
-        return {**space.to_json(), "path": space.dir, "dim": int(zarr.open_array(space.dir, mode="r").shape[1]),
+        return {**space.to_json(), "path": space.dir, "dim": int(zarr.open_array(fs.zarr_url(space.dir), mode="r").shape[1]),
                 "extract_seconds": 0.0, "device": None, "embeddings_artifact_id": space.artifact_id}
     device = pick_device(plan.params.device)
     corpus = open_corpus(store, plan.corpus, plan.corpus_version)
-    out = Path(plan.run_dir) / "features" / f"{space.space}.zarr"
+    out = fs.as_path(plan.run_dir) / "features" / f"{space.space}.zarr"
     out.parent.mkdir(parents=True, exist_ok=True)
     n, dim = extract_features(corpus.images(), corpus.n_rows, _embedder(space, device), out, plan.params.batch_size)
     seconds = time.perf_counter() - t0
@@ -298,7 +298,7 @@ def train_corpus_vae(store: Store, run_id: str, steps: int = 2000, width: int = 
     out_dir = store.run_dir(run_id) / "models" / "vae-corpus"
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, checkpoint_every=steps, seed=seed, device=device)
     res = train_generator(corpus.images(), out_dir, cfg, tcfg, n_rows=corpus.n_rows)
-    gen = Path(res["generator"])
+    gen = fs.as_path(res["generator"])
     files = [gen, gen.with_suffix(".json")]
     art = runs.lineage_store(store).record(
         "model", f"{run_id}/models/vae-corpus", str(out_dir), hash_files(files),

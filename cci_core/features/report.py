@@ -11,7 +11,7 @@ import numpy as np
 
 from cci_core.features.probes import PROBES, pct
 from cci_core.features.records import FeaturePlan
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.store import Store, atomic_write_json, hash_files, utc_now
 
 
@@ -48,8 +48,8 @@ def save_chart(results: list[dict], path: str | Path) -> Path:
     """PNG: k-means NMI / ACC per space, and each probe's accuracy with all the labels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = fs.as_path(path)
+    fs.ensure_parent(path)
     names = [r["space"] for r in results]
     x = np.arange(len(names))
     fig = Figure(figsize=(10, 3.8))
@@ -74,8 +74,7 @@ def save_chart(results: list[dict], path: str | Path) -> Path:
                  else "probes: no labels")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return fs.savefig(fig, path, dpi=100)
 
 
 def write_report(store: Store, plan: FeaturePlan | dict, results: list[dict], producer: dict | None = None) -> dict:
@@ -83,7 +82,7 @@ def write_report(store: Store, plan: FeaturePlan | dict, results: list[dict], pr
     plan = FeaturePlan.of(plan)
     order = [s.space for s in plan.spaces]
     results = sorted(results, key=lambda r: order.index(r["space"]))
-    rdir = Path(plan.run_dir) / "reports"
+    rdir = fs.as_path(plan.run_dir) / "reports"
     rows = table_rows(results, plan.params.fractions)
     chart = save_chart(results, rdir / "features.png")
     md = [f"# Feature spaces of run `{plan.run_id}`",

@@ -129,8 +129,9 @@ class Palette:
     def save(self, directory: str | Path) -> dict:
         """Write ``palette.json`` and ``swatch.png`` into ``directory``; returns their paths."""
         from cci_core.common.imagegrid import save_png
+        from cci_core.store import fs
         from cci_core.store.store import atomic_write_json
-        directory = Path(directory)
+        directory = fs.as_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         js = atomic_write_json(directory / "palette.json", self.to_dict())
         png = save_png(swatch(self), directory / "swatch.png")
@@ -138,8 +139,9 @@ class Palette:
 
     @classmethod
     def load(cls, path: str | Path) -> Palette:
-        """From ``palette.json`` or the folder holding it."""
-        path = Path(path)
+        """From ``palette.json`` or the folder holding it (in a local or an object store)."""
+        from cci_core.store import fs
+        path = fs.as_path(path)
         if path.is_dir():
             path = path / "palette.json"
         if not path.exists():

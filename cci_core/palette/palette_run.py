@@ -31,6 +31,7 @@ from cci_core.palette.palette import Palette, check_k, learn_palette
 from cci_core.palette.records import PaletteSource
 from cci_core.palette.render import MODES, check_channels, match_colors, render
 from cci_core.palette.sources import palette_source, read_image_file, source_images
+from cci_core.store import fs
 from cci_core.store.lineage import artifact_id
 from cci_core.store.runs import lineage_store
 from cci_core.store.store import Store, atomic_write_json, publish_dir, staging
@@ -139,10 +140,10 @@ def learn_palette_step(store: Store, source: str, colors: int, space: str | None
             before = np.asarray(images[sample].compute())
             paths["montage"] = before_after(before, render(before, pal), stage / "montage.png")
         art = lineage_store(store).record("palette", f"{info.label}/k{pal.k}-{pal.space}", str(pdir), chash,
-                                          size=Path(paths["json"]).stat().st_size, params=params, metrics=metrics,
+                                          size=fs.as_path(paths["json"]).stat().st_size, params=params, metrics=metrics,
                                           producer=producer, inputs=list(info.inputs))
         publish_dir(stage, pdir)  # visible only now, after its lineage record
-    paths = {key: str(pdir / Path(v).name) if v else v for key, v in paths.items()}
+    paths = {key: str(pdir / fs.as_path(v).name) if v else v for key, v in paths.items()}
     return {"palette_id": art.id, "palette_dir": str(pdir), **paths, "source": source, "source_kind": info.kind,
             "k": pal.k, "colors_requested": int(colors), "space": pal.space, "method": pal.meta.get("method"),
             "inertia": pal.inertia, "mse": metrics["mse"], "n_pixels": pal.n_pixels,
@@ -303,7 +304,7 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
                                drop_axis=3, chunks=(images.chunks[0], (h,), (w,)))
     base = store.root / "segments"
     with staging(base) as tmp:
-        arr = zarr.create_array(str(tmp / "labels.zarr"), shape=(n, h, w), chunks=(rows_per_task, h, w),
+        arr = zarr.create_array(fs.zarr_url(tmp / "labels.zarr"), shape=(n, h, w), chunks=(rows_per_task, h, w),
                                 dtype="uint8", compressors=[BloscCodec(cname="zstd", clevel=5)], overwrite=True)
         labels.store(arr, lock=False)
         chash = hashlib.sha256()

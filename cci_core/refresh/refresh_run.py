@@ -17,7 +17,6 @@ Drift report (``reports/drift.json``):
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -26,7 +25,7 @@ from cci_core.cluster import cluster_run
 from cci_core.cluster.labels import read_labels, write_labels
 from cci_core.predict.predict import load_predictor
 from cci_core.refresh.records import RefreshPlan
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
 
@@ -71,9 +70,9 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     rdir.mkdir(parents=True, exist_ok=True)
     for sub in ("pca",):  # what predict needs besides the classifier: shared, read-only, copied once
         if (store.run_dir(run_id) / sub).exists() and not (rdir / sub).exists():
-            shutil.copytree(store.run_dir(run_id) / sub, rdir / sub)
+            fs.copytree(store.run_dir(run_id) / sub, rdir / sub)
     if not parent.get("classifier"):
-        shutil.copytree(store.run_dir(run_id) / "clustering", rdir / "clustering", dirs_exist_ok=True)
+        fs.copytree(store.run_dir(run_id) / "clustering", rdir / "clustering", dirs_exist_ok=True)
     runs.write_run(store, new_id, plan.to_json())
 
     all_labels = np.concatenate([old_labels, new_labels]).astype(np.int32)
