@@ -49,7 +49,9 @@ def deploy(pool: str = "cci-process", source: str = "builtin:digits", corpus: st
     from flows.liveness import heartbeat_env
     job_variables = dict(job_variables or {})
     job_variables["env"] = {**heartbeat_env(), **(job_variables.get("env") or {})}
-    store_root = str(Path(store_root or ROOT / "cci-store").resolve())
+    from cci_core.store import fs
+    # a path becomes absolute (the worker runs elsewhere); a URL (s3://bucket/prefix) is kept as it is
+    store_root = store_root if fs.is_url(store_root or "") else str(Path(store_root or ROOT / "cci-store").resolve())
     common = {"source": source, "corpus": corpus, "store_root": store_root}
     ids = []
     pipeline = flow.from_source(source=str(ROOT), entrypoint="flows/pipeline.py:pipeline_flow")
@@ -86,7 +88,8 @@ def main() -> None:
     ap.add_argument("--pool", default="cci-process")
     ap.add_argument("--source", default="builtin:digits", help="what the pipeline and the refresh ingest")
     ap.add_argument("--corpus", default="digits28")
-    ap.add_argument("--store", default=None, help="artifact store root (default ./cci-store of the checkout)")
+    ap.add_argument("--store", default=None, help="artifact store root: a folder (default ./cci-store of the checkout) or a URL "
+                         "(s3://bucket/prefix)")
     ap.add_argument("--refresh-cron", default="0 3 * * *")
     ap.add_argument("--refresh-paused", action="store_true", help="register the refresh schedule paused")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

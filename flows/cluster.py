@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from cci_core.store import fs
 from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, fig, file_link, png_markdown
@@ -80,14 +80,14 @@ def cluster_flow(settings: ClusterSettings) -> dict:
     create_table_artifact(
         key=artifact_key("cluster-sizes", corpus),
         table=[{"cluster": p["cluster"], "images": p["count"], "partition": p["artifact_id"],
-                "file": file_link(p["path"], Path(p["path"]).name) if p.get("path") else ""} for p in parts],
+                "file": file_link(p["path"], fs.as_path(p["path"]).name) if p.get("path") else ""} for p in parts],
         description=f"cluster sizes of run {run_id}")
     shown = [p for p in pictures if p.endswith(("clusters.png", "scatter-pca.png", "scatter-umap.png"))]
     create_markdown_artifact(
         key=artifact_key("cluster-pictures", corpus), description=f"pictures of run {run_id}",
         markdown=f"# Run `{run_id}`\n\ncorpus `{corpus}` v{plan['corpus_version']}; run folder: "
                  f"{file_link(plan['run_dir'])}; lineage: `cci lineage show {cl['clustering_artifact_id']}`\n\n"
-                 + "\n".join(png_markdown(p, Path(p).stem) for p in shown))
+                 + "\n".join(png_markdown(p, fs.as_path(p).stem) for p in shown))
     summary = {"run_id": run_id, "run_dir": plan["run_dir"], "corpus": corpus,
                "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "k": k_used,
                "algorithm": algorithm, "embedding": embedding, "pca_artifact_id": emb["pca_artifact_id"],

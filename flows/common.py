@@ -6,6 +6,8 @@ import base64
 import math
 from pathlib import Path
 
+from cci_core.store import fs
+
 
 def artifact_key(*parts) -> str:
     """Prefect artifact keys allow lower-case letters, digits and dashes only."""
@@ -35,14 +37,17 @@ def fig_row(row: dict, digits: int = 4) -> dict:
 
 
 def file_link(path: str | Path, text: str | None = None) -> str:
-    """A markdown link to a local file or folder (``file://`` URI), shown as its path."""
+    """A markdown link to a local file or folder (``file://`` URI), shown as its path; a path in
+    an object store links to its URL (``s3://...``)."""
+    if fs.is_url(path):
+        return f"[{text or path}]({fs.as_path(path)})"
     p = Path(path).resolve()
     return f"[{text or p}]({p.as_uri()})"
 
 
 def png_markdown(path: str, title: str) -> str:
-    """A PNG embedded in markdown under a heading, with a link to its file."""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
+    """A PNG embedded in markdown under a heading, with a link to its file (local or in an object store)."""
+    data = base64.b64encode(fs.as_path(path).read_bytes()).decode()
     return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n{file_link(path)}\n"
 
 

@@ -3,11 +3,11 @@ clustering as a new run (partitions, per-round metrics, curves, montages)."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from cci_core.store import fs
 from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, fig_row, file_link, metrics_text, png_markdown
@@ -50,9 +50,9 @@ def refine_flow(settings: RefineSettings) -> dict:
                              description=f"pictures of refined run {plan['run_id']}",
                              markdown=f"# Refined run `{plan['run_id']}`\n\nfrom run `{run_id}`; "
                                       f"{metrics_text(cl['metrics'])}\n\nfolder {file_link(plan['run_dir'])}, "
-                                      f"partitions {file_link(Path(plan['run_dir']) / 'partitions')}; lineage: "
+                                      f"partitions {file_link(fs.as_path(plan['run_dir']) / 'partitions')}; lineage: "
                                       f"`cci lineage show {cl['clustering_artifact_id']}`\n\n"
-                                      + "\n".join(png_markdown(p, Path(p).stem) for p in shown))
+                                      + "\n".join(png_markdown(p, fs.as_path(p).stem) for p in shown))
     return {"run_id": plan["run_id"], "parent_run": run_id, "run_dir": plan["run_dir"], "corpus": plan["corpus"],
             "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "status": run["status"],
             "classifier": run["classifier"], "classifier_artifact_id": cl["classifier_artifact_id"],

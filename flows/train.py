@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -17,6 +16,7 @@ from prefect.futures import as_completed
 from prefect.utilities.annotations import unmapped
 
 from cci_core.generate.evaluation_run import HEADLINE
+from cci_core.store import fs
 from cci_core.store.store import Store
 from flows import naming
 from flows.common import artifact_key, fig, file_link, png_markdown
@@ -90,7 +90,7 @@ def train_flow(settings: TrainSettings) -> dict:
                           description=f"generators of run {run_id} ({mode}, {model}); skipped clusters listed")
     create_markdown_artifact(
         key=artifact_key("train-samples", run_id), description=f"sample grids of run {run_id}",
-        markdown=f"# Generators of run `{run_id}`\n\nmodels folder: {file_link(Path(plan['run_dir']) / 'models')}\n\n"
+        markdown=f"# Generators of run `{run_id}`\n\nmodels folder: {file_link(fs.as_path(plan['run_dir']) / 'models')}\n\n"
                  + "\n".join(png_markdown(r["samples"], f"{r['name']}: step {r['steps']}")
                              for r in summary["models"] if r.get("samples"))
                  + "".join(f"\n- cluster {s['cluster']} skipped: {s['reason']}" for s in plan["skipped"]))
