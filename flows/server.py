@@ -11,6 +11,10 @@ workers import the libraries again. :func:`start` runs, in the background and on
 and records both addresses and process ids in ``<store>/.cci-server.json``. A later command on
 the same store that is given neither ``PREFECT_API_URL`` nor ``--dask-address`` uses them
 (:func:`warm`). :func:`stop` ends both process groups and removes the file.
+
+The record, the address file and the log are files of this machine, so a store on object storage
+(``s3://...``) has no warm server: :func:`start` refuses one, and commands on such a store run on
+``PREFECT_API_URL`` and ``--dask-address`` (or a temporary server and a LocalCluster).
 """
 from __future__ import annotations
 
@@ -33,6 +37,12 @@ class ServerError(ValueError):
     """The warm server cannot be started, reached or stopped (one line for the CLI)."""
 
 
+def is_remote(store_root: str | Path | None) -> bool:
+    """True for a store on object storage (a URL): it has no warm server (local files only)."""
+    from cci_core.store.fs import is_url  # lazy: fsspec and pandas are not needed to start the CLI
+    return store_root is not None and is_url(store_root)
+
+
 def state_path(store_root: str | Path) -> Path:
     return Path(store_root) / STATE_FILE
 
@@ -49,6 +59,8 @@ def _alive(pid: int) -> bool:
 
 def _recorded(store_root: str | Path) -> dict | None:
     """The state file's content as written by :func:`start`, or None when absent or unreadable."""
+    if is_remote(store_root):
+        return None
     try:
         return json.loads(state_path(store_root).read_text())
     except (OSError, ValueError):
@@ -105,6 +117,10 @@ def start(store_root: str | Path, workers: int, announce=print) -> dict:
     Raises :class:`ServerError` when one is running already or either fails to come up (both are
     then stopped again, and nothing is recorded).
     """
+    if is_remote(store_root):
+        raise ServerError(f"store {store_root} is on object storage: a warm server is recorded in a local file "
+                          "beside a local store only; start `prefect server start` and `dask scheduler` yourself, "
+                          "then give later commands PREFECT_API_URL and --dask-address (or $CCI_DASK_ADDRESS)")
     root = Path(store_root)
     root.mkdir(parents=True, exist_ok=True)
     if (running := read_state(root)) is not None:
@@ -162,7 +178,7 @@ def stop(store_root: str | Path) -> dict | None:
     state = _recorded(store_root)
     if state is None:
         return None
-    for pid in state.get("pids", {}).values():
+    for pid in state.get("pids", {}).values():  # (a URL store records none: state is None above)
         _kill_group(int(pid))
     state_path(store_root).unlink(missing_ok=True)
     (Path(store_root) / ".cci-dask-address").unlink(missing_ok=True)
