@@ -7,11 +7,12 @@ instead of after a server start-up and a logged traceback.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cci_core.store import runs
+from cci_core.store import fs, runs
 from cci_core.store.store import Store
 
 DASK_CONNECT_TIMEOUT_S = 2.5
@@ -77,18 +78,93 @@ def _dask_handshake(address: str, timeout: float) -> bool:
     return True
 
 
+# object stores whose URLs name a bucket (or container) first: the bucket must exist
+_BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def check_object_store(url: str, timeout: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    """A store on object storage (``s3://bucket/prefix``): a lineage database that is not in the store
+    (``$CCI_LINEAGE_URL``), and a bucket that exists and answers with these credentials.
+
+    The endpoint and credentials are the provider's own variables (for S3: ``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ...), read by fsspec.
+    """
+    if not os.environ.get("CCI_LINEAGE_URL"):
+        raise PreflightError(f"store {url} is on object storage, where the lineage database cannot live: set "
+                             "$CCI_LINEAGE_URL to a database every worker reaches (postgresql://USER@HOST/DB; "
+                             "sqlite:////PATH/lineage.db only when every worker shares that disk)")
+    from fsspec.core import url_to_fs
+    protocol = url.split("://", 1)[0].lower()
+    # one quick attempt: a wrong endpoint is an error line within seconds, not minutes of retries
+    quick = ({"config_kwargs": {"connect_timeout": timeout, "read_timeout": timeout,
+                                "retries": {"max_attempts": 1}}, "skip_instance_cache": True}
+             if protocol in ("s3", "s3a") else {})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "AWS S3") if protocol in ("s3", "s3a") else f"{protocol}://"
+    try:
+        filesystem, path = url_to_fs(url, **quick)
+    except ImportError as exc:
+        raise PreflightError(f"store {url}: the filesystem for {protocol}:// is not installed ({exc}); install "
+                             "it (s3fs for s3://, gcsfs for gs://, adlfs for az://)") from None
+    except ValueError as exc:
+        raise PreflightError(f"store {url}: {exc}; give --store a folder or a URL such as s3://BUCKET/PREFIX") \
+            from None
+    if protocol not in _BUCKET_PROTOCOLS:
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        filesystem.info(bucket)
+    except FileNotFoundError:
+        raise PreflightError(f"store {url}: bucket {bucket!r} does not exist at {endpoint}; create it (for S3: "
+                             f"`aws s3 mb s3://{bucket}`) or give --store a bucket that exists") from None
+    except PermissionError as exc:
+        raise PreflightError(f"store {url}: access to bucket {bucket!r} at {endpoint} is denied ({exc}); check "
+                             "the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None
+    except Exception as exc:  # noqa: BLE001 - the provider's own exceptions (botocore: no credentials, no endpoint)
+        why = str(exc) or type(exc).__name__
+        if "credential" in why.lower():
+            raise PreflightError(f"store {url}: no credentials for {endpoint} ({why}); set AWS_ACCESS_KEY_ID and "
+                                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
+        raise PreflightError(f"store {url}: cannot reach the object store at {endpoint} ({why}); check "
+                             "AWS_ENDPOINT_URL (or the provider's endpoint) and that the service runs") from None
+
+
+def _store_root(root: str | None) -> str | None:
+    """The store root a command was given (``--store``, else ``$CCI_STORE``; None: the default folder)."""
+    return root or os.environ.get("CCI_STORE") or None
+
+
+def new_store(root: str | None) -> Store:
+    """The store a command that may create it works on (``cci ingest``, ``cci run``, a palette of a file).
+
+    A local folder is created when the command writes; a URL is checked first (lineage database,
+    bucket), so a missing bucket is one error line, not a failure inside the flow.
+    """
+    given = _store_root(root)
+    if given is not None and fs.is_url(given):
+        check_object_store(given)
+    return Store(given)
+
+
 def existing_store(root: str | None) -> Store:
     """The store at ``root`` (``--store``, ``$CCI_STORE`` or ./cci-store), which must already exist.
 
     For commands that read a store: a mistyped path is one error line, and nothing (not even an
-    empty lineage database) is created there.
+    empty lineage database) is created there. A URL is checked as :func:`check_object_store` does.
     """
-    store = Store(root)
-    if not store.root.is_dir():
+    given = _store_root(root)
+    remote = given is not None and fs.is_url(given)
+    if remote:
+        check_object_store(given)
+    store = Store(given)
+    if remote:
+        if not any((store.root / m).exists() for m in _STORE_MARKERS):
+            raise PreflightError(f"store {given} holds no CCI store (no corpora/ or runs/ under it): give --store "
+                                 "the URL `cci ingest` wrote to")
+    elif not store.root.is_dir():
         what = "is a file, not a folder" if store.root.exists() else "does not exist"
         raise PreflightError(f"store {store.root} {what}: give --store the folder `cci ingest` wrote "
                              "(default ./cci-store, or $CCI_STORE)")
-    if not any((store.root / m).exists() for m in _STORE_MARKERS):
+    elif not any((store.root / m).exists() for m in _STORE_MARKERS):
         raise PreflightError(f"store {store.root} is not a CCI store (no lineage.db, corpora/ or runs/ in it): "
                              "give --store the folder `cci ingest` wrote")
     if store.lineage_url.startswith("sqlite:///"):

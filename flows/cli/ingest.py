@@ -43,8 +43,8 @@ def ingest(
     from cci_core.ingest.ingest import check_ingest_request
     from flows.ingest import ingest_flow
     shape = parse_size(size)
-    from cci_core.store.store import Store
-    store_obj = Store(store)
+    from flows.preflight import new_store
+    store_obj = run_guarded(new_store, store)  # a URL: lineage database and bucket checked
     options = dict(size=shape, channels=channels, fit=fit, label_from_folder=label_from_folder,
                    batch_size=batch_size, value_range=value_range, clip=clip, max_file_bytes=max_file_bytes,
                    max_image_pixels=max_image_pixels, follow_symlinks=follow_symlinks)

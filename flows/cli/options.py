@@ -38,7 +38,8 @@ def _verbosity(value: str):
 
 
 StoreOpt = typer.Option(None, "--store", envvar="CCI_STORE",
-                        help="Artifact store root (default ./cci-store, or $CCI_STORE).")
+                        help="Artifact store root: a folder (default ./cci-store, or $CCI_STORE) or a URL "
+                             "(s3://bucket/prefix, with $CCI_LINEAGE_URL set).")
 DaskOpt = typer.Option(None, "--dask-address", envvar="CCI_DASK_ADDRESS", callback=_dask_address_now,
                        help="Use an existing Dask scheduler (tcp://host:port) instead of a LocalCluster.")
 WorkersOpt = typer.Option(None, "--workers", callback=_workers_now,

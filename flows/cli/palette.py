@@ -29,9 +29,9 @@ def palette(
     """
     from cci_core.palette.palette import METHODS, check_k
     from cci_core.palette.sources import resolve_source
-    from cci_core.store.store import Store
+    from flows.preflight import new_store
     # an image file may start a new store; a corpus, run or dataset must be in an existing one
-    store_obj = Store(store) if Path(source).is_file() else read_store(store)
+    store_obj = run_guarded(new_store, store) if Path(source).is_file() else read_store(store)
     run_guarded(check_k, colors)
     if method not in METHODS:
         fail(f"--method {method!r}: use one of {', '.join(METHODS)}")

@@ -43,8 +43,8 @@ def run_pipeline(
     from flows.preflight import check_device, check_pipeline
     run_guarded(check_device, refine_options.get("device"))
     run_guarded(check_device, eval_options.get("device"))
-    from cci_core.store.store import Store
-    store_obj = Store(store)
+    from flows.preflight import new_store
+    store_obj = run_guarded(new_store, store)  # a URL: lineage database and bucket checked
     k_value = parse_k(k)
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
                 {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
