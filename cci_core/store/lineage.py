@@ -1,8 +1,10 @@
 """The lineage store: one record per artifact, linked to the artifacts it was made from.
 
-Records live in a SQL database reached through SQLAlchemy (SQLite by default, any
-SQLAlchemy URL works, e.g. PostgreSQL). An artifact id is derived from its content, so
-recording the same thing twice returns the same record (idempotent re-runs).
+Records live in a SQL database reached through SQLAlchemy: SQLite in the store by default, or
+PostgreSQL (``postgresql://user@host/db``, through psycopg 3) for many writers on many machines.
+Opening a database creates or upgrades its schema (:mod:`cci_core.store.migrations`, Alembic).
+An artifact id is derived from its content, so recording the same thing twice returns the same
+record (idempotent re-runs).
 
 URIs are stored relative to the store root (``store://corpora/fmnist``), so a copied store
 resolves in its new place; :meth:`LineageStore.resolve_uri` turns one into a local path. URIs
@@ -11,9 +13,12 @@ this (absolute paths, ``file://``) are kept and read as they are.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,14 +27,16 @@ from urllib.parse import unquote, urlparse
 import sqlalchemy as sa
 
 from cci_core.store.codeversion import code_version
+from cci_core.store.migrations import ensure_schema
 
-_meta = sa.MetaData()
+# The schema at the migrations' head (migrations/versions/ makes it; a test compares the two).
+metadata = sa.MetaData()
 artifacts_table = sa.Table(
-    "artifacts", _meta,
+    "artifacts", metadata,
     sa.Column("id", sa.String(80), primary_key=True),
     sa.Column("kind", sa.String(40), nullable=False, index=True),
     sa.Column("name", sa.String(255), nullable=False, index=True),
-    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("uri", sa.Text, nullable=False, index=True),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("size", sa.BigInteger),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -39,9 +46,9 @@ artifacts_table = sa.Table(
     sa.Column("producer", sa.JSON, nullable=False),
 )
 inputs_table = sa.Table(
-    "artifact_inputs", _meta,
+    "artifact_inputs", metadata,
     sa.Column("artifact_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True),
-    sa.Column("input_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True),
+    sa.Column("input_id", sa.String(80), sa.ForeignKey("artifacts.id"), primary_key=True, index=True),
     sa.Column("role", sa.String(40), nullable=False),
 )
 
@@ -107,8 +114,56 @@ def _local_path(uri: str) -> Path | None:
     return Path(uri) if uri.startswith("/") else None
 
 
+def engine_url(url: str) -> sa.URL:
+    """The SQLAlchemy URL to connect with: ``postgresql://`` (or ``postgres://``) goes through psycopg 3,
+    the driver this package depends on (SQLAlchemy's default would be psycopg2)."""
+    u = sa.make_url(url)
+    return u.set(drivername="postgresql+psycopg") if u.drivername in ("postgresql", "postgres") else u
+
+
+_shared: dict[str, sa.Engine] = {}
+_shared_lock = threading.Lock()
+os.register_at_fork(after_in_child=_shared.clear)  # a forked child opens its own connections
+
+
+class LineageDatabaseError(ValueError):
+    """The lineage database cannot be opened (the message names it and what to check)."""
+
+
+def _open(url: str) -> sa.Engine:
+    """An engine on ``url`` whose schema is at the migrations' head.
+
+    A server database gets one engine (one connection pool) per process, checked once: every task
+    opens a LineageStore. A SQLite file gets a new engine, checked each time (one query), as the
+    file may have been replaced since.
+    """
+    try:
+        if not url.startswith("sqlite"):
+            with _shared_lock:
+                if url not in _shared:
+                    engine = sa.create_engine(engine_url(url), pool_pre_ping=True)
+                    ensure_schema(engine)
+                    _shared[url] = engine
+                return _shared[url]
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn, _):  # concurrent readers while one process writes
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        ensure_schema(engine)
+        return engine
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, sa.exc.OperationalError, ImportError) as exc:
+        shown = url
+        with contextlib.suppress(sa.exc.ArgumentError):
+            shown = sa.make_url(url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise LineageDatabaseError(f"cannot open the lineage database {shown} ($CCI_LINEAGE_URL, else the "
+                                   f"store's lineage.db): {reason}; check the URL (postgresql://USER@HOST:PORT/DB "
+                                   "or sqlite:////PATH) and that its server runs") from None
+
+
 class LineageStore:
-    """Record and query artifacts. ``url`` is a SQLAlchemy URL.
+    """Record and query artifacts. ``url`` is a SQLAlchemy URL (``postgresql://`` uses psycopg 3).
 
     root : the store root that URIs are relative to; by default the folder of a SQLite
         database (the store's own ``lineage.db``), so every process that opens the same URL
@@ -118,13 +173,7 @@ class LineageStore:
     def __init__(self, url: str, root: str | Path | None = None):
         self.url = url
         self.root = Path(root).resolve() if root else _sqlite_root(url)
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            @sa.event.listens_for(self.engine, "connect")
-            def _wal(dbapi_conn, _):  # concurrent readers while one process writes
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-        _meta.create_all(self.engine)
+        self.engine = _open(url)
 
     def portable_uri(self, uri: str) -> str:
         """``store://<path relative to the root>`` for a path (or ``file://`` URI) inside the store, else ``uri``."""

@@ -32,7 +32,7 @@ def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a 
     Example: cci lineage show dataset:gen@v1 --depth 2
     """
     from cci_core.store.lineage import LineageStore
-    lin = LineageStore(read_store(store).lineage_url)
+    lin = run_guarded(LineageStore, read_store(store).lineage_url)
     artifact_id = run_guarded(lin.resolve, artifact_id).id
     walk = lin.downstream if downstream else lin.upstream
     tree = run_guarded(walk, artifact_id, depth=depth, once=True)
@@ -79,7 +79,7 @@ def lineage_export(ref: Optional[str] = typer.Argument(None, help="Export this a
         fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if output and Path(output).is_dir():
         fail(f"-o {output} is a folder: give a file path")
-    lin = LineageStore(read_store(store).lineage_url)
+    lin = run_guarded(LineageStore, read_store(store).lineage_url)
     text = run_guarded(export, lin, fmt, ref, downstream)
     if not output:
         sys.stdout.write(text)
@@ -98,7 +98,7 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
     Example: cci lineage list --kind clustering
     """
     from cci_core.store.lineage import LineageStore
-    lin = LineageStore(read_store(store).lineage_url)
+    lin = run_guarded(LineageStore, read_store(store).lineage_url)
     if kind and kind not in (known := lin.kinds()):
         fail(f"--kind {kind!r}: no artifact of that kind; the store holds {', '.join(known) or 'none yet'}")
     arts = lin.list(kind=kind)
