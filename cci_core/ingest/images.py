@@ -37,7 +37,7 @@ class ImageRefused(ValueError):
 
 def image_id(pixels: np.ndarray) -> str:
     """sha256 of the normalised pixels: the identity used to find duplicates."""
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(pixels).data).hexdigest()  # the same bytes, not copied
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

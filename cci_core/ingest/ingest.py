@@ -250,7 +250,7 @@ def select_new(plan: IngestPlan | dict, decoded: list[dict]) -> dict:
             continue
         rows = fs.read_parquet(d["rows"])
         keep = []
-        for i, iid in enumerate(rows["image_id"]):
+        for i, iid in enumerate(rows["image_id"].tolist()):  # plain str: iterating the column is 10x slower
             if iid in seen:
                 duplicates += 1
             else:
