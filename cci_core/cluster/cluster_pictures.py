@@ -90,9 +90,13 @@ def save_cluster_montages(images, X, labels, centers, out_dir, n_per_cluster: in
     """
     out_dir = fs.as_path(out_dir)
     nearest = nearest_to_centers(X, labels, centers, n_per_cluster)
+    # every cluster's rows in one read: the rows of 100 clusters are spread over most chunks,
+    # and a read per cluster decompressed each chunk up to 100 times
+    wanted = np.unique(np.concatenate(nearest)) if nearest else np.zeros(0, np.int64)
+    fetched = _fetch_images(images, wanted, n_rows)
     paths, rows_of_grid = [], []
     for c, rows in enumerate(nearest):
-        imgs = _fetch_images(images, rows, n_rows)
+        imgs = fetched[np.searchsorted(wanted, rows)]
         paths.append(save_png(make_grid(imgs), out_dir / f"cluster-{c}.png", scale=scale))
         pad = np.full((n_per_cluster - len(imgs),) + imgs.shape[1:], 255, np.uint8)
         rows_of_grid.append(np.concatenate([imgs, pad]) if len(pad) else imgs)
