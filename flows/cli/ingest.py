@@ -20,7 +20,8 @@ def ingest(
     label_from_folder: bool = typer.Option(False, "--label-from-folder",
                                            help="Use each file's first folder level as its label."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size",
-                                             help="Images per parallel task (default 512 files, 16384 array rows)."),
+                                             help="Images per parallel task (default 512 files; array rows: 16384, "
+                                                  "or more small images up to 64 MiB of pixels)."),
     value_range: str = typer.Option("auto", "--value-range",
                                     help="Array sources: the values that map to 0..255: 0-1, 0-255 or -1-1; auto "
                                          "decides from the whole source (integers 0-255; floats 0-1, -1-1 or 0-255)."),
