@@ -5,6 +5,7 @@ import dask.array as da
 import numpy as np
 
 DEFAULT_CHUNK_ROWS = 16384
+BLOCK_BYTES = 16 << 20  # uint8 pixels per block of image_features: a few Zarr chunks, read in one call
 
 
 def lazy_images(images, n_rows: int | None = None, chunk_rows: int | None = None) -> da.Array:
@@ -19,7 +20,8 @@ def lazy_images(images, n_rows: int | None = None, chunk_rows: int | None = None
     if isinstance(images, da.Array):
         arr = images
     elif hasattr(images, "chunks") and hasattr(images, "store"):  # zarr.Array
-        arr = da.from_zarr(images)
+        whole = chunk_rows and chunk_rows % images.chunks[0] == 0  # whole chunks: read a block in one call
+        arr = da.from_zarr(images, chunks=(chunk_rows,) + tuple(images.shape[1:]) if whole else None)
     else:
         images = np.asarray(images)
         arr = da.from_array(images, chunks=(min(len(images) or 1, chunk_rows or DEFAULT_CHUNK_ROWS),)
@@ -47,7 +49,13 @@ def image_features(images, n_rows: int | None = None, chunk_rows: int | None = N
 
     uint8 pixels are divided by 255; float images are taken as they are.
     Nothing is read until the result is computed; each block is scaled on its own.
+    A Zarr array is read, by default, in blocks of as many whole chunks as fit in
+    ``BLOCK_BYTES`` (at least one): every block is a Dask task and a Zarr call, and a pass over a
+    million 28x28 images in 4,096-row chunks was 245 of each.
     """
+    if chunk_rows is None and hasattr(images, "chunks") and hasattr(images, "store") and images.ndim >= 2:
+        per_chunk = images.chunks[0] * int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
+        chunk_rows = images.chunks[0] * max(1, BLOCK_BYTES // max(per_chunk, 1))
     arr = lazy_images(images, n_rows, chunk_rows)
     d = int(np.prod(arr.shape[1:]))
     return arr.map_blocks(_scale, chunks=(arr.chunks[0], (d,)),
