@@ -4,12 +4,13 @@ A real S3 API (moto) on 127.0.0.1, a Dask scheduler and two workers started as s
 each worker in its own empty folder (its cwd, its TMPDIR and its --local-directory), all stopped by
 the test. The real `cci` runs ingest, cluster, refine (short), train (short) and generate against
 ``s3://<bucket>/store`` on that cluster; the same commands with the same seed run on a local store
-at the same time (a LocalCluster, lineage in the store: the default of a user on one machine).
+at the same time (on a scheduler and worker of its own, lineage in the store: a user on one machine).
 Then: the cluster labels, the refined labels and the generated dataset (images and manifest) are
 equal, both workers ran tasks, and the workers' folders hold caches only, no store file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -74,38 +75,53 @@ def remote_env(s3, tmp_path_factory, prefect_api):
     return _user_env(**s3, CCI_LINEAGE_URL=f"sqlite:///{db}", PREFECT_API_URL=prefect_api)
 
 
-@pytest.fixture(scope="module")
-def cluster(remote_env, tmp_path_factory):
-    """A scheduler and two workers as separate processes on 127.0.0.1, each worker in its own empty
-    folder; yields (address, {worker address: its folder})."""
-    root = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def dask_cluster(root: Path, env: dict, workers: tuple[str, ...]):
+    """A scheduler and WORKERS as separate processes on 127.0.0.1, each worker in its own empty folder
+    under ROOT (its cwd, TMPDIR and --local-directory); yields (address, {worker address: its folder})."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    (root / "scheduler").mkdir()
+    (root / "scheduler").mkdir(parents=True)
     logs = open(root / "dask.log", "wb")  # noqa: SIM115 - closed below
     procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"], cwd=root / "scheduler", env=remote_env,
+                               "--dashboard-address", "127.0.0.1:0"], cwd=root / "scheduler", env=env,
                               stdout=logs, stderr=subprocess.STDOUT)]
     folders = {}
-    for name in ("w1", "w2"):
+    for name in workers:
         folder = root / name
         (folder / "tmp").mkdir(parents=True)
         folders[name] = folder
         procs.append(subprocess.Popen(
             [BIN / "dask", "worker", address, "--name", name, "--nthreads", "1", "--host", "127.0.0.1",
-             "--dashboard-address", "127.0.0.1:0", "--local-directory", str(folder / "dask-scratch")],
-            cwd=folder, env={**remote_env, "TMPDIR": str(folder / "tmp")}, stdout=logs, stderr=subprocess.STDOUT))
+             "--no-nanny", "--dashboard-address", "127.0.0.1:0", "--local-directory", str(folder / "dask-scratch")],
+            cwd=folder, env={**env, "TMPDIR": str(folder / "tmp")}, stdout=logs, stderr=subprocess.STDOUT))
     try:
         with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=90)
-            workers = client.scheduler_info(n_workers=-1)["workers"]
-        yield address, {addr: folders[w["name"]] for addr, w in workers.items()}
+            client.wait_for_workers(len(workers), timeout=90)
+            info = client.scheduler_info(n_workers=-1)["workers"]
+        yield address, {addr: folders[w["name"]] for addr, w in info.items()}
     finally:
         for p in procs[::-1]:
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
         logs.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(remote_env, tmp_path_factory):
+    """The cluster of the S3 commands: two workers."""
+    with dask_cluster(tmp_path_factory.mktemp("dask"), remote_env, ("w1", "w2")) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def local_cluster(prefect_api, tmp_path_factory):
+    """The cluster of the local-store commands: one worker, started once (a LocalCluster per command
+    would start and import everything five times), with no S3 or lineage variables: the local store
+    keeps its lineage in its own lineage.db, as a user's on one machine does."""
+    with dask_cluster(tmp_path_factory.mktemp("dask-local"), _user_env(PREFECT_API_URL=prefect_api), ("w",)) as found:
+        yield found
 
 
 def _run_all(store: str, flags: list[str], env: dict, cwd: Path, results: dict, key: str) -> None:
@@ -123,7 +139,7 @@ def _run_all(store: str, flags: list[str], env: dict, cwd: Path, results: dict, 
 
 
 @pytest.fixture(scope="module")
-def both_stores(cluster, remote_env, tmp_path_factory):
+def both_stores(cluster, local_cluster, remote_env, tmp_path_factory):
     """The commands on s3://BUCKET/store (on the two workers) and on a local store, at once;
     yields the two store roots and what the scheduler ran meanwhile ({key prefix: {worker}})."""
     address, _ = cluster
@@ -136,7 +152,7 @@ def both_stores(cluster, remote_env, tmp_path_factory):
         threads = [
             threading.Thread(target=_run_all, args=(url, ["--dask-address", address], remote_env,
                                                     root / "client-s3", results, "s3")),
-            threading.Thread(target=_run_all, args=(str(local), ["--workers", "1"], _user_env(),
+            threading.Thread(target=_run_all, args=(str(local), ["--dask-address", local_cluster[0]], _user_env(),
                                                     root / "client-local", results, "local")),
         ]
         for t in threads:
@@ -150,7 +166,7 @@ def both_stores(cluster, remote_env, tmp_path_factory):
     for rec in stream.data:
         placed.setdefault(key_split(rec["key"]), set()).add(rec["worker"])
     print("command seconds:", results)
-    yield {"url": url, "local": local, "placed": placed, "client_dirs": [root / "client-s3"]}
+    yield {"url": url, "local": local, "placed": placed, "client_dirs": [root / "client-s3", root / "client-local"]}
 
 
 def _read_labels(store_root, run_id: str) -> pd.DataFrame:
@@ -189,8 +205,8 @@ def test_both_workers_ran_tasks(both_stores, cluster):
         assert placed.get(prefix, set()) and placed[prefix] <= workers, f"{prefix}: {sorted(placed)}"
 
 
-def test_workers_folders_hold_caches_only(both_stores, cluster):
-    _, folders = cluster
+def test_workers_folders_hold_caches_only(both_stores, cluster, local_cluster):
+    folders = {**cluster[1], **local_cluster[1]}
     for folder in [*folders.values(), *both_stores["client_dirs"]]:
         entries = {p.name for p in folder.iterdir()}
         allowed = WORKER_CACHES if folder in folders.values() else set()
@@ -237,3 +253,55 @@ def test_a_url_store_has_no_warm_server(s3, tmp_path):
     env = _user_env(**s3, CCI_LINEAGE_URL=f"sqlite:///{tmp_path / 'lineage.db'}")
     res = _cci("server", "start", "--store", f"s3://{BUCKET}/store", env=env, cwd=tmp_path)
     assert res.returncode == 1 and "warm server" in res.stderr and "--dask-address" in res.stderr, res.stderr
+
+
+# ----- the stages above generate, on the same two stores
+
+def test_palette_features_and_refresh_on_the_url_store(both_stores, cluster, remote_env, s3, tmp_path, monkeypatch):
+    """A palette and a feature comparison run as flows on the two workers against the S3 store, and a
+    refresh (new rows assigned with the classifier, a changed cluster retrained) runs on it; each
+    equals the same step on the local store."""
+    from sklearn.datasets import load_digits
+
+    from cci_core.features.feature_spaces import compare_local
+    from cci_core.features.records import FeatureParams
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.palette.palette_run import learn_palette_step
+    from cci_core.refresh import refresh_run
+    from cci_core.store import fs
+    from cci_core.store.store import Store
+    from flows.features import features_flow
+    from flows.palette import palette_flow
+    from flows.runtime import dask_task_runner
+    from flows.settings import FeaturesSettings, PaletteSettings
+    address, _ = cluster
+    url, local_root = both_stores["url"], both_stores["local"]
+    local = Store(local_root, lineage_url=f"sqlite:///{local_root / 'lineage.db'}")
+    params = FeatureParams(spaces=["pixels", "classifier"], fractions=[1.0], max_train=300, max_test=100,
+                           forest_trees=5, device="cpu")
+    monkeypatch.setenv("CCI_LINEAGE_URL", remote_env["CCI_LINEAGE_URL"])
+    with s3_env(s3):
+        pal = palette_flow.with_options(task_runner=dask_task_runner(address))(
+            PaletteSettings(f"{RUN}:1", 3, store_root=url))
+        assert pal["palette_dir"].startswith(url) and fs.as_path(pal["swatch"]).exists()
+        assert pal["palette_id"] == learn_palette_step(local, f"{RUN}:1", 3)["palette_id"]  # same content and inputs
+
+        feats = features_flow.with_options(task_runner=dask_task_runner(address))(
+            FeaturesSettings(REFINED, store_root=url, params=params))
+        assert feats["report"].startswith(url) and fs.as_path(feats["chart"]).exists()
+        here = compare_local(local, REFINED, params)
+        drop = ("seconds",)
+        assert [{k: v for k, v in r.items() if k not in drop} for r in feats["table"]] == \
+            [{k: v for k, v in r.items() if k not in drop} for r in here["table"]]
+
+        mirrored = load_digits().images[:150, :, ::-1]  # 150 images the corpus does not hold yet
+        np.save(tmp_path / "new.npy", (mirrored * 15).clip(0, 255).astype(np.uint8))
+        drifts, labels = [], []
+        for store in (Store(url), local):
+            ingest_local(store, str(tmp_path / "new.npy"), CORPUS, size=(28, 28))
+            drift = refresh_run.assign_new(store, REFINED, None, retrain_threshold=0.01)
+            retrained = refresh_run.retrain_changed(store, drift["run_id"], drift["changed_clusters"][:1])
+            drifts.append({**drift, "retrained": retrained["retrained"]})
+            labels.append(_read_labels(store.root, drift["run_id"]))
+        assert drifts[0] == drifts[1] and drifts[0]["n_new"] == 150 and drifts[0]["retrained"]
+        pd.testing.assert_frame_equal(labels[0], labels[1])
