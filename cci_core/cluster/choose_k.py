@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+import sklearn
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
-from cci_core.cluster.cluster_metrics import sample_rows
+from cci_core.cluster.cluster_metrics import SILHOUETTE_WORKING_MB, sample_rows
 from cci_core.cluster.kmeans import MiniBatchKMeans, _take_rows
 
 CRITERIA = ("silhouette", "elbow")
@@ -71,7 +72,8 @@ def choose_k(X, ks, sample_size: int = 20000, silhouette_size: int = 5000, seed:
     if max(ks) > n:
         raise ValueError(f"k={max(ks)} is more than the {n} rows; use k <= {n}")
     rows = sample_rows(n, sample_size, seed)
-    with threadpool_limits(1, user_api="blas"):
+    # bounded distance slices, as in cluster_metrics.silhouette (same scores)
+    with threadpool_limits(1, user_api="blas"), sklearn.config_context(working_memory=SILHOUETTE_WORKING_MB):
         S = _take_rows(X, rows) if isinstance(X, da.Array) else np.asarray(X, np.float64)[rows]
         sil_rows = sample_rows(len(S), silhouette_size, seed + 1)
         scores = []

@@ -13,9 +13,12 @@ import math
 import dask
 import dask.array as da
 import numpy as np
+import sklearn
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 from threadpoolctl import threadpool_limits
+
+SILHOUETTE_WORKING_MB = 64  # scikit-learn working memory for the sampled silhouette's distances
 
 
 def _as_labels(labels, name: str = "labels") -> np.ndarray:
@@ -191,7 +194,10 @@ def silhouette(X, labels, sample_size: int = 10000, seed: int = 0) -> tuple[floa
     n_lab = np.unique(lab).size
     if n_lab < 2 or n_lab > rows.size - 1:
         return None, int(rows.size)
-    return float(skm.silhouette_score(_take(X, rows), lab)), int(rows.size)
+    # scikit-learn's default working memory (1 GiB) holds the 10,000 x 10,000 distances at once
+    # (+0.8 GB in the worker); 64 MiB slices give the same score, faster
+    with sklearn.config_context(working_memory=SILHOUETTE_WORKING_MB):
+        return float(skm.silhouette_score(_take(X, rows), lab)), int(rows.size)
 
 
 def clustering_report(X, labels, centers=None, y_true=None, sample_size: int = 10000,
