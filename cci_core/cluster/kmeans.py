@@ -265,7 +265,10 @@ class MiniBatchKMeans:
         k, b = self.n_clusters, min(int(self.batch_size), n)
         init_size = min(n, self.init_size or max(3 * b, 10 * k))
         init_rows = np.sort(_rng(self.random_state, _INIT_SAMPLE).choice(n, init_size, replace=False))
-        steps_per_round = max(1, min(self.max_iter, _ROUND_BYTES // (4 * b * d)))
+        # rounds save round trips to Dask blocks; rows already in memory are taken step by step
+        # (the same batches, without a round's copy of up to _ROUND_BYTES as float64)
+        steps_per_round = (max(1, min(self.max_iter, _ROUND_BYTES // (4 * b * d))) if isinstance(X, da.Array)
+                           else 1)
 
         def draw(step):
             return np.sort(_rng(self.random_state, _BATCH, step).integers(0, n, size=b))

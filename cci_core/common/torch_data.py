@@ -2,9 +2,9 @@
 plain-torch augmentation.
 
 Rows are read in batches: contiguous slices for full passes, sorted index reads for
-random batches. Small corpora (under ``cache_bytes``) are read into memory once, which
-is much faster than decompressing a Zarr chunk for every random batch; large ones
-never are.
+random batches. A corpus whose rows fit the memory budget (``$CCI_MEMORY_BUDGET_MB``, see
+:mod:`cci_core.common.memory`) is read into memory once, which is much faster than
+decompressing a Zarr chunk for every random batch; a larger one never is.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-DEFAULT_CACHE_BYTES = 2 * 1024 ** 3
+from cci_core.common.memory import memory_budget_bytes
 
 
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
@@ -33,14 +33,15 @@ class CorpusImages(Dataset):
     ----------
     images : zarr.Array or ndarray of shape (N, H, W, C) (or (N, H, W)), uint8
     n_rows : committed rows to use (rows beyond it are ignored); default all
-    cache_bytes : read everything into memory when the rows take at most this many bytes
+    cache_bytes : read everything into memory when the rows take at most this many bytes;
+        default: the memory budget (``$CCI_MEMORY_BUDGET_MB``, 2 GiB unless set)
 
     ``ds[i]`` -> (float tensor (C, H, W) in [0, 1], i); ``ds.batch(rows)`` reads many
     rows at once, ``ds.iter_batches(batch_size)`` walks all rows in order.
     """
 
     def __init__(self, images, n_rows: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int | None = None):
         if images.ndim not in (3, 4):
             raise ValueError(f"images must have shape (N, H, W, C) or (N, H, W), got {images.shape}")
         if images.dtype != np.uint8:
@@ -51,7 +52,9 @@ class CorpusImages(Dataset):
         self.images, self.n_rows = images, n_rows
         self.shape = (images.shape[3] if images.ndim == 4 else 1, images.shape[1], images.shape[2])
         self._cache = None
-        if n_rows * int(np.prod(images.shape[1:])) <= cache_bytes:
+        cache_bytes = memory_budget_bytes() if cache_bytes is None else cache_bytes
+        self.row_bytes = int(np.prod(images.shape[1:]))
+        if n_rows * self.row_bytes <= cache_bytes:
             self._cache = np.asarray(images[:n_rows])
 
     def __len__(self) -> int:
@@ -76,6 +79,25 @@ class CorpusImages(Dataset):
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
             raise ValueError(f"row index outside 0..{self.n_rows - 1}")
         return to_tensor(self._read(rows))
+
+    def flat_features(self, block_rows: int | None = None):
+        """All rows as flat float32 features in [0, 1], shape (N, C*H*W), in the order of
+        :meth:`batch` (channel, row, column): a lazy Dask array whose blocks are read one at a
+        time when computed, so the corpus is never held whole. Blocks of ``block_rows`` rows
+        (default 16,384, fewer when their floats would not fit the memory budget)."""
+        import dask
+        import dask.array as da
+        d = int(np.prod(self.shape))
+        if block_rows is None:
+            block_rows = max(1, min(16384, memory_budget_bytes() // (4 * d)))
+
+        def block(start: int, stop: int) -> np.ndarray:
+            src = self._cache if self._cache is not None else self.images
+            return to_tensor(np.asarray(src[start:stop])).reshape(stop - start, d).numpy()
+        starts = range(0, self.n_rows, block_rows)
+        return da.concatenate([da.from_delayed(dask.delayed(block)(a, min(a + block_rows, self.n_rows)),
+                                               (min(a + block_rows, self.n_rows) - a, d), np.float32)
+                               for a in starts])
 
     def iter_batches(self, batch_size: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (start row, float batch) over all rows in order, one slice at a time."""

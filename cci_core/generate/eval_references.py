@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cci_core.cluster.labels import read_labels
+from cci_core.common.memory import memory_budget_bytes
 from cci_core.generate.records import EvaluationPlan, as_plan
 from cci_core.store import fs
 from cci_core.store.corpus import open_corpus
@@ -34,6 +35,23 @@ def sample_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
 def batched(fn, images: np.ndarray, bs: int = 512) -> np.ndarray:
     """``fn`` over ``images`` in batches of ``bs``, concatenated."""
     return np.concatenate([np.asarray(fn(images[i:i + bs])) for i in range(0, len(images), bs)])
+
+
+def budget_rows(corpus, n: int) -> int:
+    """``n``, or fewer: the rows of a sample read into memory whole must fit the memory budget."""
+    return int(min(n, max(1, memory_budget_bytes() // int(np.prod(corpus.shape.hwc)))))
+
+
+def corpus_features(corpus, rows: np.ndarray, fns: dict, bs: int = 512) -> dict:
+    """``{name: (features, probabilities)}`` of corpus ``rows`` for each ``(features fn, probabilities fn)``
+    in ``fns``, reading ``bs`` rows at a time (the batches :func:`batched` would make)."""
+    out = {name: ([], []) for name in fns}
+    for i in range(0, len(rows), bs):
+        x = corpus.read_images(rows[i:i + bs])
+        for name, (feats, probs) in fns.items():
+            out[name][0].append(np.asarray(feats(x)))
+            out[name][1].append(np.asarray(probs(x)))
+    return {name: (np.concatenate(f), np.concatenate(pr)) for name, (f, pr) in out.items()}
 
 
 def _train_cnn(store: Store, plan: EvaluationPlan, directory: Path, images: np.ndarray, labels: np.ndarray,
@@ -102,7 +120,7 @@ def _classifier_space(store: Store, plan: EvaluationPlan, corpus, labels: np.nda
     if (cdir / "model.safetensors").exists() and (art := lin.by_uri(str(cdir), kind="reference_cnn")):
         config = _load_cnn(cdir, p.device)[1]
     else:
-        keep = sample_rows(np.flatnonzero(labels >= 0), p.ref_rows, p.seed)
+        keep = sample_rows(np.flatnonzero(labels >= 0), budget_rows(corpus, p.ref_rows), p.seed)
         _, art, config = _train_cnn(
             store, plan, cdir, corpus.read_images(keep), labels[keep].astype(np.int64), plan.n_clusters,
             {"labels": "clusters", "run_id": plan.run_id, "corpus_artifact_id": plan.corpus_artifact_id},
@@ -127,7 +145,7 @@ def _reference_space(store: Store, plan: EvaluationPlan, corpus, producer) -> di
     else:
         y = np.asarray(corpus.labels()).astype(str)
         classes, codes = np.unique(y, return_inverse=True)
-        keep = sample_rows(np.arange(corpus.n_rows), p.ref_rows, p.seed)
+        keep = sample_rows(np.arange(corpus.n_rows), budget_rows(corpus, p.ref_rows), p.seed)
         _, art, config = _train_cnn(
             store, plan, fs.as_path(plan.run_dir) / "reference-cnn", corpus.read_images(keep), codes[keep].astype(np.int64),
             len(classes), {"labels": "true", "classes": classes.tolist(), "corpus_artifact_id": plan.corpus_artifact_id},
@@ -158,7 +176,8 @@ def prepare_references(store: Store, plan: EvaluationPlan | dict, producer: dict
                    for k in range(plan.n_clusters)}
     overall = sample_rows(np.arange(corpus.n_rows), p.max_real * plan.n_clusters, p.seed)
     union = np.unique(np.concatenate([overall, *per_cluster.values()]))
-    images = corpus.read_images(union)
+    # read batch by batch: up to max_real x clusters images need not fit the memory budget
+    real_feats = corpus_features(corpus, union, {name: space_fns(space, p.device) for name, space in spaces.items()})
     fs.save_npy(eval_dir / "real-rows.npy", union)
     real = {"rows": str(eval_dir / "real-rows.npy"), "n_overall": int(len(overall)),
             "n_per_cluster": {str(k): int(len(v)) for k, v in per_cluster.items()}}
@@ -168,8 +187,7 @@ def prepare_references(store: Store, plan: EvaluationPlan | dict, producer: dict
     real["masks"] = str(eval_dir / "real-masks.npz")
     floor, real_fidelity = {}, {}
     for name, space in spaces.items():
-        feats, probs = space_fns(space, p.device)
-        f, pr = batched(feats, images), batched(probs, images)
+        f, pr = real_feats[name]
         fs.save_npy(eval_dir / f"real-{name}.npy", f.astype(np.float32))
         space["features"] = str(eval_dir / f"real-{name}.npy")
         space["dim"] = int(f.shape[1])

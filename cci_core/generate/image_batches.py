@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cci_core.common.memory import memory_budget_bytes
+
 
 def take_rows(images, rows: np.ndarray) -> np.ndarray:
     """``images[rows]`` of a numpy or zarr array (zarr: one orthogonal selection)."""
@@ -20,13 +22,14 @@ def take_rows(images, rows: np.ndarray) -> np.ndarray:
 class RowSource:
     """Uniform random batches (with replacement) of rows of an (N, H, W, C) uint8 array.
 
-    Rows fitting in ``max_bytes`` are read once; otherwise a contiguous window of the
-    (sorted) rows is read and sampled from for ``window // batch_size`` steps, then the
-    next window is chosen from ``(seed, window number)``, so resuming needs no extra state.
+    Rows fitting in ``max_bytes`` (default: the memory budget, ``$CCI_MEMORY_BUDGET_MB``) are
+    read once; otherwise a contiguous window of the (sorted) rows is read and sampled from for
+    ``window // batch_size`` steps, then the next window is chosen from ``(seed, window number)``,
+    so resuming needs no extra state.
     """
 
     def __init__(self, images, rows=None, n_rows: int | None = None, labels=None,
-                 batch_size: int = 64, max_bytes: int = 2 ** 31, seed: int = 0):
+                 batch_size: int = 64, max_bytes: int | None = None, seed: int = 0):
         if images.ndim != 4 or np.dtype(images.dtype) != np.uint8:
             raise ValueError(f"images must be uint8 with shape (N, H, W, C); got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -49,6 +52,7 @@ class RowSource:
         self.labels = None if labels is None else labels[order]
         self.seed = seed
         row_bytes = int(np.prod(images.shape[1:]))
+        max_bytes = memory_budget_bytes() if max_bytes is None else max_bytes
         self.window = int(min(self.rows.size, max(batch_size, max_bytes // row_bytes)))
         self.refresh_every = max(1, self.window // batch_size)
         self._window_id = None

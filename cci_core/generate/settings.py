@@ -138,7 +138,8 @@ class EvalParams:
         the baseline makes the same total
     max_real : real images per cluster compared against (a seeded sample when larger);
         the whole-corpus comparison uses up to max_real x clusters
-    ref_steps, ref_rows : training steps / at most this many rows for the reference CNNs
+    ref_steps, ref_rows : training steps / at most this many rows for the reference CNNs (fewer when
+        they would not fit the memory budget, $CCI_MEMORY_BUDGET_MB)
     k : neighbours for precision/recall/density/coverage
     kid_subsets, kid_subset_size, is_splits : KID and IS-analogue settings
     seed, device : as for training

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from torch import nn
 
 from cci_core.common.device import pick_device, use_amp
 from cci_core.common.imagegrid import make_grid, save_png
+from cci_core.common.memory import memory_budget_bytes
 from cci_core.common.seeding import seeded
 from cci_core.generate.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 from cci_core.generate.image_batches import RowSource, to_signed_tensor, to_uint8
@@ -63,7 +64,8 @@ class TrainConfig:
     progress_every: int | None = None    # default: about 100 calls per run
     seed: int = 0
     device: str | None = None            # default: cuda when available, else cpu
-    max_memory_bytes: int = 2 ** 31      # rows above this are read window by window
+    # rows above this are read window by window; default: $CCI_MEMORY_BUDGET_MB (cci_core.common.memory)
+    max_memory_bytes: int = field(default_factory=memory_budget_bytes)
 
     def __post_init__(self) -> None:
         if self.betas is not None:

@@ -175,8 +175,9 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
             new = match_labels(prev, new, k)                                  # (c)
             centres = cluster_centres(unit(Z), new, k)
         else:  # round 0 without pre-training: the given clustering, judged in pixel PCA
-            Z = np.asarray(PCA(min(cfg.pca_dim, c * h * w)).fit_transform(
-                data.batch(np.arange(n)).reshape(n, -1).numpy()), dtype=np.float32)
+            pixels = data.flat_features()  # read block by block, never the whole corpus
+            Z = np.asarray(PCA(min(cfg.pca_dim, c * h * w)).fit(pixels).transform(pixels).compute(),
+                           dtype=np.float32)
             new, space, margin, centres = prev, Z, np.zeros(n), None
         # (d) trust: the two views agree (re-clustering vs the teacher's prediction),
         # then neighbourhood consistency, then the margin

@@ -1,0 +1,40 @@
+"""The memory budget: the most bytes of corpus pixels one process holds at once.
+
+One setting, ``$CCI_MEMORY_BUDGET_MB`` (megabytes, default 2048), read here and nowhere else.
+A step that reads a corpus keeps all of its rows in memory only when they fit the budget, and
+otherwise reads them from Zarr a batch or a window at a time:
+
+* :class:`cci_core.common.torch_data.CorpusImages` (refinement, the autoencoder, embedding a corpus,
+  assigning with a classifier) caches the rows only when they fit;
+* :class:`cci_core.generate.image_batches.RowSource` (GAN and VAE training) reads a window of
+  rows no larger than the budget, and draws batches from it.
+
+Per-row results (embeddings, labels, probabilities) are not pixels and are not counted. Dask
+workers read the variable from their own environment: set it where the workers start (for the
+warm cluster, before ``cci server start``).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+ENV = "CCI_MEMORY_BUDGET_MB"
+DEFAULT_MB = 2048
+
+
+def memory_budget_bytes() -> int:
+    """The budget in bytes, from ``$CCI_MEMORY_BUDGET_MB`` (2048 MB when unset or empty).
+
+    Raises ValueError naming the variable when it is not a positive number.
+    """
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return DEFAULT_MB * 2**20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = math.nan
+    if not (math.isfinite(mb) and mb > 0):
+        raise ValueError(f"${ENV}={raw!r} is not a positive number of megabytes: set it to e.g. 2048 "
+                         f"(the default), or unset it")
+    return max(1, int(mb * 2**20))
