@@ -27,6 +27,22 @@ def pytest_sessionstart(session):
                         returncode=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_dask_default():
+    """A test module that leaves dask's default scheduler on a closed Client breaks every later module
+    computing a dask graph ('Requested dask.distributed scheduler but no Client active'): fail the module
+    that did it instead (use Client(..., set_as_default=False) in tests)."""
+    yield
+    import dask
+    if dask.config.get("scheduler", None) == "dask.distributed":
+        from distributed import default_client
+        try:
+            default_client()
+        except ValueError:
+            dask.config.set(scheduler=None)
+            pytest.fail("this module left dask's default scheduler on a closed distributed Client")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     # Multi-threaded BLAS/torch on 2 shared cores is many times slower than one thread here.

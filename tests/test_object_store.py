@@ -96,7 +96,7 @@ def dask_cluster(root: Path, env: dict, workers: tuple[str, ...]):
              "--no-nanny", "--dashboard-address", "127.0.0.1:0", "--local-directory", str(folder / "dask-scratch")],
             cwd=folder, env={**env, "TMPDIR": str(folder / "tmp")}, stdout=logs, stderr=subprocess.STDOUT))
     try:
-        with Client(address, timeout=60) as client:
+        with Client(address, set_as_default=False, timeout=60) as client:
             client.wait_for_workers(len(workers), timeout=90)
             info = client.scheduler_info(n_workers=-1)["workers"]
         yield address, {addr: folders[w["name"]] for addr, w in info.items()}

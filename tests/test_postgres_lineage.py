@@ -155,11 +155,11 @@ def lineage_cluster(postgres, prefect_api):
                                **quiet) for i in range(2)]
     from distributed import Client
     try:
-        with Client(addr, timeout=60) as client:
+        with Client(addr, set_as_default=False, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
         yield addr, {**env, "PGAPPNAME": "cci-cli"}
     finally:
-        with contextlib.suppress(Exception), Client(addr, timeout=10) as client:
+        with contextlib.suppress(Exception), Client(addr, set_as_default=False, timeout=10) as client:
             client.shutdown()  # the scheduler closes its workers: faster than a SIGTERM to each nanny
         for p in procs[::-1]:
             if p.poll() is None:
