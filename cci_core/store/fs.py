@@ -129,15 +129,20 @@ def read_bytes(path: Any) -> bytes:
     return fs.cat_file(p)
 
 
-def save_npy(path: Any, arr: np.ndarray) -> AnyPath:
+def _write_with(path: Any, write) -> AnyPath:
+    """``write(target)`` into a local file (parent folders made), or into a buffer PUT as one object."""
     path = as_path(path)
     if is_local(path):
         ensure_parent(path)
-        np.save(path, arr, allow_pickle=False)
+        write(path)
         return path
     buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
+    write(buf)
     return write_bytes(path, buf.getvalue())
+
+
+def save_npy(path: Any, arr: np.ndarray) -> AnyPath:
+    return _write_with(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def load_npy(path: Any, mmap: bool = False) -> np.ndarray:
@@ -157,14 +162,7 @@ def load_npz(path: Any) -> dict[str, np.ndarray]:
 
 
 def save_npz(path: Any, **arrays: np.ndarray) -> AnyPath:
-    path = as_path(path)
-    if is_local(path):
-        ensure_parent(path)
-        np.savez(path, **arrays)
-        return path
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return write_bytes(path, buf.getvalue())
+    return _write_with(path, lambda f: np.savez(f, **arrays))
 
 
 def read_parquet(path: Any, **kw) -> pd.DataFrame:
@@ -174,15 +172,8 @@ def read_parquet(path: Any, **kw) -> pd.DataFrame:
 
 def write_parquet(path: Any, df: pd.DataFrame, **kw) -> AnyPath:
     """Write a parquet file (not atomic locally: use store.atomic_write_parquet for shared files)."""
-    path = as_path(path)
     kw.setdefault("index", False)
-    if is_local(path):
-        ensure_parent(path)
-        df.to_parquet(path, **kw)
-        return path
-    buf = io.BytesIO()
-    df.to_parquet(buf, **kw)
-    return write_bytes(path, buf.getvalue())
+    return _write_with(path, lambda f: df.to_parquet(f, **kw))
 
 
 def _fs_and_path(path: AnyPath):
