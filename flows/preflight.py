@@ -16,6 +16,8 @@ from cci_core.store import fs, runs
 from cci_core.store.store import Store
 
 DASK_CONNECT_TIMEOUT_S = 2.5
+# a live scheduler on a busy machine can take seconds to answer the handshake once connected
+DASK_HANDSHAKE_TIMEOUT_S = 10.0
 # what a store root holds once anything was written to it (docs/architecture.md, "The store layout")
 _STORE_MARKERS = ("lineage.db", "corpora", "runs", "datasets", "palettes")
 
@@ -38,8 +40,10 @@ def dask_host_port(address: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def check_dask_address(address: str | None, timeout: float = DASK_CONNECT_TIMEOUT_S) -> None:
-    """Refuse a ``--dask-address`` nothing answers on (a TCP connect, ``timeout`` seconds)."""
+def check_dask_address(address: str | None, timeout: float = DASK_CONNECT_TIMEOUT_S,
+                       handshake_timeout: float = DASK_HANDSHAKE_TIMEOUT_S) -> None:
+    """Refuse a ``--dask-address`` nothing answers on (a TCP connect, ``timeout`` seconds) or that
+    does not speak Dask (no handshake within ``handshake_timeout`` seconds)."""
     if not address:
         return
     host, port = dask_host_port(address)
@@ -53,9 +57,9 @@ def check_dask_address(address: str | None, timeout: float = DASK_CONNECT_TIMEOU
     except OSError as exc:
         why = "connection refused" if exc.errno == errno.ECONNREFUSED else (exc.strerror or str(exc)).lower()
     else:
-        if _dask_handshake(address, timeout):
+        if _dask_handshake(address, handshake_timeout):
             return
-        why = f"something listens there but gave no Dask handshake within {timeout:g} s"
+        why = f"something listens there but gave no Dask handshake within {handshake_timeout:g} s"
     raise PreflightError(f"cannot reach the Dask scheduler at {address} ({why}); start one with "
                          "`dask scheduler` or drop --dask-address")
 

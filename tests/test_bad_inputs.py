@@ -323,7 +323,7 @@ def test_dask_address_check_accepts_a_scheduler_and_nothing_else(not_dask_port):
         assert time.time() - t0 < 2
     t0 = time.time()
     with pytest.raises(PreflightError, match="no Dask handshake"):
-        check_dask_address(f"tcp://127.0.0.1:{not_dask_port}", timeout=1.0)
+        check_dask_address(f"tcp://127.0.0.1:{not_dask_port}", handshake_timeout=1.0)
     assert time.time() - t0 < 5
     with pytest.raises(PreflightError, match="connection refused"):
         check_dask_address("127.0.0.1:1")  # bare host:port is read as tcp://
