@@ -28,9 +28,8 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from cci_core.cluster.choices import SOLVERS
 from cci_core.cluster.model_io import load_arrays, save_arrays
-
-SOLVERS = ("cov", "randomized", "full", "tsqr")
 
 
 def _as_dask(X, chunk_rows: int = 16384) -> da.Array:
