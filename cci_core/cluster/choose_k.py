@@ -7,30 +7,11 @@ import sklearn
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
+from cci_core.cluster.choices import parse_k_range
 from cci_core.cluster.cluster_metrics import SILHOUETTE_WORKING_MB, sample_rows
 from cci_core.cluster.kmeans import MiniBatchKMeans, _take_rows
 
 CRITERIA = ("silhouette", "elbow")
-
-
-def parse_k_range(text: str) -> list[int]:
-    """``"a:b"`` (inclusive) or ``"a:b:step"`` -> list of k; a single ``"k"`` -> [k]."""
-    try:
-        parts = [int(p) for p in str(text).split(":")]
-    except ValueError:
-        raise ValueError(f"k must look like 10 or 5:15 or 4:40:4, got {text!r}") from None
-    if len(parts) == 1:
-        ks = parts
-    elif len(parts) in (2, 3):
-        step = parts[2] if len(parts) == 3 else 1
-        if step < 1 or parts[1] < parts[0]:
-            raise ValueError(f"k range {text!r} is empty; write low:high with low <= high")
-        ks = list(range(parts[0], parts[1] + 1, step))
-    else:
-        raise ValueError(f"k must look like 10 or 5:15 or 4:40:4, got {text!r}")
-    if min(ks) < 2:
-        raise ValueError(f"every k must be >= 2, got {text!r}")
-    return ks
 
 
 def elbow(ks, inertias) -> int:

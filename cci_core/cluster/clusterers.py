@@ -28,10 +28,9 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
+from cci_core.cluster.choices import ALGORITHMS
 from cci_core.cluster.cluster_metrics import group_sums, sample_rows
 from cci_core.cluster.kmeans import MiniBatchKMeans
-
-ALGORITHMS = ("kmeans", "gmm", "dbscan", "hdbscan", "agglomerative")
 
 
 @dataclass

@@ -10,9 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from cci_core.cluster.choose_k import parse_k_range
-from cci_core.cluster.clusterers import ALGORITHMS
-from cci_core.cluster.pca import SOLVERS
+from cci_core.cluster.choices import ALGORITHMS, SOLVERS, parse_k_range
 from cci_core.common.records import JsonRecord
 from cci_core.store import fs
 
