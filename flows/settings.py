@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, is_dataclass
 
 from cci_core.cluster.records import ClusterParams
-from cci_core.features.feature_spaces import FeatureParams
-from cci_core.generate.selfcond import SelfCondParams
-from cci_core.generate.settings import EvalParams, TrainParams
+from cci_core.features.records import FeatureParams
+from cci_core.generate.settings import EvalParams, SelfCondParams, TrainParams
 from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.refine.config import RefineConfig
 

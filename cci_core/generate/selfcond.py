@@ -50,78 +50,11 @@ from cci_core.generate.selfcond_clusters import (
     label_scores,
     recluster,
 )
-from cci_core.generate.settings import gan_config
+from cci_core.generate.settings import SelfCondParams
 from cci_core.generate.training_run import record_model, write_training_report
 from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
-
-INITS = ("discriminator", "parent")
-
-
-@dataclass
-class SelfCondParams:
-    """Everything a self-conditioned GAN depends on (recorded in run.json and lineage).
-
-    k : number of conditions; None = the parent run's number of clusters
-    steps : total GAN steps; recluster_every : steps between re-clusterings
-    init : ``discriminator`` (k-means on the untrained discriminator's features, as in the
-        paper) or ``parent`` (start from the parent run's clusters)
-    kmeans_iters : at most this many k-means passes per re-clustering (stops when no id changes)
-    feature_rows : re-cluster on a seeded sample of this many rows (None = every row);
-        every row is still assigned to its nearest centre
-    mode_seeking : weight of the mode-seeking term (MSGAN), which keeps the generator from
-        making one image per condition; 0 = off
-    width, z_dim, batch_size, lr, loss, checkpoint_every, seed, device : as for ``cci train``
-
-    The discriminator is a projection discriminator with spectral norm: its features do not
-    depend on the condition, so they can be clustered to find the next conditions.
-    """
-    k: int | None = None
-    steps: int = 2000
-    recluster_every: int = 500
-    init: str = "discriminator"
-    kmeans_iters: int = 20
-    feature_rows: int | None = None
-    batch_size: int = 64
-    lr: float | None = None
-    width: int = 32
-    z_dim: int = 64
-    loss: str = "hinge"
-    mode_seeking: float = 1.0
-    checkpoint_every: int = 500
-    seed: int = 0
-    device: str | None = None
-
-    def validate(self) -> None:
-        for name in ("steps", "recluster_every", "kmeans_iters", "batch_size", "width", "z_dim",
-                     "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
-        if self.mode_seeking < 0:
-            raise ValueError(f"--mode-seeking {self.mode_seeking} must be >= 0 (0 = off)")
-        if self.mode_seeking and self.batch_size < 2:
-            raise ValueError(f"--batch-size {self.batch_size}: mode seeking compares pairs of images; "
-                             "use --batch-size 2 or more, or --mode-seeking 0")
-        if self.k is not None and self.k < 2:
-            raise ValueError(f"--k {self.k}: a self-conditioned GAN needs at least 2 conditions")
-        if self.init not in INITS:
-            raise ValueError(f"--init {self.init!r}: use one of {', '.join(INITS)}")
-        if self.feature_rows is not None and self.feature_rows < 2:
-            raise ValueError(f"--feature-rows {self.feature_rows} must be >= 2 (or unset for every row)")
-
-    def gan_config(self, shape, k: int):
-        """The conditional GAN on ``shape`` (H, W, C) images with ``k`` conditions: a projection
-        discriminator with spectral norm, whose features do not depend on the condition."""
-        return gan_config(shape, width=self.width, z_dim=self.z_dim, loss=self.loss, n_classes=k,
-                          d_condition="projection", spectral_norm=True)
-
-    def train_config(self, end: int):
-        """The TrainConfig of the phase that ends at step ``end`` (the step count runs on across phases)."""
-        from cci_core.generate.training_loop import TrainConfig
-        return TrainConfig(steps=end, batch_size=self.batch_size, lr=self.lr,
-                           checkpoint_every=min(self.checkpoint_every, end), mode_seeking=self.mode_seeking,
-                           seed=self.seed, device=self.device)
 
 
 def params_fields() -> set[str]:
