@@ -34,21 +34,13 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
-from threadpoolctl import threadpool_limits
 
-from cci_core.cluster.choose_k import choose_k
-from cci_core.cluster.cluster_metrics import clustering_report
-from cci_core.cluster.cluster_pictures import save_cluster_montages, save_scatter
-from cci_core.cluster.clusterers import centroids, fit_clusterer
-from cci_core.cluster.clustering_model import save_model, save_reference
-from cci_core.cluster.features import image_features
 from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
-from cci_core.cluster.pca import PCA
 from cci_core.cluster.records import ClusteringSummary, ClusterParams, ClusterPlan, EmbeddingsSummary, LabelledRun
 from cci_core.store import fs, runs
 from cci_core.store.corpus import Corpus, open_corpus
@@ -61,6 +53,11 @@ from cci_core.store.store import (
     utc_now,
     validate_name,
 )
+
+# each step imports the algorithms it runs (sklearn, scipy, dask.array, matplotlib: seconds of import);
+# the CLI and the flow's own process call only check_request and start_run
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 def check_request(store: Store, corpus: str, params: ClusterParams, version: int | None = None,
@@ -112,6 +109,7 @@ def _write_zarr(path, X: da.Array) -> None:
     one task, and chunks of the corpus's 4,096 rows made a 1M-row clustering spend most of its time
     on per-chunk overhead.
     """
+    import dask.array as da
     rows = 1 << max(0, (EMBEDDING_CHUNK_BYTES // (4 * max(1, X.shape[1]))).bit_length() - 1)
     rows = max(1, min(max(rows, max(X.chunks[0], default=1)), X.shape[0]))
     X = X.rechunk({0: rows, 1: -1})  # blocks = chunks: no two tasks write one chunk
@@ -122,6 +120,7 @@ def _write_zarr(path, X: da.Array) -> None:
 
 def embeddings(plan: ClusterPlan | Mapping, name: str = "embeddings.zarr") -> da.Array:
     """The run's embeddings (or ``space.zarr``) as a lazy Dask array."""
+    import dask.array as da
     return da.from_zarr(fs.zarr_url(ClusterPlan.of(plan).dir / name))
 
 
@@ -131,6 +130,11 @@ def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | N
 
     Returns :class:`EmbeddingsSummary` as its JSON dict (also recorded as run.json's ``embeddings``).
     """
+    import dask.array as da
+    from threadpoolctl import threadpool_limits
+
+    from cci_core.cluster.features import image_features
+    from cci_core.cluster.pca import PCA
     plan = ClusterPlan.of(plan)
     p, run = plan.params, plan.dir
     c = _corpus(store, plan)
@@ -177,6 +181,7 @@ def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | N
 
 def choose_k_step(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSummary | Mapping) -> dict:
     """Score every candidate k on a sample of the clustering space; pick one."""
+    from cci_core.cluster.choose_k import choose_k
     plan, emb = ClusterPlan.of(plan), EmbeddingsSummary.of(emb)
     p = plan.params
     result = choose_k(embeddings(plan, emb.space), p.ks(), sample_size=p.sample_size,
@@ -192,6 +197,9 @@ def cluster_step(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSumma
 
     Returns :class:`ClusteringSummary` as its JSON dict (also recorded as run.json's ``clustering``).
     """
+    from cci_core.cluster.cluster_metrics import clustering_report
+    from cci_core.cluster.clusterers import fit_clusterer
+    from cci_core.cluster.clustering_model import save_model, save_reference
     plan, emb = ClusterPlan.of(plan), EmbeddingsSummary.of(emb)
     p, run = plan.params, plan.dir
     X = embeddings(plan, emb.space)
@@ -290,6 +298,8 @@ def partition_rows(store: Store, run_id: str, cluster: int) -> np.ndarray:
 def write_pictures(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSummary | Mapping,
                    cl: ClusteringSummary | Mapping) -> list[str]:
     """Montages of the images nearest each centre, and scatter plots of the embedding."""
+    from cci_core.cluster.cluster_pictures import save_cluster_montages, save_scatter
+    from cci_core.cluster.clusterers import centroids
     plan, emb = ClusterPlan.of(plan), EmbeddingsSummary.of(emb)
     n_clusters = cl.n_clusters if isinstance(cl, ClusteringSummary) else cl["n_clusters"]
     p, pics = plan.params, plan.dir / "pictures"
