@@ -128,7 +128,7 @@ def parse_version(text: str) -> int | None:
 
 def parse_k(text: str) -> int | str:
     """``--k``: one number of clusters (an int) or a range to choose from (checked here, kept as text)."""
-    from cci_core.cluster.choose_k import parse_k_range
+    from cci_core.cluster.choices import parse_k_range
     try:
         ks = parse_k_range(text)
     except ValueError as exc:
