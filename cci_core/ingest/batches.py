@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cci_core.common.shapes import ImageShape
 from cci_core.ingest.images import (
@@ -29,10 +30,14 @@ from cci_core.ingest.sources import Source, SourceError, array_rows, safe_member
 
 @dataclass
 class BatchResult:
-    """Decoded batch: pixels (n, H, W, C) uint8, one index row per image, quarantined items."""
+    """Decoded batch: pixels (n, H, W, C) uint8, one index row per image (``ROW_COLUMNS``),
+    quarantined items."""
     pixels: np.ndarray
-    rows: list[dict]
+    rows: pd.DataFrame
     quarantine: list[dict]
+
+
+ROW_COLUMNS = ["image_id", "source", "label", "split", "orig_height", "orig_width", "orig_mode", "batch"]
 
 
 def first_image_shape(source: Source, channels: int | None = None, size: tuple[int, int] | None = None,
@@ -190,20 +195,21 @@ def load_batch(batch: dict, shape: ImageShape, fit: str = "stretch", limits: Rea
     for r, px in zip(rows, stacked):
         r["image_id"] = image_id(px)
         r["batch"] = batch["batch"]
-    return BatchResult(stacked, rows, quarantine)
+    return BatchResult(stacked, pd.DataFrame(rows, columns=ROW_COLUMNS), quarantine)
 
 
 def _fitting_array_batch(batch: dict, images: np.ndarray, labels, shape: ImageShape) -> BatchResult:
     """An array batch whose images already have the corpus shape: the same rows as the
     per-image path (nothing to convert or quarantine), built without a per-image conversion
     (a million-row source spent most of its decode time there)."""
-    part, start, b = batch["part"], batch["start"], batch["batch"]
-    pixels = np.ascontiguousarray(images.reshape(len(images), *shape.hwc))
+    part, start, n = batch["part"], batch["start"], len(images)
+    pixels = np.ascontiguousarray(images.reshape(n, *shape.hwc))
     h, w = images.shape[1:3]
     mode = "L" if images.ndim == 3 or images.shape[-1] == 1 else f"C{images.shape[-1]}"
-    labels = [None] * len(pixels) if labels is None else [str(v) for v in labels]
-    path, split = part["path"], part.get("split")
-    rows = [{"source": f"{path}#{start + i}", "label": label, "split": split, "orig_height": h,
-             "orig_width": w, "orig_mode": mode, "image_id": image_id(px), "batch": b}
-            for i, (px, label) in enumerate(zip(pixels, labels))]
+    rows = pd.DataFrame({
+        "image_id": [image_id(px) for px in pixels],
+        "source": [f"{part['path']}#{i}" for i in range(start, start + n)],
+        "label": [None] * n if labels is None else [str(v) for v in labels],
+        "split": [part.get("split")] * n, "orig_height": h, "orig_width": w, "orig_mode": mode,
+        "batch": batch["batch"]}, columns=ROW_COLUMNS)
     return BatchResult(pixels, rows, [])

@@ -105,11 +105,15 @@ def open_source(spec: str, label_from_folder: bool = False, value_range: str = "
 
 
 def _source_value_range(src: Source, requested: str, clip: bool) -> str:
-    """One pass over all values of an array source: min, max, NaN/inf count -> its value range."""
-    lo, hi, bad, dtypes = np.inf, -np.inf, 0, set()
-    for part in src.parts:
-        images, _ = part_arrays(part)
-        dtypes.add(np.dtype(images.dtype))
+    """One pass over all values of an array source: min, max, NaN/inf count -> its value range
+    (no pass for ``auto`` on uint8 or bool arrays: their dtype decides)."""
+    lo, hi, bad = np.inf, -np.inf, 0
+    arrays = [part_arrays(part)[0] for part in src.parts]
+    dtypes = {np.dtype(images.dtype) for images in arrays}
+    where = ", ".join(p["path"] for p in src.parts)
+    if requested == "auto" and len(dtypes) == 1 and dtypes <= {np.dtype(np.uint8), np.dtype(bool)}:
+        return decide_value_range(requested, dtypes.pop(), 0, 1, 0, clip, where)  # the dtype decides: no pass
+    for images in arrays:
         for start in range(0, len(images), _STATS_ROWS):
             block = _rows(images, start, start + _STATS_ROWS)
             if block.dtype.kind == "f":
@@ -118,7 +122,6 @@ def _source_value_range(src: Source, requested: str, clip: bool) -> str:
                 block = block[finite]
             if block.size:
                 lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-    where = ", ".join(p["path"] for p in src.parts)
     kinds = {d.kind for d in dtypes}
     dtype = np.result_type(*dtypes) if len(kinds) == 1 else np.dtype(np.float64)
     if lo > hi:  # nothing finite at all

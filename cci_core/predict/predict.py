@@ -129,10 +129,10 @@ def predict_source(store: Store, run_id: str, spec: str, fit: str = "stretch",
     for batch in open_source(spec).plan(batch_size):
         got = load_batch(batch, shape, fit)
         quarantine.extend(got.quarantine)
-        if not got.rows:
+        if got.rows.empty:
             continue
         labels, conf = fn(got.pixels)
-        frames.append(pd.DataFrame({"source": [r["source"] for r in got.rows], "image_id": [r["image_id"] for r in got.rows],
+        frames.append(pd.DataFrame({"source": got.rows["source"].to_numpy(), "image_id": got.rows["image_id"].to_numpy(),
                                     "cluster": labels, "confidence": conf}))
     cols = ["source", "image_id", "cluster", "confidence"]
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)), quarantine

@@ -154,13 +154,15 @@ def ensure_images_array(cdir: AnyPath, shape: ImageShape, n_total: int) -> zarr.
     rows = chunk_rows(shape)
     return zarr.create_array(
         store=fs.zarr_url(path), shape=(n_total, *shape.hwc), chunks=(rows, *shape.hwc), dtype="uint8",
-        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle"), fill_value=0,
+        # zstd level 1: twice as fast to write as level 3 on image data, files ~1% larger
+        compressors=BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle"), fill_value=0,
         dimension_names=["n", "y", "x", "c"])
 
 
 def write_rows(images_path: AnyPath | str, start: int, pixels: np.ndarray) -> None:
     """Write pixels into rows ``[start, start + len(pixels))`` of an existing image array."""
-    arr = zarr.open_array(fs.zarr_url(images_path), mode="r+")
+    # write_empty_chunks: an image chunk is almost never all zeros, so skip zarr's per-chunk check
+    arr = zarr.open_array(fs.zarr_url(images_path), mode="r+").with_config({"write_empty_chunks": True})
     arr[start:start + len(pixels)] = pixels
 
 
