@@ -192,6 +192,33 @@ def test_bad_input_is_one_clear_error_and_overwrites_nothing(digits_store, tmp_p
     assert not (store.root / "runs").exists()
 
 
+def test_pca_is_fitted_on_evenly_spaced_blocks_of_a_large_corpus(digits_store):
+    """Above ``pca_fit_rows`` the PCA sees whole blocks spread over the corpus (first and last
+    included), enough of them for the rows asked; its components span nearly the same space as
+    a fit on every row, and the run records how many rows it was fitted on."""
+    import dask.array as da
+
+    from cci_core.cluster.pca import PCA
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((5, 40))
+    X = (rng.standard_normal((20000, 5)) * [5, 4, 3, 2, 1]) @ basis + 0.1 * rng.standard_normal((20000, 40))
+    feats = da.from_array(X.astype(np.float32), chunks=(1000, 40))
+    assert cr.fit_blocks(feats, 0) is feats and cr.fit_blocks(feats, 20000) is feats
+    sub = cr.fit_blocks(feats, 4500)
+    assert 4500 <= sub.shape[0] < 20000 and sub.shape[0] % 1000 == 0
+    assert np.array_equal(sub.compute()[:1000], X[:1000].astype(np.float32))
+    assert np.array_equal(sub.compute()[-1000:], X[-1000:].astype(np.float32))
+    full, part = PCA(5).fit(feats), PCA(5).fit(sub)
+    assert part.n_samples_ == sub.shape[0] and full.n_samples_ == 20000
+    overlap = np.linalg.svd(full.components_ @ part.components_.T, compute_uv=False)  # cosines of the angles
+    assert overlap.min() > 0.999
+
+    run = cr.run_local(digits_store, "digits", cr.ClusterParams(k=10, n_components=20, pca_fit_rows=0))
+    assert run["embeddings"]["pca_fit_rows"] == 1797
+    with pytest.raises(ValueError, match="--pca-fit-rows 10"):
+        cr.start_run(digits_store, "digits", cr.ClusterParams(pca_fit_rows=10))
+
+
 def test_nearly_constant_images_give_no_nan(tmp_path):
     store = Store(tmp_path / "s")
     imgs = np.full((20, 8, 8), 9, np.uint8)

@@ -124,8 +124,21 @@ def embeddings(plan: ClusterPlan | Mapping, name: str = "embeddings.zarr") -> da
     return da.from_zarr(fs.zarr_url(ClusterPlan.of(plan).dir / name))
 
 
+def fit_blocks(X: da.Array, max_rows: int) -> da.Array:
+    """The rows a PCA is fitted on: all of ``X`` when it has at most ``max_rows`` rows (or
+    ``max_rows`` is 0), else evenly spaced whole blocks holding at least ``max_rows`` rows, the
+    first and last among them (whole blocks: each is read once, not a row from every chunk)."""
+    n_blocks = X.numblocks[0]
+    if not max_rows or X.shape[0] <= max_rows or n_blocks < 2:
+        return X
+    take = min(n_blocks, -(-max_rows * n_blocks // X.shape[0]) + 1)
+    picked = np.unique(np.linspace(0, n_blocks - 1, take).round().astype(int))
+    return X.blocks[picked.tolist()]
+
+
 def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | None = None) -> dict:
-    """PCA over the corpus images (read lazily from Zarr), projections to ``embeddings.zarr``;
+    """PCA over the corpus images (read lazily from Zarr; fitted on at most about ``pca_fit_rows``
+    of them, see :func:`fit_blocks`), projections of every image to ``embeddings.zarr``;
     with ``embedding="umap"`` also the UMAP of the projections to ``space.zarr``.
 
     Returns :class:`EmbeddingsSummary` as its JSON dict (also recorded as run.json's ``embeddings``).
@@ -139,9 +152,10 @@ def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | N
     p, run = plan.params, plan.dir
     c = _corpus(store, plan)
     feats = image_features(c.images(), c.n_rows)
+    fit_feats = fit_blocks(feats, p.pca_fit_rows)
     t0 = time.perf_counter()
     try:
-        pca = PCA(p.n_components, solver=p.solver, whiten=p.whiten, random_state=p.seed).fit(feats)
+        pca = PCA(p.n_components, solver=p.solver, whiten=p.whiten, random_state=p.seed).fit(fit_feats)
     except ValueError as exc:
         raise ValueError(f"corpus {plan.corpus!r} v{plan.corpus_version}: {exc}") from None
     pca_path = pca.save(run / "pca")
@@ -149,7 +163,8 @@ def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | N
         _write_zarr(run / "embeddings.zarr", pca.transform(feats))
     seconds = time.perf_counter() - t0
     lin = runs.lineage_store(store)
-    pca_params = {k: getattr(p, k) for k in ("n_components", "whiten", "solver", "seed")}
+    pca_params = {**{k: getattr(p, k) for k in ("n_components", "whiten", "solver", "seed")},
+                  "fit_rows": int(fit_feats.shape[0])}
     pca_art = lin.record(
         "pca", f"{plan.run_id}/pca", str(run / "pca"),
         hash_files([pca_path, pca_path.with_suffix(".json")]), size=pca_path.stat().st_size,
@@ -165,7 +180,7 @@ def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | N
     out = EmbeddingsSummary(pca_artifact_id=pca_art.id, embeddings_artifact_id=emb_art.id,
                             n_components=int(pca.n_components_),
                             explained_variance=float(pca.explained_variance_ratio_.sum()),
-                            pca_seconds=round(seconds, 3))
+                            pca_seconds=round(seconds, 3), pca_fit_rows=int(fit_feats.shape[0]))
     if p.embedding == "umap":
         from cci_core.cluster.manifold import umap_embed
         t0 = time.perf_counter()

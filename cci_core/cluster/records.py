@@ -15,6 +15,9 @@ from cci_core.common.records import JsonRecord
 from cci_core.store import fs
 
 EMBEDDINGS = ("pca", "umap")
+# Rows the PCA is fitted on by default: the top components of a larger corpus barely move with more
+# rows, while the covariance pass (D x D per row) was most of a million-image clustering's time.
+PCA_FIT_ROWS = 262_144
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class ClusterParams:
     n_components : PCA components (int) or explained-variance ratio (float in (0, 1))
     whiten : scale the PCA projections to unit variance
     solver : PCA solver (cov, randomized, full, tsqr)
+    pca_fit_rows : rows the PCA is fitted on: a corpus larger than this is fitted on evenly spaced
+        whole blocks holding about that many rows (0 = every row); the projection covers every row
     umap_dim, umap_neighbors, umap_min_dist, umap_sample : the manifold stage
     sample_size : rows the sample-based algorithms (and the choice of k) are fitted on
     silhouette_sample : rows the sampled silhouette is computed on
@@ -41,6 +46,7 @@ class ClusterParams:
     n_components: int | float = 50
     whiten: bool = False
     solver: str = "cov"
+    pca_fit_rows: int = PCA_FIT_ROWS
     umap_dim: int = 10
     umap_neighbors: int = 20
     umap_min_dist: float = 0.0
@@ -102,6 +108,8 @@ class ClusterParams:
         elif not 1 <= int(nc) <= min(n_rows, n_features or int(nc)):
             raise ValueError(f"--components {nc}: use 1..{min(n_rows, n_features or n_rows)} components "
                              "(at most the number of images and of pixel values), or a ratio in (0, 1)")
+        if self.pca_fit_rows != 0 and self.pca_fit_rows < 1000:
+            raise ValueError(f"--pca-fit-rows {self.pca_fit_rows}: use 0 (every row) or at least 1000")
         if self.sample_size < 2 or self.silhouette_sample < 2:
             raise ValueError("--sample-size and the silhouette sample must be >= 2")
         if self.eps is not None and not self.eps > 0:
@@ -150,6 +158,7 @@ class EmbeddingsSummary(JsonRecord):
     """What ``fit_embeddings`` made: the PCA and its projections (and their UMAP with ``embedding="umap"``).
 
     space : the file the clustering runs on, ``embeddings.zarr`` or ``space.zarr`` (the UMAP)
+    pca_fit_rows : rows the PCA was fitted on (None in runs made before it was recorded: every row)
     umap_note, umap_seconds : only with the UMAP (absent from the JSON otherwise)
     """
     pca_artifact_id: str
@@ -158,6 +167,7 @@ class EmbeddingsSummary(JsonRecord):
     explained_variance: float
     pca_seconds: float
     space: str = "embeddings.zarr"
+    pca_fit_rows: int | None = None
     umap_note: str | None = None
     umap_seconds: float | None = None
 

@@ -31,6 +31,9 @@ def cluster(
     components: str = typer.Option("50", "--components", help="PCA components, or a variance ratio such as 0.9."),
     whiten: bool = typer.Option(False, "--whiten", help="Scale the PCA projections to unit variance."),
     solver: str = typer.Option("cov", "--solver", help="PCA solver: cov, randomized, full or tsqr."),
+    pca_fit_rows: int = typer.Option(262144, "--pca-fit-rows",
+                                     help="Rows the PCA is fitted on (evenly spaced blocks of a larger corpus; "
+                                          "0 = every row). Every row is projected."),
     umap_dim: int = typer.Option(10, "--umap-dim", help="UMAP dimensions (--embedding umap)."),
     umap_neighbors: int = typer.Option(20, "--umap-neighbors", help="UMAP neighbours (--embedding umap)."),
     umap_sample: int = typer.Option(100000, "--umap-sample",
@@ -57,8 +60,8 @@ def cluster(
     k_value: int | str | None = parse_k(k)
     if algorithm in ("dbscan", "hdbscan") and k == "10":
         k_value = None  # the density algorithms find their own number of clusters
-    options = dict(solver=solver, umap_dim=umap_dim, umap_neighbors=umap_neighbors, umap_sample=umap_sample,
-                   sample_size=sample_size, k_criterion=k_criterion, eps=eps, min_samples=min_samples,
+    options = dict(solver=solver, pca_fit_rows=pca_fit_rows, umap_dim=umap_dim, umap_neighbors=umap_neighbors,
+                   umap_sample=umap_sample, sample_size=sample_size, k_criterion=k_criterion, eps=eps, min_samples=min_samples,
                    min_cluster_size=min_cluster_size)
     main = dict(k=k_value, algorithm=algorithm, embedding=embedding,
                 n_components=parse_number(components, "--components"), whiten=whiten, seed=seed)

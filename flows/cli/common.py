@@ -57,7 +57,7 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
 
         from flows import quietlog
         from flows.preflight import check_dask_address
-        from flows.runtime import dask_task_runner, prefect_api
+        from flows.runtime import WORKER_CONFIG, dask_task_runner, prefect_api
         if workers is not None and workers < 1:
             fail(f"--workers {workers}: give at least 1 worker process")
         run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
@@ -68,7 +68,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
         # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
         stack.enter_context(heartbeats())
         stack.enter_context(tagged(flow, *args, **kwargs))
-        stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog"]}))
+        stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog"],
+                                             **WORKER_CONFIG}))
         stack.enter_context(output.StageProgress(err, api_url))
         return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
 
