@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from cci_core.cluster.records import ClusterParams
 from cci_core.features.records import FeatureParams
 from cci_core.generate.settings import EvalParams, SelfCondParams, TrainParams
-from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from cci_core.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from cci_core.refine.config import RefineConfig
 
 

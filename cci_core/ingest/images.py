@@ -17,10 +17,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cci_core.common.shapes import ImageShape
+from cci_core.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
 FITS = ("stretch", "crop", "pad")
-DEFAULT_MAX_FILE_BYTES = 256 << 20       # bytes read from one file or tar member
-DEFAULT_MAX_IMAGE_PIXELS = 1 << 27       # pixels decoded from one image (134 M: about 400 MB as RGB)
 # value range name -> (low, high) of the input values that map to bytes 0..255
 VALUE_RANGES = {"0-1": (0.0, 1.0), "0-255": (0.0, 255.0), "-1-1": (-1.0, 1.0)}
 # Pillow's own guard, set explicitly: Image.open refuses a declared size over twice it.

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from cci_core.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from flows.cli.common import err, out, parse_size, print_json, run_flow, run_guarded
 from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
 
