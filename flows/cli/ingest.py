@@ -42,7 +42,6 @@ def ingest(
     Example: cci ingest /usr/share/datasets/fashion-mnist --corpus fmnist
     """
     from cci_core.ingest.ingest import check_ingest_request
-    from flows.ingest import ingest_flow
     shape = parse_size(size)
     from flows.preflight import new_store
     store_obj = run_guarded(new_store, store)  # a URL: lineage database and bucket checked
@@ -51,6 +50,7 @@ def ingest(
                    max_image_pixels=max_image_pixels, follow_symlinks=follow_symlinks)
     # everything checkable is checked here, before a server or a cluster is started
     run_guarded(check_ingest_request, store_obj, source, corpus, **options)
+    from flows.ingest import ingest_flow  # after the checks: importing the flow (Prefect) takes seconds
     from flows.settings import IngestSettings
     summary = run_flow(ingest_flow, dask_address, workers,
                        IngestSettings(source, corpus, store_root=str(store_obj.root), **options))
