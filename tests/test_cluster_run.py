@@ -2,6 +2,7 @@
 prediction, the other algorithms, bad input, and the Fashion-MNIST acceptance figures."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -217,6 +218,29 @@ def test_pca_is_fitted_on_evenly_spaced_blocks_of_a_large_corpus(digits_store):
     assert run["embeddings"]["pca_fit_rows"] == 1797
     with pytest.raises(ValueError, match="--pca-fit-rows 10"):
         cr.start_run(digits_store, "digits", cr.ClusterParams(pca_fit_rows=10))
+
+
+def test_a_space_over_the_budget_is_clustered_on_dask_with_the_same_result(digits_store, monkeypatch):
+    """The clustering and pictures steps read a space that fits the memory budget into memory;
+    one over it stays a Dask array, pass by pass. Both give the same labels and report."""
+    seen = []
+    original = contextlib.contextmanager(cr.space_in_memory.__wrapped__)
+
+    @contextlib.contextmanager
+    def spy(X):
+        with original(X) as got:
+            seen.append(type(got).__name__)
+            yield got
+    monkeypatch.setattr(cr, "space_in_memory", spy)
+    params = cr.ClusterParams(k=10, n_components=20, seed=3)
+    here = cr.run_local(digits_store, "digits", params, run_id="space-here")
+    monkeypatch.setattr("cci_core.common.memory.memory_budget_bytes", lambda: 0)
+    on_dask = cr.run_local(digits_store, "digits", params, run_id="space-dask")
+    assert seen == ["ndarray", "ndarray", "Array", "Array"]
+    assert np.array_equal(cr.run_labels(here), cr.run_labels(on_dask))
+    a, b = (pd.read_json(Path(r["run_dir"]) / "reports" / "metrics.json", typ="series") for r in (here, on_dask))
+    for m in ("inertia", "silhouette", "davies_bouldin", "nmi", "acc"):
+        assert a[m] == pytest.approx(b[m], rel=1e-6)
 
 
 def test_nearly_constant_images_give_no_nan(tmp_path):
