@@ -239,7 +239,7 @@ def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int]
     if dataset is not None:
         validate_name(dataset, "dataset name")
     if isinstance(k, str):  # a range to choose from, as `cci cluster --k` takes
-        from cci_core.cluster.choose_k import parse_k_range
+        from cci_core.cluster.choices import parse_k_range  # no sklearn, scipy or dask.array
         parse_k_range(k)
     else:
         check_positive(k, "--k", 2)
