@@ -25,7 +25,7 @@ import time
 QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
 _mode = {"value": NORMAL}
 _CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
-POLL_S = 1.0
+POLL_S = 2.0  # seconds between two looks at the API (5 requests each: the Prefect server shares the cores)
 
 
 def mode() -> str:
