@@ -1,7 +1,7 @@
 """Work goes where the user sends it. With a scheduler and two worker processes on loopback
 (conftest's ``dask_scheduler``), the scheduler's own task stream shows the Prefect task runs of
-the cluster and palette flows, and the Dask blocks inside them (PCA moments, the k-means
-assignment pass, the palette histogram), executed on those workers: had they run in this (the
+the cluster and palette flows, and the Dask blocks inside them (PCA moments, the Zarr reads, the
+palette histogram), executed on those workers: had they run in this (the
 client's) process the scheduler would never have seen them. Subflows run on the parent's
 cluster. An address with nothing listening fails the flow before any of its work runs anywhere."""
 from __future__ import annotations
@@ -53,8 +53,11 @@ def test_cluster_flow_runs_pca_and_kmeans_on_the_workers(store, dask_scheduler, 
     # the Prefect task runs (keys named after their functions) ...
     assert_on_workers(placed, workers, ("fit_embeddings_task", "choose_k_task", "cluster_task",
                                         "partitions_task", "pictures_task"))
-    # ... and the Dask graphs they ran through the worker's client: PCA moments, k-means assignment
-    assert_on_workers(placed, workers, ("block_moments", "assign_block_total"))
+    # ... and the Dask graphs they ran through the worker's client: the PCA moments, and the reads of
+    # the corpus and of the embeddings (which the k-means step then clusters in its own worker when
+    # they fit the memory budget, cluster_run.space_in_memory; the passes on Dask above it are
+    # test_cluster_run's)
+    assert_on_workers(placed, workers, ("block_moments", "from-zarr"))
 
 
 def test_palette_flow_runs_on_the_workers(store, dask_scheduler, prefect_api):
