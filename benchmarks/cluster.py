@@ -21,7 +21,6 @@ import json
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from benchmarks.sampling import Sampler  # noqa: E402
 from cci_core.cluster.cluster_metrics import cluster_acc, inertia  # noqa: E402
 from cci_core.cluster.features import image_features, lazy_images  # noqa: E402
 from cci_core.cluster.kmeans import MiniBatchKMeans  # noqa: E402
@@ -48,11 +48,12 @@ CHUNK = 16384
 REPS = 3
 
 
-class PeakRSS:
+class PeakRSS(Sampler):
     """Sample the summed RSS of this process and its children (Dask workers)."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        super().__init__(interval)
+        self.peak = 0
 
     def _total(self) -> int:
         me = psutil.Process()
@@ -64,21 +65,13 @@ class PeakRSS:
                 pass
         return total
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            time.sleep(self.interval)
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._total())
 
     def __enter__(self):
         self.base = self._total()
         self.peak = self.base
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        return super().__enter__()
 
 
 def write_corpus(path: Path, images: np.ndarray) -> zarr.Array:

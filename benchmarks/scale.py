@@ -40,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -52,6 +51,7 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
 
+from benchmarks.sampling import Sampler  # noqa: E402
 from cci_core.cluster.cluster_metrics import cluster_acc  # noqa: E402
 
 CCI = Path(sys.executable).parent / "cci"
@@ -122,15 +122,15 @@ def role(proc: psutil.Process, client_pid: int, warm: dict) -> str:
     return cmd[:80] or "?"
 
 
-class TreeMemory:
+class TreeMemory(Sampler):
     """Peak RSS of every process under the given roots, sampled every ``interval`` seconds."""
 
     def __init__(self, roots: list[int], client_pid: int, warm: dict, started: float, interval: float = 0.2):
-        self.roots, self.client_pid, self.warm, self.interval = roots, client_pid, warm, interval
+        super().__init__(interval)
+        self.roots, self.client_pid, self.warm = roots, client_pid, warm
         self.peaks: dict[int, dict] = {}
         self.t0 = started  # time.time() when the command started: older processes count CPU from then
         self.total_peak = 0
-        self._stop = threading.Event()
 
     def sample(self) -> None:
         procs = []
@@ -154,20 +154,6 @@ class TreeMemory:
             rec["peak_rss"] = max(rec["peak_rss"], rss)
             rec["cpu"] = cpu.user + cpu.system
         self.total_peak = max(self.total_peak, total)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def report(self) -> dict:
         procs = sorted(self.peaks.values(), key=lambda r: -r["peak_rss"])
