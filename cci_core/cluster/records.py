@@ -10,14 +10,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from cci_core.cluster.choices import ALGORITHMS, SOLVERS, parse_k_range
+from cci_core.cluster.choices import ALGORITHMS, PCA_FIT_ROWS, SOLVERS, parse_k_range
 from cci_core.common.records import JsonRecord
 from cci_core.store import fs
 
 EMBEDDINGS = ("pca", "umap")
-# Rows the PCA is fitted on by default: the top components of a larger corpus barely move with more
-# rows, while the covariance pass (D x D per row) was most of a million-image clustering's time.
-PCA_FIT_ROWS = 262_144
 
 
 @dataclass(frozen=True)

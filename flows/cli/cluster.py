@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from cci_core.cluster.choices import PCA_FIT_ROWS
 from flows.cli.common import (
     err,
     fail,
@@ -31,7 +32,7 @@ def cluster(
     components: str = typer.Option("50", "--components", help="PCA components, or a variance ratio such as 0.9."),
     whiten: bool = typer.Option(False, "--whiten", help="Scale the PCA projections to unit variance."),
     solver: str = typer.Option("cov", "--solver", help="PCA solver: cov, randomized, full or tsqr."),
-    pca_fit_rows: int = typer.Option(262144, "--pca-fit-rows",
+    pca_fit_rows: int = typer.Option(PCA_FIT_ROWS, "--pca-fit-rows",
                                      help="Rows the PCA is fitted on (evenly spaced blocks of a larger corpus; "
                                           "0 = every row). Every row is projected."),
     umap_dim: int = typer.Option(10, "--umap-dim", help="UMAP dimensions (--embedding umap)."),
