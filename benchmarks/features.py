@@ -132,7 +132,7 @@ def main() -> None:
         from cci_core.refine.config import RefineConfig
         from cci_core.refine.refine_run import refine_local
         stage("refine", refine_local, store, "fm",
-              RefineConfig(rounds=1, steps=args.refine_steps, warmup_steps=args.refine_steps, ae_epochs=1.0),
+              RefineConfig(rounds=1, steps=args.refine_steps, warmup_steps=args.refine_steps, cl_epochs=1.0, cl_min_steps=0),
               log=lambda *a: None)
     scp = sc.SelfCondParams(steps=args.gan_steps, recluster_every=args.recluster_every, width=args.gan_width,
                             z_dim=64, batch_size=64, checkpoint_every=args.recluster_every, seed=0, device="cpu")

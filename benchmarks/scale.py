@@ -311,7 +311,7 @@ def rgb_part(tmp: Path, n: int, workers: int, log: Path) -> dict:
         res["cluster"]["quality"] = score(store, run_id, truth)
         # one refinement round (round 0 only), short: 0.05 autoencoder epochs, 100 training steps,
         # k-means re-clustering; every row is still embedded twice and its k-NN consistency scored
-        refine_sets = ["ae_epochs=0.05", "warmup_steps=100", "recluster=kmeans", "silhouette_sample=2000"]
+        refine_sets = ["cl_epochs=0.05", "cl_min_steps=0", "warmup_steps=100", "recluster=kmeans", "silhouette_sample=2000"]
         res["refine"] = run_cci(["refine", run_id, "--rounds", "0", "--batch-size", "128",
                                  "--device", "cpu", *[a for s in refine_sets for a in ("--set", s)], *common], log, warm)
         refined = res["refine"].pop("result")["run_id"]

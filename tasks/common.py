@@ -1,8 +1,10 @@
 """Helpers every task module uses: who produced an artifact, its Prefect asset, where its
-Dask graphs run, and a progress artifact a pure ``cci_core`` loop can update."""
+Dask graphs run, how many cores its torch code may use, and a progress artifact a pure
+``cci_core`` loop can update."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -52,6 +54,37 @@ def cluster_compute() -> Iterator[None]:
         return
     with worker_client() as client, dask.config.set(scheduler=client.get):
         yield
+
+
+def host_core_share(worker_hosts: list[str], host: str, cores: int) -> int:
+    """This worker's share of its host's ``cores``: divided evenly by the workers on ``host``."""
+    return max(1, cores // max(1, worker_hosts.count(host)))
+
+
+@contextlib.contextmanager
+def torch_threads() -> Iterator[None]:
+    """Inside a task on a Dask worker: let torch use the worker's share of the host's cores.
+
+    Dask starts worker processes with ``OMP_NUM_THREADS=1`` (right for many one-thread
+    tasks side by side), so a single training task would otherwise use one core of a
+    machine it has to itself: ``cci refine``'s one worker trained at half speed on 2 cores.
+    The previous thread count comes back afterwards. Outside a worker nothing changes.
+    """
+    try:
+        worker = get_worker()
+    except ValueError:
+        yield
+        return
+    import torch
+    from distributed.utils import get_ip
+    with worker_client() as client:
+        hosts = [w["host"] for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+    before = torch.get_num_threads()
+    torch.set_num_threads(host_core_share(hosts, worker.ip or get_ip(), len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def progress_artifact(description: str, key: str | None = None,

@@ -52,7 +52,7 @@ def test_refine_round_zero_clusters_the_autoencoder_code(tmp_path):
     images, y = _digits()
     init = KMeans(10, n_init=1, random_state=0).fit(images.reshape(len(images), -1) / 255.0).labels_
     init = init.astype(np.int64)  # gives k and the ids; round 0 re-clusters the code
-    cfg = RefineConfig(rounds=0, ae_epochs=2, recluster="kmeans", warmup_steps=20,
+    cfg = RefineConfig(rounds=0, start="autoencoder", ae_epochs=2, recluster="kmeans", warmup_steps=20,
                        batch_size=64, width=4, depth=2, embed_dim=8, pca_dim=8,
                        silhouette_sample=300, seed=1)
     res = refine(images, None, init, cfg, tmp_path, y_true=y, log=lambda s: None)

@@ -22,7 +22,7 @@ import zarr
 
 CCI = str(Path(sys.executable).parent / "cci")
 SMALL = ["--k", "4", "--refine-steps", "20", "--train-steps", "20", "--per-cluster", "8", "--workers", "2",
-         "--seed", "3", "--refine-set", "ae_epochs=0", "--refine-set", "width=8",
+         "--seed", "3", "--refine-set", "start=given", "--refine-set", "width=8",
          "--refine-set", "recluster=kmeans", "--eval-set", "samples=40", "--eval-set", "ref_steps=20",
          "--eval-set", "max_real=100", "--eval-set", "kid_subsets=5", "--eval-set", "kid_subset_size=20"]
 

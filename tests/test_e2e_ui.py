@@ -34,7 +34,7 @@ RUN_DEADLINE_S = 480
 
 # builtin:digits at the pipeline's default 28x28, with every stage cut to a few steps
 TINY = {"k": 4, "refine_rounds": 1, "refine_steps": 20,
-        "refine_options": {"ae_epochs": 0.5, "recluster": "kmeans", "width": 8, "batch_size": 64},
+        "refine_options": {"cl_epochs": 0.5, "cl_min_steps": 0, "recluster": "kmeans", "width": 8, "batch_size": 64},
         "train_steps": 10, "min_size": 20, "per_cluster": 8, "eval_samples": 40,
         "eval_options": {"ref_steps": 20, "max_real": 100, "kid_subset_size": 20, "kid_subsets": 5},
         "train_options": {"width": 8, "z_dim": 16}}
@@ -383,7 +383,7 @@ def test_refine_progress_advances_in_the_ui(tmp_path, monkeypatch):
         _wait_for_api(api, server, procs)
         refine = procs.start("refine", [BIN / "cci", "refine", "run1", "--store", store.root, "--rounds", "2",
                                         "--steps", "150", "--batch-size", "32", "--set", "warmup_steps=150",
-                                        "--set", "ae_epochs=0", "--set", "width=8", "--set", "recluster=kmeans"], env)
+                                        "--set", "start=given", "--set", "width=8", "--set", "recluster=kmeans"], env)
         t0, run = time.monotonic(), None
         while run is None:
             assert refine.poll() is None, f"cci refine exited early\n{procs.tails()}"

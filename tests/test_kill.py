@@ -45,7 +45,7 @@ def store(digits28_store):
     s = digits28_store("kill", km=cr.ClusterParams(k=3, n_components=20),
                        ref10=cr.ClusterParams(k=10, n_components=20))
     rr.refine_local(s, "km", rr.config_from_options({"rounds": 1, "warmup_steps": 20, "steps": 20, "batch_size": 64,
-                                                     "width": 8, "ae_epochs": 0, "recluster": "kmeans"}),
+                                                     "width": 8, "start": "given", "recluster": "kmeans"}),
                     new_run_id="ref", log=lambda _: None)
     train_local(s, "ref", TrainParams(steps=10, batch_size=32, min_size=10, checkpoint_every=10, width=8, z_dim=16,
                                       baseline=False))

@@ -129,7 +129,7 @@ def steps(store: Store) -> dict:
     """Refine (a few autoencoder steps, embed, re-cluster, train, embed; partitions and pictures),
     train one conditional GAN, evaluate it: the traced peak of each."""
     peaks = {}
-    cfg = RefineConfig(rounds=0, ae_epochs=0.05, recluster="kmeans", warmup_steps=20, steps=20, batch_size=32,
+    cfg = RefineConfig(rounds=0, cl_epochs=0.05, cl_min_steps=0, recluster="kmeans", warmup_steps=20, steps=20, batch_size=32,
                        knn=5, width=4, depth=2, embed_dim=8, pca_dim=8, silhouette_sample=500, device="cpu")
     with traced_peak() as mem:
         refined = refine_local(store, "r", cfg, log=lambda s: None)

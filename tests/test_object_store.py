@@ -34,7 +34,7 @@ COMMANDS = (
     ["ingest", "builtin:digits", "--corpus", CORPUS, "--size", "28x28", "--batch-size", "512"],
     ["cluster", CORPUS, "--k", "3", "--components", "20", "--seed", "0", "--run-id", RUN],
     ["refine", RUN, "--rounds", "1", "--steps", "20", "--batch-size", "64", "--seed", "0", "--device", "cpu",
-     "--set", "warmup_steps=20", "--set", "width=8", "--set", "ae_epochs=0", "--set", "recluster=kmeans",
+     "--set", "warmup_steps=20", "--set", "width=8", "--set", "start=given", "--set", "recluster=kmeans",
      "--run-id", REFINED],
     ["train", REFINED, "--steps", "10", "--batch-size", "32", "--min-size", "10", "--checkpoint-every", "10",
      "--width", "8", "--z-dim", "16", "--no-baseline", "--device", "cpu"],

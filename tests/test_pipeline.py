@@ -19,7 +19,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
 TINY = dict(k=4, refine_rounds=1, refine_steps=20,
-            refine_options={"ae_epochs": 0.5, "recluster": "kmeans", "width": 8, "batch_size": 64},
+            refine_options={"cl_epochs": 0.5, "cl_min_steps": 0, "recluster": "kmeans", "width": 8, "batch_size": 64},
             train_steps=10, min_size=20, per_cluster=8, eval_samples=40,
             eval_options={"ref_steps": 20, "max_real": 100, "kid_subset_size": 20, "kid_subsets": 5},
             train_options={"width": 8, "z_dim": 16, "batch_size": 32, "checkpoint_every": 10, "baseline": False})

@@ -18,7 +18,7 @@ from cci_core.refine.refine import refine
 from cci_core.store.weights import load_weights
 
 # small and fast: k-means re-clustering, no autoencoder start (tests/test_autoencoder.py)
-CFG = dict(rounds=2, ae_epochs=0, recluster="kmeans", warmup_steps=300, steps=150,
+CFG = dict(rounds=2, start="given", recluster="kmeans", warmup_steps=300, steps=150,
            batch_size=64, trust_quantile=0.8, width=8, depth=2, embed_dim=16, pca_dim=16,
            silhouette_sample=800, seed=3, flip=False)
 

@@ -20,7 +20,7 @@ from cci_core.store import runs
 from cci_core.store.store import Store, read_json
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-TINY = {"rounds": 1, "warmup_steps": 20, "steps": 20, "batch_size": 64, "width": 8, "seed": 1, "ae_epochs": 0,
+TINY = {"rounds": 1, "warmup_steps": 20, "steps": 20, "batch_size": 64, "width": 8, "seed": 1, "start": "given",
         "recluster": "kmeans"}
 
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")

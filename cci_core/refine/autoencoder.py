@@ -25,6 +25,7 @@ from cci_core.common.device import use_amp
 from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages, augment
 from cci_core.refine.cnn import CNN
+from cci_core.refine.train_steps import epoch_steps
 
 
 class Decoder(nn.Module):
@@ -44,11 +45,6 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-def autoencoder_steps(epochs: float, n: int, batch_size: int) -> int:
-    """Optimiser steps of :func:`pretrain_autoencoder` for ``epochs`` over ``n`` images."""
-    return max(1, int(round(epochs * n / batch_size)))
-
-
 def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch_size: int = 256,
                          lr: float = 2e-3, weight_decay: float = 1e-4, shift: float = 0.08,
                          scale: tuple = (0.9, 1.1), seed: int = 0, device=None, on_step=None) -> dict:
@@ -66,7 +62,7 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
         decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.image_size, cfg.width).to(device)
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(decoder.parameters())
-    steps = autoencoder_steps(epochs, len(data), batch_size)
+    steps = epoch_steps(epochs, len(data), batch_size)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RECLUSTER = ("kmeans", "umap_gmm")
+START = ("contrastive", "autoencoder", "given")
 
 
 @dataclass
@@ -11,10 +12,19 @@ class RefineConfig:
     """Every knob of a refinement; the defaults are the Fashion-MNIST benchmark recipe.
 
     rounds : rounds after round 0 (round 0 = start clustering + first training)
-    ae_epochs : autoencoder pre-training epochs before round 0 (0 = start from the given
-        clustering with a randomly initialised CNN)
-    ae_lr, ae_shift : autoencoder optimiser rate and input shift (fraction of the side)
-    warmup_steps, steps : training steps in round 0 / in each later round
+    start : how round 0 finds its clustering. ``contrastive``: pre-train the CNN with
+        SimCLR (NT-Xent on two augmented views) for ``cl_epochs``, then cluster its
+        embedding; ``autoencoder``: pre-train it as a convolutional autoencoder for
+        ``ae_epochs`` (N2D-style), then cluster its code; ``given``: keep the clustering
+        it was given, with a randomly initialised CNN
+    cl_epochs, cl_lr, cl_temperature : contrastive pre-training (epochs may be fractional)
+    cl_min_steps : the contrastive pre-training takes at least this many steps, however
+        small the corpus (10 epochs of 1,797 digits are only 70 steps)
+    ae_epochs, ae_lr, ae_shift : autoencoder pre-training epochs, optimiser rate and input
+        shift (fraction of the side)
+    warmup_steps, steps : training steps in round 0 / in each later round, at most
+        ``round_epochs`` passes' worth of the corpus (so a small corpus is not trained on
+        hundreds of times over)
     batch_size, lr, weight_decay : optimiser (AdamW, fresh each round, cosine decay)
     lam : weight of the k-means term (embedding distance to its cluster centre)
     label_smoothing : for the cross-entropy term
@@ -25,6 +35,9 @@ class RefineConfig:
     gmm_inits : GMM restarts (k-means starts), the best likelihood kept
     gmm_from_previous : start the GMM from the previous round's cluster means instead
     pca_dim : whitened dimensions before k-means (and the trust space without UMAP)
+    pixel_dim : principal components of the pixels joined (unit rows, equal weight) to
+        the unit embedding before re-clustering; pixel neighbourhoods correct the
+        embedding's where they agree (0 = the embedding alone)
     umap_neighbors, umap_dim, umap_sample : manifold stage (fitted on ``umap_sample``
         rows, the others transformed; the recipe fits all rows)
     shift, scale, flip, erase : augmentation of the classifier's training images
@@ -34,11 +47,17 @@ class RefineConfig:
     device : None = CUDA when present, else CPU
     """
     rounds: int = 2
+    start: str = "contrastive"
+    cl_epochs: float = 10.0
+    cl_lr: float = 2e-3
+    cl_temperature: float = 0.2
+    cl_min_steps: int = 500
     ae_epochs: float = 4.0
     ae_lr: float = 2e-3
     ae_shift: float = 0.08
     warmup_steps: int = 1000
     steps: int = 800
+    round_epochs: float = 20.0
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -51,6 +70,7 @@ class RefineConfig:
     gmm_inits: int = 3
     gmm_from_previous: bool = False
     pca_dim: int = 32
+    pixel_dim: int = 50
     umap_neighbors: int = 20
     umap_dim: int = 10
     umap_sample: int = 70000
@@ -69,11 +89,20 @@ class RefineConfig:
         self.scale = tuple(self.scale)
         checks = [
             (self.rounds >= 0, f"rounds={self.rounds} must be >= 0"),
-            (self.ae_epochs >= 0, f"ae_epochs={self.ae_epochs} must be >= 0"),
+            (self.start in START, f"start={self.start!r}: use one of {START}"),
+            (self.start != "contrastive" or self.cl_epochs > 0,
+             f"cl_epochs={self.cl_epochs} must be > 0 for start=contrastive (or use start=given)"),
+            (self.start != "autoencoder" or self.ae_epochs > 0,
+             f"ae_epochs={self.ae_epochs} must be > 0 for start=autoencoder (or use start=given)"),
+            (self.cl_min_steps >= 0, f"cl_min_steps={self.cl_min_steps} must be >= 0"),
+            (self.cl_temperature > 0, f"cl_temperature={self.cl_temperature} must be > 0"),
+            (self.pixel_dim >= 0, f"pixel_dim={self.pixel_dim} must be >= 0"),
             (self.warmup_steps >= 1 and self.steps >= 1,
              f"warmup_steps={self.warmup_steps}, steps={self.steps} must be >= 1"),
+            (self.round_epochs > 0, f"round_epochs={self.round_epochs} must be > 0"),
             (self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2"),
-            (self.lr > 0 and self.ae_lr > 0, f"lr={self.lr}, ae_lr={self.ae_lr} must be > 0"),
+            (self.lr > 0 and self.ae_lr > 0 and self.cl_lr > 0,
+             f"lr={self.lr}, ae_lr={self.ae_lr}, cl_lr={self.cl_lr} must be > 0"),
             (self.lam >= 0, f"lam={self.lam} must be >= 0"),
             (0 < self.trust_quantile <= 1, f"trust_quantile={self.trust_quantile} must be in (0, 1]"),
             (self.knn >= 1, f"knn={self.knn} must be >= 1"),

@@ -22,7 +22,7 @@ from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages
 from cci_core.refine.augment import STRONG, AugmentConfig, random_view
 from cci_core.refine.cnn import CNN
-from cci_core.refine.train_steps import optimizer_step, progress_line
+from cci_core.refine.train_steps import epoch_steps, optimizer_step, progress_line
 
 
 class Projection(nn.Module):
@@ -51,15 +51,17 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
                          batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-4,
                          temperature: float = 0.5, views: AugmentConfig = STRONG,
-                         seed: int = 0, device=None,
+                         min_steps: int = 0, seed: int = 0, device=None,
                          log: Callable[[str], None] | None = None,
-                         log_every: int = 50) -> dict:
+                         log_every: int = 50,
+                         on_step: Callable[[int, int], None] | None = None) -> dict:
     """Train ``model``'s trunk and embedding head with NT-Xent on two views per image.
 
     ``epochs`` (may be fractional) times the corpus size images are drawn (each as two
-    views), in uniform random batches without replacement within an epoch; AdamW with a
+    views), at least ``min_steps`` batches of them, in uniform random batches without replacement within an epoch; AdamW with a
     short linear warm-up and cosine decay. Every draw comes from ``seed`` (deterministic
-    on CPU); AMP on CUDA only. The classification head is untouched.
+    on CPU); AMP on CUDA only. The classification head is untouched. ``on_step(step,
+    steps)``, when given, is called after every step.
 
     Returns
     -------
@@ -72,7 +74,7 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(proj.parameters())
     n = len(data)
-    steps = max(1, int(round(epochs * n / batch_size)))
+    steps = max(min_steps, epoch_steps(epochs, n, batch_size))
     warm = max(1, steps // 20)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -80,6 +82,7 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
     scaler = torch.amp.GradScaler(enabled=use_amp(device))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
+    model.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU
     model.train()
     proj.train()
     order, pos = rng.permutation(n), 0
@@ -91,14 +94,18 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
         pos += batch_size
         x = data.batch(rows).to(device)
         x = torch.cat([random_view(x, gen, views), random_view(x, gen, views)])
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=use_amp(device)):
             z = proj(model.features(x))
         loss = nt_xent(z[:len(rows)], z[len(rows):], temperature)
         optimizer_step(opt, scaler, loss, sched)
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, steps)
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             log(progress_line("contrastive", step + 1, steps, 2 * (step + 1) * batch_size,
                               time.perf_counter() - t0, loss=np.mean(losses[-log_every:])))
+    model.to(memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - t0
     return {"cl_steps": steps, "cl_loss": float(np.mean(losses[-max(1, steps // 10):])),
             "cl_seconds": seconds,

@@ -1,4 +1,4 @@
-"""CCI refinement: start from an autoencoder clustering, then train a CNN on trusted
+"""CCI refinement: pre-train the CNN, cluster its embedding, then train it on trusted
 cluster pseudo-labels and re-cluster its embedding, in rounds.
 
 Objective per training step, on a class-balanced batch of *trusted* rows, augmented:
@@ -7,14 +7,19 @@ Objective per training step, on a class-balanced batch of *trusted* rows, augmen
 
 where ``c_y`` are the round's cluster centres in the (unit-norm) embedding space.
 
-Round 0 (the start, N2D-style): pre-train the CNN trunk as the encoder of a convolutional
-autoencoder (:mod:`cci_core.refine.autoencoder`), embed the corpus and cluster the code with the
-manifold stage (UMAP + GMM); without pre-training (``ae_epochs=0``) round 0 keeps the
-clustering it was given. Every round ``r``, read top to bottom in :func:`refine`:
+Round 0 (``start``): ``contrastive`` (the default) pre-trains the CNN with SimCLR
+(:mod:`cci_core.refine.contrastive`: NT-Xent on two strongly augmented views of every
+image), ``autoencoder`` as the encoder of a convolutional autoencoder (N2D-style,
+:mod:`cci_core.refine.autoencoder`); either way the corpus is then embedded and clustered
+as in (b). ``given`` keeps the clustering :func:`refine` was given. The clustering space
+joins the unit embedding and the unit pixel principal components (``pixel_dim``): the
+two kinds of neighbourhood err in different places.
+
+Every round ``r``, read top to bottom in :func:`refine`:
 
   (a) embed every corpus row with the EMA teacher (round 0: the pre-trained encoder);
-  (b) cluster the embedding: the manifold stage (UMAP + GMM, best of a few starts) or
-      PCA-whitened k-means (project MiniBatchKMeans);
+  (b) cluster the embedding (joined with the pixel components): the manifold stage (UMAP
+      + GMM, best of a few starts) or PCA-whitened k-means (project MiniBatchKMeans);
       clusters left (nearly) empty are re-seeded;
   (c) Hungarian-match the new ids to the previous round's (round 0: to the given ids);
   (d) trust rows by neighbourhood consistency (share of their ``knn`` nearest neighbours
@@ -66,6 +71,13 @@ from cci_core.refine.rounds import (
 )
 from cci_core.store import fs
 from cci_core.store.weights import load_weights
+
+
+def pixel_components(data: CorpusImages, dim: int) -> np.ndarray:
+    """(N, dim) float32 principal components of the pixels, read block by block."""
+    flat = data.flat_features()
+    dim = min(dim, flat.shape[1])
+    return np.asarray(PCA(dim).fit(flat).transform(flat).compute(), dtype=np.float32)
 
 
 @dataclass
@@ -140,45 +152,65 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         start = last + 1
         log(f"resuming after round {last} from {d}")
 
-    # progress counts optimiser steps: the autoencoder's (round 0), then each round's training
-    from cci_core.refine.autoencoder import autoencoder_steps
-    ae = autoencoder_steps(cfg.ae_epochs, n, cfg.batch_size) if cfg.ae_epochs > 0 else 0
-    budget = [cfg.warmup_steps if r == 0 else cfg.steps for r in range(cfg.rounds + 1)]
-    total, every = ae + sum(budget), max(1, (ae + sum(budget)) // 50)
+    # progress counts optimiser steps: the pre-training's (round 0), then each round's training
+    from cci_core.refine.train_steps import epoch_steps
+    epochs = {"contrastive": cfg.cl_epochs, "autoencoder": cfg.ae_epochs}.get(cfg.start, 0)
+    pre = epoch_steps(epochs, n, cfg.batch_size) if epochs else 0
+    if cfg.start == "contrastive":
+        pre = max(pre, cfg.cl_min_steps)
+    cap = epoch_steps(cfg.round_epochs, n, cfg.batch_size)
+    budget = [min(cap, cfg.warmup_steps if r == 0 else cfg.steps) for r in range(cfg.rounds + 1)]
+    total, every = pre + sum(budget), max(1, (pre + sum(budget)) // 50)
 
     def report(r: int, step: int, what: str) -> None:
         if progress is not None:
-            progress(ae + sum(budget[:r]) + step, total, f"round {r}/{cfg.rounds}, {what}")
+            progress(pre + sum(budget[:r]) + step, total, f"round {r}/{cfg.rounds}, {what}")
+
+    def pre_step(s: int, steps: int) -> None:
+        if progress is not None and (s % every == 0 or s == steps):
+            progress(s, total, f"round 0/{cfg.rounds}, {cfg.start} epoch "
+                               f"{s * cfg.batch_size / n:.1f}/{steps * cfg.batch_size / n:.1f}")
+
+    pixels = None  # pixel principal components, joined to the embedding when re-clustering
+    if cfg.pixel_dim > 0 and (cfg.start != "given" or cfg.rounds > 0):
+        pixels = pixel_components(data, cfg.pixel_dim)
 
     for r in range(start, cfg.rounds + 1):
         t0 = time.perf_counter()
         seed = cfg.seed * 1000 + r
         prev, rec = state["labels"], {"round": r}
-        if r == 0 and cfg.ae_epochs > 0:  # N2D-style start: autoencoder, then cluster its code
-            from cci_core.refine.autoencoder import pretrain_autoencoder
-            rec.update(pretrain_autoencoder(
-                model, data, cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.ae_lr,
-                weight_decay=cfg.weight_decay, shift=cfg.ae_shift, seed=seed, device=device,
-                on_step=lambda s, steps: progress is not None and (s % every == 0 or s == steps) and progress(
-                    s, total, f"round 0/{cfg.rounds}, autoencoder epoch {cfg.ae_epochs * s / steps:.1f}"
-                              f"/{cfg.ae_epochs:g}")))
+        if r == 0 and cfg.start != "given":  # pre-train, then cluster the embedding
+            if cfg.start == "contrastive":
+                from cci_core.refine.contrastive import pretrain_contrastive
+                rec.update(pretrain_contrastive(
+                    model, data, cfg.cl_epochs, batch_size=cfg.batch_size, lr=cfg.cl_lr,
+                    weight_decay=cfg.weight_decay, temperature=cfg.cl_temperature,
+                    min_steps=cfg.cl_min_steps, seed=seed,
+                    device=device, log=lambda line: log(f"  r0: {line}"), log_every=max(50, pre // 20),
+                    on_step=pre_step))
+                log(f"  r0: contrastive {rec['cl_seconds']:.0f}s, "
+                    f"{rec['cl_images_per_s']:.0f} images/s, loss {rec['cl_loss']:.4f}")
+            else:
+                from cci_core.refine.autoencoder import pretrain_autoencoder
+                rec.update(pretrain_autoencoder(
+                    model, data, cfg.ae_epochs, batch_size=cfg.batch_size, lr=cfg.ae_lr,
+                    weight_decay=cfg.weight_decay, shift=cfg.ae_shift, seed=seed, device=device,
+                    on_step=pre_step))
+                log(f"  r0: autoencoder {rec['ae_seconds']:.0f}s, "
+                    f"{rec['ae_images_per_s']:.0f} images/s, loss {rec['ae_loss']:.4f}")
             teacher.load_state_dict(model.state_dict())
             state["Z"], _ = embed_corpus(teacher, data, device, normalize=False)
-            log(f"  r0: autoencoder {rec['ae_seconds']:.0f}s, "
-                f"{rec['ae_images_per_s']:.0f} images/s, loss {rec['ae_loss']:.4f}")
         report(r, 0, "clustering")
         if state["Z"] is not None:
             Z = state["Z"]                                                    # (a)
             new, space, margin = cluster_embedding(                           # (b)
-                Z, k, cfg, seed, previous=prev if r > 0 else None)
+                Z, k, cfg, seed, previous=prev if r > 0 else None, pixels=pixels)
             new = reseed_empty(new, space, k, min_size=max(2, n // (20 * k)))
             new = match_labels(prev, new, k)                                  # (c)
             centres = cluster_centres(unit(Z), new, k)
         else:  # round 0 without pre-training: the given clustering, judged in pixel PCA
-            pixels = data.flat_features()  # read block by block, never the whole corpus
-            Z = np.asarray(PCA(min(cfg.pca_dim, c * h * w)).fit(pixels).transform(pixels).compute(),
-                           dtype=np.float32)
-            new, space, margin, centres = prev, Z, np.zeros(n), None
+            space = pixels[:, :cfg.pca_dim] if pixels is not None else pixel_components(data, cfg.pca_dim)
+            new, margin, centres = prev, np.zeros(n), None
         # (d) trust: the two views agree (re-clustering vs the teacher's prediction),
         # then neighbourhood consistency, then the margin
         agree = (new == state["P"].argmax(1)) if state["P"] is not None else np.ones(n, bool)
@@ -191,7 +223,8 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         log(f"  r{r}: clustered at {rec['cluster_seconds']:.0f}s, changed {rec['changed']:.3f}"
             + (f", acc {rec['acc']:.4f}, nmi {rec['nmi']:.4f}" if "acc" in rec else ""))
         stats = train_round(model, teacher, data, new, trusted, centres, budget[r], cfg, seed, device,
-                            on_step=lambda s, r=r: s % every == 0 and report(r, s, f"step {s}/{budget[r]}"))
+                            on_step=lambda s, r=r: s % every == 0 and report(r, s, f"step {s}/{budget[r]}"),
+                            log=lambda line, r=r: log(f"  r{r}: {line}"))
         state = {"labels": new,
                  **dict(zip("ZP", embed_corpus(teacher, data, device, normalize=False)))}
         pred = state["P"].argmax(1)

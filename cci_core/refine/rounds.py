@@ -23,6 +23,7 @@ from cci_core.common.device import use_amp
 from cci_core.common.torch_data import CorpusImages, augment
 from cci_core.refine.cnn import CNN
 from cci_core.refine.config import RefineConfig
+from cci_core.refine.train_steps import progress_line
 
 
 @torch.no_grad()
@@ -47,14 +48,16 @@ def unit(Z: np.ndarray) -> np.ndarray:
 
 
 def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
-                      previous: np.ndarray | None = None):
-    """(b) Cluster the embedding.
+                      previous: np.ndarray | None = None, pixels: np.ndarray | None = None):
+    """(b) Cluster the embedding (its unit rows; with ``pixels`` (N, p), their unit rows
+    joined on, so both count equally).
 
     Returns (labels (N,), space the labels live in (N, d), posterior margin (N,) in [0, 1]:
     top-1 minus top-2 GMM posterior, or the relative gap between the two nearest k-means
     centres). With ``previous`` labels and ``cfg.gmm_from_previous`` the GMM starts from
     their means in the new space; otherwise from ``cfg.gmm_inits`` k-means starts.
     """
+    Z = unit(Z) if pixels is None else np.concatenate([unit(pixels), unit(Z)], 1)
     if cfg.recluster == "umap_gmm":
         from sklearn.mixture import GaussianMixture
 
@@ -71,7 +74,7 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
         post = gmm.fit(U).predict_proba(U)
         top = np.sort(post, 1)
         return post.argmax(1).astype(np.int64), U, top[:, -1] - top[:, -2]
-    W = np.asarray(PCA(min(cfg.pca_dim, Z.shape[1]), whiten=True).fit_transform(unit(Z)),
+    W = np.asarray(PCA(min(cfg.pca_dim, Z.shape[1]), whiten=True).fit_transform(Z),
                    dtype=np.float32)
     km = MiniBatchKMeans(k, batch_size=4096, max_iter=300, n_init=3, random_state=seed).fit(W)
     d = np.sort(((W[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1), 1)
@@ -121,10 +124,11 @@ def cluster_centres(Z: np.ndarray, labels: np.ndarray, k: int) -> torch.Tensor:
 
 def train_round(model: CNN, teacher: CNN, data: CorpusImages, labels: np.ndarray,
                 trusted: np.ndarray, centres: torch.Tensor | None, steps: int,
-                cfg: RefineConfig, seed: int, device, on_step=None) -> dict:
+                cfg: RefineConfig, seed: int, device, on_step=None, log=None) -> dict:
     """Train ``steps`` steps on the joint loss over trusted rows, class-balanced; the
     teacher follows the student as an exponential moving average. ``on_step(step)``, when
-    given, is called after every step."""
+    given, is called after every step; ``log(line)`` gets a progress line (images/s, time
+    left) five times per round."""
     k = model.config.n_classes
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -166,6 +170,9 @@ def train_round(model: CNN, teacher: CNN, data: CorpusImages, labels: np.ndarray
         km_sum += float(km.detach())
         if on_step is not None:
             on_step(step)
+        if log is not None and (step % max(1, steps // 5) == 0 or step == steps):
+            log(progress_line("training", step, steps, step * cfg.batch_size, time.perf_counter() - t0,
+                              ce=ce_sum / step))
     seconds = time.perf_counter() - t0
     return {"loss_ce": ce_sum / steps, "loss_kmeans": km_sum / steps, "train_seconds": seconds,
             "train_images_per_s": steps * cfg.batch_size / max(seconds, 1e-9)}

@@ -1,8 +1,14 @@
-"""Two pieces every training loop of the contrastive/SCAN stages shares: one optimiser
-step under an AMP grad scaler, and the operator's progress line (images/s, time left)."""
+"""Pieces the pre-training and SCAN loops share: the step count of a number of epochs,
+one optimiser step under an AMP grad scaler, and the operator's progress line (images/s,
+time left)."""
 from __future__ import annotations
 
 import torch
+
+
+def epoch_steps(epochs: float, n: int, batch_size: int) -> int:
+    """Optimiser steps that draw ``epochs`` (may be fractional) times ``n`` images."""
+    return max(1, int(round(epochs * n / batch_size)))
 
 
 def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -3,20 +3,36 @@ from __future__ import annotations
 
 from typing import Optional
 
+from dataclasses import fields
+
 import typer
 from rich.table import Table
 
+from cci_core.refine.config import RefineConfig
 from flows.cli.common import name_values, out, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
 def refine(
     run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Re-clustering rounds after the warm-up."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per round."),
-    lam: Optional[float] = typer.Option(None, "--lam", help="Weight of the k-means term in J = J_CE + lam * J_kmeans."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for everything random."),
+    rounds: Optional[int] = typer.Option(
+        None, "--rounds", help=f"Re-clustering rounds after round 0 (default {RefineConfig.rounds})."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help=f"Classifier training steps in each round after round 0 (default {RefineConfig.steps})."),
+    warmup_steps: Optional[int] = typer.Option(
+        None, "--warmup-steps", help="Classifier training steps in round 0, after the pre-training "
+                                     f"(default {RefineConfig.warmup_steps})."),
+    start: Optional[str] = typer.Option(
+        None, "--start", help="Round 0's clustering: contrastive (SimCLR pre-training, then UMAP + GMM), "
+                              "autoencoder, or given (RUN's own clusters) "
+                              f"(default {RefineConfig.start})."),
+    cl_epochs: Optional[float] = typer.Option(
+        None, "--cl-epochs", help="Contrastive pre-training epochs (the longest stage) "
+                                  f"(default {RefineConfig.cl_epochs:g})."),
+    lam: Optional[float] = typer.Option(
+        None, "--lam", help=f"Weight of the k-means term in J = J_CE + lam * J_kmeans (default {RefineConfig.lam})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {RefineConfig.batch_size})."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed for everything random (default {RefineConfig.seed})."),
     device: Optional[str] = DeviceOpt,
     option: list[str] = typer.Option([], "--set", help="Any other RefineConfig field, as NAME=VALUE (repeatable)."),
     new_run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the refined run (default: RUN-refined)."),
@@ -29,9 +45,10 @@ def refine(
     An interrupted refinement resumes from its last finished round when run again.
 
     Example: cci refine RUN --rounds 2 --steps 800
-    """
+    """  # the defaults of every --set field are appended below
     from cci_core.refine.refine_run import check_refine, config_from_options
-    options = {k: v for k, v in dict(rounds=rounds, steps=steps, lam=lam, batch_size=batch_size, seed=seed,
+    options = {k: v for k, v in dict(rounds=rounds, steps=steps, warmup_steps=warmup_steps, start=start,
+                                     cl_epochs=cl_epochs, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
     from flows.preflight import check_device
@@ -61,3 +78,7 @@ def refine(
               f"  clustering: {summary['clustering_artifact_id']}\n  report: {summary['report']}\n"
               f"  next: cci predict {summary['run_id']} PATH   |   cci train {summary['run_id']}",
               highlight=False, soft_wrap=True)
+
+
+refine.__doc__ += "\n\n    Every field for --set NAME=VALUE, with its default (see RefineConfig):\n\n    " + ", ".join(
+    f"{f.name}={getattr(RefineConfig, f.name)}" for f in fields(RefineConfig)) + "\n"
