@@ -1,9 +1,8 @@
 """`cci refine`: the CCI classifier on a clustering run, published as a new run."""
 from __future__ import annotations
 
-from typing import Optional
-
 from dataclasses import fields
+from typing import Optional
 
 import typer
 from rich.table import Table
