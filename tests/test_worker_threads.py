@@ -7,7 +7,7 @@ import os
 import pytest
 from distributed import Client, LocalCluster
 
-from tasks.common import host_core_share, torch_threads
+from tasks.common import host_core_share, torch_compute
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -15,7 +15,7 @@ CORES = len(os.sched_getaffinity(0))
 def _threads_inside() -> tuple[int, int, int]:
     import torch
     before = torch.get_num_threads()
-    with torch_threads():
+    with torch_compute():
         inside = torch.get_num_threads()
     return before, inside, torch.get_num_threads()
 
@@ -41,5 +41,5 @@ def test_a_worker_task_gets_its_share_of_the_cores(n_workers):
 def test_outside_a_worker_nothing_changes():
     import torch
     before = torch.get_num_threads()
-    with torch_threads():
+    with torch_compute():
         assert torch.get_num_threads() == before
