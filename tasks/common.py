@@ -1,6 +1,6 @@
 """Helpers every task module uses: who produced an artifact, its Prefect asset, where its
-Dask graphs run, how its torch code gets a worker's cores and memory at full speed, and a progress artifact a pure
-``cci_core`` loop can update."""
+Dask graphs run, how its torch code gets the host's cores and memory at full speed, and a
+progress artifact a pure ``cci_core`` loop can update."""
 from __future__ import annotations
 
 import contextlib
@@ -56,11 +56,6 @@ def cluster_compute() -> Iterator[None]:
         yield
 
 
-def host_core_share(worker_hosts: list[str], host: str, cores: int) -> int:
-    """This worker's share of its host's ``cores``: divided evenly by the workers on ``host``."""
-    return max(1, cores // max(1, worker_hosts.count(host)))
-
-
 # glibc mallopt parameters: free() gives memory back to the OS above the trim threshold, and
 # blocks above the mmap threshold are mapped and unmapped one by one
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -82,21 +77,20 @@ def torch_compute() -> Iterator[None]:
     (right for many small tasks side by side). For one training task that meant one core of
     a machine it has to itself, and every batch-sized tensor mapped and unmapped from the OS:
     ``cci refine``'s contrastive stage ran at 1,050 images/s in a worker against 2,300 in a
-    plain process on the same 2 cores. Here torch gets the worker's share of the host's cores
-    and glibc keeps freed memory up to 256 MiB (blocks up to 32 MiB from the heap) while the
-    block runs; both come back afterwards. Outside a worker nothing changes.
+    plain process on the same 2 cores. Here torch gets every core of the host, whatever the
+    number of workers on it (CPU results depend on the thread count, so a refinement's
+    weights must not depend on the cluster's layout), and glibc keeps freed memory up to
+    256 MiB (blocks up to 32 MiB from the heap) while the block runs; both come back
+    afterwards. Outside a worker nothing changes.
     """
     try:
-        worker = get_worker()
+        get_worker()
     except ValueError:
         yield
         return
     import torch
-    from distributed.utils import get_ip
-    with worker_client() as client:
-        hosts = [w["host"] for w in client.scheduler_info(n_workers=-1)["workers"].values()]
     before = torch.get_num_threads()
-    torch.set_num_threads(host_core_share(hosts, worker.ip or get_ip(), len(os.sched_getaffinity(0))))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     _mallopt(_M_TRIM_THRESHOLD, 256 << 20)
     try:

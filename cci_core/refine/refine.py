@@ -74,10 +74,15 @@ from cci_core.store.weights import load_weights
 
 
 def pixel_components(data: CorpusImages, dim: int) -> np.ndarray:
-    """(N, dim) float32 principal components of the pixels, read block by block."""
+    """(N, dim) float32 principal components of the pixels, read block by block.
+
+    Up to 32x32 grey the exact covariance (D x D float64, 8 MB at D = 1,024) is cheap; wider
+    images use the randomized solver, which never forms it (64x64 RGB would need 1.2 GB).
+    """
     flat = data.flat_features()
-    dim = min(dim, flat.shape[1])
-    return np.asarray(PCA(dim).fit(flat).transform(flat).compute(), dtype=np.float32)
+    d = flat.shape[1]
+    pca = PCA(min(dim, d), solver="cov" if d <= 1024 else "randomized", random_state=0)
+    return np.asarray(pca.fit(flat).transform(flat).compute(), dtype=np.float32)
 
 
 @dataclass
