@@ -48,6 +48,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(sim, target)
 
 
+def contrastive_steps(epochs: float, n: int, batch_size: int, min_steps: int = 0) -> int:
+    """Optimiser steps of :func:`pretrain_contrastive`: ``epochs`` over ``n`` images, at least ``min_steps``."""
+    return max(min_steps, epoch_steps(epochs, n, batch_size))
+
+
 def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
                          batch_size: int = 256, lr: float = 2e-3, weight_decay: float = 1e-4,
                          temperature: float = 0.5, views: AugmentConfig = STRONG,
@@ -58,8 +63,8 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
     """Train ``model``'s trunk and embedding head with NT-Xent on two views per image.
 
     ``epochs`` (may be fractional) times the corpus size images are drawn (each as two
-    views), at least ``min_steps`` batches of them, in uniform random batches without replacement within an epoch; AdamW with a
-    short linear warm-up and cosine decay. Every draw comes from ``seed`` (deterministic
+    views), at least ``min_steps`` batches of them, in uniform random batches without
+    replacement within an epoch; AdamW with a short linear warm-up and cosine decay. Every draw comes from ``seed`` (deterministic
     on CPU); AMP on CUDA only. The classification head is untouched. ``on_step(step,
     steps)``, when given, is called after every step.
 
@@ -74,7 +79,7 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(proj.parameters())
     n = len(data)
-    steps = max(min_steps, epoch_steps(epochs, n, batch_size))
+    steps = contrastive_steps(epochs, n, batch_size, min_steps)
     warm = max(1, steps // 20)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(

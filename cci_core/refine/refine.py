@@ -158,11 +158,13 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         log(f"resuming after round {last} from {d}")
 
     # progress counts optimiser steps: the pre-training's (round 0), then each round's training
+    from cci_core.refine.contrastive import contrastive_steps
     from cci_core.refine.train_steps import epoch_steps
-    epochs = {"contrastive": cfg.cl_epochs, "autoencoder": cfg.ae_epochs}.get(cfg.start, 0)
-    pre = epoch_steps(epochs, n, cfg.batch_size) if epochs else 0
+    pre = 0
     if cfg.start == "contrastive":
-        pre = max(pre, cfg.cl_min_steps)
+        pre = contrastive_steps(cfg.cl_epochs, n, cfg.batch_size, cfg.cl_min_steps)
+    elif cfg.start == "autoencoder":
+        pre = epoch_steps(cfg.ae_epochs, n, cfg.batch_size)
     cap = epoch_steps(cfg.round_epochs, n, cfg.batch_size)
     budget = [min(cap, cfg.warmup_steps if r == 0 else cfg.steps) for r in range(cfg.rounds + 1)]
     total, every = pre + sum(budget), max(1, (pre + sum(budget)) // 50)
