@@ -20,7 +20,7 @@ from PIL import Image
 from cci_core.cluster import cluster_run as cr
 from cci_core.store import runs
 
-TINY = {"rounds": 2, "warmup_steps": 60, "steps": 60, "round_epochs": 1000, "batch_size": 32, "width": 8, "seed": 1,
+TINY = {"rounds": 2, "warmup_steps": 60, "steps": 160, "round_epochs": 1000, "batch_size": 32, "width": 8, "seed": 1,
         "start": "given", "recluster": "kmeans"}
 
 
@@ -59,7 +59,7 @@ def test_refine_is_named_tagged_and_shows_progress_while_running(store, dask_sch
                 for a in _progress_artifacts(prefect_api, run_id):
                     if "round" in (a["description"] or "") and (a["data"], a["description"]) not in seen:
                         seen.append((a["data"], a["description"]))
-            time.sleep(0.5)
+            time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
