@@ -1,9 +1,12 @@
 """Torch in a task on a Dask worker uses every core of the host, whatever the number of
 workers (so the weights do not depend on the cluster's layout), not the one thread Dask's
-OMP_NUM_THREADS=1 leaves it (real LocalCluster on loopback)."""
+OMP_NUM_THREADS=1 leaves it (real LocalCluster on loopback). And UMAP's numba kernels leave
+torch's thread count as it was."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from distributed import Client, LocalCluster
@@ -38,3 +41,24 @@ def test_outside_a_worker_nothing_changes():
     before = torch.get_num_threads()
     with torch_compute():
         assert torch.get_num_threads() == before
+
+
+_UMAP_THEN_THREADS = """
+import numpy as np, torch
+from cci_core.cluster.manifold import umap_embed
+before = torch.get_num_threads()
+umap_embed(np.random.default_rng(0).random((300, 8)), n_components=2, n_neighbors=10, seed=0)
+print(before, torch.get_num_threads())
+"""
+
+
+def test_umap_leaves_torch_threads_as_they_were():
+    # numba's parallel kernels change the libgomp thread count they share with torch (seen with
+    # OMP_NUM_THREADS=1, as the test command and Dask workers set it); a fresh process, because
+    # numba does it when its thread pool first starts
+    if CORES < 2:
+        pytest.skip("needs at least 2 cores for numba to want more than torch's one thread")
+    out = subprocess.run([sys.executable, "-c", _UMAP_THEN_THREADS], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["1", "1"], out.stdout

@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 
 from cci_core.cluster.cluster_metrics import sample_rows
+from cci_core.common.threads import torch_threads_kept
 
 
 def umap_embed(X, n_components: int = 10, n_neighbors: int = 20, min_dist: float = 0.0,
@@ -37,7 +38,8 @@ def umap_embed(X, n_components: int = 10, n_neighbors: int = 20, min_dist: float
         raise ValueError("X contains NaN or infinite values; clean the features first")
     reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist,
                         random_state=seed, **{"n_jobs": 1, **params})
-    fitted = reducer.fit_transform(S).astype(np.float32)
+    with torch_threads_kept():
+        fitted = reducer.fit_transform(S).astype(np.float32)
     if len(rows) == n:
         return fitted, reducer, f"UMAP fitted on all {n} rows"
     out = np.empty((n, n_components), np.float32)
@@ -48,6 +50,7 @@ def umap_embed(X, n_components: int = 10, n_neighbors: int = 20, min_dist: float
     for idx in blocks:
         chunk = X[idx]
         chunk = np.asarray(chunk.compute() if isinstance(chunk, da.Array) else chunk, np.float32)
-        out[idx] = reducer.transform(chunk)
+        with torch_threads_kept():
+            out[idx] = reducer.transform(chunk)
     return out, reducer, (f"UMAP fitted on a seeded sample of {len(rows)} of {n} rows; "
                           f"the other rows mapped with its transform")
