@@ -20,7 +20,7 @@ from PIL import Image
 from cci_core.cluster import cluster_run as cr
 from cci_core.store import runs
 
-TINY = {"rounds": 2, "warmup_steps": 60, "steps": 160, "round_epochs": 1000, "batch_size": 32, "width": 8, "seed": 1,
+TINY = {"rounds": 2, "warmup_steps": 60, "steps": 240, "round_epochs": 1000, "batch_size": 32, "width": 8, "seed": 1,
         "start": "given", "recluster": "kmeans"}
 
 
