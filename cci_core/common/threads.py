@@ -1,10 +1,10 @@
 """Keep torch's intra-op thread count across code that runs numba's parallel kernels.
 
-UMAP and pynndescent run numba ``parallel=True`` kernels; numba's OpenMP layer shares the
-``libgomp`` that torch loaded and sets its thread count to ``NUMBA_NUM_THREADS`` (every
-core). Torch's next convolution then runs on that many threads, reduces in another order,
-and training after the first UMAP of a process differs from training before it: a resumed
-refinement would not equal an uninterrupted one.
+UMAP and pynndescent run numba ``parallel=True`` kernels, and numba's OpenMP layer shares the
+``libgomp`` that torch loaded. Under ``OMP_NUM_THREADS=1`` (as Dask workers and the test command
+run) torch's count went from 1 to every core after a process's first UMAP. Torch then reduces
+in another order, so training after that UMAP differed from training before it: a resumed
+refinement did not equal an uninterrupted one.
 """
 from __future__ import annotations
 
