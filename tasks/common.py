@@ -13,6 +13,7 @@ from distributed import get_worker, worker_client
 from prefect.assets import Asset, AssetProperties, add_asset_metadata
 from prefect.runtime import flow_run, task_run
 
+from cci_core.common.threads import torch_threads_kept
 from cci_core.store.lineage import Artifact
 
 
@@ -89,16 +90,15 @@ def torch_compute() -> Iterator[None]:
         yield
         return
     import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    _mallopt(_M_TRIM_THRESHOLD, 256 << 20)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-        _mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 << 10)))
-        _mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+    with torch_threads_kept():
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        _mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+        try:
+            yield
+        finally:
+            _mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 << 10)))
+            _mallopt(_M_MMAP_THRESHOLD, 128 << 10)
 
 
 def progress_artifact(description: str, key: str | None = None,

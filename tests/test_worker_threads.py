@@ -27,7 +27,7 @@ def _threads_inside() -> tuple[int, int, int]:
 @pytest.mark.parametrize("n_workers", [1, 2])
 def test_a_worker_task_gets_every_core_of_the_host(n_workers):
     if CORES < 2:
-        pytest.skip("needs at least 2 cores to tell one thread from the share")
+        pytest.skip("needs at least 2 cores to tell one thread from every core")
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         before, inside, after = client.submit(_threads_inside, pure=False).result()

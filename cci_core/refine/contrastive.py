@@ -64,9 +64,9 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
 
     ``epochs`` (may be fractional) times the corpus size images are drawn (each as two
     views), at least ``min_steps`` batches of them, in uniform random batches without
-    replacement within an epoch; AdamW with a short linear warm-up and cosine decay. Every draw comes from ``seed`` (deterministic
-    on CPU); AMP on CUDA only. The classification head is untouched. ``on_step(step,
-    steps)``, when given, is called after every step.
+    replacement within an epoch; AdamW with a short linear warm-up and cosine decay. Every
+    draw comes from ``seed`` (deterministic on CPU); AMP on CUDA only. The classification
+    head is untouched. ``on_step(step, steps)``, when given, is called after every step.
 
     Returns
     -------
