@@ -29,11 +29,18 @@ class RefineConfig:
     lam : weight of the k-means term (embedding distance to its cluster centre)
     label_smoothing : for the cross-entropy term
     trust_quantile : fraction of each cluster trusted for training, most consistent first
-    knn : neighbours for the neighbourhood-consistency trust score
+    knn : neighbours for the neighbourhood-consistency trust score and for the SCAN heads
     ema : decay of the teacher weights used to embed and predict
     recluster : ``umap_gmm`` (UMAP + full-covariance GMM) or ``kmeans`` (PCA-whitened)
     gmm_inits : GMM restarts (k-means starts), the best likelihood kept
     gmm_from_previous : start the GMM from the previous round's cluster means instead
+    scan_heads : with ``umap_gmm``, this many SCAN heads (linear, neighbour-consistent,
+        size-balanced; :mod:`cci_core.refine.scan`) are fitted on the clustering space and
+        the partition is the k-means consensus of their votes and the GMM's (0 = the GMM
+        alone). The GMM finds the natural groups and merges look-alike classes; SCAN's
+        entropy term keeps clusters of similar size and splits them; their consensus
+        keeps most of both
+    gmm_votes : the GMM partition counts as this many heads in the consensus
     pca_dim : whitened dimensions before k-means (and the trust space without UMAP)
     pixel_dim : principal components of the pixels joined (unit rows, equal weight) to
         the unit embedding before re-clustering; pixel neighbourhoods correct the
@@ -69,6 +76,8 @@ class RefineConfig:
     recluster: str = "umap_gmm"
     gmm_inits: int = 3
     gmm_from_previous: bool = False
+    scan_heads: int = 16
+    gmm_votes: float = 4.0
     pca_dim: int = 32
     pixel_dim: int = 50
     umap_neighbors: int = 20
@@ -109,6 +118,8 @@ class RefineConfig:
             (0 <= self.ema < 1, f"ema={self.ema} must be in [0, 1)"),
             (self.recluster in RECLUSTER, f"recluster={self.recluster!r}: use one of {RECLUSTER}"),
             (self.gmm_inits >= 1, f"gmm_inits={self.gmm_inits} must be >= 1"),
+            (self.scan_heads >= 0, f"scan_heads={self.scan_heads} must be >= 0"),
+            (self.gmm_votes >= 0, f"gmm_votes={self.gmm_votes} must be >= 0"),
             (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1],
              f"scale={self.scale} must be (low, high) with 0 < low <= high"),
         ]

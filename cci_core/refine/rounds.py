@@ -55,7 +55,9 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
     Returns (labels (N,), space the labels live in (N, d), posterior margin (N,) in [0, 1]:
     top-1 minus top-2 GMM posterior, or the relative gap between the two nearest k-means
     centres). With ``previous`` labels and ``cfg.gmm_from_previous`` the GMM starts from
-    their means in the new space; otherwise from ``cfg.gmm_inits`` k-means starts.
+    their means in the new space; otherwise from ``cfg.gmm_inits`` k-means starts. With
+    ``cfg.scan_heads`` the labels are the k-means consensus of the GMM's posteriors and the
+    votes of that many SCAN heads fitted on the joined space (see :class:`RefineConfig`).
     """
     Z = unit(Z) if pixels is None else np.concatenate([unit(pixels), unit(Z)], 1)
     if cfg.recluster == "umap_gmm":
@@ -72,13 +74,31 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
             gmm = GaussianMixture(k, covariance_type="full", n_init=cfg.gmm_inits,
                                   random_state=seed)
         post = gmm.fit(U).predict_proba(U)
-        top = np.sort(post, 1)
-        return post.argmax(1).astype(np.int64), U, top[:, -1] - top[:, -2]
+        if cfg.scan_heads == 0:
+            top = np.sort(post, 1)
+            return post.argmax(1).astype(np.int64), U, top[:, -1] - top[:, -2]
+        from sklearn.cluster import KMeans
+
+        from cci_core.refine.scan import mine_neighbours, scan_head_votes
+        votes = scan_head_votes(Z, mine_neighbours(Z, min(cfg.knn, len(Z) - 1), block=512), k,
+                                n_heads=cfg.scan_heads, seed=seed)
+        # each head's probabilities are nearly one-hot, so a disagreement costs ~2 in squared
+        # distance; scaling the GMM's posteriors by sqrt(gmm_votes) weighs it as that many heads
+        V = np.concatenate([votes, np.sqrt(cfg.gmm_votes) * post.astype(np.float32)], 1)
+        km = KMeans(k, n_init=10, random_state=seed).fit(V)
+        return km.labels_.astype(np.int64), U, _centre_gap(km.transform(V))
     W = np.asarray(PCA(min(cfg.pca_dim, Z.shape[1]), whiten=True).fit_transform(Z),
                    dtype=np.float32)
     km = MiniBatchKMeans(k, batch_size=4096, max_iter=300, n_init=3, random_state=seed).fit(W)
-    d = np.sort(((W[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1), 1)
-    return km.labels_.astype(np.int64), W, 1 - np.sqrt(d[:, 0] / np.maximum(d[:, 1], 1e-12))
+    return km.labels_.astype(np.int64), W, _centre_gap(np.sqrt(
+        ((W[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)))
+
+
+def _centre_gap(distances: np.ndarray) -> np.ndarray:
+    """Relative gap between each row's nearest and second-nearest centre, (N,) in [0, 1],
+    from its distances to every centre (N, k)."""
+    d = np.sort(distances, 1)
+    return 1 - d[:, 0] / np.maximum(d[:, 1], 1e-12)
 
 
 def knn_consistency(space: np.ndarray, labels: np.ndarray, n_neighbors: int) -> np.ndarray:

@@ -5,8 +5,9 @@
 2. :func:`scan_loss` — each row and one of its neighbours should get the same cluster
    (``-log <p_row, p_neighbour>``), minus ``entropy_weight`` times the entropy of the
    mean prediction so that no cluster collapses. :func:`train_scan_heads` fits linear
-   cluster heads on fixed features (cheap), :func:`train_scan` fine-tunes the whole CNN
-   on augmented views.
+   cluster heads on fixed features (cheap) and keeps one, :func:`scan_head_votes` returns
+   all of them (the refinement's re-clustering takes their consensus), :func:`train_scan`
+   fine-tunes the whole CNN on augmented views.
 3. :func:`self_label_round` — train on rows the model is already sure of: targets from a
    weakly augmented view, the loss on a strongly augmented one, only where the weak
    view's top probability reaches ``threshold`` (:func:`self_label_loss`), batches
@@ -93,18 +94,11 @@ def _pairs(rng: np.random.Generator, neighbours: np.ndarray, rows: np.ndarray) -
     return neighbours[rows, rng.integers(0, neighbours.shape[1], len(rows))]
 
 
-def train_scan_heads(features, neighbours: np.ndarray, k: int, *, n_heads: int = 5,
-                     epochs: int = 30, batch_size: int = 512, lr: float = 1e-2,
-                     entropy_weight: float = 5.0, seed: int = 0) -> tuple[nn.Linear, dict]:
-    """Fit ``n_heads`` linear cluster heads on fixed ``features`` (N, D) (the CNN's head
-    input, ``relu(features)``) with the SCAN loss; keep the one with the lowest loss.
-
-    Returns
-    -------
-    (the chosen ``nn.Linear(D, k)``, stats: per-head final loss, chosen head, seconds)
-    """
-    t0 = time.perf_counter()
-    H = torch.as_tensor(np.asarray(features, dtype=np.float32))
+def _fit_scan_heads(H: torch.Tensor, neighbours: np.ndarray, k: int, n_heads: int, epochs: int,
+                    batch_size: int, lr: float, entropy_weight: float,
+                    seed: int) -> tuple[nn.Linear, np.ndarray]:
+    """``n_heads`` linear heads in one ``nn.Linear(D, n_heads * k)``, fitted with the SCAN
+    loss on fixed features ``H`` (N, D); returns it and each head's last-epoch mean loss."""
     n, d = H.shape
     with seeded(seed):
         heads = nn.Linear(d, n_heads * k)  # all heads in one matrix: one product per batch
@@ -129,14 +123,49 @@ def train_scan_heads(features, neighbours: np.ndarray, k: int, *, n_heads: int =
             sums += losses.detach().numpy()
             count += 1
         last = sums / max(count, 1)
+    return heads, last
+
+
+def train_scan_heads(features, neighbours: np.ndarray, k: int, *, n_heads: int = 5,
+                     epochs: int = 30, batch_size: int = 512, lr: float = 1e-2,
+                     entropy_weight: float = 5.0, seed: int = 0) -> tuple[nn.Linear, dict]:
+    """Fit ``n_heads`` linear cluster heads on fixed ``features`` (N, D) (the CNN's head
+    input, ``relu(features)``) with the SCAN loss; keep the one with the lowest loss.
+
+    Returns
+    -------
+    (the chosen ``nn.Linear(D, k)``, stats: per-head final loss, chosen head, seconds)
+    """
+    t0 = time.perf_counter()
+    H = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    heads, last = _fit_scan_heads(H, neighbours, k, n_heads, epochs, batch_size, lr,
+                                  entropy_weight, seed)
     best = int(np.argmin(last))
     with seeded(seed):  # its init is overwritten, but draws must not touch another's block
-        head = nn.Linear(d, k)
+        head = nn.Linear(H.shape[1], k)
     with torch.no_grad():
         head.weight.copy_(heads.weight[best * k:(best + 1) * k])
         head.bias.copy_(heads.bias[best * k:(best + 1) * k])
     return head, {"scan_head_losses": last.tolist(), "scan_head": best,
                   "scan_head_seconds": time.perf_counter() - t0}
+
+
+def scan_head_votes(features, neighbours: np.ndarray, k: int, *, n_heads: int = 16,
+                    epochs: int = 30, batch_size: int = 512, lr: float = 1e-2,
+                    entropy_weight: float = 5.0, seed: int = 0) -> np.ndarray:
+    """Cluster probabilities of ``n_heads`` SCAN heads fitted on fixed ``features`` (N, D),
+    side by side: (N, n_heads * k) float32, each block of ``k`` columns one head.
+
+    One head's partition swings with its start (on Fashion-MNIST ACC 0.61-0.72 over 8
+    seeds, and the lowest loss does not pick the best); a consensus of all heads does not
+    (see :func:`cci_core.refine.rounds.cluster_embedding`).
+    """
+    H = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    heads, _ = _fit_scan_heads(H, neighbours, k, n_heads, epochs, batch_size, lr,
+                               entropy_weight, seed)
+    with torch.no_grad():
+        out = heads(H).view(len(H), n_heads, k)
+        return torch.softmax(out, -1).reshape(len(H), n_heads * k).numpy()
 
 
 def train_mode(model: nn.Module, freeze_bn: bool) -> None:
