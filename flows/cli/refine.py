@@ -22,7 +22,8 @@ def refine(
         None, "--warmup-steps", help="Classifier training steps in round 0, after the pre-training "
                                      f"(default {RefineConfig.warmup_steps})."),
     start: Optional[str] = typer.Option(
-        None, "--start", help="Round 0's clustering: contrastive (SimCLR pre-training, then UMAP + GMM), "
+        None, "--start", help="Round 0's clustering: contrastive (SimCLR pre-training, then the consensus of "
+                              "UMAP + GMM and SCAN heads), "
                               "autoencoder, or given (RUN's own clusters) "
                               f"(default {RefineConfig.start})."),
     cl_epochs: Optional[float] = typer.Option(
