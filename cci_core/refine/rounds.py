@@ -85,6 +85,8 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
         # each head's probabilities are nearly one-hot, so a disagreement costs ~2 in squared
         # distance; scaling the GMM's posteriors by sqrt(gmm_votes) weighs it as that many heads
         V = np.concatenate([votes, np.sqrt(cfg.gmm_votes) * post.astype(np.float32)], 1)
+        # full-batch Lloyd (scikit-learn), not the project's MiniBatchKMeans: V is in memory and
+        # small (N x (heads + 1) k), and the benchmark figures were measured with it
         km = KMeans(k, n_init=10, random_state=seed).fit(V)
         return km.labels_.astype(np.int64), U, _centre_gap(km.transform(V))
     W = np.asarray(PCA(min(cfg.pca_dim, Z.shape[1]), whiten=True).fit_transform(Z),
