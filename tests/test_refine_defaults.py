@@ -30,8 +30,6 @@ def digits28(tmp_path_factory):
     return images, start, y
 
 
-@pytest.mark.xfail(strict=False, reason="issue 16 open: with the defaults (SCAN + GMM consensus) digits "
-                   "reached 0.948 ACC (rounds 0.946, 0.950, 0.948; round 2 kept by the unsupervised score)")
 def test_builtin_digits_refine_to_095_acc_with_the_defaults(digits28, tmp_path):
     images, start, y = digits28
     before = torch.get_num_threads()

@@ -21,8 +21,9 @@ Every round ``r``, read top to bottom in :func:`refine`:
   (b) cluster the embedding (joined with the pixel components): the manifold stage (UMAP
       + GMM, best of a few starts) and, on the same space, ``scan_heads`` SCAN heads; the
       partition is the k-means consensus of their votes (the GMM counting ``gmm_votes``
-      heads). Or PCA-whitened k-means (project MiniBatchKMeans). Clusters left (nearly)
-      empty are re-seeded;
+      heads), polished by a GMM started from it (``gmm_polish``: the consensus picks the
+      basin, EM the boundaries). Or PCA-whitened k-means (project MiniBatchKMeans).
+      Clusters left (nearly) empty are re-seeded;
   (c) Hungarian-match the new ids to the previous round's (round 0: to the given ids);
   (d) trust rows by neighbourhood consistency (share of their ``knn`` nearest neighbours
       in the clustering space with the same cluster), after agreement between the two

@@ -57,7 +57,9 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
     centres). With ``previous`` labels and ``cfg.gmm_from_previous`` the GMM starts from
     their means in the new space; otherwise from ``cfg.gmm_inits`` k-means starts. With
     ``cfg.scan_heads`` the labels are the k-means consensus of the GMM's posteriors and the
-    votes of that many SCAN heads fitted on the joined space (see :class:`RefineConfig`).
+    votes of that many SCAN heads fitted on the joined space, and with ``cfg.gmm_polish``
+    a GMM started from that consensus and run to convergence then gives the labels and
+    the margin (see :class:`RefineConfig`).
     """
     Z = unit(Z) if pixels is None else np.concatenate([unit(pixels), unit(Z)], 1)
     if cfg.recluster == "umap_gmm":
@@ -67,16 +69,13 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
         U, _, _ = umap_embed(Z, n_components=cfg.umap_dim, n_neighbors=cfg.umap_neighbors,
                              min_dist=0.0, sample_size=cfg.umap_sample, seed=seed)
         if previous is not None and cfg.gmm_from_previous:
-            means = np.stack([U[previous == c].mean(0) if (previous == c).any() else U.mean(0)
-                              for c in range(k)])
-            gmm = GaussianMixture(k, covariance_type="full", means_init=means, random_state=seed)
+            gmm = gmm_from_partition(U, previous, k, seed)
         else:
             gmm = GaussianMixture(k, covariance_type="full", n_init=cfg.gmm_inits,
                                   random_state=seed)
         post = gmm.fit(U).predict_proba(U)
         if cfg.scan_heads == 0:
-            top = np.sort(post, 1)
-            return post.argmax(1).astype(np.int64), U, top[:, -1] - top[:, -2]
+            return post.argmax(1).astype(np.int64), U, _posterior_margin(post)
         from sklearn.cluster import KMeans
 
         from cci_core.refine.scan import mine_neighbours, scan_head_votes
@@ -88,12 +87,39 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
         # full-batch Lloyd (scikit-learn), not the project's MiniBatchKMeans: V is in memory and
         # small (N x (heads + 1) k), and the benchmark figures were measured with it
         km = KMeans(k, n_init=10, random_state=seed).fit(V)
-        return km.labels_.astype(np.int64), U, _centre_gap(km.transform(V))
+        if not cfg.gmm_polish:
+            return km.labels_.astype(np.int64), U, _centre_gap(km.transform(V))
+        # the consensus picks the basin (no merged look-alike classes), EM places the boundaries
+        post = gmm_from_partition(U, km.labels_, k, seed).fit(U).predict_proba(U)
+        return post.argmax(1).astype(np.int64), U, _posterior_margin(post)
     W = np.asarray(PCA(min(cfg.pca_dim, Z.shape[1]), whiten=True).fit_transform(Z),
                    dtype=np.float32)
     km = MiniBatchKMeans(k, batch_size=4096, max_iter=300, n_init=3, random_state=seed).fit(W)
     return km.labels_.astype(np.int64), W, _centre_gap(np.sqrt(
         ((W[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)))
+
+
+def gmm_from_partition(U: np.ndarray, labels: np.ndarray, k: int, seed: int):
+    """An unfitted full-covariance ``GaussianMixture`` that starts from the clusters of
+    ``labels`` (N,) in ``U`` (N, d): their shares, means and covariances (a cluster with
+    fewer than d + 1 rows borrows the covariance of all rows; an empty one also its mean)."""
+    from sklearn.mixture import GaussianMixture
+    d = U.shape[1]
+    whole_mean, whole_cov = U.mean(0), np.cov(U, rowvar=False).reshape(d, d)
+    counts = np.bincount(labels, minlength=k)[:k]
+    means = np.stack([U[labels == c].mean(0) if counts[c] else whole_mean for c in range(k)])
+    covs = [np.cov(U[labels == c], rowvar=False).reshape(d, d) if counts[c] > d else whole_cov
+            for c in range(k)]
+    reg = 1e-6 * np.eye(d)  # GaussianMixture's own reg_covar
+    return GaussianMixture(k, covariance_type="full", random_state=seed,
+                           weights_init=(counts + 1) / (counts.sum() + k), means_init=means,
+                           precisions_init=np.stack([np.linalg.inv(c + reg) for c in covs]))
+
+
+def _posterior_margin(post: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 posterior per row, (N,) in [0, 1], from posteriors (N, k)."""
+    top = np.sort(post, 1)
+    return top[:, -1] - top[:, -2]
 
 
 def _centre_gap(distances: np.ndarray) -> np.ndarray:
