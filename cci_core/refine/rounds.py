@@ -55,8 +55,8 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
     Returns (labels (N,), space the labels live in (N, d), posterior margin (N,) in [0, 1]:
     top-1 minus top-2 GMM posterior, or the relative gap between the two nearest k-means
     centres). With ``previous`` labels and ``cfg.gmm_from_previous`` the GMM starts from
-    their means in the new space; otherwise from ``cfg.gmm_inits`` k-means starts. With
-    ``cfg.scan_heads`` the labels are the k-means consensus of the GMM's posteriors and the
+    their clusters in the new space (:func:`gmm_from_partition`); otherwise from
+    ``cfg.gmm_inits`` k-means starts. With ``cfg.scan_heads`` the labels are the k-means consensus of the GMM's posteriors and the
     votes of that many SCAN heads fitted on the joined space, and with ``cfg.gmm_polish``
     a GMM started from that consensus and run to convergence then gives the labels and
     the margin (see :class:`RefineConfig`).
