@@ -138,3 +138,11 @@ def published_store(tmp_path_factory):
     evaluate_local(store, "ref", EvalParams(samples=12, max_real=60, ref_steps=30, kid_subsets=3))
     dataset_run.generate_dataset(store, "ref", "gen", per_cluster=12, threshold=0.4, seed=3, log=lambda _: None)
     return store
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """``CCI_FAULT_REPORT=path.json``: the fault-injection tally of every ``test_faults_*`` module (tests/faults.py)."""
+    path = os.environ.get("CCI_FAULT_REPORT")
+    faults = sys.modules.get("faults")
+    if path and faults is not None and faults.TALLY:
+        faults.report(path)
