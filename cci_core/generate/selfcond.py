@@ -54,7 +54,7 @@ from cci_core.generate.settings import SelfCondParams
 from cci_core.generate.training_run import record_model, write_training_report
 from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
+from cci_core.store.store import Store, atomic_write_json, derived_name, hash_files, read_json
 
 
 def params_fields() -> set[str]:
@@ -119,14 +119,15 @@ def check_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id
         raise ValueError(f"--k {k} is more than the corpus's {parent['n_rows']} images")
     if params.batch_size > parent["n_rows"]:
         raise ValueError(f"--batch-size {params.batch_size} is more than the corpus's {parent['n_rows']} images")
-    runs.check_new_run_id(store, new_run_id or f"{run_id}-selfcond")
+    runs.check_new_run_id(store, new_run_id or derived_name(run_id, "selfcond", "run id", "--run-id"))
     return parent
 
 
 def start_selfcond(store: Store, run_id: str, params: SelfCondParams, new_run_id: str | None = None) -> dict:
     """Create (or reopen, when unfinished with the same params) the new run's folder and run.json."""
     parent = check_selfcond(store, run_id, params, new_run_id)
-    return runs.start_derived_run(store, parent, new_run_id or f"{run_id}-selfcond", "self-conditioned",
+    return runs.start_derived_run(store, parent, new_run_id or derived_name(run_id, "selfcond", "run id", "--run-id"),
+                                  "self-conditioned",
                                   asdict(params), k=params.k or len(parent["partitions"]))
 
 

@@ -35,7 +35,7 @@ from cci_core.refine.records import RefinePlan
 from cci_core.refine.refine import refine
 from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, hash_files
+from cci_core.store.store import Store, atomic_write_json, derived_name, hash_files
 
 
 def config_from_options(options: dict | None) -> RefineConfig:
@@ -58,7 +58,7 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
         raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
                          f"{', '.join(f'{s}x{s}' for s in MODEL_SIZES)} images: ingest into a new corpus "
                          "with --size 28x28 (for example) and cluster that")
-    runs.check_new_run_id(store, new_run_id or f"{run_id}-refined")
+    runs.check_new_run_id(store, new_run_id or derived_name(run_id, "refined", "run id", "--run-id"))
     return parent
 
 
@@ -66,7 +66,8 @@ def start_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
     """Create (or reopen, when unfinished) the refined run's folder and run.json; returns the
     plan as its JSON dict (what the tasks pass on; :meth:`RefinePlan.from_json` reads it)."""
     parent = check_refine(store, run_id, config, new_run_id)
-    return runs.start_derived_run(store, parent, new_run_id or f"{run_id}-refined", "refined", asdict(config))
+    return runs.start_derived_run(store, parent, new_run_id or derived_name(run_id, "refined", "run id", "--run-id"),
+                                  "refined", asdict(config))
 
 
 def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict | None = None,

@@ -48,6 +48,17 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
+def derived_name(name: str, suffix: str, what: str, flag: str) -> str:
+    """``NAME-SUFFIX``, the default name of something made from NAME (``RUN-refined``); when that
+    is no valid name (too long) the error says the name was derived and which option names it."""
+    derived = f"{name}-{suffix}"
+    try:
+        return validate_name(derived, what)
+    except ValueError:
+        raise ValueError(f"the default {what} {derived!r} (made from {name!r} + '-{suffix}') is {len(derived)} "
+                         f"characters, more than 128: give {flag} with a shorter name") from None
+
+
 class Store:
     """Paths inside one artifact store root: a local folder or an fsspec URL (``s3://bucket/prefix``).
 

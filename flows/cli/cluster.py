@@ -10,6 +10,7 @@ from cci_core.cluster.choices import PCA_FIT_ROWS
 from flows.cli.common import (
     err,
     fail,
+    lit,
     out,
     parse_k,
     parse_number,
@@ -85,8 +86,8 @@ def cluster(
             t.add_row(str(row["k"]), f"{row['inertia']:.6g}",
                       "" if row["silhouette"] is None else f"{row['silhouette']:.4f}")
         out.print(t)
-    out.print(f"Run [bold]{summary['run_id']}[/]: {summary['algorithm']} on {summary['embedding']} of corpus "
-              f"{corpus} v{summary['corpus_version']} -> {summary['n_clusters']} clusters over "
+    out.print(f"Run [bold]{lit(summary['run_id'])}[/]: {summary['algorithm']} on {summary['embedding']} of corpus "
+              f"{lit(corpus)} v{summary['corpus_version']} -> {summary['n_clusters']} clusters over "
               f"{summary['n_rows']:,} images" + (f" ({summary['n_noise']:,} noise)" if summary["n_noise"] else ""),
               highlight=False, soft_wrap=True)
     out.print("  " + "  ".join(f"{key}={m[key]:.4g}" for key in ("acc", "nmi", "ari", "purity", "silhouette",
@@ -94,11 +95,11 @@ def cluster(
               highlight=False, soft_wrap=True)
     out.print("  sizes: " + ", ".join(str(p["count"]) for p in summary["partitions"]), highlight=False, soft_wrap=True)
     if summary["extension"]:
-        out.print(f"  note: {summary['extension']}", highlight=False, soft_wrap=True)
+        out.print(f"  note: {summary['extension']}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"  clustering: {summary['clustering_artifact_id']}  pca: {summary['pca_artifact_id']}\n"
               f"  run folder: {summary['run_dir']}\n  report: {summary['report']}\n"
               f"  next: cci predict {summary['run_id']} PATH   |   cci refine {summary['run_id']}   |   "
-              f"cci lineage show {summary['clustering_artifact_id']}", highlight=False, soft_wrap=True)
+              f"cci lineage show {summary['clustering_artifact_id']}", highlight=False, soft_wrap=True, markup=False)
 
 
 def predict(
@@ -135,7 +136,7 @@ def predict(
     else:
         df, quarantine = run_guarded(predict.predict_source, store_obj, run_id, source, fit)
     for q in quarantine:
-        err.print(f"[yellow]quarantined[/] {q['source']}: {q['reason']}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]quarantined[/] {lit(q['source'])}: {lit(q['reason'])}", highlight=False, soft_wrap=True)
     if quarantine and not len(df):
         fail(f"source {source}: none of its images could be read ({len(quarantine)} quarantined, listed above); "
              "nothing to label")
@@ -149,6 +150,6 @@ def predict(
     out.print(f"{len(df):,} images labelled against run {run_id}: "
               + ", ".join(f"cluster {c}: {n:,}" for c, n in counts.items())
               + f"; mean confidence {df['confidence'].mean():.3f}" if len(df) else "no images to label",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     if output:
-        out.print(f"  labels: {output}", highlight=False, soft_wrap=True)
+        out.print(f"  labels: {output}", highlight=False, soft_wrap=True, markup=False)

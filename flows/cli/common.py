@@ -8,14 +8,23 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """MESSAGE as one red ``error:`` line and exit code 1; printed literally (a user's ``[/]`` or
+    ``[bold]`` is text, not rich markup)."""
+    err.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def lit(value) -> str:
+    """VALUE (a name, path or reason from the user or the store) as rich markup that prints literally."""
+    return escape(str(value))
 
 
 def _expected_errors():

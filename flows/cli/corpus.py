@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import out, parse_version, print_json, read_store, run_guarded
+from flows.cli.common import lit, out, parse_version, print_json, read_store, run_guarded
 from flows.cli.options import JsonOpt, StoreOpt
 
 
@@ -25,22 +25,22 @@ def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
         info["quarantine"] = c.quarantine().to_dict("records")
         print_json(info)
         return
-    out.print(f"[bold]{name}[/] v{info['version']}  {info['n_rows']:,} images  "
+    out.print(f"[bold]{lit(name)}[/] v{info['version']}  {info['n_rows']:,} images  "
               f"{'x'.join(map(str, info['shape']))} uint8  (chunks of {info['chunk_rows']} rows)\n"
-              f"  path: {info['path']}\n  lineage id: {info['artifact_id']}", highlight=False)
+              f"  path: {lit(info['path'])}\n  lineage id: {info['artifact_id']}", highlight=False)
     t = Table("version", "rows", "added", "duplicates", "quarantined", "source", "created")
     for v in info["versions"]:
         t.add_row(str(v["version"]), f"{v['n_rows']:,}", f"{v['added']:,}", f"{v['duplicates']:,}",
-                  str(v["quarantined"]), v["source"], v["created_at"][:19])
+                  str(v["quarantined"]), lit(v["source"]), v["created_at"][:19])
     out.print(t)
     if info["label_counts"]:
-        out.print("labels: " + ", ".join(f"{k}: {v:,}" for k, v in info["label_counts"].items()), highlight=False)
+        out.print("labels: " + ", ".join(f"{k}: {v:,}" for k, v in info["label_counts"].items()), highlight=False, markup=False)
     if info["split_counts"]:
-        out.print("splits: " + ", ".join(f"{k}: {v:,}" for k, v in info["split_counts"].items()), highlight=False)
+        out.print("splits: " + ", ".join(f"{k}: {v:,}" for k, v in info["split_counts"].items()), highlight=False, markup=False)
     q = c.quarantine()
     out.print(f"quarantined: {len(q)}")
     for r in q.head(20).itertuples():
-        out.print(f"  {r.source}: {r.reason}", highlight=False)
+        out.print(f"  {r.source}: {r.reason}", highlight=False, markup=False)
 
 
 def corpus_list(store: Optional[str] = StoreOpt):
@@ -53,5 +53,5 @@ def corpus_list(store: Optional[str] = StoreOpt):
     t = Table("corpus", "version", "rows", "shape", "lineage id")
     for name in s.corpora():
         c = open_corpus(s, name)
-        t.add_row(name, str(c.version), f"{c.n_rows:,}", "x".join(map(str, c.shape.hwc)), c.artifact_id or "")
+        t.add_row(lit(name), str(c.version), f"{c.n_rows:,}", "x".join(map(str, c.shape.hwc)), c.artifact_id or "")
     out.print(t)

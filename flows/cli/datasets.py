@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import fail, out, print_json, read_store, run_guarded
+from flows.cli.common import fail, lit, out, print_json, read_store, run_guarded
 from flows.cli.options import JsonOpt, StoreOpt
 
 
@@ -26,7 +26,7 @@ def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
         return
     t = Table("dataset", "latest", "versions", "images (latest)")
     for r in rows:
-        t.add_row(r["name"], f"v{r['latest']}", ", ".join(f"v{v}" for v in r["versions"]),
+        t.add_row(lit(r["name"]), f"v{r['latest']}", ", ".join(f"v{v}" for v in r["versions"]),
                   f"{len(open_dataset(r['name'], store=s)):,}")
     out.print(t)
 
@@ -38,8 +38,6 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
 
     Example: cci datasets show fmnist-gen --version v2
     """
-    from rich.markup import escape
-
     from cci_core.store.datasets import open_dataset
     ds = run_guarded(open_dataset, name, version, store=read_store(store))
     card = ds.card
@@ -47,15 +45,15 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
         print_json(card)
         return
     m = ds.manifest
-    out.print(f"[bold]{ds.name}[/] v{ds.version}  {len(ds):,} images {'x'.join(map(str, card['shape']))} uint8\n"
-              f"  path: {ds.path}\n  {card.get('description', '')}\n"
-              f"  lineage id: {card.get('lineage', {}).get('artifact_id')}\n  read it: {escape(card['how_to_read'])}",
+    out.print(f"[bold]{lit(ds.name)}[/] v{ds.version}  {len(ds):,} images {'x'.join(map(str, card['shape']))} uint8\n"
+              f"  path: {lit(ds.path)}\n  {lit(card.get('description', ''))}\n"
+              f"  lineage id: {card.get('lineage', {}).get('artifact_id')}\n  read it: {lit(card['how_to_read'])}",
               highlight=False, soft_wrap=True)
     if "cluster" in m:
         names = {str(c): e.get("name", "") for c, e in (card.get("clusters") or {}).items()}
         t = Table("cluster", "name (majority source label, purity)", "images", "accepted", "mean confidence")
         for c, g in m.groupby("cluster"):
-            t.add_row(str(c), names.get(str(c), ""), str(len(g)), str(int(g["accepted"].sum())) if "accepted" in g else "",
+            t.add_row(str(c), lit(names.get(str(c), "")), str(len(g)), str(int(g["accepted"].sum())) if "accepted" in g else "",
                       f"{g['confidence'].mean():.3f}" if "confidence" in g else "")
         out.print(t)
 
@@ -86,4 +84,4 @@ def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
         path = export_parquet(ds, to) if as_parquet else export_png(ds, to)
     except OSError as exc:  # a read-only or full disk, a parent that is a file
         fail(f"cannot write {to}: {exc.strerror or exc}")
-    out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True)
+    out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True, markup=False)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import err, fail, out, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import err, fail, lit, out, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
@@ -65,7 +65,7 @@ def features(
         return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
     if rows:  # two narrow tables: clustering, then the probes
         first = ["space", "dim", "acc", "nmi", "ari", "silhouette", "seconds"]
-        t = Table(*first, title=f"feature spaces of run {run_id}: k-means")
+        t = Table(*first, title=f"feature spaces of run {lit(run_id)}: k-means")
         for r in rows:
             t.add_row(*(cell(r[c]) for c in first))
         out.print(t)
@@ -75,12 +75,12 @@ def features(
             t.add_row(r["space"], *(cell(r[c]) for c in probes))
         out.print(t)
     for s in summary["skipped"]:
-        err.print(f"[yellow]not compared[/] {s['space']}: {s['reason']}", highlight=False)
+        err.print(f"[yellow]not compared[/] {lit(s['space'])}: {lit(s['reason'])}", highlight=False)
     if summary["probe_note"]:
-        err.print(f"[yellow]note[/] {summary['probe_note']}", highlight=False)
+        err.print(f"[yellow]note[/] {lit(summary['probe_note'])}", highlight=False)
     out.print(f"  report: {summary['report']}\n  chart: {summary['chart']}\n  lineage id: "
               f"{summary['report_artifact_id']}\n  next: cci lineage show {summary['report_artifact_id']}",
-              highlight=False)
+              highlight=False, markup=False)
 
 
 def self_condition(
@@ -137,7 +137,7 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
         print_json(summary)
         return
     m = summary["metrics"]
-    out.print(f"Run [bold]{summary['run_id']}[/]: self-conditioned GAN, k={summary['k']}, {options['steps']} steps; "
+    out.print(f"Run [bold]{lit(summary['run_id'])}[/]: self-conditioned GAN, k={summary['k']}, {options['steps']} steps; "
               f"sizes {summary['sizes']}"
               + (f"; acc {m['acc']:.3f} nmi {m['nmi']:.3f} ari {m['ari']:.3f}" if "nmi" in m else ""),
               highlight=False)
@@ -147,4 +147,4 @@ def run_self_condition(run_id: str, options: dict, new_run_id: str | None, store
                   highlight=False)
     out.print(f"  run: {summary['run_dir']}\n  clustering: {summary['clustering_artifact_id']}\n"
               f"  next: cci evaluate {summary['run_id']}   |   cci features {summary['run_id']}   |   "
-              f"cci generate {summary['run_id']} ...", highlight=False)
+              f"cci generate {summary['run_id']} ...", highlight=False, markup=False)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import out, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import lit, out, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
@@ -35,8 +35,8 @@ def generate(
     if as_json:
         print_json(out_)
         return
-    out.print(f"Dataset [bold]{dataset}[/] v{out_['version']}: {out_['n_images']:,} images from the {out_['models']} "
-              f"generators of run {run_id}, {out_['accepted']:,} accepted by the {out_['classifier']}\n"
-              f"  folder: {out_['path']}\n  lineage id: {out_['artifact_id']}\n  samples: {out_['sample_grid']}\n"
-              f"  next: cci datasets show {dataset}   |   cci lineage show {out_['artifact_id']}",
+    out.print(f"Dataset [bold]{lit(dataset)}[/] v{out_['version']}: {out_['n_images']:,} images from the {out_['models']} "
+              f"generators of run {lit(run_id)}, {out_['accepted']:,} accepted by the {lit(out_['classifier'])}\n"
+              f"  folder: {lit(out_['path'])}\n  lineage id: {out_['artifact_id']}\n  samples: {lit(out_['sample_grid'])}\n"
+              f"  next: cci datasets show {lit(dataset)}   |   cci lineage show {out_['artifact_id']}",
               highlight=False, soft_wrap=True)

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from cci_core.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from flows.cli.common import err, out, parse_size, print_json, run_flow, run_guarded
+from flows.cli.common import err, lit, out, parse_size, print_json, run_flow, run_guarded
 from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
@@ -58,14 +58,14 @@ def ingest(
         print_json(summary)
         return
     for q in summary["quarantine"]:
-        err.print(f"[yellow]quarantined[/] {q['source']}: {q['reason']}", highlight=False)
+        err.print(f"[yellow]quarantined[/] {lit(q['source'])}: {lit(q['reason'])}", highlight=False)
     if summary["changed"]:
-        out.print(f"Corpus [bold]{corpus}[/] v{summary['version']}: added {summary['added']:,} images "
+        out.print(f"Corpus [bold]{lit(corpus)}[/] v{summary['version']}: added {summary['added']:,} images "
                   f"({summary['duplicates']:,} duplicates skipped, {summary['quarantined']} quarantined); "
                   f"now {summary['n_rows']:,} images {'x'.join(map(str, summary['shape']))}.")
     else:
-        out.print(f"Nothing new: corpus [bold]{corpus}[/] stays at v{summary['version']} "
+        out.print(f"Nothing new: corpus [bold]{lit(corpus)}[/] stays at v{summary['version']} "
                   f"({summary['n_rows']:,} images; {summary['duplicates']:,} already stored, "
                   f"{summary['quarantined']} quarantined).")
     out.print(f"  lineage id: {summary['artifact_id']}\n  store: {summary['store']}\n"
-              f"  next: cci corpus info {corpus}   |   cci lineage show {summary['artifact_id']}", highlight=False)
+              f"  next: cci corpus info {corpus}   |   cci lineage show {summary['artifact_id']}", highlight=False, markup=False)

@@ -10,13 +10,13 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from flows.cli.common import err, fail, out, print_json, read_store, run_guarded
+from flows.cli.common import err, fail, lit, out, print_json, read_store, run_guarded
 from flows.cli.options import JsonOpt, StoreOpt
 
 
 def _label(art) -> str:
     metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(art.metrics.items())[:6])
-    return f"[bold]{art.id}[/] {art.name}  [dim]{art.uri}[/]" + (f"  ({metrics})" if metrics else "")
+    return f"[bold]{lit(art.id)}[/] {lit(art.name)}  [dim]{lit(art.uri)}[/]" + (f"  ({lit(metrics)})" if metrics else "")
 
 
 def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a unique prefix), KIND:NAME "
@@ -49,16 +49,16 @@ def lineage_show(artifact_id: str = typer.Argument(..., help="Artifact id (or a 
         for child in node[key]:
             art = child["artifact"]
             if child.get("seen"):
-                parent.add(f"[cyan]{child['role']}[/]: [bold]{art.id}[/] {art.name}  [dim](shown above)[/]")
+                parent.add(f"[cyan]{lit(child['role'])}[/]: [bold]{lit(art.id)}[/] {lit(art.name)}  [dim](shown above)[/]")
                 continue
             more = f"  [dim]({child['truncated']} more below; raise --depth)[/]" if child.get("truncated") else ""
-            add(parent.add(f"[cyan]{child['role']}[/]: " + _label(art) + more), child)
+            add(parent.add(f"[cyan]{lit(child['role'])}[/]: " + _label(art) + more), child)
     add(root, tree)
     art = tree["artifact"]
     out.print(root)
     out.print(f"  kind: {art.kind}  created: {art.created_at:%Y-%m-%d %H:%M:%S}  code: {art.code_version}\n"
               f"  params: {json.dumps(art.params, default=str)}\n  producer: {json.dumps(art.producer)}",
-              highlight=False, soft_wrap=True)
+              highlight=False, soft_wrap=True, markup=False)
 
 
 def lineage_export(ref: Optional[str] = typer.Argument(None, help="Export this artifact's lineage (id, KIND:NAME "
@@ -88,7 +88,7 @@ def lineage_export(ref: Optional[str] = typer.Argument(None, help="Export this a
         Path(output).write_text(text)
     except OSError as exc:
         fail(f"cannot write {output}: {exc.strerror or exc}")
-    err.print(f"Wrote {fmt} lineage to {output}", highlight=False, soft_wrap=True)
+    err.print(f"Wrote {fmt} lineage to {output}", highlight=False, soft_wrap=True, markup=False)
 
 
 def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (corpus, clustering, ...)."),
@@ -107,5 +107,6 @@ def lineage_list(kind: Optional[str] = typer.Option(None, "--kind", help="Only t
         return
     t = Table("id", "kind", "name", "created", "inputs")
     for a in arts:
-        t.add_row(a.id, a.kind, a.name, f"{a.created_at:%Y-%m-%d %H:%M:%S}", ", ".join(i for i, _ in a.inputs))
+        t.add_row(lit(a.id), lit(a.kind), lit(a.name), f"{a.created_at:%Y-%m-%d %H:%M:%S}",
+                  lit(", ".join(i for i, _ in a.inputs)))
     out.print(t)

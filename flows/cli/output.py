@@ -63,7 +63,7 @@ def configure_logging() -> None:
 def say(console, message: str) -> None:
     """A status line on ``console`` (stderr), unless ``--quiet``."""
     if mode() != QUIET:
-        console.print(message, highlight=False, soft_wrap=True)
+        console.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 _BEGIN = re.compile(r"Beginning flow run '(?P<name>.*)' for flow '(?P<flow>[^']*)'")
@@ -197,7 +197,7 @@ class StageProgress:
         elapsed = run.get("total_run_time") or (time.monotonic() - shown["t0"])
         rate = f"{done / elapsed:.1f} tasks/s" if elapsed and done else ""
         if self._bars is not None:
-            fields = dict(tasks=f"{done}/{total} tasks", rate=rate, note=note[:40])
+            fields = dict(tasks=f"{done}/{total} tasks", rate=rate, note=escape(note[:40]))
             if shown["bar"] is None:
                 shown["bar"] = self._bars.add_task(name, total=100.0, **fields)
             self._bars.update(shown["bar"], completed=pct, **fields)
@@ -209,6 +209,6 @@ class StageProgress:
             return
         if final:
             mark = "✓" if state == "COMPLETED" else f"✗ {state.lower()}:"
-            self.console.print(f"{mark} {name}  {elapsed:.1f} s, {done}/{total} tasks", highlight=False,
-                               soft_wrap=True)
+            self.console.print(f"{mark} {run['name']}  {elapsed:.1f} s, {done}/{total} tasks", highlight=False,
+                               soft_wrap=True, markup=False)
             shown["line"] = True

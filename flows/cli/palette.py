@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.common import err, fail, out, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import err, fail, lit, out, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, SeedOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
@@ -47,13 +47,13 @@ def palette(
         print_json(res)
         return
     for msg in res["messages"]:
-        err.print(f"[yellow]note:[/] {msg}", highlight=False)
-    out.print(f"Palette [bold]{res['palette_id']}[/]: {res['k']} colours in {res['space']} from "
-              f"{res['n_pixels']:,} pixels of {source} ({res['method']}), mse {res['mse']:.4g}", highlight=False)
+        err.print(f"[yellow]note:[/] {lit(msg)}", highlight=False)
+    out.print(f"Palette [bold]{lit(res['palette_id'])}[/]: {res['k']} colours in {res['space']} from "
+              f"{res['n_pixels']:,} pixels of {lit(source)} ({res['method']}), mse {res['mse']:.4g}", highlight=False)
     for c in res["colors"]:
         out.print(f"  [{c['hex']}]██[/] {c['hex']}  share {c['share']:.3f}", highlight=False)
     out.print(f"  folder: {res['palette_dir']}\n  next: cci stylize CORPUS --palette {res['palette_id']} "
-              f"--dataset NAME   |   cci lineage show {res['palette_id']}", highlight=False)
+              f"--dataset NAME   |   cci lineage show {res['palette_id']}", highlight=False, markup=False)
 
 
 def stylize(
@@ -83,9 +83,9 @@ def stylize(
     if as_json:
         print_json(res)
         return
-    out.print(f"Dataset [bold]{dataset}[/] v{res['version']}: {res['n_images']:,} images of {source} in palette "
-              f"{res['palette_id']} ({mode}{', dithered' if dither else ''})\n  path: {res['path']}\n"
-              f"  montage: {res['montage']}\n  lineage id: {res['artifact_id']}\n"
+    out.print(f"Dataset [bold]{lit(dataset)}[/] v{res['version']}: {res['n_images']:,} images of {lit(source)} in palette "
+              f"{lit(res['palette_id'])} ({mode}{', dithered' if dither else ''})\n  path: {lit(res['path'])}\n"
+              f"  montage: {lit(res['montage'])}\n  lineage id: {res['artifact_id']}\n"
               f"  next: cci lineage show {res['artifact_id']}", highlight=False)
 
 
@@ -115,12 +115,12 @@ def segment(
     if Path(image).is_file():
         res = run_guarded(pr.segment_file, image, k, out_dir=out_dir, space=space,
                           position_weight=position_weight, standardize=standardize, seed=seed,
-                          log=lambda m: err.print(f"[yellow]note:[/] {m}", highlight=False))
+                          log=lambda m: err.print(f"[yellow]note:[/] {lit(m)}", highlight=False))
         if as_json:
             print_json(res)
             return
         out.print(f"Segmented {image} into {res['k']} segments (sizes {res['sizes']})\n"
-                  f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False)
+                  f"  labels: {res['labels']}\n  overlay: {res['overlay']}", highlight=False, markup=False)
         return
     from cci_core.palette.colorspace import check_space
     from flows.palette import segment_flow
@@ -134,5 +134,5 @@ def segment(
     if as_json:
         print_json(res)
         return
-    out.print(f"Segmentation [bold]{res['segmentation_id']}[/]: {res['n_images']:,} images of {image}, k={k}\n"
-              f"  labels: {res['labels']}\n  overlays: {res['overlay']}", highlight=False)
+    out.print(f"Segmentation [bold]{lit(res['segmentation_id'])}[/]: {res['n_images']:,} images of {lit(image)}, k={k}\n"
+              f"  labels: {lit(res['labels'])}\n  overlays: {lit(res['overlay'])}", highlight=False)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cci_core.refine.config import RefineConfig
-from flows.cli.common import name_values, out, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import lit, name_values, out, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
@@ -64,7 +64,7 @@ def refine(
         print_json(summary)
         return
     t = Table("round", "acc", "nmi", "ari", "silhouette", "selection", "changed", "seconds",
-              title=f"CCI refinement of {run_id} (kept round {summary['chosen_round']})")
+              title=f"CCI refinement of {lit(run_id)} (kept round {summary['chosen_round']})")
 
     def f(v):
         return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -72,11 +72,11 @@ def refine(
         t.add_row(str(r.get("round")), f(r.get("acc")), f(r.get("nmi")), f(r.get("ari")), f(r.get("silhouette")),
                   f(r.get("selection_score")), f(r.get("changed")), f(r.get("wall_seconds")))
     out.print(t)
-    out.print(f"Refined run [bold]{summary['run_id']}[/]: {len(summary['partitions'])} clusters, "
-              f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {run_id}\n"
-              f"  classifier: {summary['classifier_artifact_id']}  ({summary['classifier']})\n"
-              f"  clustering: {summary['clustering_artifact_id']}\n  report: {summary['report']}\n"
-              f"  next: cci predict {summary['run_id']} PATH   |   cci train {summary['run_id']}",
+    out.print(f"Refined run [bold]{lit(summary['run_id'])}[/]: {len(summary['partitions'])} clusters, "
+              f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {lit(run_id)}\n"
+              f"  classifier: {summary['classifier_artifact_id']}  ({lit(summary['classifier'])})\n"
+              f"  clustering: {summary['clustering_artifact_id']}\n  report: {lit(summary['report'])}\n"
+              f"  next: cci predict {lit(summary['run_id'])} PATH   |   cci train {lit(summary['run_id'])}",
               highlight=False, soft_wrap=True)
 
 

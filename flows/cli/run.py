@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import name_values, out, parse_k, parse_size, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import lit, name_values, out, parse_k, parse_size, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
 
 
@@ -64,13 +64,13 @@ def run_pipeline(
 
     def fmt(m):
         return "  ".join(f"{key}={m[key]:.3f}" for key in ("acc", "nmi", "ari", "silhouette") if key in m)
-    out.print(f"[bold]Pipeline on {corpus}[/] v{summary['corpus_version']} ({summary['ingest_added']} new images)\n"
-              f"  clustering: run {summary['cluster_run']}  {fmt(summary['clustering_metrics'])}\n"
-              f"  refined:    run {summary['refined_run']}  {fmt(summary['refined_metrics'])}\n"
-              f"  dataset:    {ds['dataset']} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
-              f" at {ds['path']}\n  evaluation: {summary['evaluation_report']}\n"
+    out.print(f"[bold]Pipeline on {lit(corpus)}[/] v{summary['corpus_version']} ({summary['ingest_added']} new images)\n"
+              f"  clustering: run {lit(summary['cluster_run'])}  {fmt(summary['clustering_metrics'])}\n"
+              f"  refined:    run {lit(summary['refined_run'])}  {fmt(summary['refined_metrics'])}\n"
+              f"  dataset:    {lit(ds['dataset'])} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
+              f" at {lit(ds['path'])}\n  evaluation: {lit(summary['evaluation_report'])}\n"
               f"  lineage:    cci lineage show {ds['artifact_id']}\n"
-              f"  read it:    cci datasets show {ds['dataset']}   (or plain zarr + pyarrow, see its card.json)\n"
+              f"  read it:    cci datasets show {lit(ds['dataset'])}   (or plain zarr + pyarrow, see its card.json)\n"
               "  Prefect UI: " + (f"{user_api.removesuffix('/api')} (flow runs, artifacts, assets)" if user_api else
                                   "this run used a temporary server; `cci server start` (or export "
                                   "PREFECT_API_URL=http://127.0.0.1:4200/api, then `prefect server start`) and "
@@ -105,14 +105,14 @@ def refresh(
         print_json(res)
         return
     if not res["changed"]:
-        out.print(res["message"], highlight=False, soft_wrap=True)
+        out.print(res["message"], highlight=False, soft_wrap=True, markup=False)
         return
     d = res["drift"]
     out.print(f"Refreshed {corpus} to v{res['corpus_version']}: {d['n_new']} new images, "
               f"{100 * d['low_confidence']:.1f}% low confidence, size shift {d['size_shift']:.3f}\n"
               f"  retrained clusters: {res['retrained'] or 'none'}; carried over: {res['carried_over']}\n"
               f"  new run: {res['run_id']}\n  dataset: {res['dataset']['dataset']} v{res['dataset']['version']}",
-              highlight=False, soft_wrap=True)
+              highlight=False, soft_wrap=True, markup=False)
 
 
 def _eval_options(items: list[str]) -> tuple[dict, int]:

@@ -34,7 +34,7 @@ def server_start(store: Optional[str] = StoreOpt, workers: Optional[int] = Worke
               f"export PREFECT_API_URL={state['api_url']}\n"
               f"  (a `prefect server start` of your own on another port needs PREFECT_API_URL exported "
               f"first, or its UI calls port 4200)\n"
-              f"  next: cci cluster CORPUS --k 10   |   cci server stop", highlight=False, soft_wrap=True)
+              f"  next: cci cluster CORPUS --k 10   |   cci server stop", highlight=False, soft_wrap=True, markup=False)
 
 
 def server_stop(store: Optional[str] = StoreOpt):
@@ -47,7 +47,7 @@ def server_stop(store: Optional[str] = StoreOpt):
     root = Store(store).root
     state = server.stop(root)
     out.print(f"Stopped the warm server of {root} (Prefect {state['api_url']}, Dask {state['dask_address']})"
-              if state else f"No warm server recorded for {root}: nothing to stop", highlight=False)
+              if state else f"No warm server recorded for {root}: nothing to stop", highlight=False, markup=False)
 
 
 def server_status(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
@@ -63,9 +63,9 @@ def server_status(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
         print(json.dumps(state, indent=2))
         return
     if state is None:
-        out.print(f"No warm server for {root} (`cci server start` starts one)", highlight=False)
+        out.print(f"No warm server for {root} (`cci server start` starts one)", highlight=False, markup=False)
         raise typer.Exit(3)
     out.print(f"Warm server for {root} since {state['started_at']}\n"
               f"  Prefect API: {state['api_url']} ({'answers' if state['api_ok'] else 'NOT answering'})\n"
               f"  Dask scheduler: {state['dask_address']} ({'answers' if state['dask_ok'] else 'NOT answering'})",
-              highlight=False)
+              highlight=False, markup=False)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import err, fail, out, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import err, fail, lit, out, print_json, read_store, run_flow, run_guarded
 from flows.cli.features import run_self_condition
 from flows.cli.options import DaskOpt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, StoreOpt, VerboseOpt, WorkersOpt
 
@@ -84,19 +84,19 @@ def train(
         print_json(summary)
         return
     fresh = [r for r in summary["models"] if not r.get("from_earlier_run")]
-    out.print(f"Run [bold]{run_id}[/]: trained {len(fresh)} {mode} {model} model(s) "
+    out.print(f"Run [bold]{lit(run_id)}[/]: trained {len(fresh)} {mode} {model} model(s) "
               f"({len(plan['trained_clusters'])} clusters, {summary['total_steps']} steps per full budget)",
               highlight=False)
     for r in fresh:
         losses = "  ".join(f"{k}={v:.4g}" for k, v in r["losses"].items())
         resumed = f", resumed from {r['resumed_from']}" if r["resumed_from"] is not None else ""
-        out.print(f"  {r['name']}: {r['steps']} steps on {r['n_train']:,} images{resumed}  {losses}  "
+        out.print(f"  {lit(r['name'])}: {r['steps']} steps on {r['n_train']:,} images{resumed}  {losses}  "
                   f"[dim]{r['artifact_id']}[/]", highlight=False)
     for s in summary["skipped"]:
-        err.print(f"[yellow]skipped[/] cluster {s['cluster']}: {s['reason']}", highlight=False)
+        err.print(f"[yellow]skipped[/] cluster {s['cluster']}: {lit(s['reason'])}", highlight=False)
     out.print(f"  models: {summary['run_dir']}/models\n  report: {summary['training_report']}\n"
               f"  next: cci evaluate {run_id}   |   cci lineage show {summary['models'][0]['artifact_id']}",
-              highlight=False)
+              highlight=False, markup=False)
 
 
 def evaluate(
@@ -131,4 +131,4 @@ def evaluate(
         return
     out.print(summary["markdown"], highlight=False, markup=False)
     out.print(f"\n  report: {summary['report']}\n  lineage id: {summary['report_artifact_id']}\n"
-              f"  next: cci lineage show {summary['report_artifact_id']}", highlight=False)
+              f"  next: cci lineage show {summary['report_artifact_id']}", highlight=False, markup=False)
