@@ -89,6 +89,9 @@ class _Quarantine(Exception):
     pass
 
 
+DUPLICATE_MEMBER = "duplicate member name: a later tar member of a name already read (the first one is ingested)"
+
+
 def _read_items(batch: dict, limits: ReadLimits):
     """Yield ``(i, bytes or _Quarantine)`` for the items of a files/tar batch, each read once
     with the size cap: files by path, tar members by offset, or in one streaming pass of a
@@ -162,6 +165,9 @@ def load_batch(batch: dict, shape: ImageShape, fit: str = "stretch", limits: Rea
                     raise _Quarantine(f"cannot convert mode {img.mode} to the corpus shape: {exc}") from None
             except _Quarantine as q:
                 done[i] = (None, str(q))
+        for item in batch.get("repeated", ()):
+            quarantine.append({"source": f"tar://{batch['root']}!{item}", "batch": batch["batch"],
+                               "reason": DUPLICATE_MEMBER})
         for i, (item, label) in enumerate(zip(batch["items"], batch["labels"])):  # in listing order
             uri = f"tar://{batch['root']}!{item}" if batch["kind"] == "tar" else str(Path(batch["root"]) / item)
             px, orig = done[i]

@@ -52,6 +52,7 @@ class Source:
     files: list[str] = field(default_factory=list)    # files / tar members (relative)
     labels: list[str | None] = field(default_factory=list)
     members: list[list[int]] = field(default_factory=list)  # uncompressed tar: [data offset, size] per file
+    repeated: list[str] = field(default_factory=list)  # tar: later members of a name already listed (not read)
     value_range: str | None = None  # array sources: decided from all values by open_source
 
     def plan(self, batch_size: int) -> list[dict]:
@@ -66,6 +67,8 @@ class Source:
                                 "labels": self.labels[start:start + batch_size]})
                 if self.members:
                     batches[-1]["members"] = self.members[start:start + batch_size]
+            if self.repeated and batches:  # quarantined once, with the first batch
+                batches[0]["repeated"] = list(self.repeated)
         else:
             for part in self.parts:
                 for start in range(0, part["n"], batch_size):
@@ -233,15 +236,24 @@ def _tar_source(path: Path, label_from_folder: bool) -> Source:
                 members, compressed = tf.getmembers(), True
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise SourceError(f"{path}: cannot read tar archive ({exc})") from exc
-    by_name = {m.name: m for m in members if m.isfile()}  # a later member of one name replaces an earlier
-    names = sorted(n for n in by_name if not PurePosixPath(n).name.startswith("."))
+    # one rule whatever the compression: the first member of a name is read, later ones are quarantined
+    by_name: dict[str, tarfile.TarInfo] = {}
+    repeated = []
+    for m in members:
+        if not m.isfile() or PurePosixPath(m.name).name.startswith("."):
+            continue
+        if m.name in by_name:
+            repeated.append(m.name)
+        else:
+            by_name[m.name] = m
+    names = sorted(by_name)
     if not names:
         raise SourceError(f"tar archive {path} holds no files")
     labels = [n.split("/", 1)[0] if label_from_folder and "/" in n and safe_member(n) else None for n in names]
     sig = _file_sig(path)
     offsets = [] if compressed else [[by_name[n].offset_data, by_name[n].size] for n in names]
     return Source("tar", str(path), _hash_listing([sig, *names]), len(names), files=names, labels=labels,
-                  members=offsets)
+                  members=offsets, repeated=repeated)
 
 
 def _url_source(spec: str) -> Source:
