@@ -16,11 +16,20 @@ from zarr.codecs import BloscCodec
 from cci_core.common.shapes import ImageShape
 from cci_core.store import fs
 from cci_core.store.fs import AnyPath
-from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet, read_json
+from cci_core.store.record_check import RecordError, check_fields, read_record, read_table
+from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
 
 CHUNK_BYTES = 4 << 20  # chunks of 2-4 MiB along N
 INDEX_COLUMNS = ["row", "image_id", "source", "label", "split", "orig_height", "orig_width",
                  "orig_mode", "batch", "version", "ingested_at"]
+CORPUS_FIX = ("restore the corpus folder from a backup, or ingest the source again into a new corpus "
+              "(`cci ingest SOURCE --corpus NEW`)")
+# corpus.json's typed shape (checked once when read: read_manifest)
+MANIFEST_FIELDS = {"name": str, "shape": list, "versions": list}
+MANIFEST_OPTIONAL = {"chunk_rows": int, "fit": str, "created_at": str}
+VERSION_FIELDS = {"version": int, "n_rows": int}
+VERSION_OPTIONAL = {"artifact_id": str, "added": int, "duplicates": int, "quarantined": int, "source": str,
+                    "listing_hash": str, "ingest_id": str, "created_at": str}
 
 
 class UnknownCorpusError(LookupError):
@@ -93,7 +102,7 @@ class Corpus:
         path = self.dir / "index.parquet"
         if not path.exists() or not self.n_rows:
             return pd.DataFrame(columns=columns or INDEX_COLUMNS)
-        df = fs.read_parquet(path, columns=columns if columns is None or "row" in columns else ["row", *columns])
+        df = read_table(path, CORPUS_FIX, columns=columns if columns is None or "row" in columns else ["row", *columns])
         df = df[df["row"] < self.n_rows]
         return df if columns is None else df[columns]
 
@@ -104,7 +113,7 @@ class Corpus:
 
     def quarantine(self) -> pd.DataFrame:
         path = self.dir / "quarantine.parquet"
-        return fs.read_parquet(path) if path.exists() else pd.DataFrame(columns=["source", "reason", "version"])
+        return read_table(path, CORPUS_FIX) if path.exists() else pd.DataFrame(columns=["source", "reason", "version"])
 
     def info(self) -> dict:
         """Summary for ``cci corpus info``: plain JSON-able values."""
@@ -127,7 +136,7 @@ def open_corpus(store: Store, name: str, version: int | None = None) -> Corpus:
     manifest_path = cdir / "corpus.json"
     if not manifest_path.exists():
         raise UnknownCorpusError(name, store)
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(cdir, store.root)
     latest = len(manifest["versions"])
     if version is None:
         version = latest
@@ -136,9 +145,23 @@ def open_corpus(store: Store, name: str, version: int | None = None) -> Corpus:
     return Corpus(name, cdir, manifest, version)
 
 
-def read_manifest(cdir: AnyPath) -> dict | None:
+def read_manifest(cdir: AnyPath, root: AnyPath | None = None) -> dict | None:
+    """The corpus.json of the corpus folder CDIR checked against its typed shape (None when there
+    is none): one that cannot be read is a RecordError naming it, never taken for a new corpus."""
     path = fs.as_path(cdir) / "corpus.json"
-    return read_json(path) if path.exists() else None
+    if not path.exists():
+        return None
+    manifest = read_record(path, CORPUS_FIX, MANIFEST_FIELDS, MANIFEST_OPTIONAL, root=root)
+    shape = manifest["shape"]
+    if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise RecordError(f"corpora/{fs.as_path(cdir).name}/corpus.json: field 'shape' is {shape!r}, expected "
+                          f"[height, width, channels] as positive integers; {CORPUS_FIX}")
+    for i, v in enumerate(manifest["versions"]):
+        check_fields(v, path, CORPUS_FIX, VERSION_FIELDS, VERSION_OPTIONAL, prefix=f"versions[{i}].", root=root)
+        if v["version"] != i + 1:
+            raise RecordError(f"corpora/{fs.as_path(cdir).name}/corpus.json: field 'versions[{i}].version' is "
+                              f"{v['version']!r}, expected {i + 1}; {CORPUS_FIX}")
+    return manifest
 
 
 def ensure_images_array(cdir: AnyPath, shape: ImageShape, n_total: int) -> zarr.Array:

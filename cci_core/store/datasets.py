@@ -36,13 +36,13 @@ from zarr.codecs import BloscCodec
 
 from cci_core.store import dataset_card, fs
 from cci_core.store.fs import AnyPath
+from cci_core.store.record_check import RecordError, read_record, read_table, shown
 from cci_core.store.store import (
     OWNER_FILE,
     Store,
     atomic_write_bytes,
     atomic_write_json,
     make_staging,
-    read_json,
     remove_stale_staging,
     utc_now,
     validate_name,
@@ -58,6 +58,35 @@ READ_ME = ("paths relative to the version folder: import zarr, pyarrow.parquet a
 
 class UnknownDatasetError(LookupError):
     pass
+
+
+VERSION_FIX = "restore the version folder from a backup, or publish a new version"
+LATEST_FIX = "restore it from a backup, or delete it (the newest committed version is then read)"
+# card.json's and latest.json's typed shapes (checked once when read)
+CARD_FIELDS = {"name": str, "version": int, "n_images": int, "shape": list, "how_to_read": str}
+CARD_OPTIONAL = {"dtype": str, "created_at": str, "files": dict, "lineage": dict, "clusters": dict,
+                 "description": str, "license": str, "manifest_columns": dict, "schema": dict, "metrics": dict,
+                 "params": dict, "models": dict, "source_corpus": dict, "run_id": str}
+LATEST_FIELDS = {"version": int}
+
+
+def read_card(path: AnyPath, root: AnyPath | None = None) -> dict:
+    """The card.json at PATH checked against its typed shape (a RecordError naming it otherwise)."""
+    return read_record(path, VERSION_FIX, CARD_FIELDS, CARD_OPTIONAL, root=root)
+
+
+def latest_version(ddir: AnyPath, versions: list[int], root: AnyPath | None = None) -> int:
+    """The version latest.json names (checked), else the newest committed one. A latest.json that
+    names a version without its commit marker means that version was committed and lost its marker
+    (the marker is written before latest.json): an error, not a silent fall-back to an older one."""
+    path = fs.as_path(ddir) / "latest.json"
+    if not path.exists():
+        return versions[-1]
+    v = read_record(path, LATEST_FIX, LATEST_FIELDS, root=root)["version"]
+    if v not in versions and v > versions[-1]:
+        raise RecordError(f"{shown(path, root)}: field 'version' is {v}, but {shown(fs.as_path(ddir) / f'v{v}', root)} "
+                          f"has no commit marker ({MARKER}); restore that version folder from a backup")
+    return v if v in versions else versions[-1]
 
 
 def _versions(ddir: AnyPath) -> list[int]:
@@ -149,6 +178,7 @@ class DatasetWriter:
             version = (_versions(self.dir) or [0])[-1] + 1
             final = self.dir / f"v{version}"
             if final.exists():  # a version folder left without its marker by a crash: never visible
+                _clear_uncommitted(self.dir, version, self.store.root)
                 fs.rmtree(final)
             card = {"name": self.name, "version": version, "n_images": self.n, "shape": list(self.shape),
                     "dtype": "uint8", "created_at": utc_now(),
@@ -194,11 +224,11 @@ class DatasetVersion:
 
     @property
     def manifest(self) -> pd.DataFrame:
-        return fs.read_parquet(self.path / "manifest.parquet")
+        return read_table(self.path / "manifest.parquet", VERSION_FIX)
 
     @property
     def card(self) -> dict:
-        return read_json(self.path / "card.json")
+        return read_card(self.path / "card.json")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -223,11 +253,27 @@ class TorchDataset:
         return (self.transform(x) if self.transform else x), self.rows[i]
 
 
+def _clear_uncommitted(ddir: AnyPath, version: int, root: AnyPath) -> None:
+    """Before a left-over ``v<version>`` folder without marker is removed (under the dataset's lock,
+    so its writer is gone): refuse when latest.json names it, i.e. it was committed and its marker
+    is lost, not a crash between the move and the marker."""
+    latest = fs.as_path(ddir) / "latest.json"
+    if latest.exists() and read_record(latest, LATEST_FIX, LATEST_FIELDS, root=root)["version"] >= version:
+        raise RecordError(f"{shown(fs.as_path(ddir) / f'v{version}', root)} has no commit marker ({MARKER}) but "
+                          f"{shown(latest, root)} names version {version}: it was committed, so it is left as it is; "
+                          "restore its marker or the folder from a backup")
+
+
 def _dataset_dir(name_or_path: str | Path, store: Store | None) -> AnyPath:
-    p = fs.as_path(name_or_path)
-    if p.is_dir() and ((p / "latest.json").exists() or any(p.glob(f"v*/{MARKER}"))):
-        return p
-    return (store or Store()).dataset_dir(str(name_or_path))
+    """A dataset's folder: a ``str`` is a name, resolved only inside the store (a path-like name is
+    refused, never read from wherever it points); a ``Path`` is a version-holding folder a program
+    opens directly."""
+    if isinstance(name_or_path, str):
+        if "/" in name_or_path or "\\" in name_or_path or name_or_path in (".", ".."):
+            raise ValueError(f"dataset name {name_or_path!r} is a path: give the name of a dataset of the store "
+                             "(`cci datasets list`)")
+        return (store or Store()).dataset_dir(name_or_path)
+    return fs.as_path(name_or_path)
 
 
 def dataset_versions(name: str | Path, store: Store | None = None) -> list[int]:
@@ -249,9 +295,7 @@ def open_dataset(name_or_path: str | Path, version: int | str = "latest", store:
                                   + (f" (known: {', '.join(known)})" if known else "")
                                   + "; publish one with `cci generate RUN --dataset NAME`")
     if version == "latest":
-        latest = ddir / "latest.json"
-        v = read_json(latest)["version"] if latest.exists() else versions[-1]
-        v = v if v in versions else versions[-1]
+        v = latest_version(ddir, versions, store.root if store else None)
     else:
         m = _VERSION_RE.match(str(version))
         try:

@@ -23,12 +23,12 @@ from typing import Any
 from cci_core.store import fs
 from cci_core.store.fs import AnyPath
 from cci_core.store.lineage import LineageStore
+from cci_core.store.record_check import RecordError, check_fields, read_record
 from cci_core.store.store import (
     Store,
     atomic_write_json,
     file_lock,
     process_identity,
-    read_json,
     utc_now,
     validate_name,
     writer_alive,
@@ -36,6 +36,20 @@ from cci_core.store.store import (
 
 RUN_FILE = "run.json"
 _LOCK_FILE = ".run.lock"
+RUN_FIX = "restore the file from a backup or start a new run with another --run-id"
+# run.json's typed shape: what every reader may rely on once read_run returned (paths may be
+# absolute or relative to the store; fields not named here are kept unchecked)
+RUN_FIELDS = {"run_id": str, "status": str}
+RUN_OPTIONAL = {"kind": str, "corpus": str, "corpus_version": int, "corpus_artifact_id": str, "parent_run": str,
+                "refreshed_from": str, "children": list, "created_at": str, "finished_at": str, "writer": dict,
+                "params": dict, "n_rows": int, "shape": list, "has_labels": bool, "store": str, "run_dir": str,
+                "clustering": dict, "partitions": list, "embeddings": dict, "classifier": str,
+                "classifier_artifact_id": str, "parent_clustering_artifact_id": str, "training": dict,
+                "evaluation": dict, "features": dict}
+_COMPLETE_FIELDS = {"corpus": str, "corpus_version": int}
+_CHILD_FIELDS = {"run_id": str, "kind": str}
+_PARTITION_FIELDS = {"cluster": int, "count": int, "path": str}
+_WRITER_OPTIONAL = {"pid": int, "host": str, "started": float}
 # Kinds of run a parent lists among its children.
 DERIVED_KINDS = ("refined", "self-conditioned", "refresh")
 
@@ -109,14 +123,39 @@ def run_file(store: Store, run_id: str) -> AnyPath:
     return store.run_dir(validate_name(run_id, "run id")) / RUN_FILE
 
 
+def checked_run(store: Store, run_id: str) -> dict:
+    """The run.json of RUN_ID as on disk, read once and checked against its typed shape
+    (:data:`RUN_FIELDS`): JSON that cannot be parsed, a field of the wrong type, or a record of
+    another run id is a :class:`~cci_core.store.record_check.RecordError` naming the file and the field."""
+    path = run_file(store, run_id)
+    run = read_record(path, RUN_FIX, RUN_FIELDS, RUN_OPTIONAL, root=store.root)
+    if run["run_id"] != run_id:
+        raise RecordError(f"runs/{run_id}/{RUN_FILE}: field 'run_id' is {run['run_id']!r}, expected {run_id!r} "
+                          f"(the folder's name); {RUN_FIX}")
+    if run["status"] == "complete":
+        check_fields(run, path, RUN_FIX, _COMPLETE_FIELDS, root=store.root)
+    for i, child in enumerate(run.get("children") or ()):
+        check_fields(child, path, RUN_FIX, _CHILD_FIELDS, prefix=f"children[{i}].", root=store.root)
+    for i, part in enumerate(run.get("partitions") or ()):
+        check_fields(part, path, RUN_FIX, _PARTITION_FIELDS, prefix=f"partitions[{i}].", root=store.root)
+    if run.get("writer") is not None:
+        check_fields(run["writer"], path, RUN_FIX, optional=_WRITER_OPTIONAL, prefix="writer.", root=store.root)
+    shape = run.get("shape")
+    if shape is not None and (len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                         for n in shape)):
+        raise RecordError(f"runs/{run_id}/{RUN_FILE}: field 'shape' is {shape!r}, expected [height, width, channels] "
+                          f"as positive integers; {RUN_FIX}")
+    return run
+
+
 def read_run(store: Store, run_id: str) -> dict:
-    """The run.json of a run; a clear LookupError when there is no such run."""
+    """The run.json of a run (checked: :func:`checked_run`); a clear LookupError when there is no such run."""
     path = run_file(store, run_id)
     if not path.exists():
         runs = list_runs(store)
         hint = f"; runs in this store: {', '.join(runs[-5:])}" if runs else "; run `cci cluster CORPUS` first"
         raise LookupError(f"no run {run_id!r} in {store.root}{hint}")
-    return read_json(path)
+    return checked_run(store, run_id)
 
 
 def load(store: Store, run_id: str) -> RunRecord:
@@ -146,7 +185,7 @@ def update_run(store: Store, run_id: str, **fields) -> dict:
     so concurrent updates of one run never lose each other's fields."""
     path = run_file(store, run_id)
     with file_lock(path.parent / _LOCK_FILE):
-        run = read_json(path)
+        run = checked_run(store, run_id)  # a record that cannot be read is refused, never overwritten
         run.update(fields)
         atomic_write_json(path, run)
     return run
@@ -158,8 +197,8 @@ def add_child(store: Store, parent_id: str, child_id: str, kind: str) -> dict:
         raise ValueError(f"child kind {kind!r}: must be one of {', '.join(DERIVED_KINDS)}")
     path = run_file(store, parent_id)
     with file_lock(path.parent / _LOCK_FILE):
-        run = read_json(path)
-        kids = [c for c in run.get("children", []) if c["run_id"] != child_id]
+        run = checked_run(store, parent_id)
+        kids = [c for c in run.get("children") or [] if c["run_id"] != child_id]
         run["children"] = kids + [{"run_id": child_id, "kind": kind}]
         atomic_write_json(path, run)
     return run
@@ -173,19 +212,17 @@ def children(store: Store, run_id: str, kind: str | None = None) -> list[dict]:
             continue
         path = run_file(store, c.run_id)
         if path.exists():
-            child = read_json(path)
+            child = checked_run(store, c.run_id)
             if child.get("status") == "complete":
                 out.append(child)
     return out
 
 
 def _unfinished(store: Store, run_id: str) -> dict:
-    """run.json of an unfinished run ({} when there is none); a finished run id is refused."""
+    """run.json of an unfinished run ({} when there is none); a finished run id is refused, and so
+    is a run.json that cannot be read: only a readable record proves a run unfinished."""
     path = run_file(store, run_id)
-    try:
-        run = read_json(path) if path.exists() else {}
-    except ValueError:  # a run.json cut short cannot happen (atomic writes); treat as unfinished
-        run = {}
+    run = checked_run(store, run_id) if path.exists() else {}
     if run.get("status") == "complete":
         raise ValueError(f"run {run_id!r} already exists and is complete; choose another --run-id")
     return run
@@ -215,9 +252,21 @@ def claim_run_dir(store: Store, run_id: str, params: dict | None = None) -> dict
     if params is not None and existing and existing.get("params") == params:
         return existing
     if rdir.exists():
+        if not existing:
+            _refuse_unknown_folder(rdir, run_id)
         fs.rmtree(rdir)
     fs.makedirs(rdir)
     return {}
+
+
+def _refuse_unknown_folder(rdir: AnyPath, run_id: str) -> None:
+    """A run folder without run.json may be cleared only when it is empty (a writer killed between
+    creating it and writing its record); one that holds files is some run whose record is lost."""
+    held = [p.name for p in rdir.iterdir() if p.name != _LOCK_FILE]
+    if held:
+        raise ValueError(f"runs/{run_id} holds {len(held)} entries ({', '.join(sorted(held)[:3])}"
+                         f"{', ...' if len(held) > 3 else ''}) but no {RUN_FILE}: it is not a run this store can "
+                         "resume, so it is left as it is; restore its run.json from a backup, or choose another --run-id")
 
 
 def list_runs(store: Store) -> list[str]:
@@ -228,7 +277,7 @@ def list_runs(store: Store) -> list[str]:
     done = []
     for p in base.iterdir():
         try:
-            if (p / RUN_FILE).exists() and read_json(p / RUN_FILE).get("status") == "complete":
+            if (p / RUN_FILE).exists() and checked_run(store, p.name).get("status") == "complete":
                 done.append(p.name)
         except ValueError:
             continue

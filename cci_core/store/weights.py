@@ -11,7 +11,13 @@ import torch
 
 from cci_core.store import fs
 from cci_core.store.fs import AnyPath
+from cci_core.store.record_check import read_record, read_tensors
 from cci_core.store.store import atomic_write_bytes
+
+WEIGHTS_FIX = "restore the model folder from a backup, or train the model again into a new run"
+# the typed shape of each config written beside its weights (checked once when loaded)
+CONFIG_FIELDS = {"generator": {"kind": str, "model": dict}, "state": {"kind": str, "model": dict},
+                 "classifier": {"cnn": dict}, "model": {"channels": int, "n_classes": int, "embed_dim": int}}
 
 
 def save_weights(directory: str | Path, tensors: dict[str, torch.Tensor], config: Any,
@@ -38,4 +44,6 @@ def load_weights(directory: str | Path, name: str = "model",
     if not weights.exists() or not config.exists():
         raise FileNotFoundError(f"no saved weights '{name}' in {directory} "
                                 f"(expected {weights.name} and {config.name})")
-    return fs.load_tensors(weights, device=str(device)), json.loads(config.read_text())
+    # the config first: it is small, and a damaged one says more than the tensors' error
+    info = read_record(config, WEIGHTS_FIX, CONFIG_FIELDS.get(name, {}))
+    return read_tensors(weights, WEIGHTS_FIX, device=str(device)), info

@@ -20,9 +20,9 @@ def corpus_info(name: str = typer.Argument(..., help="Corpus name."),
     """
     from cci_core.store.corpus import open_corpus
     c = run_guarded(open_corpus, read_store(store), name, version)
-    info = c.info()
+    info = run_guarded(c.info)  # reads index.parquet and quarantine.parquet: damage is one line
     if as_json:
-        info["quarantine"] = c.quarantine().to_dict("records")
+        info["quarantine"] = run_guarded(c.quarantine).to_dict("records")
         print_json(info)
         return
     out.print(f"[bold]{lit(name)}[/] v{info['version']}  {info['n_rows']:,} images  "
@@ -52,6 +52,10 @@ def corpus_list(store: Optional[str] = StoreOpt):
     s = read_store(store)
     t = Table("corpus", "version", "rows", "shape", "lineage id")
     for name in s.corpora():
-        c = open_corpus(s, name)
+        try:
+            c = open_corpus(s, name)
+        except ValueError:  # a damaged corpus.json: listed as such, the others still shown
+            t.add_row(lit(name), "damaged", "", "", f"see `cci corpus info {lit(name)}`")
+            continue
         t.add_row(lit(name), str(c.version), f"{c.n_rows:,}", "x".join(map(str, c.shape.hwc)), c.artifact_id or "")
     out.print(t)

@@ -19,8 +19,8 @@ def datasets_list(store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """
     from cci_core.store.datasets import dataset_versions, list_datasets, open_dataset
     s = read_store(store)
-    rows = [{"name": n, "versions": dataset_versions(n, s), "latest": open_dataset(n, store=s).version}
-            for n in list_datasets(s)]
+    rows = run_guarded(lambda: [{"name": n, "versions": dataset_versions(n, s), "latest": open_dataset(n, store=s).version}
+                                for n in list_datasets(s)])
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -40,11 +40,11 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
     """
     from cci_core.store.datasets import open_dataset
     ds = run_guarded(open_dataset, name, version, store=read_store(store))
-    card = ds.card
+    card = run_guarded(getattr, ds, "card")  # card.json and manifest.parquet are checked when read
     if as_json:
         print_json(card)
         return
-    m = ds.manifest
+    m = run_guarded(getattr, ds, "manifest")
     out.print(f"[bold]{lit(ds.name)}[/] v{ds.version}  {len(ds):,} images {'x'.join(map(str, card['shape']))} uint8\n"
               f"  path: {lit(ds.path)}\n  {lit(card.get('description', ''))}\n"
               f"  lineage id: {card.get('lineage', {}).get('artifact_id')}\n  read it: {lit(card['how_to_read'])}",
