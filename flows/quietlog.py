@@ -42,9 +42,31 @@ def install() -> None:
     PrefectConsoleHandler.format = format
 
 
+def _expected_names() -> set[str]:
+    names, todo = set(), list(EXPECTED)
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ not in names:
+            names.add(cls.__name__)
+            todo.extend(cls.__subclasses__())
+    return names
+
+
+def _quiet_compute_failed(record: logging.LogRecord) -> bool:
+    """A Dask worker logs a graph task's failure as "Compute Failed" with the traceback's text
+    (the exception only as its repr): leave those out for the expected error classes, whose
+    one line the CLI prints when the error reaches it."""
+    if not str(record.msg).startswith("Compute Failed") or not isinstance(record.args, tuple) or len(record.args) < 4:
+        return True
+    return str(record.args[3]).partition("(")[0] not in _expected_names()
+
+
 def dask_setup(worker=None) -> None:
     """Dask preload hook: run in each worker process at start."""
     levels = {name: logging.getLogger(name).level for name in ("distributed", "dask")}
     install()  # importing Prefect configures logging: keep the worker's own (quiet) levels
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    worker_log = logging.getLogger("distributed.worker")
+    if _quiet_compute_failed not in worker_log.filters:
+        worker_log.addFilter(_quiet_compute_failed)

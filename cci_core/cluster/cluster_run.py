@@ -43,7 +43,7 @@ import zarr
 
 from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
 from cci_core.cluster.records import ClusteringSummary, ClusterParams, ClusterPlan, EmbeddingsSummary, LabelledRun
-from cci_core.store import fs, runs
+from cci_core.store import fs, integrity, runs
 from cci_core.store.corpus import Corpus, open_corpus
 from cci_core.store.store import (
     Store,
@@ -115,7 +115,7 @@ def _write_zarr(path, X: da.Array) -> None:
     rows = max(1, min(max(rows, max(X.chunks[0], default=1)), X.shape[0]))
     X = X.rechunk({0: rows, 1: -1})  # blocks = chunks: no two tasks write one chunk
     arr = zarr.create_array(fs.zarr_url(path), shape=X.shape, chunks=(rows, X.shape[1]),
-                            dtype="float32", overwrite=True)
+                            dtype="float32", compressors=integrity.compressors(), overwrite=True)
     da.store(X.astype(np.float32), arr, lock=False)
 
 
@@ -140,9 +140,11 @@ def space_in_memory(X: da.Array) -> Iterator[np.ndarray | da.Array]:
 
 
 def embeddings(plan: ClusterPlan | Mapping, name: str = "embeddings.zarr") -> da.Array:
-    """The run's embeddings (or ``space.zarr``) as a lazy Dask array."""
+    """The run's embeddings (or ``space.zarr``) as a lazy Dask array (a damaged chunk is a
+    :class:`~cci_core.store.integrity.ChunkDamagedError` when computed)."""
     import dask.array as da
-    return da.from_zarr(fs.zarr_url(ClusterPlan.of(plan).dir / name))
+    rdir = ClusterPlan.of(plan).dir
+    return da.from_zarr(integrity.open_checked(rdir / name, f"runs/{fs.as_path(rdir).name}/{name}"))
 
 
 def fit_blocks(X: da.Array, max_rows: int) -> da.Array:

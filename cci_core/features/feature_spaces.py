@@ -42,7 +42,7 @@ import pandas as pd
 from cci_core.features.probes import evaluate_space
 from cci_core.features.records import SPACES, FeatureParams, FeaturePlan, FeatureSpace
 from cci_core.features.report import write_report
-from cci_core.store import fs, runs
+from cci_core.store import fs, integrity, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
 
@@ -230,7 +230,7 @@ def extract_features(images, n_rows: int, fn, path: str | Path, batch_size: int 
         f = fn(np.asarray(images[s:min(n_rows, s + batch_size)]))
         if arr is None:
             arr = zarr.create_array(fs.zarr_url(path), shape=(n_rows, f.shape[1]), chunks=(min(chunk_rows, n_rows), f.shape[1]),
-                                    dtype="float32", overwrite=True)
+                                    dtype="float32", compressors=integrity.compressors(), overwrite=True)
         buf.append(f)
         if sum(len(b) for b in buf) >= chunk_rows or s + batch_size >= n_rows:
             block = np.concatenate(buf)

@@ -293,6 +293,7 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
 
     from cci_core.palette.segment import check_k as seg_k
     from cci_core.palette.segment import overlay, segment_images
+    from cci_core.store import integrity
     seg_k(k)
     info = palette_source(store, source)
     images, _rows, _ids = source_images(store, info)
@@ -305,7 +306,8 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
     base = store.root / "segments"
     with staging(base) as tmp:
         arr = zarr.create_array(fs.zarr_url(tmp / "labels.zarr"), shape=(n, h, w), chunks=(rows_per_task, h, w),
-                                dtype="uint8", compressors=[BloscCodec(cname="zstd", clevel=5)], overwrite=True)
+                                dtype="uint8", compressors=integrity.compressors(BloscCodec(cname="zstd", clevel=5)),
+                                overwrite=True)
         labels.store(arr, lock=False)
         chash = hashlib.sha256()
         for s in range(0, n, rows_per_task):

@@ -14,7 +14,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from cci_core.common.shapes import ImageShape
-from cci_core.store import fs
+from cci_core.store import fs, integrity
 from cci_core.store.fs import AnyPath
 from cci_core.store.record_check import RecordError, check_fields, read_record, read_table
 from cci_core.store.store import Store, atomic_write_json, atomic_write_parquet
@@ -82,8 +82,9 @@ class Corpus:
         return self.dir / "images.zarr"
 
     def images(self) -> zarr.Array:
-        """The image array, opened read-only. Only rows ``[0, n_rows)`` are committed."""
-        return zarr.open_array(fs.zarr_url(self.images_path), mode="r")
+        """The image array, opened read-only. Only rows ``[0, n_rows)`` are committed. A damaged
+        chunk is a :class:`~cci_core.store.integrity.ChunkDamagedError` when read."""
+        return integrity.open_checked(self.images_path, f"corpora/{self.name}/images.zarr")
 
     def read_images(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Pixels of committed rows, (n, H, W, C) uint8."""
@@ -178,7 +179,7 @@ def ensure_images_array(cdir: AnyPath, shape: ImageShape, n_total: int) -> zarr.
     return zarr.create_array(
         store=fs.zarr_url(path), shape=(n_total, *shape.hwc), chunks=(rows, *shape.hwc), dtype="uint8",
         # zstd level 1: twice as fast to write as level 3 on image data, files ~1% larger
-        compressors=BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle"), fill_value=0,
+        compressors=integrity.compressors(BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")), fill_value=0,
         dimension_names=["n", "y", "x", "c"])
 
 

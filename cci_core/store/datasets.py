@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec
 
-from cci_core.store import dataset_card, fs
+from cci_core.store import dataset_card, fs, integrity
 from cci_core.store.fs import AnyPath
 from cci_core.store.record_check import RecordError, read_record, read_table, shown
 from cci_core.store.store import (
@@ -130,7 +130,7 @@ class DatasetWriter:
         self.staging = make_staging(self.dir)
         self._images = zarr.create_array(
             fs.zarr_url(self.staging / "images.zarr"), shape=(0, *self.shape), chunks=(chunk_rows, *self.shape),
-            dtype="uint8", compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")])
+            dtype="uint8", compressors=integrity.compressors(BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")))
         self._rows: list[pd.DataFrame] = []
         self.n = 0
         self.committed: DatasetVersion | None = None
@@ -220,7 +220,7 @@ class DatasetVersion:
 
     @property
     def images(self) -> zarr.Array:
-        return zarr.open_array(fs.zarr_url(self.path / "images.zarr"), mode="r")
+        return integrity.open_checked(self.path / "images.zarr", f"datasets/{self.name}/v{self.version}/images.zarr")
 
     @property
     def manifest(self) -> pd.DataFrame:

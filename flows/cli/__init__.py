@@ -27,6 +27,7 @@ from flows.cli import (  # noqa: E402
     refine,
     run,
     server,
+    store,
     train,
 )
 
@@ -47,6 +48,7 @@ GROUPS = (
      (("list", datasets.datasets_list), ("show", datasets.datasets_show), ("export", datasets.datasets_export))),
     ("server", "Keep a Prefect server and a Dask cluster warm between commands.",
      (("start", server.server_start), ("stop", server.server_stop), ("status", server.server_status))),
+    ("store", "Check the store's files: `cci store verify`.", (("verify", store.store_verify),)),
 )
 
 
