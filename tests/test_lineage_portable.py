@@ -120,9 +120,10 @@ def test_by_uri_finds_the_newest_record_of_a_path_in_one_query(tmp_path):
 
 
 def test_two_writers_recording_the_same_artifact_at_once_both_get_it(tmp_path, monkeypatch):
-    """Two `cci cluster` runs in one store fit the same PCA: both record the same artifact id. The
-    second writer's check can run before the first one's insert commits; its insert must then
-    return the first one's record, not fail on the duplicate key."""
+    """Two writers of one run (a resumed run and the killed one's last task) record the same PCA in
+    the same place: both get the same artifact id. The second writer's check can run before the
+    first one's insert commits; its insert must then return the first one's record, not fail on
+    the duplicate key."""
     lin = LineageStore(f"sqlite:///{tmp_path / 'lineage.db'}", root=tmp_path)
     first = lin.record("pca", "r1/pca", str(tmp_path / "r1" / "pca"), "h", params={"n": 5})
     real_find, calls = LineageStore.find, []
@@ -132,7 +133,7 @@ def test_two_writers_recording_the_same_artifact_at_once_both_get_it(tmp_path, m
         return None if len(calls) == 1 else real_find(self, aid)
 
     monkeypatch.setattr(LineageStore, "find", find_before_the_other_commit)
-    again = lin.record("pca", "r2/pca", str(tmp_path / "r2" / "pca"), "h", params={"n": 5}, metrics={"var": 0.5})
+    again = lin.record("pca", "r1/pca", str(tmp_path / "r1" / "pca"), "h", params={"n": 5}, metrics={"var": 0.5})
     monkeypatch.undo()
     assert again.id == first.id and len(calls) >= 2
     assert lin.get(first.id).metrics == {"var": 0.5} and len(lin.list(kind="pca")) == 1

@@ -26,7 +26,8 @@ from cci_core.generate.sampling import generate, load_generator
 from cci_core.refine.classifier import last_done_round, load_classifier
 from cci_core.store import fs, runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, read_json
+from cci_core.store.relpaths import read_record
+from cci_core.store.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +101,9 @@ def test_refined_run_on_s3_keeps_its_classifier_and_resumes(stores):
 
 def test_generators_on_s3_load_back_and_draw_the_local_images(stores):
     local, remote, cwd = stores
-    report = read_json(_run_dir(remote, "ref") / "models" / "training.json")
-    local_dirs = {m["name"]: m["dir"] for m in read_json(_run_dir(local, "ref") / "models" / "training.json")["models"]}
+    report = read_record(remote.root, _run_dir(remote, "ref") / "models" / "training.json")  # store-relative on disk
+    local_dirs = {m["name"]: m["dir"]
+                  for m in read_record(local.root, _run_dir(local, "ref") / "models" / "training.json")["models"]}
     assert sorted(local_dirs) == sorted(m["name"] for m in report["models"]) and report["models"]
     for m in report["models"]:
         assert m["dir"].startswith("s3://") and fs.as_path(m["generator"]).exists()

@@ -197,7 +197,7 @@ def fit_embeddings(store: Store, plan: ClusterPlan | Mapping, producer: dict | N
         producer=producer, inputs=[(plan.corpus_artifact_id, "corpus")])
     emb_art = lin.record(
         "embeddings", f"{plan.run_id}/embeddings", str(run / "embeddings.zarr"),
-        hashlib.sha256(f"{pca_art.id}|{plan.corpus_artifact_id}".encode()).hexdigest(),
+        hashlib.sha256(f"{pca_art.content_hash}|{plan.corpus_artifact_id}".encode()).hexdigest(),  # PCA and corpus fix it
         size=int(plan.n_rows) * int(pca.n_components_) * 4, params=pca_params,
         producer=producer, inputs=[(pca_art.id, "pca"), (plan.corpus_artifact_id, "corpus")])
     out = EmbeddingsSummary(pca_artifact_id=pca_art.id, embeddings_artifact_id=emb_art.id,

@@ -42,9 +42,9 @@ import pandas as pd
 from cci_core.features.probes import evaluate_space
 from cci_core.features.records import SPACES, FeatureParams, FeaturePlan, FeatureSpace
 from cci_core.features.report import write_report
-from cci_core.store import fs, integrity, runs
+from cci_core.store import fs, integrity, relpaths, runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, hash_files, read_json
+from cci_core.store.store import Store, hash_files
 
 
 def params_fields() -> set[str]:
@@ -84,7 +84,8 @@ def _trained_models(r: dict, store: Store) -> list[dict]:
     path = store.run_dir(r["run_id"]) / "models" / "training.json"
     if not path.exists():
         return []
-    return [m for m in read_json(path).get("models", []) if (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
+    return [m for m in relpaths.read_record(store.root, path).get("models", [])
+            if (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
 
 
 def find_space(store: Store, run: dict, space: str) -> FeatureSpace:
@@ -139,7 +140,7 @@ def find_space(store: Store, run: dict, space: str) -> FeatureSpace:
         for r in chain:
             d = store.run_dir(r["run_id"]) / "models" / "vae-corpus"
             if (d / "generator.safetensors").exists():
-                info = read_json(d / "model.json") if (d / "model.json").exists() else {}
+                info = relpaths.read_record(store.root, d / "model.json") if (d / "model.json").exists() else {}
                 return FeatureSpace(space, "vae", str(d), info.get("artifact_id"), r["run_id"], "vae-corpus",
                                     f"latent means of the whole-corpus VAE of run {r['run_id']}")
         cands = [(-int(m.get("n_train") or 0), r["run_id"], m) for r in chain for m in _trained_models(r, store)
@@ -311,5 +312,5 @@ def train_corpus_vae(store: Store, run_id: str, steps: int = 2000, width: int = 
     summary = {"name": "vae-corpus", "model": "vae", "dir": str(out_dir), "artifact_id": art.id,
                "steps": res["steps"], "n_train": res["n_train"], "seconds": round(res["seconds"], 3),
                "losses": res["losses"]}
-    atomic_write_json(out_dir / "model.json", summary)
+    relpaths.write_record(store.root, out_dir / "model.json", summary)
     return summary

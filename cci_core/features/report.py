@@ -11,8 +11,8 @@ import numpy as np
 
 from cci_core.features.probes import PROBES, pct
 from cci_core.features.records import FeaturePlan
-from cci_core.store import fs, runs
-from cci_core.store.store import Store, atomic_write_json, hash_files, utc_now
+from cci_core.store import fs, relpaths, runs
+from cci_core.store.store import Store, hash_files, utc_now
 
 
 def table_rows(results: list[dict], fractions) -> list[dict]:
@@ -97,7 +97,7 @@ def write_report(store: Store, plan: FeaturePlan | dict, results: list[dict], pr
               "created_at": utc_now(), "k": plan.k, "params": params, "spaces": results, "table": rows,
               "skipped": skipped, "probe_note": plan.probe_note, "chart": str(chart),
               "markdown": "\n".join(md)}
-    path = atomic_write_json(rdir / "features.json", report)
+    path = relpaths.write_record(store.root, rdir / "features.json", report)
     inputs = [(plan.corpus_artifact_id, "corpus")]
     inputs += [(r["embeddings_artifact_id"], "features") for r in results if r.get("embeddings_artifact_id")]
     metrics = {f"{r['space']}_{m}": r[m] for r in results for m in ("acc", "nmi", "ari", "silhouette")

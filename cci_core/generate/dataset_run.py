@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core.store import dataset_card, fs, runs
+from cci_core.store import dataset_card, fs, relpaths, runs
 from cci_core.store.datasets import DatasetWriter
-from cci_core.store.store import Store, read_json, validate_name
+from cci_core.store.store import Store, validate_name
 
 MANIFEST_SCHEMA = {
     "index": "int64: row in images.zarr", "image_id": "sha256 of the pixels",
@@ -43,7 +43,7 @@ def chosen_models(store: Store, run: dict, which: str | None) -> tuple[str, list
     path = store.run_dir(run["run_id"]) / "models" / "training.json"
     if not path.exists():
         raise ValueError(f"run {run['run_id']!r} has no trained generators; run `cci train {run['run_id']}` first")
-    models = read_json(path)["models"]
+    models = relpaths.read_record(store.root, path)["models"]
     by_kind: dict[str, list[dict]] = {}
     for m in models:
         by_kind.setdefault(m["kind"], []).append(m)

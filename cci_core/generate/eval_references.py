@@ -19,10 +19,10 @@ import numpy as np
 from cci_core.cluster.labels import read_labels
 from cci_core.common.memory import memory_budget_bytes
 from cci_core.generate.records import EvaluationPlan, as_plan
-from cci_core.store import fs
+from cci_core.store import fs, relpaths
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import lineage_store
-from cci_core.store.store import Store, atomic_write_json, hash_files
+from cci_core.store.store import Store, hash_files
 
 
 def sample_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -202,5 +202,5 @@ def prepare_references(store: Store, plan: EvaluationPlan | dict, producer: dict
             ok = lab >= 0
             real_fidelity = {"fidelity": float((pr[ok].argmax(1) == lab[ok]).mean()), "n": int(ok.sum())}
     refs = {"spaces": spaces, "real": real, "floor": floor, "real_fidelity": real_fidelity, "notes": notes}
-    atomic_write_json(eval_dir / "references.json", refs)
+    relpaths.write_record(store.root, eval_dir / "references.json", refs)
     return refs

@@ -31,10 +31,10 @@ import numpy as np
 from cci_core.generate.eval_references import batched, prepare_references, space_fns
 from cci_core.generate.records import ClusterSize, EvalGroup, EvaluationPlan, GroupModel, SkippedCluster, as_plan
 from cci_core.generate.settings import EvalParams
-from cci_core.store import fs
+from cci_core.store import fs, relpaths
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
-from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
+from cci_core.store.store import Store, hash_files, utc_now
 
 HEADLINE = ("fid", "kid", "precision", "recall", "density", "coverage", "fidelity", "is")
 GROUP_ORDER = ("per_cluster", "conditional", "baseline")
@@ -47,7 +47,7 @@ def make_evaluation_plan(store: Store, run_id: str, params: EvalParams) -> Evalu
     path = store.run_dir(run_id) / "models" / "training.json"
     if not path.exists():
         raise ValueError(f"run {run_id!r} has no trained models yet; run `cci train {run_id}` first")
-    training = read_json(path)
+    training = relpaths.read_record(store.root, path)
     groups: dict[str, dict] = {}
     for m in training["models"]:
         if not (fs.as_path(m["dir"]) / "generator.safetensors").exists():
@@ -174,7 +174,7 @@ def evaluate_group(store: Store, plan: EvaluationPlan | dict, refs: dict, group:
               "models": {m.name: m.artifact_id for m in group.models},
               "reports": reports, "per_cluster": per_cluster, "grid": str(grid),
               "seconds": round(time.perf_counter() - t0, 3)}
-    atomic_write_json(eval_dir / f"{group.group}.json", result)
+    relpaths.write_record(store.root, eval_dir / f"{group.group}.json", result)
     return result
 
 
@@ -248,7 +248,7 @@ def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results:
                                          "pixel_range": r["pixel_range"]} for r in results},
               "markdown": markdown}
     path = fs.as_path(plan.run_dir) / "reports" / "generation.json"
-    atomic_write_json(path, report)
+    relpaths.write_record(store.root, path, report)
     headline = {f"{g}_{m}": reports["classifier"][g][m] for g in groups for m in HEADLINE
                 if _finite(reports["classifier"][g].get(m))}
     inputs = [(aid, "model") for r in results for aid in r["models"].values()]

@@ -52,7 +52,7 @@ from cci_core.generate.selfcond_clusters import (
 )
 from cci_core.generate.settings import SelfCondParams
 from cci_core.generate.training_run import record_model, write_training_report
-from cci_core.store import fs, runs
+from cci_core.store import fs, relpaths, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, atomic_write_json, derived_name, hash_files, read_json
 
@@ -304,7 +304,7 @@ def finish_selfcond(store: Store, plan: SelfCondPlan | dict, cl: dict, parts: li
         resumed_from=None, losses=cl["history"][-1].get("losses") or {}, artifact_id=cl["model_artifact_id"],
         samples=last_sample(out_dir), loss_curve=str(out_dir / "loss.png"), device=cl["device"],
         self_conditioned=True).to_json()
-    atomic_write_json(out_dir / "model.json", model)
+    relpaths.write_record(store.root, out_dir / "model.json", model)
     train_params = {"model": "gan", "mode": "self-conditioned", "steps": p.steps, "batch_size": p.batch_size,
                     "width": p.width, "z_dim": p.z_dim, "loss": p.loss, "seed": p.seed,
                     "recluster_every": p.recluster_every}

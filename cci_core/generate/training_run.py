@@ -47,10 +47,10 @@ from cci_core.generate.records import (
     model_metrics,
 )
 from cci_core.generate.settings import TrainParams
-from cci_core.store import fs
+from cci_core.store import fs, relpaths
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
-from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
+from cci_core.store.store import Store, hash_files, utc_now
 
 
 def _job(job) -> TrainJob:
@@ -200,7 +200,7 @@ def train_job(store: Store, plan: TrainingPlan | dict, job: TrainJob | dict, pro
         loss_curve=str(res["loss_curve"]) if res["loss_curve"] else None,
         device=str(tcfg.device or _device_name()))
     summary = record.to_json()
-    atomic_write_json(out_dir / "model.json", summary)
+    relpaths.write_record(store.root, out_dir / "model.json", summary)
     return summary
 
 
@@ -219,7 +219,7 @@ def write_training_report(store: Store, *, run_id: str, run_dir: str, corpus: st
                "skipped": skipped, "total_steps": total_steps, "models": models,
                "model_artifact_ids": {r["name"]: r["artifact_id"] for r in models},
                "training_report": str(path), "finished_at": utc_now()}
-    atomic_write_json(path, summary)
+    relpaths.write_record(store.root, path, summary)
     update_run(store, run_id, training={"report": str(path), "mode": mode, "model": model,
                                         "model_artifact_ids": summary["model_artifact_ids"],
                                         "finished_at": summary["finished_at"]})
@@ -239,7 +239,7 @@ def finish_training(store: Store, plan: TrainingPlan | dict, results: list[dict]
     kept = []
     if path.exists():
         names = {r["name"] for r in results}
-        kept = [{**m, "from_earlier_run": True} for m in read_json(path).get("models", [])
+        kept = [{**m, "from_earlier_run": True} for m in relpaths.read_record(store.root, path).get("models", [])
                 if m["name"] not in names and (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
     params = asdict(plan.params)
     return write_training_report(

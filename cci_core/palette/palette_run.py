@@ -31,7 +31,7 @@ from cci_core.palette.palette import Palette, check_k, learn_palette
 from cci_core.palette.records import PaletteSource
 from cci_core.palette.render import MODES, check_channels, match_colors, render
 from cci_core.palette.sources import palette_source, read_image_file, source_images
-from cci_core.store import fs
+from cci_core.store import fs, relpaths
 from cci_core.store.lineage import artifact_id
 from cci_core.store.runs import lineage_store
 from cci_core.store.store import Store, atomic_write_json, publish_dir, staging
@@ -141,7 +141,7 @@ def learn_palette_step(store: Store, source: str, colors: int, space: str | None
             paths["montage"] = before_after(before, render(before, pal), stage / "montage.png")
         art = lineage_store(store).record("palette", f"{info.label}/k{pal.k}-{pal.space}", str(pdir), chash,
                                           size=fs.as_path(paths["json"]).stat().st_size, params=params, metrics=metrics,
-                                          producer=producer, inputs=list(info.inputs))
+                                          producer=producer, inputs=list(info.inputs), aid=pid)
         publish_dir(stage, pdir)  # visible only now, after its lineage record
     paths = {key: str(pdir / fs.as_path(v).name) if v else v for key, v in paths.items()}
     return {"palette_id": art.id, "palette_dir": str(pdir), **paths, "source": source, "source_kind": info.kind,
@@ -319,11 +319,11 @@ def segment_corpus_step(store: Store, source: str, k: int = 5, space: str | None
         ov = np.stack([overlay(i, arr[r]) for i, r in zip(imgs, sample)])
         save_png(make_grid(ov, ncols=min(8, len(ov))), tmp / "overlay.png", scale=max(1, min(8, 256 // max(h, w))))
         mont = str(final / "overlay.png")
-        atomic_write_json(tmp / "segments.json", {**params, "n_images": n, "source_rows": "see source",
+        relpaths.write_record(store.root, tmp / "segments.json", {**params, "n_images": n, "source_rows": "see source",
                                                   "labels": str(final / "labels.zarr"), "overlay": mont})
         art = lineage_store(store).record("segmentation", f"{info.label}/k{k}", str(final), chash.hexdigest(),
                                           params=params, metrics={"n_images": n}, producer=producer,
-                                          inputs=list(info.inputs))
+                                          inputs=list(info.inputs), aid=sid)
         publish_dir(tmp, final)  # visible only now, after its lineage record
     return {"segmentation_id": art.id, "dir": str(final), "labels": str(final / "labels.zarr"), "overlay": mont,
             "n_images": n, "k": int(k), "source": source}

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cci_core.cluster import cluster_run
-from cci_core.cluster.labels import read_labels, write_labels
+from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
 from cci_core.common.device import pick_device
 from cci_core.common.options import from_options
 from cci_core.common.shapes import MODEL_SIZES
@@ -46,6 +46,10 @@ def config_from_options(options: dict | None) -> RefineConfig:
 def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
     """Everything checkable before training; returns the parent run.json."""
     parent = runs.finished_run(store, run_id)
+    labels = fs.as_path(parent["run_dir"]) / "clustering" / LABELS_FILE
+    if not labels.exists():  # checked here, before start-up, rather than by the training task
+        raise FileNotFoundError(f"run {run_id!r} has no cluster labels: {labels} is missing; restore the run "
+                                f"folder from a backup, or cluster the corpus again (`cci cluster {parent['corpus']}`)")
     n_noise = parent["clustering"].get("n_noise", 0)
     if n_noise:
         raise ValueError(f"run {run_id!r} leaves {n_noise} rows as noise ({parent['params']['algorithm']}); "

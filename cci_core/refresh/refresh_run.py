@@ -25,9 +25,9 @@ from cci_core.cluster import cluster_run
 from cci_core.cluster.labels import read_labels, write_labels
 from cci_core.predict.predict import load_predictor
 from cci_core.refresh.records import RefreshPlan
-from cci_core.store import fs, runs
+from cci_core.store import fs, relpaths, runs
 from cci_core.store.corpus import open_corpus
-from cci_core.store.store import Store, atomic_write_json, hash_files, read_json, utc_now
+from cci_core.store.store import Store, atomic_write_json, hash_files, utc_now
 
 
 def assign_new(store: Store, run_id: str, version: int | None = None, retrain_threshold: float = 0.1,
@@ -119,7 +119,7 @@ def retrain_changed(store: Store, run_id: str, changed: list[int], params=None, 
     prev_path = store.run_dir(previous) / "models" / "training.json" if previous else None
     if not prev_path or not prev_path.exists():
         raise ValueError(f"run {run_id!r} is not a refresh of a run with trained generators")
-    prev = read_json(prev_path)
+    prev = relpaths.read_record(store.root, prev_path)
     params = params or TrainParams(**{k: v for k, v in prev["params"].items() if k in train_params_fields()})
     params.baseline = False
     plan = make_training_plan(store, run_id, params)

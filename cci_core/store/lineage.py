@@ -3,8 +3,8 @@
 Records live in a SQL database reached through SQLAlchemy: SQLite in the store by default, or
 PostgreSQL (``postgresql://user@host/db``, through psycopg 3) for many writers on many machines.
 Opening a database creates or upgrades its schema (:mod:`cci_core.store.migrations`, Alembic).
-An artifact id is derived from its content, so recording the same thing twice returns the same
-record (idempotent re-runs).
+An artifact id is derived from its content and its place (:mod:`cci_core.store.artifact_ids`):
+recording the same thing twice returns the same record, two runs of the same content keep one each.
 
 URIs are stored relative to the store root (``store://corpora/fmnist``), so a copied store
 resolves in its new place; :meth:`LineageStore.resolve_uri` turns one into a local path. URIs
@@ -14,8 +14,6 @@ this (absolute paths, ``file://``) are kept and read as they are.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 import threading
@@ -26,6 +24,7 @@ from urllib.parse import unquote, urlparse
 
 import sqlalchemy as sa
 
+from cci_core.store.artifact_ids import artifact_id, earlier_record
 from cci_core.store.codeversion import code_version
 from cci_core.store.migrations import ensure_schema
 
@@ -75,12 +74,6 @@ class Artifact:
         d["created_at"] = self.created_at.isoformat()
         d["inputs"] = [{"id": i, "role": r} for i, r in self.inputs]
         return d
-
-
-def artifact_id(kind: str, content_hash: str, params: dict, inputs: list[tuple[str, str]]) -> str:
-    """Content-derived id: the same kind, content, parameters and inputs give the same id."""
-    blob = json.dumps([kind, content_hash, params, sorted(inputs)], sort_keys=True, default=str)
-    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 class UnknownArtifactError(KeyError):
@@ -197,14 +190,15 @@ class LineageStore:
 
     def record(self, kind: str, name: str, uri: str, content_hash: str, *, size: int | None = None,
                params: dict | None = None, metrics: dict | None = None, producer: dict | None = None,
-               inputs: list[tuple[str, str]] | None = None) -> Artifact:
+               inputs: list[tuple[str, str]] | None = None, aid: str | None = None) -> Artifact:
         """Insert a record (or return the existing one with the same id).
 
-        ``inputs`` are ``(parent artifact id, role)`` pairs; every parent must exist.
-        """
+        ``inputs`` are ``(parent artifact id, role)`` pairs; every parent must exist. ``aid``: the
+        id of a folder named by its content (a palette), else :func:`artifact_id` of content and URI."""
         params, metrics, inputs = params or {}, metrics or {}, list(inputs or [])
-        aid = artifact_id(kind, content_hash, params, inputs)
-        existing = self.find(aid)
+        stored = self.portable_uri(uri)
+        aid = aid or artifact_id(kind, content_hash, params, inputs, stored)
+        existing = self.find(aid) or earlier_record(self, kind, content_hash, params, inputs, stored)
         if existing is not None:
             return self._same_as(existing, metrics)
         try:
@@ -213,7 +207,7 @@ class LineageStore:
                     if conn.execute(sa.select(artifacts_table.c.id)
                                     .where(artifacts_table.c.id == parent)).first() is None:
                         raise UnknownArtifactError(parent)
-                row = dict(id=aid, kind=kind, name=name, uri=self.portable_uri(uri), content_hash=content_hash,
+                row = dict(id=aid, kind=kind, name=name, uri=stored, content_hash=content_hash,
                            size=size, created_at=datetime.now(timezone.utc), params=params, metrics=metrics,
                            code_version=code_version(), producer=producer or {})
                 conn.execute(artifacts_table.insert().values(**row))

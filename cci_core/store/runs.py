@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from cci_core.store import fs
+from cci_core.store import fs, relpaths
 from cci_core.store.fs import AnyPath
 from cci_core.store.lineage import LineageStore
 from cci_core.store.record_check import RecordError, check_fields, read_record
@@ -155,7 +155,14 @@ def read_run(store: Store, run_id: str) -> dict:
         runs = list_runs(store)
         hint = f"; runs in this store: {', '.join(runs[-5:])}" if runs else "; run `cci cluster CORPUS` first"
         raise LookupError(f"no run {run_id!r} in {store.root}{hint}")
-    return checked_run(store, run_id)
+    return resolved(store, run_id, checked_run(store, run_id))
+
+
+def resolved(store: Store, run_id: str, record: dict) -> dict:
+    """A run.json as read from disk, its store-relative paths (and an older record's absolute
+    ones, under the root it was written in) as paths under this store (:mod:`cci_core.store.relpaths`):
+    a copied store reads its own files, never the original's."""
+    return relpaths.from_record(store.root, record, relpaths.old_root(record, f"runs/{run_id}"))
 
 
 def load(store: Store, run_id: str) -> RunRecord:
@@ -176,7 +183,7 @@ def write_run(store: Store, run_id: str, record: Mapping[str, Any]) -> dict:
     """Create or replace a run's whole record (under the run's lock, atomically)."""
     path = run_file(store, run_id)
     with file_lock(path.parent / _LOCK_FILE):
-        atomic_write_json(path, dict(record))
+        atomic_write_json(path, relpaths.to_record(store.root, dict(record)))
     return dict(record)
 
 
@@ -186,9 +193,10 @@ def update_run(store: Store, run_id: str, **fields) -> dict:
     path = run_file(store, run_id)
     with file_lock(path.parent / _LOCK_FILE):
         run = checked_run(store, run_id)  # a record that cannot be read is refused, never overwritten
+        old = relpaths.old_root(run, f"runs/{run_id}")
         run.update(fields)
-        atomic_write_json(path, run)
-    return run
+        atomic_write_json(path, relpaths.to_record(store.root, run, old))
+    return resolved(store, run_id, run)
 
 
 def add_child(store: Store, parent_id: str, child_id: str, kind: str) -> dict:
@@ -200,8 +208,8 @@ def add_child(store: Store, parent_id: str, child_id: str, kind: str) -> dict:
         run = checked_run(store, parent_id)
         kids = [c for c in run.get("children") or [] if c["run_id"] != child_id]
         run["children"] = kids + [{"run_id": child_id, "kind": kind}]
-        atomic_write_json(path, run)
-    return run
+        atomic_write_json(path, relpaths.to_record(store.root, run, relpaths.old_root(run, f"runs/{parent_id}")))
+    return resolved(store, parent_id, run)
 
 
 def children(store: Store, run_id: str, kind: str | None = None) -> list[dict]:
@@ -212,7 +220,7 @@ def children(store: Store, run_id: str, kind: str | None = None) -> list[dict]:
             continue
         path = run_file(store, c.run_id)
         if path.exists():
-            child = checked_run(store, c.run_id)
+            child = resolved(store, c.run_id, checked_run(store, c.run_id))
             if child.get("status") == "complete":
                 out.append(child)
     return out
