@@ -196,3 +196,48 @@ def test_dataset_names_resolve_only_in_the_store(store, tmp_path, monkeypatch):
     shutil.copytree(store.root / "datasets" / "gen", tmp_path / "g")
     run_case("names: datasets show of a dataset folder in the working directory", store, ["datasets", "show", "g"],
              ["no dataset 'g'"])
+
+
+def test_lost_corpus_record_is_never_written_over(store):
+    """A corpus folder with rows but no corpus.json was taken for a new corpus: an ingest wrote its rows again."""
+    cdir = store.root / "corpora" / "d28"
+    kept = (cdir / "corpus.json").read_bytes()
+    (cdir / "corpus.json").unlink()
+    try:
+        run_case("records: corpus.json deleted, ingest into that corpus", store,
+                 ["ingest", "builtin:digits", "--corpus", "d28", "--size", "28x28"], ["corpora/d28", "no corpus.json"])
+        run_case("records: corpus.json deleted, corpus info", store, ["corpus", "info", "d28"],
+                 ["corpora/d28", "no corpus.json"])
+    finally:
+        (cdir / "corpus.json").write_bytes(kept)
+
+
+def test_damaged_model_files(store):
+    rdir = store.root / "runs"
+    with damaged(rdir / "ref" / "classifier" / "classifier.json", edit_json(
+            cnn={**json.loads((rdir / "ref" / "classifier" / "classifier.json").read_text())["cnn"], "width": "8"})):
+        run_case("records: classifier.json cnn.width a string, predict", store,
+                 ["predict", "ref", "--corpus", "d28", "--rows", "0:8"], ["classifier/classifier.json", "'cnn.width'"])
+    with damaged(rdir / "km" / "pca" / "pca.json", cut_json):
+        run_case("records: pca.json not JSON, predict", store, ["predict", "km", "--corpus", "d28", "--rows", "0:8"],
+                 ["runs/km/pca/pca.json", "not valid JSON"])
+    with damaged(rdir / "km" / "pca" / "pca.safetensors", cut_half):
+        run_case("records: pca.safetensors cut short, predict", store,
+                 ["predict", "km", "--corpus", "d28", "--rows", "0:8"], ["runs/km/pca/pca.safetensors"])
+
+
+def test_damaged_generator_config(store):
+    """The generator's config is checked against GANConfig when loaded (here through the library:
+    `cci generate` reaches it inside its flow, where the same error is its one line)."""
+    from cci_core.generate.sampling import load_discriminator, load_generator
+    mdir = store.root / "runs" / "ref" / "models" / "cluster-0"
+    model = json.loads((mdir / "generator.json").read_text())["model"]
+    with damaged(mdir / "generator.json", edit_json(model={**model, "z_dim": "16"})), \
+            pytest.raises(ValueError, match=r"runs/ref/models/cluster-0/generator.json: field 'model.z_dim' is '16'"):
+        load_generator(mdir)
+    with damaged(mdir / "generator.json", edit_json(model={**model, "width": 8})), \
+            pytest.raises(ValueError, match=r"field 'model.width' is not a setting of GANConfig"):
+        load_generator(mdir)
+    state = sorted((mdir / "checkpoints").glob("step-*"))[-1] / "state.json"
+    with damaged(state, cut_json), pytest.raises(ValueError, match=r"checkpoints/step-\d+/state.json is not valid JSON"):
+        load_discriminator(mdir)

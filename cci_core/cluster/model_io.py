@@ -14,6 +14,9 @@ import numpy as np
 from safetensors.numpy import load, load_file, save, save_file
 
 from cci_core.store import fs
+from cci_core.store.record_check import read_record, read_tensors
+
+MODEL_FIX = "restore the run folder from a backup, or cluster again into a new run"
 
 
 def save_numpy_tensors(path, arrays: dict[str, np.ndarray]) -> Path:
@@ -52,4 +55,4 @@ def load_arrays(directory: str | os.PathLike, name: str, what: str) -> tuple[dic
     path, meta_path = directory / f"{name}.safetensors", directory / f"{name}.json"
     if not path.exists() or not meta_path.exists():
         raise FileNotFoundError(f"no saved {what} '{name}' in {directory}")
-    return load_numpy_tensors(path), json.loads(meta_path.read_text())
+    return read_tensors(path, MODEL_FIX, loader=load_numpy_tensors), read_record(meta_path, MODEL_FIX)

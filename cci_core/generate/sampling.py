@@ -17,7 +17,8 @@ from cci_core.generate.image_batches import to_uint8
 from cci_core.generate.training_loop import checkpoint_dirs
 from cci_core.generate.vae import VAE, VAEConfig
 from cci_core.store import fs
-from cci_core.store.weights import load_weights
+from cci_core.store.record_check import build_config
+from cci_core.store.weights import WEIGHTS_FIX, load_weights
 
 
 def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
@@ -34,10 +35,11 @@ def load_generator(directory: str | Path, device: str | torch.device | None = No
     """Load ``generator.{safetensors,json}`` written by :func:`train_generator` (eval mode)."""
     device = pick_device(str(device) if device is not None else None)
     tensors, info = load_weights(directory, "generator")
+    config = fs.as_path(directory) / "generator.json"
     if info.get("kind") == "gan":
-        model = Generator(GANConfig(**info["model"]))
+        model = Generator(build_config(GANConfig, info["model"], config, WEIGHTS_FIX, "model."))
     elif info.get("kind") == "vae":
-        model = VAE(VAEConfig(**info["model"]))
+        model = VAE(build_config(VAEConfig, info["model"], config, WEIGHTS_FIX, "model."))
     else:
         raise ValueError(f"{directory}/generator.json has kind={info.get('kind')!r}; expected 'gan' or 'vae'")
     _load_state(model, tensors, fs.as_path(directory) / "generator.safetensors")
@@ -53,7 +55,7 @@ def load_discriminator(out_dir: str | Path, device: str | torch.device | None = 
     tensors, info = load_weights(ckpts[-1], "state")
     if info["kind"] != "gan":
         raise ValueError(f"{ckpts[-1]} holds a {info['kind']}, which has no discriminator")
-    D = Discriminator(GANConfig(**info["model"]))
+    D = Discriminator(build_config(GANConfig, info["model"], ckpts[-1] / "state.json", WEIGHTS_FIX, "model."))
     _load_state(D, {k[2:]: v for k, v in tensors.items() if k.startswith("D.")}, ckpts[-1] / "state.safetensors")
     return D.to(pick_device(str(device) if device is not None else None)).eval()
 

@@ -17,7 +17,8 @@ from cci_core.common.device import pick_device
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.config import RefineConfig
 from cci_core.store import fs
-from cci_core.store.weights import load_weights, save_weights
+from cci_core.store.record_check import build_config
+from cci_core.store.weights import WEIGHTS_FIX, load_weights, save_weights
 
 
 def round_dir(out_dir: Path, r: int) -> Path:
@@ -49,7 +50,8 @@ def last_done_round(out_dir: Path) -> int:
 def load_classifier(directory: str | Path, device=None) -> CNN:
     """Load a classifier written by :func:`cci_core.refine.refine.refine` (safetensors + JSON, no pickle)."""
     tensors, meta = load_weights(directory, name="classifier")
-    model = CNN(CNNConfig.from_dict(meta["cnn"]))
+    model = CNN(build_config(CNNConfig, meta["cnn"], fs.as_path(directory) / "classifier.json", WEIGHTS_FIX, "cnn.",
+                             ignore_unknown=True))  # as CNNConfig.from_dict: keys of other versions are left out
     model.load_state_dict(tensors)
     return model.to(pick_device(device)).eval()
 

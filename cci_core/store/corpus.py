@@ -134,10 +134,9 @@ class Corpus:
 def open_corpus(store: Store, name: str, version: int | None = None) -> Corpus:
     """Open a committed corpus version (the latest by default)."""
     cdir = store.corpus_dir(name)
-    manifest_path = cdir / "corpus.json"
-    if not manifest_path.exists():
-        raise UnknownCorpusError(name, store)
     manifest = read_manifest(cdir, store.root)
+    if manifest is None:
+        raise UnknownCorpusError(name, store)
     latest = len(manifest["versions"])
     if version is None:
         version = latest
@@ -148,9 +147,14 @@ def open_corpus(store: Store, name: str, version: int | None = None) -> Corpus:
 
 def read_manifest(cdir: AnyPath, root: AnyPath | None = None) -> dict | None:
     """The corpus.json of the corpus folder CDIR checked against its typed shape (None when there
-    is none): one that cannot be read is a RecordError naming it, never taken for a new corpus."""
+    is no corpus): one that cannot be read, or a folder with an index but no corpus.json, is a
+    RecordError naming it, never taken for a new corpus (an ingest would write over its rows)."""
     path = fs.as_path(cdir) / "corpus.json"
     if not path.exists():
+        if (fs.as_path(cdir) / "index.parquet").exists():  # committed rows whose record is gone: not a new corpus
+            raise RecordError(f"corpora/{fs.as_path(cdir).name} holds index.parquet but no corpus.json: its record is "
+                              "lost (or its first ingest was killed while committing), so it is neither read nor "
+                              "written; restore corpus.json from a backup, or move the folder away and ingest again")
         return None
     manifest = read_record(path, CORPUS_FIX, MANIFEST_FIELDS, MANIFEST_OPTIONAL, root=root)
     shape = manifest["shape"]

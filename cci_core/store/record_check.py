@@ -113,12 +113,38 @@ def read_table(path: Any, fix: str, root: Any = None, **kw):
         raise RecordError(f"{shown(path, root)} cannot be read as Parquet ({first}); {fix}") from None
 
 
-def read_tensors(path: Any, fix: str, device: str = "cpu", root: Any = None) -> dict:
-    """The tensors of a ``.safetensors`` file (``fs.load_tensors``); a damaged header or a file cut
-    short is a :class:`RecordError` naming it."""
+def read_tensors(path: Any, fix: str, device: str = "cpu", root: Any = None, loader=None) -> dict:
+    """The tensors of a ``.safetensors`` file (``fs.load_tensors``, or ``LOADER(path)``); a damaged
+    header or a file cut short is a :class:`RecordError` naming it."""
     from safetensors import SafetensorError
     try:
-        return fs.load_tensors(path, device=device)
+        return loader(path) if loader is not None else fs.load_tensors(path, device=device)
     except SafetensorError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RecordError(f"{shown(path, root)} cannot be read as safetensors ({first}); {fix}") from None
+
+
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def build_config(cls: type, record: Any, path: Any, fix: str, prefix: str = "", root: Any = None,
+                 ignore_unknown: bool = False):
+    """The dataclass CLS built from RECORD (a model config read from PATH, e.g. ``generator.json``'s
+    ``model``): a key that is not a field of CLS (unless IGNORE_UNKNOWN), a value not of its field's
+    type, or a value its ``__post_init__`` refuses is a :class:`RecordError` naming the file and the field."""
+    import dataclasses
+    record = check_fields(record, path, fix, prefix=prefix, root=root)
+    fields = {f.name: _SIMPLE.get(str(f.type)) for f in dataclasses.fields(cls)}
+    if ignore_unknown:
+        record = {k: v for k, v in record.items() if k in fields}
+    for name in record:
+        if name not in fields:
+            raise RecordError(f"{shown(path, root)}: field '{prefix}{name}' is not a setting of {cls.__name__} "
+                              f"({', '.join(fields)}); {fix}")
+    check_fields(record, path, fix, optional={k: t for k, t in fields.items() if t is not None}, prefix=prefix,
+                 root=root)
+    try:
+        return cls(**record)
+    except ValueError as exc:
+        raise RecordError(f"{shown(path, root)}: field '{prefix.rstrip('.')}' holds a {cls.__name__} that cannot be "
+                          f"built ({exc}); {fix}") from None

@@ -30,6 +30,7 @@ import pandas as pd
 
 from cci_core.store import fs
 from cci_core.store.fs import AnyPath
+from cci_core.store.record_check import parse_json
 from cci_core.store.writers import pid_alive, process_identity, utc_now, writer_alive
 
 __all__ = ["Store", "validate_name", "hash_files", "utc_now", "atomic_write_bytes", "atomic_write_json",
@@ -147,7 +148,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> AnyPath:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(fs.read_bytes(path))
+    """The parsed JSON file at PATH; one that is not JSON is a RecordError (a ValueError) naming it."""
+    return parse_json(path, "restore it from a backup or write it again with the command that made it")
 
 
 def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> AnyPath:
