@@ -9,6 +9,7 @@ session's published store (corpus ``d28``, runs ``km`` and ``ref``, dataset ``ge
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -74,6 +75,38 @@ def test_verify_names_each_flipped_chunk_and_its_dependents(copy_store):
     assert [o.split()[:2] for o in dataset["owners"]] == [["dataset", "gen@v1"]] and dataset["dependents"] == []
 
 
+def test_verify_names_damaged_tables_records_weights_and_missing_artifacts(copy_store):
+    store = copy_store()
+    labels = store.root / "runs/km/clustering/labels.parquet"
+    labels.write_bytes(labels.read_bytes()[: labels.stat().st_size // 2])
+    (store.root / "runs/km/reports/metrics.json").write_text('{"acc": 0.9,')
+    flip_bytes(store.root / "runs/ref/models/cluster-0/generator.safetensors", offset=0, count=8)  # the header's length
+    (store.root / "runs/km/partitions/cluster-001.parquet").unlink()
+    before = snapshot(store.root)
+    ran = invoke("store", "verify", "--store", store.root)
+    check("checksums: verify of a truncated Parquet, bad JSON, damaged weights and a missing artifact", ran, before,
+          store.root, fragments=["runs/km/clustering/labels.parquet: Parquet file unreadable", "runs/km/reports/metrics.json",
+                                 "runs/ref/models/cluster-0/generator.safetensors"])
+    assert "runs/km/partitions/cluster-001.parquet (lineage artifact partition-" in ran.stdout
+    assert "recorded partition km/cluster-1 is missing" in ran.stdout
+    # the labels belong to the clustering: the refined run and the dataset depend on them
+    block = ran.stdout.split("damaged: runs/km/clustering/labels.parquet")[1].split("damaged:")[0]
+    assert "belongs to: clustering km/clustering" in block and "dataset gen@v1" in block
+
+
+def test_verify_reports_a_damaged_lineage_database(copy_store):
+    import sqlite3
+    store = copy_store()
+    with contextlib.closing(sqlite3.connect(store.root / "lineage.db")) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself, none in lineage.db-wal
+    flip_bytes(store.root / "lineage.db", offset=3 * 4096, count=8)  # the header of the artifacts table's first page
+    before = snapshot(store.root)
+    ran = invoke("store", "verify", "--store", store.root)
+    check("checksums: verify of a store whose lineage database has a damaged page", ran, before, store.root,
+          fragments=["lineage.db: lineage database damaged", "malformed"])
+    assert "damaged: corpora" not in ran.stdout  # the arrays were still checked, and are fine
+
+
 def test_a_damaged_chunk_is_one_named_error_when_read(copy_store):
     from cci_core.cluster import cluster_run
     from cci_core.store.corpus import open_corpus
@@ -106,6 +139,19 @@ def test_cci_cluster_on_a_damaged_corpus_is_one_error_line(copy_store, prefect_a
     check("checksums: cci cluster on a corpus with a flipped chunk", ran, before, store.root,
           fragments=["corpora/d28/images.zarr", "chunk c/0/0/0/0", "cci ingest"])
     assert not (store.root / "runs" / "after-damage" / "embeddings.zarr").exists()  # nothing made from damaged pixels
+
+
+def test_commands_reading_pixels_in_process_give_one_error_line(copy_store, tmp_path):
+    store = copy_store()
+    for chunk in (CORPUS_CHUNK, DATASET_CHUNK):
+        flip_bytes(store.root / chunk)
+    before = snapshot(store.root)
+    ran = invoke("predict", "km", "--corpus", "d28", "--store", store.root)
+    check("checksums: cci predict --corpus on a corpus with a flipped chunk", ran, before, store.root,
+          fragments=[f"{_chunk_name(CORPUS_CHUNK).replace(' chunk', ': chunk')} is damaged"])
+    ran = invoke("datasets", "export", "gen", tmp_path / "png", "--store", store.root)
+    check("checksums: cci datasets export of a dataset with a flipped chunk", ran, before, store.root,
+          fragments=[f"{_chunk_name(DATASET_CHUNK).replace(' chunk', ': chunk')} is damaged", "generate the dataset again"])
 
 
 def _drop_checksums(images: Path) -> None:

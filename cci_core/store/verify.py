@@ -33,6 +33,7 @@ from cci_core.store.fs import AnyPath
 from cci_core.store.store import Store
 
 MAX_ROWS_NAMED = 10
+STORE_MARKERS = ("lineage.db", "corpora", "runs", "datasets")
 
 
 @dataclass
@@ -186,8 +187,15 @@ def check_file(root: AnyPath, path: AnyPath, report: VerifyReport) -> None:
         report.damage.append(Damage(_rel(root, path), "", f"{what}: {_first_line(exc)}"))
 
 
+def _lineage_url(store: Store) -> str | None:
+    try:
+        return store.lineage_url
+    except ValueError:  # a store on an object store without $CCI_LINEAGE_URL: no lineage to check
+        return None
+
+
 def _sqlite_file(store: Store) -> Path | None:
-    url = store.lineage_url
+    url = _lineage_url(store) or ""
     if not url.startswith("sqlite:///"):
         return None
     path = Path(url[len("sqlite:///"):])
@@ -198,9 +206,9 @@ def check_lineage(store: Store, report: VerifyReport):
     """The lineage database opens and passes ``PRAGMA integrity_check``; every artifact recorded
     inside the store exists. Returns the records (for dependents), or None when they cannot be read."""
     from cci_core.store.lineage import STORE_SCHEME, LineageStore
-    db = _sqlite_file(store)
-    if store.is_local and db is None and not (store.root / "lineage.db").exists():
-        return None  # no lineage yet: nothing recorded, nothing to check
+    url, db = _lineage_url(store), _sqlite_file(store)
+    if url is None or (url.startswith("sqlite") and db is None):
+        return None  # no lineage (yet): nothing recorded, nothing to check (and no empty database made)
     if db is not None:
         report.files += 1
         try:
@@ -212,7 +220,7 @@ def check_lineage(store: Store, report: VerifyReport):
             report.damage.append(Damage(_rel(store.root, db), "", f"lineage database damaged: {'; '.join(problems[:3])}"))
             return None
     try:
-        arts = LineageStore(store.lineage_url).list(limit=10**9)
+        arts = LineageStore(url).list(limit=10**9)
     except Exception as exc:  # a database that opens but cannot be queried is damaged too
         report.damage.append(Damage("lineage.db", "", f"lineage records unreadable: {_first_line(exc)}"))
         return None
@@ -302,8 +310,11 @@ def attach_dependents(damage: list[Damage], arts) -> None:
 def verify_store(store: Store, deep: bool = False, log: Callable[[str], None] | None = None) -> VerifyReport:
     """Check everything in ``store`` (see the module docstring); nothing is written."""
     report = VerifyReport(str(store.root), deep=deep)
-    if not store.root.exists():
-        raise FileNotFoundError(f"no store at {store.root}: give --store or set $CCI_STORE")
+    if not store.root.is_dir():
+        raise FileNotFoundError(f"no store at {store.root}: give --store the folder `cci ingest` wrote (or set $CCI_STORE)")
+    if not any((store.root / m).exists() for m in STORE_MARKERS):
+        raise FileNotFoundError(f"{store.root} is not a CCI store (no {', '.join(STORE_MARKERS)} in it): give --store "
+                                "the folder `cci ingest` wrote")
     for kind, path in _walk(store.root):
         if log is not None and kind == "array":
             log(f"checking {_rel(store.root, path)}")

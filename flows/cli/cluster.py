@@ -131,7 +131,8 @@ def predict(
                 fail(f"--rows {rows!r}: give START:STOP, e.g. 0:1000")
         if not 0 <= start < stop <= c.n_rows:
             fail(f"--rows {rows!r}: corpus {corpus!r} has rows 0..{c.n_rows}")
-        df = run_guarded(predict.predict, store_obj, run_id, c.images()[start:stop])
+        pixels = run_guarded(c.read_images, slice(start, stop))  # a damaged chunk is one line too
+        df = run_guarded(predict.predict, store_obj, run_id, pixels)
         df.insert(0, "row", range(start, stop))
     else:
         df, quarantine = run_guarded(predict.predict_source, store_obj, run_id, source, fit)

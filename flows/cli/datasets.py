@@ -84,4 +84,6 @@ def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
         path = export_parquet(ds, to) if as_parquet else export_png(ds, to)
     except OSError as exc:  # a read-only or full disk, a parent that is a file
         fail(f"cannot write {to}: {exc.strerror or exc}")
+    except ValueError as exc:  # a damaged chunk of the dataset (integrity.ChunkDamagedError) names itself
+        fail(str(exc))
     out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True, markup=False)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import err, fail, out, print_json, read_store, run_guarded
+from flows.cli.common import err, fail, out, print_json, run_guarded
 from flows.cli.options import JsonOpt, StoreOpt
 
 MAX_IN_ERROR = 5  # damaged things named in the one error line; the report above lists them all
@@ -25,8 +25,10 @@ def store_verify(deep: bool = typer.Option(False, "--deep", help="Also check eac
     Example: cci store verify --deep --store ./cci-store
     """
     from cci_core.store.integrity import repair_hint
+    from cci_core.store.store import Store
     from cci_core.store.verify import verify_store
-    s = read_store(store)
+    # not read_store: its pre-flight refuses a damaged lineage database, which verify reports with the rest
+    s = Store(store)
     report = run_guarded(verify_store, s, deep=deep)
     if as_json:
         print_json(report.to_json())
@@ -51,6 +53,6 @@ def store_verify(deep: bool = typer.Option(False, "--deep", help="Also check eac
         hints = {repair_hint(d.path) for d in report.damage}
         repair = hints.pop() if len(hints) == 1 else "restore each from a backup or make it again (docs/reliability.md)"
         fail(f"{len(report.damage)} damaged in store {s.root}: {named}{more}; {repair}"
-             f"{'' if as_json else '; what depends on each is listed above'}")
+             f"{'; what depends on each is listed above' if not as_json and any(d.dependents for d in report.damage) else ''}")
     if not as_json:
         out.print(f"store OK: {report.summary()}", highlight=False, markup=False, soft_wrap=True)
