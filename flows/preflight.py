@@ -22,6 +22,11 @@ DASK_HANDSHAKE_TIMEOUT_S = 10.0
 _STORE_MARKERS = ("lineage.db", "corpora", "runs", "datasets", "palettes")
 
 
+# a writing command refuses a store whose disk has less free than this (a run writes more: what
+# it really needs is only known once it runs, where a full disk is one line too)
+MIN_FREE_BYTES = 1 << 20
+
+
 class PreflightError(ValueError):
     """An input that is wrong before anything has started."""
 
@@ -180,16 +185,58 @@ def existing_store(root: str | None) -> Store:
     return store
 
 
-def _check_sqlite(db: Path) -> None:
-    """The lineage database opens read-only and reads as SQLite."""
-    import contextlib
-    import sqlite3
+def _check_sqlite(db: Path, write: bool = False) -> None:
+    """The lineage database reads as SQLite and ``PRAGMA quick_check`` finds no damage (on a
+    read-only store too); with ``write``, its write lock is free within a few seconds."""
+    from cci_core.store.lineage import check_sqlite
     try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise PreflightError(f"lineage database {db} cannot be read ({exc}); restore it from a backup or give "
-                             "--store another store") from None
+        check_sqlite(db, write=write)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def check_writable_store(root: str | None) -> None:
+    """A command that writes the store: the store (or the folder it will be made in), its corpora/,
+    runs/, datasets/ and palettes/ folders and its lineage database can be written, and its disk
+    is not full. A read-only store is one line here, before a server starts; reading commands
+    (``cci corpus info``, ``cci lineage``, ``cci predict``, ``cci datasets``) still work on it."""
+    import errno
+    import tempfile
+
+    from cci_core.store.machine_faults import free_bytes
+    given = _store_root(root)
+    if given is not None and fs.is_url(given):
+        return  # an object store: check_object_store
+    store = Store(given)
+    top = store.root
+    while not top.exists() and top != top.parent:  # a new store: the folder it will be made in
+        top = top.parent
+    folders = [top] + [store.root / d for d in _STORE_MARKERS if (store.root / d).is_dir()]
+    for folder in folders:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".cci-write-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            why = {errno.EROFS: "a read-only file system", errno.EACCES: "permission denied",
+                   errno.EPERM: "not permitted"}.get(exc.errno, exc.strerror or str(exc))
+            free = free_bytes(folder)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PreflightError(f"store {store.root}: its disk is full ({(free or 0) / 2**20:.1f} MiB free); "
+                                     "free space there or give --store a folder on a larger disk") from None
+            read_only = "is read-only" if exc.errno == errno.EROFS else "cannot be written"
+            raise PreflightError(f"store {store.root} {read_only} ({folder}: {why}): make it writable (remount "
+                                 "it read-write, or chmod / chown it for this user) or give --store a writable "
+                                 "folder; reading commands (cci corpus info, lineage, predict, datasets) still "
+                                 "work on it") from None
+    free = free_bytes(top)
+    if free is not None and free < MIN_FREE_BYTES:
+        raise PreflightError(f"store {store.root}: its disk is full ({free / 2**20:.1f} MiB free); free space "
+                             "there or give --store a folder on a larger disk")
+    if store.lineage_url.startswith("sqlite:///"):
+        db = Path(store.lineage_url.removeprefix("sqlite:///"))
+        if db.is_file():
+            _check_sqlite(db, write=True)
 
 
 def check_positive(value: int | float | None, flag: str, minimum: int | float = 1) -> None:

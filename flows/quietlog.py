@@ -18,7 +18,11 @@ EXPECTED = (ValueError, LookupError, FileNotFoundError)
 
 def _is_expected(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    return isinstance(exc, EXPECTED)
+    if isinstance(exc, EXPECTED):
+        return True
+    # a full disk, a read-only store, an object store gone: the CLI says it in one line too
+    from cci_core.store.machine_faults import is_machine_fault
+    return is_machine_fault(exc)
 
 
 def install() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load, load_file, save, save_file
 
+from cci_core.common.finite import check_weights
 from cci_core.store import fs
 from cci_core.store.record_check import read_record, read_tensors
 
@@ -55,4 +56,6 @@ def load_arrays(directory: str | os.PathLike, name: str, what: str) -> tuple[dic
     path, meta_path = directory / f"{name}.safetensors", directory / f"{name}.json"
     if not path.exists() or not meta_path.exists():
         raise FileNotFoundError(f"no saved {what} '{name}' in {directory}")
-    return read_tensors(path, MODEL_FIX, loader=load_numpy_tensors), read_record(meta_path, MODEL_FIX)
+    arrays = read_tensors(path, MODEL_FIX, loader=load_numpy_tensors)
+    check_weights(arrays, path)  # a damaged PCA or model: NaN projections, then NaN confidences
+    return arrays, read_record(meta_path, MODEL_FIX)

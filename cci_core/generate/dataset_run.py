@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cci_core.common.finite import check_values
 from cci_core.store import dataset_card, fs, relpaths, runs
 from cci_core.store.datasets import DatasetWriter
 from cci_core.store.store import Store, validate_name
@@ -140,6 +141,7 @@ def generate_dataset(store: Store, run_id: str, dataset: str, per_cluster: int =
             labels = np.full(per_cluster, c) if kind == "conditional" else None
             imgs = generate(gen, per_cluster, labels=labels, seed=s, batch_size=batch_size)
             p = np.concatenate([np.asarray(probs(imgs[i:i + batch_size])) for i in range(0, len(imgs), batch_size)])
+            check_values(p, "probabilities of generated images", run.get("classifier") or store.run_dir(run_id) / "cluster-cnn")
             lab, conf = p.argmax(1).astype(np.int32), p.max(1).astype(np.float32)
             ok = (lab == c) & (conf >= threshold)
             ids = [hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in imgs]

@@ -77,9 +77,11 @@ def _train_cnn(store: Store, plan: EvaluationPlan, directory: Path, images: np.n
 
 def _load_cnn(directory: Path, device: str | None):
     from cci_core.common.device import pick_device
+    from cci_core.common.finite import check_weights
     from cci_core.generate.gen_metrics import ReferenceCNN
     from cci_core.store.weights import load_weights
     tensors, config = load_weights(directory, "model")
+    check_weights(tensors, directory / "model.safetensors")
     model = ReferenceCNN(config["channels"], config["n_classes"], config["embed_dim"])
     model.load_state_dict(tensors)
     return model.to(pick_device(device)).eval(), config

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cci_core.common.device import pick_device
+from cci_core.common.finite import check_weights
 from cci_core.generate.gan import Discriminator, GANConfig, Generator
 from cci_core.generate.image_batches import to_uint8
 from cci_core.generate.training_loop import checkpoint_dirs
@@ -23,6 +24,7 @@ from cci_core.store.weights import WEIGHTS_FIX, load_weights
 
 def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
     """load_state_dict with an error that names the file and what to do."""
+    check_weights(tensors, path)  # NaN weights would make NaN images, cast to garbage pixels
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:

@@ -13,6 +13,7 @@ is written). :func:`check_ingest_request` runs every check that needs no server.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -212,8 +213,15 @@ def _acquire(path: AnyPath, me: dict, cdir: AnyPath) -> None:
 
 
 def release_lock(plan: IngestPlan | dict) -> None:
-    """Drop the corpus lock if this ingest holds it (after commit, or when the ingest fails)."""
+    """Drop the corpus lock if this ingest holds it (after commit, or when the ingest fails), and this
+    ingest's staging folder: after a failure (a full disk, an unreachable object store) its decoded
+    batches are half of nothing and would only hold the space; a commit has removed it already."""
     plan = IngestPlan.of(plan)
+    with contextlib.suppress(Exception):  # a failed removal must not hide why the ingest failed
+        fs.rmtree(plan.staging_dir, ignore_errors=True)
+        staging_root = fs.as_path(plan.staging_dir).parent
+        if fs.is_local(staging_root) and staging_root.is_dir() and not any(staging_root.iterdir()):
+            staging_root.rmdir()
     _release(plan.cdir, plan.ingest_id)
 
 

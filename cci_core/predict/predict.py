@@ -16,6 +16,7 @@ from cci_core.cluster.clustering_model import load_centers, load_gmm, load_refer
 from cci_core.cluster.features import image_features
 from cci_core.cluster.pca import PCA
 from cci_core.cluster.records import ClusterParams
+from cci_core.common.finite import check_values
 from cci_core.store import runs
 from cci_core.store.store import Store
 
@@ -66,6 +67,7 @@ def load_predictor(store: Store, run_id: str):
             return knn.classes_[prob.argmax(1)].astype(np.int32), prob.max(1).astype(np.float32)
 
     predict.method = method
+    predict.model = rdir / "pca" / "pca.safetensors"
     return predict
 
 
@@ -90,6 +92,7 @@ def _classifier_predictor(run: dict):
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
         return assign_classifier(model, images)
     predict.method = "cci classifier"
+    predict.model = f"{run['classifier']}/classifier.safetensors"
     return predict
 
 
@@ -103,6 +106,7 @@ def predict(store: Store, run_id: str, images, batch_size: int = 16384) -> pd.Da
     labels, conf = [], []
     for start in range(0, len(images), batch_size):
         lab, c = fn(np.asarray(images[start:start + batch_size]))
+        check_values(c, "confidences", fn.model)
         labels.append(lab)
         conf.append(c)
     if not labels:
@@ -132,6 +136,7 @@ def predict_source(store: Store, run_id: str, spec: str, fit: str = "stretch",
         if got.rows.empty:
             continue
         labels, conf = fn(got.pixels)
+        check_values(conf, "confidences", fn.model)
         frames.append(pd.DataFrame({"source": got.rows["source"].to_numpy(), "image_id": got.rows["image_id"].to_numpy(),
                                     "cluster": labels, "confidence": conf}))
     cols = ["source", "image_id", "cluster", "confidence"]

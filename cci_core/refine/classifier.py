@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cci_core.common.device import pick_device
+from cci_core.common.finite import check_weights
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.config import RefineConfig
 from cci_core.store import fs
@@ -50,6 +51,7 @@ def last_done_round(out_dir: Path) -> int:
 def load_classifier(directory: str | Path, device=None) -> CNN:
     """Load a classifier written by :func:`cci_core.refine.refine.refine` (safetensors + JSON, no pickle)."""
     tensors, meta = load_weights(directory, name="classifier")
+    check_weights(tensors, fs.as_path(directory) / "classifier.safetensors")  # NaN weights: NaN confidences
     model = CNN(build_config(CNNConfig, meta["cnn"], fs.as_path(directory) / "classifier.json", WEIGHTS_FIX, "cnn.",
                              ignore_unknown=True))  # as CNNConfig.from_dict: keys of other versions are left out
     model.load_state_dict(tensors)

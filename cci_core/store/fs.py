@@ -134,7 +134,12 @@ def _write_with(path: Any, write) -> AnyPath:
     path = as_path(path)
     if is_local(path):
         ensure_parent(path)
-        write(path)
+        try:
+            write(path)
+        except BaseException:  # a full disk: no part of a file stays where a whole one is expected
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            raise
         return path
     buf = io.BytesIO()
     write(buf)
@@ -313,8 +318,13 @@ def save_tensors(path: Any, tensors: dict, metadata: dict | None = None) -> AnyP
     if is_local(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_sibling(path)
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         return path
     return write_bytes(path, save(tensors, metadata=metadata))
 

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from cci_core.store.artifact_ids import artifact_id, earlier_record
 from cci_core.store.codeversion import code_version
+from cci_core.store.machine_faults import lineage_fault
 from cci_core.store.migrations import ensure_schema
 
 # The schema at the migrations' head (migrations/versions/ makes it; a test compares the two).
@@ -138,14 +139,23 @@ def _open(url: str) -> sa.Engine:
                     ensure_schema(engine)
                     _shared[url] = engine
                 return _shared[url]
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        db = sqlite_file(url)
+        if db is not None and db.is_file() and not writable(db):
+            engine = _read_only_engine(db)
+        else:
+            engine = sa.create_engine(url, connect_args={"timeout": 60})
 
-        @sa.event.listens_for(engine, "connect")
-        def _wal(dbapi_conn, _):  # concurrent readers while one process writes
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            @sa.event.listens_for(engine, "connect")
+            def _wal(dbapi_conn, _):  # concurrent readers while one process writes
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
         ensure_schema(engine)
         return engine
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, sa.exc.OperationalError, ImportError) as exc:
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, sa.exc.DatabaseError, ImportError) as exc:
+        damaged = lineage_fault(exc, str(sqlite_file(url) or url)) if url.startswith("sqlite") else None
+        if damaged is not None:  # damaged, locked or read-only: say which and what to do
+            raise LineageDatabaseError(str(damaged)) from None
+        if isinstance(exc, sa.exc.DatabaseError) and not isinstance(exc, sa.exc.OperationalError):
+            raise
         shown = url
         with contextlib.suppress(sa.exc.ArgumentError):
             shown = sa.make_url(url).render_as_string(hide_password=True)
@@ -153,6 +163,65 @@ def _open(url: str) -> sa.Engine:
         raise LineageDatabaseError(f"cannot open the lineage database {shown} ($CCI_LINEAGE_URL, else the "
                                    f"store's lineage.db): {reason}; check the URL (postgresql://USER@HOST:PORT/DB "
                                    "or sqlite:////PATH) and that its server runs") from None
+
+
+# how long a command waits for another process's write lock on a SQLite lineage database before
+# its preflight says the database is locked (a lineage write holds it for milliseconds)
+LOCK_WAIT_S = 5.0
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for a server database or an in-memory one)."""
+    try:
+        u = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def writable(db: Path) -> bool:
+    """Whether this process may write the database file and its folder (SQLite writes its journal
+    beside it): false on a read-only mount, for another user's file, for an immutable one."""
+    return os.access(db, os.W_OK) and os.access(db.parent, os.W_OK | os.X_OK)
+
+
+def _read_only_engine(db: Path) -> sa.Engine:
+    """An engine that only reads ``db``, for a store on read-only media: ``immutable=1`` because
+    SQLite cannot create the WAL index (``-shm``) beside a WAL database there, and no journal mode
+    is set (that would write)."""
+    import sqlite3
+    uri = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+
+
+def check_sqlite(db: Path, write: bool = False, timeout: float = LOCK_WAIT_S) -> None:
+    """Preflight of a SQLite lineage database: it reads as SQLite and ``PRAGMA quick_check`` finds
+    no damage; with ``write``, it is writable and its write lock is free within ``timeout`` seconds.
+
+    Raises :class:`LineageDatabaseError` with one line naming ``db`` and what to do.
+    """
+    import sqlite3
+    read_only = not writable(db)
+    uri = f"{db.resolve().as_uri()}?mode=ro" + ("&immutable=1" if read_only else "")
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as conn:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problems[0]}")
+        if write and read_only:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        if write:
+            with contextlib.closing(sqlite3.connect(str(db), timeout=timeout, isolation_level=None)) as conn:
+                conn.execute("BEGIN IMMEDIATE")  # the write lock: waits up to `timeout` for another writer
+                conn.execute("ROLLBACK")
+    except sqlite3.DatabaseError as exc:
+        fault = lineage_fault(exc, str(db))
+        if fault is not None:
+            raise LineageDatabaseError(str(fault)) from None
+        raise LineageDatabaseError(f"lineage database {db} cannot be read ({exc}); restore it from a backup "
+                                   "(`cci store verify` checks the rest of the store)") from None
 
 
 class LineageStore:

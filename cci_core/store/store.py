@@ -135,16 +135,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> AnyPath:
         return fs.write_bytes(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _drop(tmp)  # a full disk must not also keep the part written
+        raise
     return path
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> AnyPath:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+def _drop(path: Path) -> None:
+    """Remove a file left by a failed write; a failure to remove it never hides the first error."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 
 
 def read_json(path: str | Path) -> Any:
@@ -158,8 +168,12 @@ def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> AnyPath:
         return fs.write_parquet(path, df, index=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        _drop(tmp)
+        raise
     return path
 
 
@@ -184,7 +198,11 @@ def make_staging(parent: str | Path, label: str = "") -> AnyPath:
     path = parent / f"{STAGING_PREFIX}{label + '-' if label else ''}{uuid.uuid4().hex[:12]}"
     if fs.is_local(path):
         path.mkdir(parents=True)
-    atomic_write_json(path / OWNER_FILE, process_identity())
+    try:
+        atomic_write_json(path / OWNER_FILE, process_identity())
+    except BaseException:  # a full disk: not even the owner file fits; leave no folder behind
+        fs.rmtree(path, ignore_errors=True)
+        raise
     return path
 
 
@@ -249,5 +267,6 @@ def staging(parent: str | Path, label: str = "") -> Iterator[AnyPath]:
     try:
         yield path
     finally:
-        if path.exists():
-            fs.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(Exception):  # an unreachable object store: the first error is the one to see
+            if path.exists():
+                fs.rmtree(path, ignore_errors=True)

@@ -143,7 +143,7 @@ def predict(
              "nothing to label")
     if output:
         from cci_core.store.store import atomic_write_parquet
-        atomic_write_parquet(output, df)
+        run_guarded(atomic_write_parquet, output, df)  # a full or read-only disk: one line, no part left
     if as_json:
         print(df.to_json(orient="records"))
         return

@@ -49,6 +49,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
     from flows.server import warm
     output.configure_logging()  # before the LocalCluster's workers inherit the environment
     store_root = kwargs.get("store_root", getattr(args[0], "store_root", None) if args else None)
+    from flows.preflight import check_writable_store
+    run_guarded(check_writable_store, store_root)  # a read-only or full store, a locked lineage.db: before any start-up
     state = None if dask_address else warm(store_root)
     if state:
         os.environ["PREFECT_API_URL"] = state["api_url"]
@@ -84,13 +86,21 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
 
 
 def run_guarded(fn, *args, **kwargs):
-    """Run a flow or library call; expected errors become one red line and exit code 1."""
+    """Run a flow or library call; expected errors, and faults of the machine (a full disk, a read-only
+    store, an object store that stopped answering, a damaged or locked lineage database: see
+    cci_core.store.machine_faults), become one red line and exit code 1."""
+    from cci_core.store.machine_faults import fault_context, machine_fault
     try:
         return fn(*args, **kwargs)
     except _expected_errors() as exc:
         fail(str(exc))
 
 
+    except Exception as exc:
+        fault = machine_fault(exc, **fault_context(*args, *kwargs.values()))
+        if fault is None:
+            raise
+        fail(str(fault))
 def name_values(items: list[str], flag: str) -> dict[str, str]:
     """``NAME=VALUE`` options (repeatable flags) as a dict; anything else is one red line."""
     out_ = {}
