@@ -127,3 +127,9 @@ def open_checked(path, label: str) -> CheckedArray:
     """Open the array at ``path`` (a local path or URL) read-only; ``label`` is its path relative to the store."""
     arr = zarr.open_array(fs.zarr_url(path), mode="r")
     return CheckedArray(arr.async_array, label)
+
+
+def store_label(root, path) -> str:
+    """``path`` relative to the store ``root`` as errors name it (the path itself when outside)."""
+    root, path = str(root).rstrip("/"), str(path)
+    return path[len(root) + 1:] if path.startswith(root + "/") else path
