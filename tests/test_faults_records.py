@@ -97,6 +97,18 @@ def test_unfinished_run_of_a_dead_writer_is_still_cleared(store):
     rdir.rmdir()
 
 
+def test_unfinished_run_naming_no_writer_is_never_replaced(store):
+    """status running but no writer recorded: nothing proves its writer is gone, so it stays."""
+    rdir = store.root / "runs" / "nowriter"
+    shutil.copytree(store.root / "runs" / "km" / "partitions", rdir / "partitions")
+    (rdir / "run.json").write_text(json.dumps({"run_id": "nowriter", "status": "running"}))
+    try:
+        run_case("records: unfinished run.json naming no writer, cluster --run-id of it", store,
+                 ["cluster", "d28", "--k", "3", "--run-id", "nowriter"], ["runs/nowriter/run.json", "names no writer"])
+    finally:
+        shutil.rmtree(rdir)
+
+
 def test_wrong_types_in_run_json(store):
     runs_dir = store.root / "runs"
     with damaged(runs_dir / "ref" / "run.json", edit_json(corpus_version="abc")):
@@ -208,6 +220,8 @@ def test_lost_corpus_record_is_never_written_over(store):
                  ["ingest", "builtin:digits", "--corpus", "d28", "--size", "28x28"], ["corpora/d28", "no corpus.json"])
         run_case("records: corpus.json deleted, corpus info", store, ["corpus", "info", "d28"],
                  ["corpora/d28", "no corpus.json"])
+        run_case("records: corpus.json deleted, corpus list", store, ["corpus", "list"], [],
+                 expect="correct result", correct=lambda r: "d28" in r.stdout and "damaged" in r.stdout)
     finally:
         (cdir / "corpus.json").write_bytes(kept)
 

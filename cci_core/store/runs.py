@@ -238,12 +238,19 @@ def _unfinished(store: Store, run_id: str) -> dict:
 
 def check_new_run_id(store: Store, run_id: str) -> str:
     """A run id that is valid, not taken by a finished run (nothing is ever overwritten) and
-    not being written by another live process."""
+    not being written by another live process; a folder this id names that is not proven to be
+    an unfinished write of a dead writer (:func:`claim_run_dir` would clear it) is refused too."""
     run = _unfinished(store, run_id)
     writer = run.get("writer")
     if writer and writer.get("pid") != os.getpid() and writer_alive(writer):
         raise ValueError(f"run {run_id!r} is being written by process {writer['pid']} on {writer.get('host')} "
                          f"(since {writer.get('since')}); wait for it to finish or choose another --run-id")
+    if run and not writer:  # no writer named: nothing proves it was left by a dead one
+        raise ValueError(f"runs/{run_id}/{RUN_FILE} is an unfinished run (status {run['status']!r}) that names "
+                         "no writer, so it is left as it is; move the folder away if no command is writing it, "
+                         "or choose another --run-id")
+    if not run and store.run_dir(run_id).exists():
+        _refuse_unknown_folder(store.run_dir(run_id), run_id)
     return run_id
 
 
@@ -252,16 +259,15 @@ def claim_run_dir(store: Store, run_id: str, params: dict | None = None) -> dict
 
     A finished run or one a live process writes is refused. An unfinished run left by a
     killed writer is resumed when ``params`` is given and equals its parameters; otherwise its
-    folder is removed, so the new run starts clean.
+    folder is removed, so the new run starts clean. Only that is ever removed: a run.json that
+    cannot be read, one that names no writer, or a folder of files without run.json is refused.
     """
     check_new_run_id(store, run_id)
     rdir = store.run_dir(run_id)
     existing = _unfinished(store, run_id)
     if params is not None and existing and existing.get("params") == params:
         return existing
-    if rdir.exists():
-        if not existing:
-            _refuse_unknown_folder(rdir, run_id)
+    if rdir.exists():  # proven by check_new_run_id: empty, or an unfinished run of a dead writer
         fs.rmtree(rdir)
     fs.makedirs(rdir)
     return {}

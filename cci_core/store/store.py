@@ -108,7 +108,9 @@ class Store:
 
     def corpora(self) -> list[str]:
         base = self.root / "corpora"
-        return sorted(p.name for p in base.iterdir() if (p / "corpus.json").exists()) if base.exists() else []
+        # a folder with an index but no corpus.json is listed too: a corpus whose record is lost, not nothing
+        return sorted(p.name for p in base.iterdir() if (p / "corpus.json").exists() or (p / "index.parquet").exists()) \
+            if base.exists() else []
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
