@@ -240,6 +240,19 @@ def test_damaged_model_files(store):
                  ["predict", "km", "--corpus", "d28", "--rows", "0:8"], ["runs/km/pca/pca.safetensors"])
 
 
+def test_damaged_training_record(store):
+    """models/training.json (the run's trained generators) is read by `cci generate` before its flow starts."""
+    path = store.root / "runs" / "ref" / "models" / "training.json"
+    models = json.loads(path.read_text())["models"]
+    with damaged(path, cut_json):
+        run_case("records: training.json not JSON, generate", store, ["generate", "ref", "--dataset", "g2"],
+                 ["runs/ref/models/training.json", "not valid JSON"])
+    with damaged(path, edit_json(models=[{**models[0], "dir": 5}, *models[1:]])):
+        run_case("records: training.json models[0].dir not a string, generate", store,
+                 ["generate", "ref", "--dataset", "g2"], ["runs/ref/models/training.json", "'models[0].dir'"])
+    assert not (store.root / "datasets" / "g2").exists()
+
+
 def test_damaged_generator_config(store):
     """The generator's config is checked against GANConfig when loaded (here through the library:
     `cci generate` reaches it inside its flow, where the same error is its one line)."""

@@ -146,7 +146,8 @@ class Palette:
             path = path / "palette.json"
         if not path.exists():
             raise FileNotFoundError(f"no palette file {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        from cci_core.store.store import read_json
+        return cls.from_dict(read_json(path))  # a file that is not JSON is one error naming it
 
 
 def swatch(palette: Palette, cell: int = 48, bar: int = 16) -> np.ndarray:

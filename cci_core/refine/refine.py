@@ -45,7 +45,6 @@ metrics) and then a ``round-NN/_DONE`` marker; calling :func:`refine` again on t
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +72,7 @@ from cci_core.refine.rounds import (
     unit,
 )
 from cci_core.store import fs
+from cci_core.store.store import read_json
 from cci_core.store.weights import load_weights
 
 
@@ -156,7 +156,7 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         teacher.load_state_dict(load_weights(d, "classifier", device)[0])
         state = {"labels": fs.load_npy(d / "labels.npy").astype(np.int64),
                  "Z": fs.load_npy(d / "embedding.npy"), "P": fs.load_npy(d / "probs.npy")}
-        history = json.loads((d / "history.json").read_text())
+        history = read_json(d / "history.json")
         start = last + 1
         log(f"resuming after round {last} from {d}")
 

@@ -15,13 +15,13 @@ image file) are kept as they are.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
 from cci_core.store import fs
 from cci_core.store.fs import AnyPath
+from cci_core.store.record_check import parse_json
 
 # The folders at the top of a store: a relative path starting with one of them names a store file.
 TOP_FOLDERS = ("runs", "corpora", "datasets", "palettes", "segments")
@@ -132,7 +132,7 @@ def anchor_of(root: AnyPath | str, path: AnyPath | str) -> str | None:
 
 def read_record(root: AnyPath | str, path: AnyPath | str) -> Any:
     """A JSON record of the store at ``root``, its paths resolved under ``root`` (:func:`from_record`)."""
-    raw = json.loads(fs.read_bytes(path))
+    raw = parse_json(path, "restore it from a backup, or run the command that wrote it again", root)
     return from_record(root, raw, old_root(raw, anchor_of(root, path)))
 
 
