@@ -136,21 +136,26 @@ def test_a_moved_store_runs_every_command_alone(original, prefect_api, dask_sche
     original.rename(away)
     try:
         store = ["--store", str(copy)]
-        ran = invoke("predict", "ref", "--corpus", "d28", "--rows", "0:40", "--json", *store)
-        assert ran.exit_code == 0, ran.stderr
-        assert len(json.loads(ran.stdout)) == 40
-        ran = invoke("lineage", "show", "clustering:ref/clustering", "--json", *store)
-        assert ran.exit_code == 0 and json.loads(ran.stdout)["uri"] == str(copy / "runs" / "ref" / "clustering")
-        ran = invoke("refine", "km2", "--run-id", "km2-r", *TINY_REFINE, "--dask-address", dask_scheduler, *store)
-        assert ran.exit_code == 0, ran.stderr[-3000:]
-        ran = invoke("train", "km2-r", *TINY_TRAIN, "--dask-address", dask_scheduler, *store)
-        assert ran.exit_code == 0, ran.stderr[-3000:]
-        ran = invoke("generate", "ref", "--dataset", "moved", "--per-cluster", "4", "--threshold", "0",
-                     "--dask-address", dask_scheduler, "--json", *store)
-        assert ran.exit_code == 0, ran.stderr[-3000:]
-        assert Path(json.loads(ran.stdout)["path"]).is_relative_to(copy)
-        ran = invoke("lineage", "show", "dataset:moved@v1", "--json", *store)
-        assert ran.exit_code == 0 and Path(json.loads(ran.stdout)["uri"]).is_relative_to(copy)
+
+        def case(name: str, *args: str, correct, allow=()):
+            before = snapshot(copy)
+            ran = invoke(*args, *store)
+            check(f"moved-store/{name}", ran, before, copy, correct=correct, allow=allow, expect="correct result")
+            return ran
+
+        def own(key: str):  # the JSON printed names a file of the copy
+            return lambda ran: Path(json.loads(ran.stdout)[key]).is_relative_to(copy)
+        case("predict", "predict", "ref", "--corpus", "d28", "--rows", "0:40", "--json",
+             correct=lambda ran: len(json.loads(ran.stdout)) == 40)
+        case("lineage-show", "lineage", "show", "clustering:ref/clustering", "--json", correct=own("uri"))
+        case("refine", "refine", "km2", "--run-id", "km2-r", *TINY_REFINE, "--dask-address", dask_scheduler, "--json",
+             correct=own("run_dir"), allow=["runs/km2/run.json"])  # the parent lists its new child
+        case("train", "train", "km2-r", *TINY_TRAIN, "--dask-address", dask_scheduler, "--json",
+             correct=lambda ran: all(Path(m["dir"]).is_relative_to(copy) for m in json.loads(ran.stdout)["models"]),
+             allow=["runs/km2-r/run.json"])
+        case("generate", "generate", "ref", "--dataset", "moved", "--per-cluster", "4", "--threshold", "0",
+             "--dask-address", dask_scheduler, "--json", correct=own("path"))
+        case("lineage-dataset", "lineage", "show", "dataset:moved@v1", "--json", correct=own("uri"))
         assert not original.exists()  # nothing was written to the old place either
         assert _records_naming(copy, str(original)) == []
         assert _records_naming(copy, str(away)) == []
