@@ -76,7 +76,8 @@ def evaluation_summary(report: dict, group: str) -> dict:
 
 
 def _local_partitions(store, run: dict) -> list[dict]:
-    """The run's partitions with their paths in this store (run.json holds the writer's absolute ones)."""
+    """The run's partitions with their paths in this store (a run dict not read through ``runs.read_run``
+    may hold the writer's absolute ones)."""
     rdir = store.run_dir(run["run_id"]) / "partitions"
     return [{**p, "path": str(rdir / f"cluster-{int(p['cluster']):03d}.parquet")}
             if (rdir / f"cluster-{int(p['cluster']):03d}.parquet").exists() else p for p in run["partitions"]]
