@@ -161,3 +161,18 @@ def test_a_moved_store_runs_every_command_alone(original, prefect_api, dask_sche
         assert _records_naming(copy, str(away)) == []
     finally:
         away.rename(original)
+
+
+def test_a_lineage_database_of_content_only_ids_keeps_one_record_per_artifact(tmp_path):
+    """Records written when ids held the content alone: recording the same artifact again (a resumed
+    run) returns that record; another run's copy of the content gets its own."""
+    from cci_core.store.artifact_ids import artifact_id
+    lin = _lineage(tmp_path)
+    here, there = tmp_path / "runs" / "r1" / "clustering", tmp_path / "runs" / "r2" / "clustering"
+    old = lin.record("clustering", "r1/clustering", str(here), "h", params={"k": 3},
+                     aid=artifact_id("clustering", "h", {"k": 3}, []))  # as the previous code made it
+    again = lin.record("clustering", "r1/clustering", str(here), "h", params={"k": 3})
+    other = lin.record("clustering", "r2/clustering", str(there), "h", params={"k": 3})
+    assert again.id == old.id and other.id != old.id and other.content_hash == old.content_hash
+    assert [a.id for a in lin.list(kind="clustering", name="r1/clustering")] == [old.id]
+    assert lin.resolve("clustering:r2/clustering").uri == str(there)
