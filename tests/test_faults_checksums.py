@@ -154,6 +154,18 @@ def test_commands_reading_pixels_in_process_give_one_error_line(copy_store, tmp_
           fragments=[f"{_chunk_name(DATASET_CHUNK).replace(' chunk', ': chunk')} is damaged", "generate the dataset again"])
 
 
+def test_a_deleted_corpus_chunk_is_named_not_read_as_zeros(copy_store):
+    store = copy_store()
+    (store.root / CORPUS_CHUNK).unlink()
+    before = snapshot(store.root)
+    ran = invoke("predict", "km", "--corpus", "d28", "--store", store.root)
+    check("checksums: cci predict --corpus on a corpus with a deleted chunk file", ran, before, store.root,
+          fragments=[f"{_chunk_name(CORPUS_CHUNK).replace(' chunk', ': chunk')} is damaged", "chunk file missing"])
+    ran = invoke("store", "verify", "--store", store.root)
+    check("checksums: verify of a corpus with a deleted chunk file", ran, before, store.root,
+          fragments=[_chunk_name(CORPUS_CHUNK) + ": chunk file missing"])
+
+
 def _drop_checksums(images: Path) -> None:
     """Rewrite a corpus's images.zarr as corpora were written before chunk checksums (same pixels)."""
     import zarr

@@ -83,8 +83,9 @@ class Corpus:
 
     def images(self) -> zarr.Array:
         """The image array, opened read-only. Only rows ``[0, n_rows)`` are committed. A damaged
-        chunk is a :class:`~cci_core.store.integrity.ChunkDamagedError` when read."""
-        return integrity.open_checked(self.images_path, f"corpora/{self.name}/images.zarr")
+        chunk is a :class:`~cci_core.store.integrity.ChunkDamagedError` when read, a missing one
+        (it would read as zeros) when opened."""
+        return integrity.open_complete(self.images_path, f"corpora/{self.name}/images.zarr", self.n_rows)
 
     def read_images(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Pixels of committed rows, (n, H, W, C) uint8."""

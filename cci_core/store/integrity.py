@@ -129,6 +129,27 @@ def open_checked(path, label: str) -> CheckedArray:
     return CheckedArray(arr.async_array, label)
 
 
+def missing_chunks(arr: zarr.Array, path, n_rows: int) -> list[str]:
+    """Keys of the chunks holding rows ``[0, n_rows)`` of the local array at ``path`` that have no
+    file: an array written with ``write_empty_chunks`` (a corpus) has one for every written chunk, and
+    a missing one would read back as zeros. Not checked (empty) for an array at a URL (a request per chunk)."""
+    if not fs.is_local(path) or not n_rows:
+        return []
+    rest = (0,) * (arr.ndim - 1)
+    keys = (chunk_key(arr, (i, *rest)) for i in range(-(-n_rows // arr.chunks[0])))
+    return [k for k in keys if not (fs.as_path(path) / k).exists()]
+
+
+def open_complete(path, label: str, n_rows: int) -> CheckedArray:
+    """:func:`open_checked`, refusing an array whose rows ``[0, n_rows)`` lack a chunk file
+    (:func:`missing_chunks`) with a :class:`ChunkDamagedError`."""
+    arr = open_checked(path, label)
+    missing = missing_chunks(arr, path, n_rows)
+    if missing:
+        raise ChunkDamagedError(label, missing, "chunk file missing: its rows would read back as zeros")
+    return arr
+
+
 def store_label(root, path) -> str:
     """``path`` relative to the store ``root`` as errors name it (the path itself when outside)."""
     root, path = str(root).rstrip("/"), str(path)

@@ -133,13 +133,8 @@ def check_array(root: AnyPath, path: AnyPath, report: VerifyReport) -> None:
         report.without_checksum.append(rel)
     for key, reason in integrity.damaged_chunks(arr):
         report.damage.append(Damage(rel, f"chunk {key}", reason))
-    n_rows = _committed_rows(root, rel)
-    if n_rows:
-        for i in range(-(-n_rows // arr.chunks[0])):
-            coords = (i, *(0,) * (arr.ndim - 1))
-            key = integrity.chunk_key(arr, coords)
-            if not (path / key).exists():
-                report.damage.append(Damage(rel, f"chunk {key}", "chunk file missing (its committed rows would read as zeros)"))
+    for key in integrity.missing_chunks(arr, path, _committed_rows(root, rel) or 0):
+        report.damage.append(Damage(rel, f"chunk {key}", "chunk file missing (its committed rows would read as zeros)"))
 
 
 def _check_parquet(path: AnyPath) -> None:
