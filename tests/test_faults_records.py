@@ -145,6 +145,20 @@ def test_truncated_index_parquet(store):
                  ["corpora/d28/index.parquet"])
 
 
+def test_truncated_run_tables(store):
+    """A run's labels and partitions cut short: read inside the flows' tasks (refine, train, generate),
+    checked here through their one reader each; the error names the file."""
+    from cci_core.cluster.cluster_run import partition_rows
+    from cci_core.cluster.labels import read_labels
+    rdir = store.root / "runs" / "km"
+    with damaged(rdir / "clustering" / "labels.parquet", cut_half), \
+            pytest.raises(ValueError, match="^runs/km/clustering/labels.parquet cannot be read as Parquet"):
+        read_labels(rdir)
+    with damaged(rdir / "partitions" / "cluster-000.parquet", cut_half), \
+            pytest.raises(ValueError, match="^runs/km/partitions/cluster-000.parquet cannot be read as Parquet"):
+        partition_rows(store, "km", 0)
+
+
 def test_damaged_dataset_records(store):
     ddir = store.root / "datasets" / "gen"
     with damaged(ddir / "v1" / "card.json", cut_json):

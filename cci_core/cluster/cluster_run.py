@@ -41,10 +41,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
+from cci_core.cluster.labels import LABELS_FILE, RUN_FILES_FIX, read_labels, write_labels
 from cci_core.cluster.records import ClusteringSummary, ClusterParams, ClusterPlan, EmbeddingsSummary, LabelledRun
 from cci_core.store import fs, integrity, runs
 from cci_core.store.corpus import Corpus, open_corpus
+from cci_core.store.record_check import read_table
 from cci_core.store.store import (
     Store,
     atomic_write_json,
@@ -306,7 +307,7 @@ def write_partitions(store: Store, plan, cl, inputs: list[tuple[str, str]],
     plan = LabelledRun.of(plan)
     cl = cl.to_json() if hasattr(cl, "to_json") else cl
     run = fs.as_path(plan.run_dir)
-    df = fs.read_parquet(run / "clustering" / LABELS_FILE)
+    df = read_table(run / "clustering" / LABELS_FILE, RUN_FILES_FIX)
     lin = runs.lineage_store(store)
     parts = []
     for cluster in range(cl["n_clusters"]):
@@ -330,7 +331,7 @@ def partition_rows(store: Store, run_id: str, cluster: int) -> np.ndarray:
     path = store.run_dir(run_id) / "partitions" / f"cluster-{cluster:03d}.parquet"
     if not path.exists():
         raise LookupError(f"run {run_id!r} has no partition for cluster {cluster}")
-    return np.sort(fs.read_parquet(path, columns=["row"])["row"].to_numpy(np.int64))
+    return np.sort(read_table(path, RUN_FILES_FIX, columns=["row"])["row"].to_numpy(np.int64))
 
 
 def write_pictures(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSummary | Mapping,

@@ -13,9 +13,11 @@ import pandas as pd
 
 from cci_core.store import fs
 from cci_core.store.corpus import Corpus
+from cci_core.store.record_check import read_table
 from cci_core.store.store import atomic_write_parquet
 
 LABELS_FILE = "labels.parquet"
+RUN_FILES_FIX = "restore the run folder from a backup, or run the step again under a new --run-id"
 
 
 def write_labels(cdir: str | Path, corpus: Corpus, labels: np.ndarray) -> Path:
@@ -36,5 +38,5 @@ def write_labels(cdir: str | Path, corpus: Corpus, labels: np.ndarray) -> Path:
 
 def read_labels(run_dir: str | Path) -> np.ndarray:
     """(N,) int32 cluster ids of a run's corpus rows (-1 = noise)."""
-    df = fs.read_parquet(fs.as_path(run_dir) / "clustering" / LABELS_FILE, columns=["cluster"])
+    df = read_table(fs.as_path(run_dir) / "clustering" / LABELS_FILE, RUN_FILES_FIX, columns=["cluster"])
     return df["cluster"].to_numpy(np.int32)

@@ -31,9 +31,18 @@ from cci_core.ingest.images import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIX
 from cci_core.ingest.records import IngestPlan, ReadLimits
 from cci_core.ingest.sources import Source, SourceError, open_source
 from cci_core.store import fs
-from cci_core.store.corpus import INDEX_COLUMNS, chunk_rows, commit_version, ensure_images_array, read_manifest, write_rows
+from cci_core.store.corpus import (
+    CORPUS_FIX,
+    INDEX_COLUMNS,
+    chunk_rows,
+    commit_version,
+    ensure_images_array,
+    read_manifest,
+    write_rows,
+)
 from cci_core.store.fs import AnyPath
 from cci_core.store.lineage import LineageStore
+from cci_core.store.record_check import read_table
 from cci_core.store.store import Store, file_lock, pid_alive, utc_now, validate_name
 
 ARRAY_BATCH_BYTES = 192 << 20  # pixels per decode task of an array source (a default, not a cap)
@@ -264,7 +273,7 @@ def select_new(plan: IngestPlan | dict, decoded: list[dict]) -> dict:
     ids = pd.concat([rows["image_id"] for _, rows in batches], ignore_index=True)
     repeated = ids.duplicated(keep="first").to_numpy()  # earlier in this run
     if plan.n0:
-        idx = fs.read_parquet(plan.cdir / "index.parquet", columns=["row", "image_id"])
+        idx = read_table(plan.cdir / "index.parquet", CORPUS_FIX, columns=["row", "image_id"])
         repeated = repeated | ids.isin(idx.loc[idx["row"] < plan.n0, "image_id"]).to_numpy()  # already stored
     now = datetime.now(timezone.utc)
     new_rows, segments, dst, offset = [], [], plan.n0, 0
@@ -348,11 +357,11 @@ def commit_ingest(store: Store, plan: IngestPlan | dict, selection: dict, produc
         fs.rmtree(plan.staging_dir, ignore_errors=True)
         return {**summary, "version": plan.version - 1, "n_rows": plan.n0, "changed": False,
                 "artifact_id": plan.previous_artifact_id}
-    old_index = (fs.read_parquet(cdir / "index.parquet") if plan.n0 else pd.DataFrame(columns=INDEX_COLUMNS))
+    old_index = (read_table(cdir / "index.parquet", CORPUS_FIX) if plan.n0 else pd.DataFrame(columns=INDEX_COLUMNS))
     old_index = old_index[old_index["row"] < plan.n0]
     new_index = fs.read_parquet(selection["new_index"])
     index = pd.concat([old_index, new_index], ignore_index=True) if plan.n0 else new_index
-    old_q = fs.read_parquet(cdir / "quarantine.parquet") if (cdir / "quarantine.parquet").exists() and plan.n0 else None
+    old_q = read_table(cdir / "quarantine.parquet", CORPUS_FIX) if (cdir / "quarantine.parquet").exists() and plan.n0 else None
     new_q = pd.DataFrame(selection["quarantine"], columns=["source", "reason", "batch"]).drop(columns="batch")
     new_q["version"] = plan.version
     quarantine = (pd.concat([old_q, new_q]) if old_q is not None else new_q).drop_duplicates("source", keep="first")
