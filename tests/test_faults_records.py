@@ -179,7 +179,7 @@ def test_damaged_dataset_records(store):
                  ["datasets/gen/v1/manifest.parquet"])
 
 
-def test_committed_version_without_marker_is_never_replaced(store):
+def test_dataset_commit_never_replaces_what_it_cannot_read(store):
     """DatasetWriter removed a v<N> folder without marker before writing v<N>: only a crash between
     the move and the marker may leave one; latest.json naming it proves it was committed."""
     import numpy as np
@@ -199,6 +199,11 @@ def test_committed_version_without_marker_is_never_replaced(store):
             assert snapshot(ddir) == before
     finally:
         shutil.rmtree(ddir / "v2")
+    with damaged(ddir / "latest.json", cut_json):  # a latest.json that cannot be read is not replaced by a commit
+        before = snapshot(ddir)
+        with pytest.raises(ValueError, match="datasets/gen/latest.json is not valid JSON"):
+            DatasetWriter(store, "gen", (28, 28, 1))
+        assert snapshot(ddir) == before
 
 
 def test_damaged_weights(store):

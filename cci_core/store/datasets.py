@@ -126,6 +126,7 @@ class DatasetWriter:
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise ValueError(f"shape must be (H, W, C), got {shape}")
         self.dir = store.dataset_dir(name)
+        _check_latest(self.dir, store.root)  # before any work: a damaged latest.json is refused, not replaced
         remove_stale_staging(self.dir)
         self.staging = make_staging(self.dir)
         self._images = zarr.create_array(
@@ -175,6 +176,7 @@ class DatasetWriter:
         write_hf_parquet(self._images, manifest, self.staging / "data.parquet",
                          dataset_card.class_names(card, clusters) if clusters else None)
         with _lock(self.dir):
+            _check_latest(self.dir, self.store.root)
             version = (_versions(self.dir) or [0])[-1] + 1
             final = self.dir / f"v{version}"
             if final.exists():  # a version folder left without its marker by a crash: never visible
@@ -251,6 +253,14 @@ class TorchDataset:
         import torch
         x = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1).float() / 255.0
         return (self.transform(x) if self.transform else x), self.rows[i]
+
+
+def _check_latest(ddir: AnyPath, root: AnyPath) -> None:
+    """A dataset's latest.json, if there is one, is readable: a commit replaces it, and a record that
+    cannot be read is never overwritten."""
+    latest = fs.as_path(ddir) / "latest.json"
+    if latest.exists():
+        read_record(latest, LATEST_FIX, LATEST_FIELDS, root=root)
 
 
 def _clear_uncommitted(ddir: AnyPath, version: int, root: AnyPath) -> None:
