@@ -81,14 +81,24 @@ def _reason(exc: BaseException) -> str:
     return f"does not decode: {text[:120]}"
 
 
+def _not_damage(exc: BaseException) -> bool:
+    """A read that failed for another reason than the chunk's bytes: a disk, a permission, an
+    object store that does not answer (machine_faults says those in one line of their own)."""
+    from cci_core.store.machine_faults import is_machine_fault
+    return isinstance(exc, OSError) or is_machine_fault(exc)
+
+
 def damaged_chunks(arr: zarr.Array) -> Iterator[tuple[str, str]]:
     """``(chunk key, reason)`` of every stored chunk of ``arr`` that fails its checksum or does
-    not decode (a chunk that was never written reads as the fill value and is not listed)."""
+    not decode (a chunk that was never written reads as the fill value and is not listed). A read
+    that fails for another reason (:func:`_not_damage`) is raised as it is."""
     read_block = zarr.Array.get_block_selection  # the plain read, not a CheckedArray's
     for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
         try:
             read_block(arr, coords)
         except Exception as exc:  # any decode failure is damage; the reason says which
+            if _not_damage(exc):
+                raise
             yield chunk_key(arr, coords), _reason(exc)
 
 
@@ -102,6 +112,8 @@ def _checked(name: str):
         except (IndexError, TypeError, KeyboardInterrupt, ChunkDamagedError):
             raise  # a bad selection, not a bad chunk
         except Exception as exc:
+            if _not_damage(exc):
+                raise
             bad = list(damaged_chunks(self))
             if not bad:
                 raise

@@ -131,8 +131,11 @@ def check_array(root: AnyPath, path: AnyPath, report: VerifyReport) -> None:
         return
     if not integrity.has_checksum(arr):
         report.without_checksum.append(rel)
-    for key, reason in integrity.damaged_chunks(arr):
-        report.damage.append(Damage(rel, f"chunk {key}", reason))
+    try:
+        for key, reason in integrity.damaged_chunks(arr):
+            report.damage.append(Damage(rel, f"chunk {key}", reason))
+    except Exception as exc:  # not the chunks' bytes (a permission, a disk, an object store): still unreadable
+        report.damage.append(Damage(rel, "", f"cannot be read: {_first_line(exc)}"))
     for key in integrity.missing_chunks(arr, path, _committed_rows(root, rel) or 0):
         report.damage.append(Damage(rel, f"chunk {key}", "chunk file missing (its committed rows would read as zeros)"))
 
