@@ -18,9 +18,9 @@ def store_verify(deep: bool = typer.Option(False, "--deep", help="Also check eac
                  store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
     """Check that everything in the store reads back as written; list what is damaged and what depends on it.
 
-    Every Zarr chunk decodes and matches its checksum, every Parquet file, JSON record, .npy and
-    safetensors weight file loads, the lineage database passes its integrity check and each
-    artifact it records exists. Exit code 1 when anything is damaged.
+    Every Zarr chunk decodes and matches its checksum; every Parquet, JSON, .npy and safetensors file loads.
+
+    The lineage database passes its integrity check and each artifact it records exists. Exit code 1 when anything is damaged.
 
     Example: cci store verify --deep --store ./cci-store
     """
