@@ -190,12 +190,14 @@ def test_disk_full_during_ingest_removes_staging_and_keeps_the_last_version(tmp_
 
 def test_damaged_lineage_page(base, tmp_path):
     store = _copy(base, tmp_path / "store")
+    with contextlib.closing(sqlite3.connect(str(store / "lineage.db"))) as conn:  # every page in the file itself
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     flip_bytes(store / "lineage.db", count=64)  # a b-tree page in the middle of the file
     before = snapshot(store)
     for args in (("lineage", "list"), ("corpus", "info", "d28"), ("cluster", "d28", "-k", "3")):
         ran = invoke(*args, "--store", store)
         check(f"machine: damaged lineage.db page, cci {' '.join(args[:2])}", ran, before, store,
-              fragments=[f"{store / 'lineage.db'} is damaged", "backup"])
+              fragments=[f"{store / 'lineage.db'} is damaged", "cannot be read", "backup"])
 
 
 @contextlib.contextmanager

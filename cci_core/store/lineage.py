@@ -187,12 +187,20 @@ def writable(db: Path) -> bool:
     return os.access(db, os.W_OK) and os.access(db.parent, os.W_OK | os.X_OK)
 
 
+def read_only_uri(db: Path) -> str:
+    """The SQLite URI that only reads ``db`` where this process cannot write (a read-only mount):
+    ``mode=ro``, and ``immutable=1`` when no write-ahead log is pending beside it, because SQLite
+    cannot create the WAL index (``-shm``) there; a pending log (a store copied while a writer had
+    it open) is read through its own ``-shm``."""
+    wal = db.with_name(db.name + "-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    return f"{db.resolve().as_uri()}?mode=ro" + ("" if pending else "&immutable=1")
+
+
 def _read_only_engine(db: Path) -> sa.Engine:
-    """An engine that only reads ``db``, for a store on read-only media: ``immutable=1`` because
-    SQLite cannot create the WAL index (``-shm``) beside a WAL database there, and no journal mode
-    is set (that would write)."""
+    """An engine that only reads ``db`` (:func:`read_only_uri`); no journal mode is set (that would write)."""
     import sqlite3
-    uri = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
+    uri = read_only_uri(db)
     return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
 
 
@@ -204,7 +212,7 @@ def check_sqlite(db: Path, write: bool = False, timeout: float = LOCK_WAIT_S) ->
     """
     import sqlite3
     read_only = not writable(db)
-    uri = f"{db.resolve().as_uri()}?mode=ro" + ("&immutable=1" if read_only else "")
+    uri = read_only_uri(db) if read_only else f"{db.resolve().as_uri()}?mode=ro"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as conn:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]

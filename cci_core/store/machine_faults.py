@@ -104,7 +104,8 @@ def lineage_fault(exc: BaseException, database: str | None = None) -> MachineFau
         return MachineFaultError(f"lineage database {db} is locked by another process; wait for it to finish (or stop "
                                  "it) and run the command again")
     if "malformed" in text or "not a database" in text or "corrupt" in text:
-        return MachineFaultError(f"lineage database {db} is damaged ({text.splitlines()[0]}); restore it from a "
+        return MachineFaultError(f"lineage database {db} is damaged and cannot be read ({text.splitlines()[0]}); "
+                                 "restore it from a "
                                  "backup (`cci store verify` checks the rest of the store)")
     if "readonly database" in text or "read-only" in text:
         return MachineFaultError(f"lineage database {db} is read-only; make it and its folder writable (or give "
