@@ -42,6 +42,7 @@ import pandas as pd
 from cci_core.features.probes import evaluate_space
 from cci_core.features.records import SPACES, FeatureParams, FeaturePlan, FeatureSpace
 from cci_core.features.report import write_report
+from cci_core.generate.records import read_training
 from cci_core.store import fs, integrity, relpaths, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store, hash_files
@@ -84,7 +85,7 @@ def _trained_models(r: dict, store: Store) -> list[dict]:
     path = store.run_dir(r["run_id"]) / "models" / "training.json"
     if not path.exists():
         return []
-    return [m for m in relpaths.read_record(store.root, path).get("models", [])
+    return [m for m in read_training(store, path).get("models") or []
             if (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
 
 

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from cci_core.common.finite import check_values
-from cci_core.store import dataset_card, fs, relpaths, runs
+from cci_core.generate.records import read_training
+from cci_core.store import dataset_card, fs, runs
 from cci_core.store.datasets import DatasetWriter
-from cci_core.store.record_check import check_fields
 from cci_core.store.store import Store, validate_name
 
 MANIFEST_SCHEMA = {
@@ -45,10 +45,7 @@ def chosen_models(store: Store, run: dict, which: str | None) -> tuple[str, list
     path = store.run_dir(run["run_id"]) / "models" / "training.json"
     if not path.exists():
         raise ValueError(f"run {run['run_id']!r} has no trained generators; run `cci train {run['run_id']}` first")
-    fix = f"restore it from a backup, or train again (`cci train {run['run_id']}`)"
-    models = check_fields(relpaths.read_record(store.root, path), path, fix, {"models": list}, root=store.root)["models"]
-    for i, m in enumerate(models):
-        check_fields(m, path, fix, {"kind": str, "dir": str, "name": str}, prefix=f"models[{i}].", root=store.root)
+    models = read_training(store, path).get("models") or []
     by_kind: dict[str, list[dict]] = {}
     for m in models:
         by_kind.setdefault(m["kind"], []).append(m)

@@ -29,7 +29,15 @@ from dataclasses import asdict
 import numpy as np
 
 from cci_core.generate.eval_references import batched, prepare_references, space_fns
-from cci_core.generate.records import ClusterSize, EvalGroup, EvaluationPlan, GroupModel, SkippedCluster, as_plan
+from cci_core.generate.records import (
+    ClusterSize,
+    EvalGroup,
+    EvaluationPlan,
+    GroupModel,
+    SkippedCluster,
+    as_plan,
+    read_training,
+)
 from cci_core.generate.settings import EvalParams
 from cci_core.store import fs, relpaths
 from cci_core.store.corpus import open_corpus
@@ -47,7 +55,7 @@ def make_evaluation_plan(store: Store, run_id: str, params: EvalParams) -> Evalu
     path = store.run_dir(run_id) / "models" / "training.json"
     if not path.exists():
         raise ValueError(f"run {run_id!r} has no trained models yet; run `cci train {run_id}` first")
-    training = relpaths.read_record(store.root, path)
+    training = read_training(store, path)
     groups: dict[str, dict] = {}
     for m in training["models"]:
         if not (fs.as_path(m["dir"]) / "generator.safetensors").exists():

@@ -215,6 +215,19 @@ def model_metrics(steps: int, n_train: int, losses: Mapping[str, float], seconds
     return out
 
 
+def read_training(store, path: Any) -> dict:
+    """``models/training.json`` at PATH, its paths resolved under STORE, checked once: its ``models``
+    a list of objects naming ``name``, ``kind`` and ``dir`` (what generate, evaluate, train and the
+    feature spaces read); a damaged one is one error naming the file and the field."""
+    from cci_core.store import relpaths
+    from cci_core.store.record_check import check_fields
+    fix = "restore it from a backup, or train the run's generators again (`cci train RUN`)"
+    record = check_fields(relpaths.read_record(store.root, path), path, fix, {"models": list}, root=store.root)
+    for i, m in enumerate(record.get("models") or ()):
+        check_fields(m, path, fix, {"kind": str, "dir": str, "name": str}, prefix=f"models[{i}].", root=store.root)
+    return record
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 @dataclass(frozen=True)

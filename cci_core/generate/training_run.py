@@ -45,6 +45,7 @@ from cci_core.generate.records import (
     as_plan,
     model_lineage_params,
     model_metrics,
+    read_training,
 )
 from cci_core.generate.settings import TrainParams
 from cci_core.store import fs, relpaths
@@ -239,7 +240,7 @@ def finish_training(store: Store, plan: TrainingPlan | dict, results: list[dict]
     kept = []
     if path.exists():
         names = {r["name"] for r in results}
-        kept = [{**m, "from_earlier_run": True} for m in relpaths.read_record(store.root, path).get("models", [])
+        kept = [{**m, "from_earlier_run": True} for m in read_training(store, path).get("models") or []
                 if m["name"] not in names and (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
     params = asdict(plan.params)
     return write_training_report(
