@@ -193,3 +193,26 @@ def test_verify_deep_finds_changed_pixels_in_an_array_without_checksums(copy_sto
     check("checksums: verify --deep of changed pixels in a corpus without checksums", ran, before, store.root,
           fragments=[_chunk_name(CORPUS_CHUNK) + " rows", "pixels differ from their image_id"])
     assert "dataset gen@v1" in ran.stdout  # what depends on the corpus
+
+
+def test_verify_a_store_on_s3(tmp_path, monkeypatch):
+    """The same checks through fsspec: a flipped byte in a corpus chunk on S3 (moto) is named with its owner."""
+    import fsspec
+    from s3server import make_bucket, moto_server, s3_env
+
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
+    with moto_server(tmp_path) as env, s3_env(env):
+        monkeypatch.setenv("CCI_LINEAGE_URL", f"sqlite:///{tmp_path / 'lineage.db'}")
+        store = Store(f"{make_bucket('checksums')}/st")
+        ingest_local(store, "builtin:digits", "d28", size=(28, 28))
+        ok = invoke("store", "verify", "--deep", "--store", store.root)
+        assert ok.exit_code == 0 and "store OK: 1 arrays" in ok.stdout, ok.stderr
+        s3 = fsspec.filesystem("s3")
+        key = str(store.root / CORPUS_CHUNK).removeprefix("s3://")
+        data = bytearray(s3.cat(key))
+        data[len(data) // 2] ^= 0xFF
+        s3.pipe(key, bytes(data))
+        ran = invoke("store", "verify", "--store", store.root)
+    assert ran.exit_code == 1 and ran.errors and _chunk_name(CORPUS_CHUNK) + ": checksum mismatch" in ran.errors[0], ran.stderr
+    assert "belongs to: corpus d28@v1" in ran.stdout

@@ -203,7 +203,7 @@ def _sqlite_file(store: Store) -> Path | None:
 def check_lineage(store: Store, report: VerifyReport):
     """The lineage database opens and passes ``PRAGMA integrity_check``; every artifact recorded
     inside the store exists. Returns the records (for dependents), or None when they cannot be read."""
-    from cci_core.store.lineage import STORE_SCHEME, LineageStore
+    from cci_core.store.lineage import LineageStore
     url, db = _lineage_url(store), _sqlite_file(store)
     if url is None or (url.startswith("sqlite") and db is None):
         return None  # no lineage (yet): nothing recorded, nothing to check (and no empty database made)
@@ -223,8 +223,9 @@ def check_lineage(store: Store, report: VerifyReport):
         report.damage.append(Damage("lineage.db", "", f"lineage records unreadable: {_first_line(exc)}"))
         return None
     for a in arts:
-        if a.stored_uri.startswith(STORE_SCHEME) and not (store.root / a.stored_uri[len(STORE_SCHEME):]).exists():
-            report.damage.append(Damage(a.stored_uri[len(STORE_SCHEME):], f"(lineage artifact {a.id})",
+        rel = in_store(store.root, a)
+        if rel and not (store.root / rel).exists():
+            report.damage.append(Damage(rel, f"(lineage artifact {a.id})",
                                         f"recorded {a.kind} {a.name} is missing from the store"))
     return arts
 
@@ -273,16 +274,28 @@ def check_pixels(store: Store, report: VerifyReport) -> None:
         _row_damage(_rel(store.root, images), arr, dict(zip(df[col].astype(int), df["image_id"].astype(str))), report)
 
 
-def attach_dependents(damage: list[Damage], arts) -> None:
+def in_store(root: AnyPath, art) -> str | None:
+    """The path of a lineage artifact relative to the store ``root`` (``store://x``, or a path or URL
+    under the root as older records and stores on an object store hold it), else None."""
+    from cci_core.store.lineage import STORE_SCHEME
+    if art.stored_uri.startswith(STORE_SCHEME):
+        return art.stored_uri[len(STORE_SCHEME):].strip("/") or None
+    base = str(root).rstrip("/") + "/"
+    for uri in (art.stored_uri, art.uri):
+        if uri.startswith(base):
+            return uri[len(base):].strip("/") or None
+    return None
+
+
+def attach_dependents(damage: list[Damage], arts, root: AnyPath) -> None:
     """Each damage's owning artifacts (the records whose store URI is the damaged path or a
     folder holding it, the most specific ones) and everything downstream of them."""
-    from cci_core.store.lineage import STORE_SCHEME
     by_id = {a.id: a for a in arts}
     children: dict[str, list[str]] = {}
     for a in arts:
         for parent, _role in a.inputs:
             children.setdefault(parent, []).append(a.id)
-    inside = [(a.stored_uri[len(STORE_SCHEME):].rstrip("/"), a) for a in arts if a.stored_uri.startswith(STORE_SCHEME)]
+    inside = [(rel, a) for a in arts if (rel := in_store(root, a))]
 
     def show(a) -> str:
         return f"{a.kind} {a.name} ({a.id})"
@@ -321,5 +334,5 @@ def verify_store(store: Store, deep: bool = False, log: Callable[[str], None] | 
     if deep:
         check_pixels(store, report)
     if arts:
-        attach_dependents(report.damage, arts)
+        attach_dependents(report.damage, arts, store.root)
     return report

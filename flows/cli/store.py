@@ -29,6 +29,9 @@ def store_verify(deep: bool = typer.Option(False, "--deep", help="Also check eac
     from cci_core.store.verify import verify_store
     # not read_store: its pre-flight refuses a damaged lineage database, which verify reports with the rest
     s = Store(store)
+    if not s.is_local:
+        from flows.preflight import check_object_store
+        run_guarded(check_object_store, str(s.root))  # the bucket answers and $CCI_LINEAGE_URL is set
     report = run_guarded(verify_store, s, deep=deep)
     if as_json:
         print_json(report.to_json())
