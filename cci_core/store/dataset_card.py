@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cci_core.store import fs
+from cci_core.store.record_check import read_table
+
+PARTITION_FIX = "restore the run folder from a backup, or run the step again under a new --run-id"
 
 # The class names of Fashion-MNIST, in label order (the idx files store 0..9).
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -52,7 +54,7 @@ def cluster_profile(partitions: list[dict], labels: np.ndarray | None, names: di
         c = int(p["cluster"])
         entry: dict = {"size": int(p["count"]), "name": f"cluster-{c}"}
         if labels is not None:
-            rows = fs.read_parquet(p["path"], columns=["row"])["row"].to_numpy(np.int64)
+            rows = read_table(p["path"], PARTITION_FIX, columns=["row"])["row"].to_numpy(np.int64)
             lab = pd.Series(labels[rows[rows < len(labels)]]).dropna().astype(str)
             if len(lab):
                 counts = lab.value_counts()
