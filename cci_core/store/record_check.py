@@ -9,6 +9,7 @@ what to do. Nothing that cannot be read is ever taken as "absent" or "unfinished
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ Spec = type | tuple[type, ...]
 _STORE_PARTS = ("runs", "corpora", "datasets")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
                dict: "an object"}
+# the field annotations of model config dataclasses (``from __future__ import annotations``: strings)
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 class RecordError(ValueError):
@@ -73,7 +76,7 @@ def check_fields(record: Any, path: Any, fix: str, required: Mapping[str, Spec] 
         raise RecordError(f"{where}: {what} holds {_value(record)}, expected a JSON object; {fix}")
     for name in required or {}:
         if record.get(name) is None:
-            raise RecordError(f"{where}: field '{prefix}{name}' is missing; {fix}")
+            raise RecordError(f"{where}: field '{prefix}{name}' is {'null' if name in record else 'missing'}; {fix}")
     for name, spec in {**(optional or {}), **(required or {})}.items():
         value = record.get(name)
         if value is not None and not _fits(value, spec):
@@ -124,15 +127,12 @@ def read_tensors(path: Any, fix: str, device: str = "cpu", root: Any = None, loa
         raise RecordError(f"{shown(path, root)} cannot be read as safetensors ({first}); {fix}") from None
 
 
-_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool}
-
 
 def build_config(cls: type, record: Any, path: Any, fix: str, prefix: str = "", root: Any = None,
                  ignore_unknown: bool = False):
     """The dataclass CLS built from RECORD (a model config read from PATH, e.g. ``generator.json``'s
     ``model``): a key that is not a field of CLS (unless IGNORE_UNKNOWN), a value not of its field's
     type, or a value its ``__post_init__`` refuses is a :class:`RecordError` naming the file and the field."""
-    import dataclasses
     record = check_fields(record, path, fix, prefix=prefix, root=root)
     fields = {f.name: _SIMPLE.get(str(f.type)) for f in dataclasses.fields(cls)}
     if ignore_unknown:
@@ -141,10 +141,11 @@ def build_config(cls: type, record: Any, path: Any, fix: str, prefix: str = "", 
         if name not in fields:
             raise RecordError(f"{shown(path, root)}: field '{prefix}{name}' is not a setting of {cls.__name__} "
                               f"({', '.join(fields)}); {fix}")
-    check_fields(record, path, fix, optional={k: t for k, t in fields.items() if t is not None}, prefix=prefix,
+    # every key given must hold its type: a null is no setting (the dataclass's default is left out)
+    check_fields(record, path, fix, {k: t for k, t in fields.items() if t is not None and k in record}, prefix=prefix,
                  root=root)
     try:
         return cls(**record)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise RecordError(f"{shown(path, root)}: field '{prefix.rstrip('.')}' holds a {cls.__name__} that cannot be "
                           f"built ({exc}); {fix}") from None
