@@ -246,6 +246,23 @@ def test_nan_weights_make_predict_fail(base, tmp_path, run_id, weights):
           fragments=[weights.split("/")[-1], "NaN", "cci store verify"])
 
 
+def test_nan_classifier_weights_make_generate_fail(base, tmp_path, prefect_api):
+    """The classifier that scores generated images holds NaN: `cci generate` (a flow) fails with one
+    line naming it, and publishes no dataset (was: every image rejected, a dataset published)."""
+    from cci_core.generate.settings import TrainParams
+    from cci_core.generate.training_run import train_local
+    from cci_core.store.store import Store
+    store = _copy(base, tmp_path / "store")
+    train_local(Store(store), "ref", TrainParams(steps=4, batch_size=16, min_size=10, checkpoint_every=4, width=8,
+                                                 z_dim=8, baseline=False))
+    _poison(store / "runs" / "ref" / "classifier" / "classifier.safetensors")
+    before = snapshot(store)
+    ran = invoke("generate", "ref", "--dataset", "g", "--per-cluster", "4", "--store", store, "--workers", "1")
+    check("machine: NaN classifier weights, cci generate", ran, before, store,
+          fragments=["classifier.safetensors", "NaN", "cci store verify"])
+    assert not list((store / "datasets").glob("g/v*")) and _leftovers(store) == []
+
+
 # ----- an object store that stops answering -------------------------------------------------------------------------
 
 def test_object_store_stops_answering_mid_command(tmp_path):
