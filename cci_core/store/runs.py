@@ -46,7 +46,8 @@ RUN_OPTIONAL = {"kind": str, "corpus": str, "corpus_version": int, "corpus_artif
                 "clustering": dict, "partitions": list, "embeddings": dict, "classifier": str,
                 "classifier_artifact_id": str, "parent_clustering_artifact_id": str, "training": dict,
                 "evaluation": dict, "features": dict}
-_COMPLETE_FIELDS = {"corpus": str, "corpus_version": int}
+# what a finished clustering's readers use (finished_run): present, not just typed when present
+_FINISHED_FIELDS = {"corpus": str, "corpus_version": int}
 _CHILD_FIELDS = {"run_id": str, "kind": str}
 _PARTITION_FIELDS = {"cluster": int, "count": int, "path": str}
 _WRITER_OPTIONAL = {"pid": int, "host": str, "started": float}
@@ -132,8 +133,6 @@ def checked_run(store: Store, run_id: str) -> dict:
     if run["run_id"] != run_id:
         raise RecordError(f"runs/{run_id}/{RUN_FILE}: field 'run_id' is {run['run_id']!r}, expected {run_id!r} "
                           f"(the folder's name); {RUN_FIX}")
-    if run["status"] == "complete":
-        check_fields(run, path, RUN_FIX, _COMPLETE_FIELDS, root=store.root)
     for i, child in enumerate(run.get("children") or ()):
         check_fields(child, path, RUN_FIX, _CHILD_FIELDS, prefix=f"children[{i}].", root=store.root)
     for i, part in enumerate(run.get("partitions") or ()):
@@ -176,6 +175,7 @@ def finished_run(store: Store, run_id: str) -> dict:
     if run.get("status") != "complete" or "clustering" not in run or not run.get("partitions"):
         raise ValueError(f"run {run_id!r} has no finished clustering (status {run.get('status')!r}); "
                          f"finish it with `cci cluster {run.get('corpus', 'CORPUS')}` first")
+    check_fields(run, run_file(store, run_id), RUN_FIX, _FINISHED_FIELDS, root=store.root)
     return run
 
 
