@@ -129,9 +129,13 @@ class DatasetWriter:
         _check_latest(self.dir, store.root)  # before any work: a damaged latest.json is refused, not replaced
         remove_stale_staging(self.dir)
         self.staging = make_staging(self.dir)
-        self._images = zarr.create_array(
-            fs.zarr_url(self.staging / "images.zarr"), shape=(0, *self.shape), chunks=(chunk_rows, *self.shape),
-            dtype="uint8", compressors=integrity.compressors(BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")))
+        try:
+            self._images = zarr.create_array(
+                fs.zarr_url(self.staging / "images.zarr"), shape=(0, *self.shape), chunks=(chunk_rows, *self.shape),
+                dtype="uint8", compressors=integrity.compressors(BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")))
+        except BaseException:  # a full disk: no `with` block runs abort() for a writer never made
+            self.abort()
+            raise
         self._rows: list[pd.DataFrame] = []
         self.n = 0
         self.committed: DatasetVersion | None = None
