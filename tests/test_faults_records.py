@@ -287,3 +287,12 @@ def test_damaged_generator_config(store):
     state = sorted((mdir / "checkpoints").glob("step-*"))[-1] / "state.json"
     with damaged(state, cut_json), pytest.raises(ValueError, match=r"checkpoints/step-\d+/state.json is not valid JSON"):
         load_discriminator(mdir)
+
+
+def test_record_errors_name_the_file_relative_to_the_store():
+    """A local or object-store root, given or not: the file is shown from the store's own folders."""
+    from cci_core.store.record_check import shown
+    assert shown("/data/s/runs/km/run.json", "/data/s") == "runs/km/run.json"
+    assert shown("s3://bucket/p/corpora/d28/corpus.json", "s3://bucket/p") == "corpora/d28/corpus.json"
+    assert shown("/elsewhere/runs/x/datasets/gen/latest.json") == "datasets/gen/latest.json"
+    assert shown("/tmp/other/file.json") == "/tmp/other/file.json"
