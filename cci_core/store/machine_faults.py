@@ -17,19 +17,19 @@ from pathlib import Path
 
 # what each errno means for the user, and what to do about it
 _ERRNO_ADVICE = {
-    errno.ENOSPC: ("no space left on the device", "free space there (or give --store a folder on a larger disk) "
-                   "and run the command again"),
-    errno.EDQUOT: ("the disk quota is exceeded", "free space within the quota (or give --store another folder) "
-                   "and run the command again"),
-    errno.EROFS: ("it is on a read-only file system", "remount it read-write (or give --store a writable folder) "
-                  "and run the command again"),
-    errno.EACCES: ("permission denied", "give this user access to it (chmod / chown, or run as its owner) "
-                   "or give --store a folder you can write"),
+    errno.ENOSPC: ("no space left on the device", "free space there and run the command again"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space within the quota and run the command again"),
+    errno.EROFS: ("it is on a read-only file system", "remount it read-write and run the command again"),
+    errno.EACCES: ("permission denied", "give this user access to it (chmod / chown, or run as its owner)"),
     errno.EPERM: ("the operation is not permitted (an immutable file or a locked-down folder?)",
-                  "give this user access to it (chattr -i, chmod / chown) or give --store another folder"),
+                  "give this user access to it (chattr -i, chmod / chown)"),
     errno.EIO: ("an I/O error of the disk", "check the disk (dmesg), then restore the store from a backup if "
                 "`cci store verify` finds damage"),
 }
+# what else to do when the file is in the store the command was given
+_STORE_ADVICE = {errno.ENOSPC: "or give --store a folder on a larger disk", errno.EDQUOT: "or give --store another folder",
+                 errno.EROFS: "or give --store a writable folder", errno.EACCES: "or give --store a folder you can write",
+                 errno.EPERM: "or give --store another folder"}
 # the words an OSError without an errno (pyarrow's, for one) carries instead
 _ERRNO_WORDS = (("no space left on device", errno.ENOSPC), ("disk quota exceeded", errno.EDQUOT),
                 ("read-only file system", errno.EROFS), ("permission denied", errno.EACCES))
@@ -63,14 +63,17 @@ def _errno_of(exc: OSError) -> int | None:
     return next((code for words, code in _ERRNO_WORDS if words in text), None)
 
 
-def os_fault(exc: OSError, where: str | Path | None = None) -> MachineFaultError | None:
+def os_fault(exc: OSError, where: str | Path | None = None, store: str | Path | None = None) -> MachineFaultError | None:
     """The one-line error for an OSError of the disk (ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EIO),
-    naming its file (or WHERE, the store, when the error names none); None for any other."""
+    naming its file (or WHERE when the error names none); None for any other. A file in STORE
+    (the command's store) also suggests another ``--store``."""
     code = _errno_of(exc)
     if code is None:
         return None
     path = exc.filename or where
     what, todo = _ERRNO_ADVICE[code]
+    if code in _STORE_ADVICE and (path is None or (store is not None and Path(str(path)).is_relative_to(str(store)))):
+        todo = f"{todo}, {_STORE_ADVICE[code]}"
     place = f"{path}" if path else "the store"
     if code in (errno.ENOSPC, errno.EDQUOT):
         free = free_bytes(path) if path else None
@@ -116,20 +119,21 @@ def lineage_fault(exc: BaseException, database: str | None = None) -> MachineFau
     return None
 
 
-def machine_fault(exc: BaseException, where: str | Path | None = None,
-                  database: str | None = None) -> MachineFaultError | None:
+def machine_fault(exc: BaseException, where: str | Path | None = None, database: str | None = None,
+                  store: str | Path | None = None) -> MachineFaultError | None:
     """EXC (or an exception it was raised from) as a :class:`MachineFaultError`, else None.
 
     Parameters
     ----------
     exc : what a command raised
-    where : the store (or folder) the command writes, named when the error names no file
+    where : the store (or file) the command writes, named when the error names no file
     database : the lineage database the command uses, named in a lineage fault
+    store : the command's store: a fault inside it also suggests another ``--store``
     """
     for e in _chain(exc):
         if isinstance(e, MachineFaultError):
             return e
-        fault = (os_fault(e, where) if isinstance(e, OSError) else None) or connection_fault(e) \
+        fault = (os_fault(e, where, store) if isinstance(e, OSError) else None) or connection_fault(e) \
             or lineage_fault(e, database)
         if fault is not None:
             return fault
@@ -168,6 +172,6 @@ def fault_context(*values) -> dict:
                 url = None
             # a server URL may hold a password: only a SQLite file is named
             database = url.removeprefix("sqlite:///") if url and url.startswith("sqlite:///") else None
-            return {"where": str(store.root), "database": database}
+            return {"where": str(store.root), "database": database, "store": str(store.root)}
     path = next((v for v in values if isinstance(v, (str, os.PathLike))), None)
     return {"where": str(path)} if path is not None else {}
