@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
+from flows.interrupt import CancellingDaskTaskRunner  # a failed or killed flow cancels what it submitted
+
 TEMPORARY_SERVER_TIMEOUT_S = 120
 
 
@@ -66,8 +68,8 @@ def dask_task_runner(address: str | None = None, n_workers: int | None = None) -
     """A Dask task runner: an existing scheduler at ``address``, else a LocalCluster on loopback."""
     logging.getLogger("distributed").setLevel(logging.WARNING)  # scheduler chatter in this process
     if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        return CancellingDaskTaskRunner(address=address)
+    return CancellingDaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n_workers or default_workers(), "threads_per_worker": 1, "processes": True,
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
 
@@ -84,7 +86,7 @@ def on_flow_cluster(subflow):
     runner = getattr(ctx, "task_runner", None) if ctx else None
     if not isinstance(runner, DaskTaskRunner):
         return subflow
-    return subflow.with_options(task_runner=DaskTaskRunner(address=runner.client.scheduler.address))
+    return subflow.with_options(task_runner=CancellingDaskTaskRunner(address=runner.client.scheduler.address))
 
 
 def workers_have_gpu() -> bool:

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run, task_run
 
 from cci_core.common.threads import torch_threads_kept
 from cci_core.store.lineage import Artifact
+from tasks.cancel import raise_if_cancelled
 
 
 def producer() -> dict:
@@ -114,6 +115,7 @@ def progress_artifact(description: str, key: str | None = None,
     state = {"id": None, "at": 0.0}
 
     def progress(done: float, total: float, note: str = "") -> None:
+        raise_if_cancelled()  # a loop reporting progress stops here once its command is gone
         pct = max(0.0, min(100.0, 100.0 * done / total)) if total else 0.0
         now = time.monotonic()
         if state["id"] is not None and now - state["at"] < min_seconds and pct < 100.0:

@@ -78,6 +78,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
         api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: output.say(err, msg)))
         # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
         stack.enter_context(heartbeats())
+        from flows.interrupt import terminate_as_interrupt
+        stack.enter_context(terminate_as_interrupt())  # SIGTERM unwinds: the flow's futures are cancelled
         stack.enter_context(tagged(flow, *args, **kwargs))
         stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog"],
                                              **WORKER_CONFIG}))

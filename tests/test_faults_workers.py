@@ -1,0 +1,107 @@
+"""Workers that outlive a server (issue 28, item 6): a Dask cluster started by hand keeps working
+when the next command reports to another Prefect API (each command without PREFECT_API_URL starts
+a temporary server of its own, gone when the command ends).
+
+The cluster is a real ``dask scheduler`` and ``dask worker`` on 127.0.0.1 with no PREFECT_API_URL
+in their environment; the commands are the real ``cci`` console script (:func:`faults.run`)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faults
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bare_cluster(tmp_path_factory):
+    """``dask scheduler`` + one ``dask worker`` as processes, their environment without PREFECT_API_URL."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["OMP_NUM_THREADS"] = "1"
+    bindir = Path(sys.executable).parent
+    logs = tmp_path_factory.mktemp("cluster-logs")
+    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env, cwd=logs,
+                              stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler.log", "w"))]
+    time.sleep(2)
+    procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
+                                   "--dashboard-address", "127.0.0.1:0"], env=env, cwd=logs,
+                                  stdout=subprocess.DEVNULL, stderr=open(logs / "worker.log", "w")))
+    from distributed import Client
+    with Client(addr, timeout=60, set_as_default=False) as client:
+        client.wait_for_workers(1, timeout=90)
+    yield addr
+    for p in procs[::-1]:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def test_second_api_on_the_same_workers(bare_cluster, tmp_path, monkeypatch):
+    """The README's `--dask-address` ingest, run twice: the second command's temporary Prefect
+    server is a new API; the worker's tag-concurrency and events clients of the first (now gone)
+    must not be reused. Before the fix the second run failed after 80-160 s with
+    ConcurrencySlotAcquisitionError."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # each command starts its own server
+    store = tmp_path / "store"
+    argv = ["ingest", "builtin:digits", "--corpus", "c", "--dask-address", bare_cluster, "--store", store]
+    first = faults.run(*argv, timeout=300)
+    assert first.exit_code == 0, first.stderr[-3000:]
+    before = faults.snapshot(store)
+    second = faults.run(*argv, timeout=300)
+    # "4/4 tasks": the second API saw the task runs (their state events were not sent to the first)
+    faults.check("workers: a second Prefect API on the same Dask workers", second, before, store,
+                 expect="correct result", correct=lambda r: "Nothing new: corpus c stays at v1" in r.stdout
+                 and "4/4 tasks" in r.stderr)
+
+
+TRAINING = {"start": "given", "recluster": "kmeans", "width": 8, "batch_size": 64, "rounds": 200,
+            "warmup_steps": 10, "steps": 10}  # rounds of a few seconds each: minutes in all
+
+
+def test_killed_refine_stops_its_training(bare_cluster, digits28_store, prefect_api):
+    """`cci refine` on an external cluster, killed (SIGTERM) once its training task has written
+    round 0: within seconds nothing in its run folder changes any more and the worker runs no task.
+    Before the fix the training went on writing rounds for a minute or more."""
+    from distributed import Client
+
+    from cci_core.cluster.cluster_run import ClusterParams
+    store = digits28_store("faults-kill", corpus="d28", base=ClusterParams(k=3, n_components=10))
+    run_dir = store.run_dir("base-refined")
+    sets = [a for k, v in TRAINING.items() for a in ("--set", f"{k}={v}")]
+    proc = subprocess.Popen([Path(sys.executable).parent / "cci", "refine", "base", "--store", store.root,
+                             "--dask-address", bare_cluster, *sets], env={**os.environ, "COLUMNS": "200"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + 240, {}
+    while len(seen) < 2:  # rounds 0 and 1 are written: the training task is running; a round takes this long
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the training did not start"
+        seen.update({p: seen.get(p, time.monotonic()) for p in run_dir.rglob("_DONE")})
+        time.sleep(0.1)
+    period = max(seen.values()) - min(seen.values())
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    time.sleep(3)  # a round being saved may still land
+    before = faults.snapshot(run_dir)
+    time.sleep(max(4.0, 2 * period + 3))  # two more rounds would have been written by a task left running
+    after = faults.snapshot(run_dir)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))  # new files too
+    with Client(bare_cluster, timeout=30, set_as_default=False) as client:
+        # threads still executing a task, the cancelled ones too (the scheduler no longer lists those)
+        busy = {w: keys for w, keys in client.run(lambda dask_worker: list(dask_worker.active_threads.values())).items()
+                if keys}
+    assert not changed and not busy, (period, changed, busy)
+    faults.TALLY["workers: a killed refine stops writing its run"] = "correct result"
