@@ -62,7 +62,9 @@ def _quiet_compute_failed(record: logging.LogRecord) -> bool:
     one line the CLI prints when the error reaches it."""
     if not str(record.msg).startswith("Compute Failed") or not isinstance(record.args, tuple) or len(record.args) < 4:
         return True
-    return str(record.args[3]).partition("(")[0] not in _expected_names()
+    from cci_core.store.machine_faults import fault_in_text
+    text = str(record.args[3])
+    return text.partition("(")[0] not in _expected_names() and not fault_in_text(text)
 
 
 def dask_setup(worker=None) -> None:

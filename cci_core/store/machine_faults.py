@@ -145,6 +145,17 @@ def is_machine_fault(exc: BaseException | None) -> bool:
     return exc is not None and machine_fault(exc) is not None
 
 
+def fault_in_text(text: str) -> bool:
+    """Whether an exception's repr (all a Dask worker's "Compute Failed" log keeps of it) is one of
+    the faults :func:`machine_fault` explains: a full, read-only or forbidden disk, an object store
+    that does not answer."""
+    name, low = text.partition("(")[0], text.lower()
+    if name in _CONNECTION_ERRORS:
+        return True
+    return name in ("OSError", "PermissionError", "IOError") and (
+        any(words in low for words, _ in _ERRNO_WORDS) or _SHORT_WRITE.search(low) is not None)
+
+
 def free_bytes(path: str | Path) -> int | None:
     """Free bytes on the file system of PATH (its nearest existing folder), None when unknown."""
     p = Path(path)
