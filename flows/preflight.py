@@ -282,9 +282,14 @@ def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int]
                    dataset: str | None, k: int | str, counts: dict[str, int]) -> None:
     """``cci run``: what can be known about the whole pipeline before its first stage."""
     from cci_core.ingest.ingest import check_ingest_request
-    from cci_core.store.store import validate_name
+    from cci_core.store.store import MAX_NAME, validate_name
     if dataset is not None:
         validate_name(dataset, "dataset name")
+    longest = f"{corpus}-v9999-12345678-r12345678"  # the pipeline's refined run: CORPUS-v<version>-<hash>-r<hash>
+    if len(longest) > MAX_NAME:
+        raise PreflightError(f"corpus name {corpus!r} is {len(corpus)} characters: `cci run` names its runs "
+                             f"CORPUS-v<version>-<8 hex digits>-r<8 hex digits>, at most {MAX_NAME} characters; "
+                             f"give --corpus a name of at most {MAX_NAME - len(longest) + len(corpus)} characters")
     if isinstance(k, str):  # a range to choose from, as `cci cluster --k` takes
         from cci_core.cluster.choices import parse_k_range  # no sklearn, scipy or dask.array
         parse_k_range(k)

@@ -76,3 +76,12 @@ def test_derived_run_id_too_long_says_so(store):
     ran = faults.invoke("refine", LONG_RUN, "--store", str(store.root))
     faults.check("printing: derived RUN-refined too long", ran, before, store.root,
                  fragments=[f"{LONG_RUN}-refined", "made from", "--run-id"])
+
+
+def test_pipeline_run_ids_too_long_say_so(store):
+    """`cci run` with a 110-character corpus: its derived run ids would pass 128 characters after the
+    ingest; refused first, naming --corpus and the longest name that works."""
+    before = faults.snapshot(store.root)
+    ran = faults.invoke("run", "builtin:digits", "--corpus", "c" * 110, "--store", str(store.root))
+    faults.check("printing: derived pipeline run ids too long", ran, before, store.root,
+                 fragments=["c" * 110, "--corpus", "at most 103 characters"])

@@ -38,6 +38,7 @@ __all__ = ["Store", "validate_name", "hash_files", "utc_now", "atomic_write_byte
            "make_staging", "staging_owner", "remove_stale_staging", "publish_dir", "staging"]
 
 DEFAULT_ROOT = "./cci-store"
+MAX_NAME = 128  # characters of a corpus, run or dataset name (a folder name)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -57,7 +58,7 @@ def derived_name(name: str, suffix: str, what: str, flag: str) -> str:
         return validate_name(derived, what)
     except ValueError:
         raise ValueError(f"the default {what} {derived!r} (made from {name!r} + '-{suffix}') is {len(derived)} "
-                         f"characters, more than 128: give {flag} with a shorter name") from None
+                         f"characters, more than {MAX_NAME}: give {flag} with a shorter name") from None
 
 
 class Store:
