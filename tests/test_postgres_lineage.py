@@ -184,7 +184,7 @@ def test_the_pipeline_records_its_lineage_in_postgres(lineage_cluster, postgres,
     where = ["--store", store, "--dask-address", addr]
     ingest = json.loads(_done(_cci(env, "ingest", "builtin:digits", "--corpus", "d28", "--size", "28x28", "--json",
                                    *where)))
-    # two runs at once fit the same PCA: both record it (the same id) at the same time
+    # two runs at once fit the same PCA: each records its own (same content hash, its own folder and id)
     runs = [_cci(env, "cluster", "d28", "--k", k, "--components", 10, "--run-id", f"k{k}", "--json", *where)
             for k in (3, 4)]
     summaries = [json.loads(_done(p)) for p in runs]
@@ -195,10 +195,12 @@ def test_the_pipeline_records_its_lineage_in_postgres(lineage_cluster, postgres,
     corpus = lin.get(ingest["artifact_id"])
     assert corpus.kind == "corpus" and [r for _, r in corpus.inputs] == ["source"]
     assert lin.get(corpus.inputs[0][0]).uri == "builtin:digits"
-    (pca,) = lin.list(kind="pca")  # fitted by both runs, recorded once
-    (emb,) = lin.list(kind="embeddings")
-    assert pca.inputs == [(corpus.id, "corpus")] and (pca.id, "pca") in emb.inputs
+    pcas, embs = lin.list(kind="pca"), lin.list(kind="embeddings")
+    assert len(pcas) == len(embs) == 2 and len({a.content_hash for a in pcas}) == 1  # fitted by both runs
     for k in (3, 4):
+        (pca,) = [a for a in pcas if f"/runs/k{k}/" in a.uri]
+        (emb,) = [a for a in embs if f"/runs/k{k}/" in a.uri]
+        assert pca.inputs == [(corpus.id, "corpus")] and (pca.id, "pca") in emb.inputs
         clustering = lin.resolve(f"clustering:k{k}/clustering")
         assert {(emb.id, "features"), (pca.id, "pca"), (corpus.id, "corpus")} == set(clustering.inputs)
         assert clustering.producer.get("task_run_id") and clustering.uri == str(store.resolve() / "runs" / f"k{k}" / "clustering")
