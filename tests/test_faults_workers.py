@@ -51,7 +51,7 @@ def bare_cluster(tmp_path_factory):
 
 
 def test_second_api_on_the_same_workers(bare_cluster, tmp_path, monkeypatch):
-    """The README's `--dask-address` ingest, run twice: the second command's temporary Prefect
+    """The `--dask-address` ingest of docs/commands.md, run twice: the second command's temporary Prefect
     server is a new API; the worker's tag-concurrency and events clients of the first (now gone)
     must not be reused. Before the fix the second run failed after 80-160 s with
     ConcurrencySlotAcquisitionError."""
