@@ -33,13 +33,14 @@ def bare_cluster(tmp_path_factory):
     env["OMP_NUM_THREADS"] = "1"
     bindir = Path(sys.executable).parent
     logs = tmp_path_factory.mktemp("cluster-logs")
+    files = [open(logs / "scheduler.log", "w"), open(logs / "worker.log", "w")]
     procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--dashboard-address", "127.0.0.1:0"], env=env, cwd=logs,
-                              stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler.log", "w"))]
+                              stdout=subprocess.DEVNULL, stderr=files[0])]
     time.sleep(2)
     procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
                                    "--dashboard-address", "127.0.0.1:0"], env=env, cwd=logs,
-                                  stdout=subprocess.DEVNULL, stderr=open(logs / "worker.log", "w")))
+                                  stdout=subprocess.DEVNULL, stderr=files[1]))
     from distributed import Client
     with Client(addr, timeout=60, set_as_default=False) as client:
         client.wait_for_workers(1, timeout=90)
@@ -48,6 +49,8 @@ def bare_cluster(tmp_path_factory):
         p.terminate()
     for p in procs:
         p.wait(timeout=30)
+    for f in files:
+        f.close()
 
 
 def test_second_api_on_the_same_workers(bare_cluster, tmp_path, monkeypatch):
