@@ -188,7 +188,7 @@ def existing_store(root: str | None) -> Store:
 def _check_sqlite(db: Path, write: bool = False) -> None:
     """The lineage database reads as SQLite and ``PRAGMA quick_check`` finds no damage (on a
     read-only store too); with ``write``, its write lock is free within a few seconds."""
-    from cci_core.store.lineage import check_sqlite
+    from cci_core.store.lineage_sqlite import check_sqlite
     try:
         check_sqlite(db, write=write)
     except ValueError as exc:
