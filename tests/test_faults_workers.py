@@ -53,6 +53,28 @@ def bare_cluster(tmp_path_factory):
         f.close()
 
 
+def test_prefect_services_follow_the_api():
+    """In one process (a Dask worker's), Prefect's concurrency-slot service for a set of tags is one
+    per API URL, its client made for that API; services of APIs not used for a while are drained."""
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService as Service
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.api_follow import KEEP_APIS  # importing tasks installs it, as a worker unpickling a task does
+    names = frozenset({"tag:corpus:faults-workers"})
+
+    def service(port: int):
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            return Service.instance(names)
+    first = service(9)
+    assert service(9) is first and service(10) is not first and service(9) is first
+    time.sleep(0.5)  # the service's client is made on Prefect's loop thread
+    assert str(first._client.api_url).startswith("http://127.0.0.1:9/") and not first._stopped
+    others = [service(11 + i) for i in range(KEEP_APIS)]
+    time.sleep(0.5)
+    assert first._stopped and not others[-1]._stopped
+    faults.TALLY["workers: Prefect services follow the API"] = "correct result"
+
+
 def test_second_api_on_the_same_workers(bare_cluster, tmp_path, monkeypatch):
     """The `--dask-address` ingest of docs/commands.md, run twice: the second command's temporary Prefect
     server is a new API; the worker's tag-concurrency and events clients of the first (now gone)
