@@ -150,14 +150,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> AnyPath:
     return path
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> AnyPath:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 def _drop(path: Path) -> None:
     """Remove a file left by a failed write; a failure to remove it never hides the first error."""
     with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
 
 
+def atomic_write_json(path: str | Path, obj: Any) -> AnyPath:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def read_json(path: str | Path) -> Any:

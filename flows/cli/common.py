@@ -96,13 +96,13 @@ def run_guarded(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except _expected_errors() as exc:
         fail(str(exc))
-
-
     except Exception as exc:
         fault = machine_fault(exc, **fault_context(*args, *kwargs.values()))
         if fault is None:
             raise
         fail(str(fault))
+
+
 def name_values(items: list[str], flag: str) -> dict[str, str]:
     """``NAME=VALUE`` options (repeatable flags) as a dict; anything else is one red line."""
     out_ = {}
