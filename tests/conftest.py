@@ -1,6 +1,7 @@
 """Shared fixtures: one Prefect test harness per session, single-threaded BLAS/torch."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -88,29 +89,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def dask_processes(env: dict, n_workers: int, log_dir: Path | None = None):
+    """``dask scheduler`` and N_WORKERS ``dask worker`` processes (one thread each) on 127.0.0.1 with
+    the environment ENV; yields the scheduler's address once every worker has joined, and ends them
+    all. LOG_DIR: their working folder and stderr logs (else stderr is dropped)."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    with contextlib.ExitStack() as files:
+        def stderr(name: str):
+            return files.enter_context(open(log_dir / f"{name}.log", "w")) if log_dir else subprocess.DEVNULL
+        procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                   "--dashboard-address", "127.0.0.1:0"], env=env, cwd=log_dir,
+                                  stdout=subprocess.DEVNULL, stderr=stderr("scheduler"))]
+        time.sleep(2)
+        for i in range(n_workers):
+            procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
+                                           "--dashboard-address", "127.0.0.1:0"], env=env, cwd=log_dir,
+                                          stdout=subprocess.DEVNULL, stderr=stderr(f"worker-{i}")))
+        try:
+            from distributed import Client
+            with Client(addr, timeout=60, set_as_default=False) as client:
+                client.wait_for_workers(n_workers, timeout=90)
+            yield addr
+        finally:
+            for p in procs[::-1]:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def dask_scheduler(prefect_api):
     """A scheduler and two workers as separate processes on 127.0.0.1."""
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    bindir = Path(sys.executable).parent
-    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    time.sleep(2)
-    for _ in range(2):
-        procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
-                                       "--dashboard-address", "127.0.0.1:0"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    from distributed import Client
-    with Client(addr, timeout=60) as client:
-        client.wait_for_workers(2, timeout=90)
-    yield addr
-    for p in procs[::-1]:
-        p.terminate()
-    for p in procs:
-        p.wait(timeout=30)
+    with dask_processes({**os.environ, "PREFECT_API_URL": prefect_api}, 2) as addr:
+        yield addr
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,41 +15,16 @@ from pathlib import Path
 
 import faults
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import dask_processes
 
 
 @pytest.fixture(scope="module")
 def bare_cluster(tmp_path_factory):
     """``dask scheduler`` + one ``dask worker`` as processes, their environment without PREFECT_API_URL."""
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["OMP_NUM_THREADS"] = "1"
-    bindir = Path(sys.executable).parent
-    logs = tmp_path_factory.mktemp("cluster-logs")
-    files = [open(logs / "scheduler.log", "w"), open(logs / "worker.log", "w")]
-    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"], env=env, cwd=logs,
-                              stdout=subprocess.DEVNULL, stderr=files[0])]
-    time.sleep(2)
-    procs.append(subprocess.Popen([bindir / "dask", "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
-                                   "--dashboard-address", "127.0.0.1:0"], env=env, cwd=logs,
-                                  stdout=subprocess.DEVNULL, stderr=files[1]))
-    from distributed import Client
-    with Client(addr, timeout=60, set_as_default=False) as client:
-        client.wait_for_workers(1, timeout=90)
-    yield addr
-    for p in procs[::-1]:
-        p.terminate()
-    for p in procs:
-        p.wait(timeout=30)
-    for f in files:
-        f.close()
+    with dask_processes(env, 1, log_dir=tmp_path_factory.mktemp("cluster-logs")) as addr:
+        yield addr
 
 
 def test_prefect_services_follow_the_api():
