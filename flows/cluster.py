@@ -6,6 +6,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from cci_core.cluster.explore import explorer_path
 from cci_core.store import fs
 from cci_core.store.store import Store
 from flows import naming
@@ -86,7 +87,8 @@ def cluster_flow(settings: ClusterSettings) -> dict:
     create_markdown_artifact(
         key=artifact_key("cluster-pictures", corpus), description=f"pictures of run {run_id}",
         markdown=f"# Run `{run_id}`\n\ncorpus `{corpus}` v{plan['corpus_version']}; run folder: "
-                 f"{file_link(plan['run_dir'])}; lineage: `cci lineage show {cl['clustering_artifact_id']}`\n\n"
+                 f"{file_link(plan['run_dir'])}; cluster explorer: {file_link(explorer_path(plan['run_dir']), 'explore.html')}; "
+                 f"lineage: `cci lineage show {cl['clustering_artifact_id']}`\n\n"
                  + "\n".join(png_markdown(p, fs.as_path(p).stem) for p in shown))
     summary = {"run_id": run_id, "run_dir": plan["run_dir"], "corpus": corpus,
                "corpus_version": plan["corpus_version"], "n_rows": plan["n_rows"], "k": k_used,

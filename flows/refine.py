@@ -7,6 +7,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from cci_core.cluster.explore import explorer_path
 from cci_core.store import fs
 from cci_core.store.store import Store
 from flows import naming
@@ -50,7 +51,8 @@ def refine_flow(settings: RefineSettings) -> dict:
                              description=f"pictures of refined run {plan['run_id']}",
                              markdown=f"# Refined run `{plan['run_id']}`\n\nfrom run `{run_id}`; "
                                       f"{metrics_text(cl['metrics'])}\n\nfolder {file_link(plan['run_dir'])}, "
-                                      f"partitions {file_link(fs.as_path(plan['run_dir']) / 'partitions')}; lineage: "
+                                      f"partitions {file_link(fs.as_path(plan['run_dir']) / 'partitions')}, cluster explorer "
+                                      f"{file_link(explorer_path(plan['run_dir']), 'explore.html')}; lineage: "
                                       f"`cci lineage show {cl['clustering_artifact_id']}`\n\n"
                                       + "\n".join(png_markdown(p, fs.as_path(p).stem) for p in shown))
     return {"run_id": plan["run_id"], "parent_run": run_id, "run_dir": plan["run_dir"], "corpus": plan["corpus"],

@@ -23,6 +23,7 @@ Run folder::
                  space.zarr                (N, umap_dim) float32, only with --embedding umap
                  clustering/               model (safetensors + JSON), labels.parquet
                  reports/metrics.json      the metrics report
+                 reports/explore.html      the cluster explorer page (cci_core.cluster.explore)
                  partitions/cluster-NNN.parquet  rows of each cluster
                  pictures/                 montages and scatter plots
 
@@ -336,9 +337,11 @@ def partition_rows(store: Store, run_id: str, cluster: int) -> np.ndarray:
 
 def write_pictures(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSummary | Mapping,
                    cl: ClusteringSummary | Mapping) -> list[str]:
-    """Montages of the images nearest each centre, and scatter plots of the embedding."""
+    """Montages of the images nearest each centre, scatter plots of the embedding, and the
+    cluster explorer page ``reports/explore.html`` (:mod:`cci_core.cluster.explore`)."""
     from cci_core.cluster.cluster_pictures import save_cluster_montages, save_scatter
     from cci_core.cluster.clusterers import centroids
+    from cci_core.cluster.explore import build_explorer
     plan, emb = ClusterPlan.of(plan), EmbeddingsSummary.of(emb)
     n_clusters = cl.n_clusters if isinstance(cl, ClusteringSummary) else cl["n_clusters"]
     p, pics = plan.params, plan.dir / "pictures"
@@ -355,6 +358,7 @@ def write_pictures(store: Store, plan: ClusterPlan | Mapping, emb: EmbeddingsSum
         if emb.space != "embeddings.zarr" and X.shape[1] >= 2:
             paths.append(save_scatter(X, labels, pics / "scatter-umap.png", seed=p.seed,
                                       title=f"{plan.corpus}: UMAP dimensions 1-2"))
+    paths.append(build_explorer(store, plan.run_id))  # reports/explore.html
     return [str(x) for x in paths]
 
 

@@ -9,6 +9,7 @@ generate) works on it unchanged::
                  classifier/classifier.*    the kept round's CNN (safetensors + JSON)
                  clustering/labels.parquet  the refined cluster of every corpus row
                  reports/metrics.json       per-round metrics and the chosen round
+                 reports/explore.html       the cluster explorer page (cci_core.cluster.explore)
                  partitions/cluster-NNN.parquet
                  pictures/                  montages (nearest the centre in the classifier's
                                             embedding), curves.png (metrics per round)
@@ -129,11 +130,13 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
 
 
 def write_refine_pictures(store: Store, plan: RefinePlan | dict, cl: dict) -> list[str]:
-    """Montages nearest each centre in the classifier's embedding; the per-round curves."""
+    """Montages nearest each centre in the classifier's embedding; the per-round curves; the
+    cluster explorer page ``reports/explore.html`` (:mod:`cci_core.cluster.explore`)."""
     import torch
 
     from cci_core.cluster.cluster_pictures import save_cluster_montages
     from cci_core.cluster.clusterers import centroids
+    from cci_core.cluster.explore import build_explorer
     from cci_core.common.torch_data import CorpusImages
     from cci_core.refine.rounds import embed_corpus
 
@@ -150,6 +153,7 @@ def write_refine_pictures(store: Store, plan: RefinePlan | dict, cl: dict) -> li
     curves = rdir / "refine" / "curves.png"
     if curves.exists():
         paths.append(fs.copyfile(curves, pics / "curves.png"))
+    paths.append(build_explorer(store, plan.run_id))  # reports/explore.html
     return [str(p) for p in paths]
 
 

@@ -19,6 +19,7 @@ from flows.cli import (  # noqa: E402
     cluster,
     corpus,
     datasets,
+    explore,
     features,
     generate,
     ingest,
@@ -37,7 +38,7 @@ COMMANDS = (
     ("predict", cluster.predict), ("generate", generate.generate), ("run", run.run_pipeline),
     ("refresh", run.refresh), ("train", train.train), ("evaluate", train.evaluate), ("palette", palette.palette),
     ("stylize", palette.stylize), ("segment", palette.segment), ("features", features.features),
-    ("self-condition", features.self_condition),
+    ("self-condition", features.self_condition), ("explore", explore.explore),
 )
 # (name, help, its commands)
 GROUPS = (

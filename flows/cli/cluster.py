@@ -98,6 +98,7 @@ def cluster(
         out.print(f"  note: {summary['extension']}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"  clustering: {summary['clustering_artifact_id']}  pca: {summary['pca_artifact_id']}\n"
               f"  run folder: {summary['run_dir']}\n  report: {summary['report']}\n"
+              f"  explorer: {next((p for p in summary['pictures'] if p.endswith('explore.html')), 'none')}\n"
               f"  next: cci predict {summary['run_id']} PATH   |   cci refine {summary['run_id']}   |   "
               f"cci lineage show {summary['clustering_artifact_id']}", highlight=False, soft_wrap=True, markup=False)
 

@@ -76,6 +76,7 @@ def refine(
               f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {lit(run_id)}\n"
               f"  classifier: {summary['classifier_artifact_id']}  ({lit(summary['classifier'])})\n"
               f"  clustering: {summary['clustering_artifact_id']}\n  report: {lit(summary['report'])}\n"
+              f"  explorer: {lit(next((p for p in summary['pictures'] if p.endswith('explore.html')), 'none'))}\n"
               f"  next: cci predict {lit(summary['run_id'])} PATH   |   cci train {lit(summary['run_id'])}",
               highlight=False, soft_wrap=True)
 

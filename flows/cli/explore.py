@@ -1,0 +1,31 @@
+"""`cci explore RUN`: (re)build a run's cluster explorer page, ``reports/explore.html``
+(:mod:`cci_core.cluster.explore`), straight from the run's files: no Prefect server, no Dask cluster."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from flows.cli.common import lit, out, print_json, read_store, run_guarded
+from flows.cli.options import JsonOpt, StoreOpt
+
+
+def explore(run_id: str = typer.Argument(..., metavar="RUN", help="A clustering or refined run id."),
+            max_points: int = typer.Option(5000, "--max-points", min=1,
+                                           help="Points drawn on the map: a seeded sample, stratified by cluster."),
+            store: Optional[str] = StoreOpt, as_json: bool = JsonOpt):
+    """Write RUN's cluster explorer: one HTML page that opens from disk with no server and no network.
+
+    A map of the run's embedding coloured by cluster (hover a point to see its image, click a cluster
+    in the legend to filter), each cluster's size, centre images, most doubted members and label mix,
+    and the cluster x label table when the corpus has labels. `cci cluster` and `cci refine` write it too.
+
+    Example: cci explore RUN --max-points 2000
+    """
+    from cci_core.cluster.explore import build_explorer
+    s = read_store(store)
+    path = run_guarded(build_explorer, s, run_id, max_points)
+    if as_json:
+        print_json({"run_id": run_id, "explore": str(path)})
+    else:
+        out.print(f"Explorer of run [bold]{lit(run_id)}[/]: {lit(path)}", highlight=False, soft_wrap=True)

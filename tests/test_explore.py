@@ -1,0 +1,172 @@
+"""The cluster explorer page (``reports/explore.html``): written by clustering and refined runs and by
+`cci explore`, self-contained, deterministic, its map holding the stratified sample; and in headless
+Chromium from ``file://``: no console error, no network, hovering shows an image, the legend filters."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cci_core.cluster.cluster_run import ClusterParams
+from cci_core.cluster.explore import build_explorer, explorer_path, stratified_sample, thumbnail_uri
+from cci_core.cluster.labels import read_labels
+from tests.faults import invoke
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def store(digits28_store):
+    """Corpus ``d28`` (1,797 digits, labelled), clustering run ``km`` (k=5) and its refined run ``ref``."""
+    from cci_core.refine import refine_run as rr
+    s = digits28_store("explore", corpus="d28", km=ClusterParams(k=5, n_components=20))
+    rr.refine_local(s, "km", rr.config_from_options({"rounds": 1, "warmup_steps": 20, "steps": 20, "batch_size": 64,
+                                                    "width": 8, "start": "given", "recluster": "kmeans"}),
+                    new_run_id="ref", log=lambda _: None)
+    return s
+
+
+def figure_traces(page: str) -> list[dict]:
+    """The traces of the page's Plotly figure, as embedded in the HTML."""
+    start = page.index('Plotly.newPlot(')
+    start = page.index("[", page.index('"map"', start))
+    traces, _ = json.JSONDecoder().raw_decode(page[start:])
+    return traces
+
+
+def expected_counts(labels: np.ndarray, max_points: int) -> dict[str, int]:
+    rows = stratified_sample(labels, max_points)
+    got, counts = np.unique(labels[rows], return_counts=True)
+    return {("noise" if c < 0 else f"cluster {c}"): int(n) for c, n in zip(got, counts)}
+
+
+def test_the_runs_write_the_page_and_it_holds_the_stratified_sample(store):
+    for run in ("km", "ref"):
+        path = explorer_path(store.run_dir(run))
+        assert path.exists(), f"run {run} wrote no {path}"
+        page = path.read_text()
+        assert path.stat().st_size < 20 << 20
+        assert not re.search(r"<script[^>]*\bsrc=", page), "every script is inline"
+        assert "<table class='labels'>" in page and "cluster &times; label" in page.lower()
+        traces = figure_traces(page)
+        labels = read_labels(store.run_dir(run))
+        assert {t["name"]: len(t["text"]) for t in traces} == expected_counts(labels, 5000)
+        assert all(u.startswith("data:image/png;base64,") for t in traces for u in t["customdata"])
+    assert "softmax" in explorer_path(store.run_dir("ref")).read_text()
+    assert "margin 1 - d1/d2" in explorer_path(store.run_dir("km")).read_text()
+
+
+def test_a_sample_is_stratified_seeded_and_stated(store):
+    labels = read_labels(store.run_dir("km"))
+    path = build_explorer(store, "km", max_points=300)
+    page = path.read_text()
+    assert "a sample of 300 of 1,797 rows" in page
+    counts = expected_counts(labels, 300)
+    assert sum(counts.values()) == 300 and len(counts) == 5
+    sizes = np.bincount(labels)
+    for c, n in enumerate(sizes):  # in proportion to the cluster's size, every cluster shown
+        assert abs(counts[f"cluster {c}"] - 300 * n / labels.size) <= 1
+    assert {t["name"]: len(t["text"]) for t in figure_traces(page)} == counts
+    first = path.read_bytes()
+    assert build_explorer(store, "km", max_points=300).read_bytes() == first, "the same run gives the same bytes"
+    small = stratified_sample(np.array([0] * 1000 + [1] * 3 + [-1] * 2), 10)
+    assert len(small) == 10 and set(np.array([0] * 1000 + [1] * 3 + [-1] * 2)[small]) == {0, 1, -1}
+
+
+def test_cci_explore_rebuilds_the_page(store):
+    path = explorer_path(store.run_dir("ref"))
+    path.unlink()
+    ran = invoke("explore", "ref", "--max-points", "400", "--store", store.root)
+    assert ran.exit_code == 0, ran.stderr
+    assert str(path) in ran.stdout.replace("\n", "") and path.exists()
+    assert sum(len(t["text"]) for t in figure_traces(path.read_text())) == 400
+    bad = invoke("explore", "nope", "--store", store.root)
+    assert bad.exit_code == 1 and "no run 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (28, 28), (24, 40, 3), (64, 64, 3), (5, 90, 1), (64, 48, 4)])
+def test_thumbnails_of_every_image_shape(shape):
+    import base64
+    import io
+
+    from PIL import Image
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    uri = thumbnail_uri(img)
+    kind, data = uri.split(";base64,")
+    im = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert max(im.size) <= 32 and im.size[0] >= 1 and im.size[1] >= 1
+    assert kind == ("data:image/png" if len(shape) == 2 or shape[2] == 1 else "data:image/jpeg")
+
+
+def test_an_rgb_corpus_of_odd_size_gets_a_page(tmp_path):
+    from cci_core.cluster import cluster_run as cr
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
+    s = Store(tmp_path / "rgb")
+    ingest_local(s, "builtin:digits", "rgb", size=(24, 40), channels=3)
+    cr.run_local(s, "rgb", cr.ClusterParams(k=3, n_components=8), run_id="rgb-km")
+    page = explorer_path(s.run_dir("rgb-km")).read_text()
+    assert "data:image/jpeg;base64," in page
+    assert {t["name"]: len(t["text"]) for t in figure_traces(page)} == expected_counts(read_labels(s.run_dir("rgb-km")),
+                                                                                     5000)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+                    reason="no /usr/bin/chromium or /usr/bin/chromedriver: apt-get install chromium chromium-driver")
+def test_the_page_in_headless_chromium(store, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = build_explorer(store, "km", max_points=600)
+    counts = expected_counts(read_labels(store.run_dir("km")), 600)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(path.as_uri())
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "var g = document.getElementById('map'); return !!(g && g._fullLayout && g.data);"))
+        shown = driver.execute_script("return document.getElementById('map')._fullData.map(t => [t.name, t._length]);")
+        assert dict(shown) == counts
+        n_points = driver.execute_script("return document.querySelectorAll('#map .scatterlayer .point').length;")
+        assert n_points == 600
+
+        # the mouse over a point (Plotly.Fx.hover called from a script emits no plotly_hover)
+        point = driver.find_elements(By.CSS_SELECTOR, "#map .scatterlayer .trace")[1].find_element(By.CSS_SELECTOR,
+                                                                                                  ".point")
+        ActionChains(driver).move_to_element(point).perform()
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "hover-panel").is_displayed())
+        src = driver.find_element(By.ID, "hover-img").get_attribute("src")
+        assert src.startswith("data:image/png;base64,")
+        assert driver.execute_script("return document.getElementById('hover-img').naturalWidth;") > 0
+        assert re.search(r"row \d+, cluster \d", driver.find_element(By.ID, "hover-text").text)
+
+        driver.find_elements(By.CSS_SELECTOR, "#map .legend .traces")[0].click()  # hide cluster 0
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+            "return document.getElementById('map').data[0].visible === 'legendonly';"))
+        left = driver.execute_script("return document.querySelectorAll('#map .scatterlayer .point').length;")
+        assert left == 600 - counts["cluster 0"]
+        visible = driver.execute_script(
+            "return document.getElementById('map').data.filter(t => t.visible !== 'legendonly').length;")
+        assert visible == len(counts) - 1
+
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'));")
+        assert fetched == [], f"the page fetched {fetched}"
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == [], errors
+    finally:
+        driver.quit()
