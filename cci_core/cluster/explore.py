@@ -213,7 +213,7 @@ gd.on('plotly_hover', function (e) {
 STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:middle}
 td.imgs{text-align:left}img.t{width:40px;height:40px;image-rendering:pixelated;margin:1px}
-#hover-panel{display:none;position:fixed;top:1em;right:1em;background:#fff;border:1px solid #888;padding:6px;z-index:10}
+#hover-panel{display:none;position:fixed;bottom:1em;right:1em;background:#fff;border:1px solid #888;padding:6px;z-index:10}
 #hover-img{width:128px;height:128px;image-rendering:pixelated;display:block}"""
 
 
@@ -257,6 +257,7 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
 
     Raises LookupError for an unknown run or one with nothing to map, ValueError for ``max_points < 1``.
     """
+    import dask
     import pandas as pd
     import plotly.io as pio
 
@@ -266,11 +267,11 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
         raise ValueError(f"--max-points {max_points}: must be at least 1")
     run = runs.read_run(store, run_id)
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])
-    view = run_view(run)
-    labels = view.labels
-    k = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    import dask
+    # local threads: the refined run's arrays are memory-mapped files, never to be shipped to Dask workers
     with dask.config.set(scheduler="threads"):
+        view = run_view(run)
+        labels = view.labels
+        k = int(labels.max()) + 1 if (labels >= 0).any() else 0
         nearest = nearest_to_centers(view.space, labels, centroids(view.space, labels, k), N_SHOWN) if k else []
         rows = stratified_sample(labels, max_points)
         xy = _map_xy(view, rows)
