@@ -170,3 +170,24 @@ def test_the_page_in_headless_chromium(store, tmp_path):
         assert errors == [], errors
     finally:
         driver.quit()
+
+
+def test_the_doubted_members_are_those_with_the_lowest_margin(store):
+    """Recomputed here with numpy from the run's embeddings: each cluster's doubted cell lists its
+    rows of lowest margin 1 - d1/d2 (to the two nearest cluster means), lowest first."""
+    import zarr
+    X = np.asarray(zarr.open_array(store.run_dir("km") / "embeddings.zarr", mode="r")[:], np.float64)
+    labels = read_labels(store.run_dir("km"))
+    centres = np.stack([X[labels == c].mean(0) for c in range(labels.max() + 1)])
+    d = np.sort(np.sqrt(((X[:, None, :] - centres[None]) ** 2).sum(-1)), axis=1)
+    margin = 1 - d[:, 0] / d[:, 1]
+    page = build_explorer(store, "km").read_text()
+    for c in range(labels.max() + 1):
+        row = page[page.index(f"<tr id='cluster-{c}'>"):]
+        cells = row[:row.index("</tr>")].split("<td class='imgs'>")
+        doubted = [(int(r), float(s)) for r, s in re.findall(r'title="row (\d+), score ([\d.]+)"', cells[2])]
+        members = np.flatnonzero(labels == c)
+        lowest = members[np.argsort(margin[members], kind="stable")[:8]]
+        assert [r for r, _ in doubted] == lowest.tolist()
+        assert np.allclose([s for _, s in doubted], margin[lowest], atol=1e-3)
+        assert len(re.findall(r'title="row \d+"', cells[1])) == 8  # the centre images
