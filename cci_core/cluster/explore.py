@@ -266,6 +266,9 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
     if max_points < 1:
         raise ValueError(f"--max-points {max_points}: must be at least 1")
     run = runs.read_run(store, run_id)
+    if not run.get("clustering"):
+        raise ValueError(f"run {run_id!r} has no clustering yet (status {run.get('status')!r}): nothing to explore; "
+                         "finish the run first (run its command again)")
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])
     # local threads: the refined run's arrays are memory-mapped files, never to be shipped to Dask workers
     with dask.config.set(scheduler="threads"):
