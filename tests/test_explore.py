@@ -191,3 +191,14 @@ def test_the_doubted_members_are_those_with_the_lowest_margin(store):
         assert [r for r, _ in doubted] == lowest.tolist()
         assert np.allclose([s for _, s in doubted], margin[lowest], atol=1e-3)
         assert len(re.findall(r'title="row \d+"', cells[1])) == 8  # the centre images
+
+
+def test_a_self_conditioned_run_is_mapped_in_its_parents_space(store):
+    from cci_core.generate import selfcond as sc
+    params = sc.SelfCondParams(steps=4, recluster_every=2, width=8, z_dim=16, batch_size=32, checkpoint_every=4,
+                               device="cpu")
+    sc.selfcond_local(store, "km", params, new_run_id="sc", log=lambda *a: None)
+    page = explorer_path(store.run_dir("sc")).read_text()
+    assert "clustering space of run km (an ancestor)" in page
+    assert {t["name"]: len(t["text"]) for t in figure_traces(page)} == expected_counts(read_labels(store.run_dir("sc")),
+                                                                                     5000)

@@ -63,22 +63,36 @@ def _margin_block(x, centers):
     return (1 - two[:, 0] / np.maximum(two[:, 1], 1e-12)).astype(np.float32)
 
 
-def _clustering_view(run: dict) -> RunView:
+def _clustering_view(run: dict, space_run: dict) -> RunView:
+    """Labels of ``run`` in the clustering space of ``space_run`` (itself, or the ancestor that has one)."""
     import dask.array as da
 
     from cci_core.cluster.clusterers import centroids
-    rdir = fs.as_path(run["run_dir"])
-    space_name = (run.get("embeddings") or {}).get("space", "embeddings.zarr")
-
-    def arr(name):
-        return da.from_zarr(integrity.open_checked(rdir / name, f"runs/{run['run_id']}/{name}"))
-    X = arr(space_name).rechunk({1: -1})
-    labels = read_labels(rdir)
-    centers = centroids(X, labels, int(run["clustering"]["n_clusters"]))
+    sdir = fs.as_path(space_run["run_dir"])
+    space_name = (space_run.get("embeddings") or {}).get("space", "embeddings.zarr")
+    X = da.from_zarr(integrity.open_checked(sdir / space_name, f"runs/{space_run['run_id']}/{space_name}"))
+    X = X.rechunk({1: -1})
+    labels = read_labels(run["run_dir"])
+    if labels.size != X.shape[0]:
+        raise ValueError(f"run {run['run_id']!r} labels {labels.size} rows but the clustering space of run "
+                         f"{space_run['run_id']!r} has {X.shape[0]}: the explorer maps runs over the same corpus rows")
+    centers = centroids(X, labels, int(labels.max()) + 1 if (labels >= 0).any() else 0)
     doubt = np.asarray(X.map_blocks(_margin_block, centers, drop_axis=1, dtype=np.float32).compute())
     umap = space_name != "embeddings.zarr"
-    return RunView(labels, X, doubt, "margin 1 - d1/d2 to the two nearest centres", X,
-                   f"{'UMAP' if umap else 'PCA'} dimensions 1-2 of the clustering space", False)
+    whose = "" if space_run is run else f" of run {space_run['run_id']} (an ancestor)"
+    return RunView(labels, X, doubt, f"margin 1 - d1/d2 to the two nearest centres, in the clustering space{whose}", X,
+                   f"{'UMAP' if umap else 'PCA'} dimensions 1-2 of the clustering space{whose}", False)
+
+
+def _ancestor_with_space(store: Store, run: dict) -> dict | None:
+    """The nearest run up the ``parent_run`` chain that has ``embeddings.zarr``."""
+    for _ in range(32):
+        if not run.get("parent_run"):
+            return None
+        run = runs.read_run(store, run["parent_run"])
+        if (fs.as_path(run["run_dir"]) / "embeddings.zarr").exists():
+            return run
+    return None
 
 
 def _refined_view(run: dict) -> RunView:
@@ -95,15 +109,19 @@ def _refined_view(run: dict) -> RunView:
                    f"principal components 1-2 of the classifier embedding (round {chosen}, fitted on the sample)", True)
 
 
-def run_view(run: dict) -> RunView:
-    """The :class:`RunView` of a clustering run (``embeddings.zarr``) or a refined run (``refine/round-NN``)."""
+def run_view(store: Store, run: dict) -> RunView:
+    """The :class:`RunView` of a clustering run (``embeddings.zarr``), a refined run (``refine/round-NN``),
+    or another labelling run (self-conditioned) in the clustering space of its nearest ancestor with one."""
     rdir = fs.as_path(run["run_dir"])
     if run.get("kind") == "refined" or (rdir / "refine").exists():
         return _refined_view(run)
     if (rdir / "embeddings.zarr").exists():
-        return _clustering_view(run)
-    raise LookupError(f"run {run['run_id']!r} has neither embeddings.zarr nor refine/ rounds: the explorer maps "
-                      "clustering and refined runs only")
+        return _clustering_view(run, run)
+    ancestor = _ancestor_with_space(store, run)
+    if ancestor is None:
+        raise LookupError(f"run {run['run_id']!r} has no embeddings.zarr or refine/ rounds, nor an ancestor run "
+                          "with embeddings.zarr: nothing to draw the map from")
+    return _clustering_view(run, ancestor)
 
 
 def stratified_sample(labels: np.ndarray, max_points: int, seed: int = SEED) -> np.ndarray:
@@ -253,7 +271,7 @@ def explorer_path(run_dir: str | AnyPath) -> AnyPath:
 
 
 def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> AnyPath:
-    """Write ``runs/<run_id>/reports/explore.html`` for a clustering or refined run; returns its path.
+    """Write ``runs/<run_id>/reports/explore.html`` for a clustering, refined or self-conditioned run; returns its path.
 
     Raises LookupError for an unknown run or one with nothing to map, ValueError for ``max_points < 1``.
     """
@@ -272,7 +290,7 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
     corpus = open_corpus(store, run["corpus"], run["corpus_version"])
     # local threads: the refined run's arrays are memory-mapped files, never to be shipped to Dask workers
     with dask.config.set(scheduler="threads"):
-        view = run_view(run)
+        view = run_view(store, run)
         labels = view.labels
         k = int(labels.max()) + 1 if (labels >= 0).any() else 0
         nearest = nearest_to_centers(view.space, labels, centroids(view.space, labels, k), N_SHOWN) if k else []
