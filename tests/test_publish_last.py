@@ -208,3 +208,26 @@ def test_derived_run_resumes_with_the_same_params_else_starts_clean(store):
     runs.update_run(store, "km-derived", writer=dead_writer())
     runs.start_derived_run(store, parent, "km-derived", "refined", {"a": 2})
     assert not keep.exists()  # other options: the killed run's files are gone
+
+
+def test_an_abort_cut_short_leaves_a_folder_that_names_its_writer(tmp_path, monkeypatch):
+    """A writer killed while it removes its staging folder (an interrupt unwinding into abort())
+    leaves the owner file, removed last: the next writer sees a dead writer's folder and removes it
+    at once, instead of an ownerless one kept for the grace period."""
+    from cci_core.store import fs
+    store = Store(tmp_path)
+    writer = DatasetWriter(store, "gen", (8, 8, 1))
+    writer.append(*_images(2, 3))
+    real_rmtree = fs.rmtree
+
+    def killed(path, *args, **kwargs):
+        if fs.as_path(path).name == "images.zarr":
+            raise KeyboardInterrupt  # the kill lands while the images are being removed
+        return real_rmtree(path, *args, **kwargs)
+    monkeypatch.setattr(fs, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        writer.abort()
+    monkeypatch.setattr(fs, "rmtree", real_rmtree)
+    assert (writer.staging / OWNER_FILE).exists() and (writer.staging / "images.zarr").exists()
+    atomic_write_json(writer.staging / OWNER_FILE, dead_writer())  # the writer is gone now
+    assert remove_stale_staging(store.dataset_dir("gen")) == [writer.staging] and not writer.staging.exists()

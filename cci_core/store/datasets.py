@@ -42,6 +42,7 @@ from cci_core.store.store import (
     Store,
     atomic_write_bytes,
     atomic_write_json,
+    discard_staging,
     make_staging,
     remove_stale_staging,
     utc_now,
@@ -207,7 +208,7 @@ class DatasetWriter:
         return self.committed
 
     def abort(self) -> None:
-        fs.rmtree(self.staging, ignore_errors=True)
+        discard_staging(self.staging)
 
     def __enter__(self) -> "DatasetWriter":
         return self

@@ -35,7 +35,7 @@ from cci_core.store.writers import pid_alive, process_identity, utc_now, writer_
 
 __all__ = ["Store", "validate_name", "hash_files", "utc_now", "atomic_write_bytes", "atomic_write_json",
            "read_json", "atomic_write_parquet", "file_lock", "pid_alive", "process_identity", "writer_alive",
-           "make_staging", "staging_owner", "remove_stale_staging", "publish_dir", "staging"]
+           "make_staging", "discard_staging", "staging_owner", "remove_stale_staging", "publish_dir", "staging"]
 
 DEFAULT_ROOT = "./cci-store"
 MAX_NAME = 128  # characters of a corpus, run or dataset name (a folder name)
@@ -209,6 +209,23 @@ def make_staging(parent: str | Path, label: str = "") -> AnyPath:
     return path
 
 
+def discard_staging(path: str | Path) -> None:
+    """Remove a staging folder, its owner file last: a removal cut short (the writer killed while it
+    cleans up) leaves a folder that still names its dead writer, which the next writer removes at
+    once, not an ownerless one that waits out the grace period."""
+    path = fs.as_path(path)
+    with contextlib.suppress(OSError):
+        if fs.is_local(path):
+            for child in path.iterdir():
+                if child.name == OWNER_FILE:
+                    continue
+                if child.is_dir():
+                    fs.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+    fs.rmtree(path, ignore_errors=True)
+
+
 def staging_owner(path: str | Path) -> dict | None:
     try:
         return read_json(fs.as_path(path) / OWNER_FILE)
@@ -272,4 +289,4 @@ def staging(parent: str | Path, label: str = "") -> Iterator[AnyPath]:
     finally:
         with contextlib.suppress(Exception):  # an unreachable object store: the first error is the one to see
             if path.exists():
-                fs.rmtree(path, ignore_errors=True)
+                discard_staging(path)
