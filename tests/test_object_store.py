@@ -191,7 +191,9 @@ def test_generated_dataset_equals_the_local_stores(both_stores, s3):
         ia, ib = remote.images[:], local.images[:]
         assert ia.shape == (36, 28, 28, 1) and ia.std() > 0
         assert np.array_equal(ia, ib)
-        pd.testing.assert_frame_equal(remote.manifest, local.manifest)
+        # the same rows; lineage ids differ between the two stores (a record's id includes where it lies)
+        ids = [c for c in local.manifest.columns if c.endswith("artifact_id")]
+        pd.testing.assert_frame_equal(remote.manifest.drop(columns=ids), local.manifest.drop(columns=ids))
         assert remote.version == local.version == 1
 
 
@@ -266,6 +268,7 @@ def test_palette_features_and_refresh_on_the_url_store(both_stores, cluster, rem
     from cci_core.features.feature_spaces import compare_local
     from cci_core.features.records import FeatureParams
     from cci_core.ingest.ingest import ingest_local
+    from cci_core.palette.palette import Palette
     from cci_core.palette.palette_run import learn_palette_step
     from cci_core.refresh import refresh_run
     from cci_core.store import fs
@@ -284,7 +287,9 @@ def test_palette_features_and_refresh_on_the_url_store(both_stores, cluster, rem
         pal = palette_flow.with_options(task_runner=dask_task_runner(address))(
             PaletteSettings(f"{RUN}:1", 3, store_root=url))
         assert pal["palette_dir"].startswith(url) and fs.as_path(pal["swatch"]).exists()
-        assert pal["palette_id"] == learn_palette_step(local, f"{RUN}:1", 3)["palette_id"]  # same content and inputs
+        here_pal = learn_palette_step(local, f"{RUN}:1", 3)
+        # the same palette; the ids differ, as a record's id (and its inputs' ids) include where it lies
+        assert Palette.load(pal["palette_dir"]).content_hash() == Palette.load(here_pal["palette_dir"]).content_hash()
 
         feats = features_flow.with_options(task_runner=dask_task_runner(address))(
             FeaturesSettings(REFINED, store_root=url, params=params))

@@ -80,7 +80,7 @@ def _load_cnn(directory: Path, device: str | None):
     from cci_core.common.finite import check_weights
     from cci_core.generate.gen_metrics import ReferenceCNN
     from cci_core.store.weights import load_weights
-    tensors, config = load_weights(directory, "model")
+    tensors, config = load_weights(directory, "model", fields={"channels": int, "n_classes": int, "embed_dim": int})
     check_weights(tensors, directory / "model.safetensors")
     model = ReferenceCNN(config["channels"], config["n_classes"], config["embed_dim"])
     model.load_state_dict(tensors)

@@ -19,7 +19,7 @@ from cci_core.generate.training_loop import checkpoint_dirs
 from cci_core.generate.vae import VAE, VAEConfig
 from cci_core.store import fs
 from cci_core.store.record_check import build_config
-from cci_core.store.weights import WEIGHTS_FIX, load_weights
+from cci_core.store.weights import MODEL_STATE_FIELDS, WEIGHTS_FIX, load_weights
 
 
 def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
@@ -36,7 +36,7 @@ def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
 def load_generator(directory: str | Path, device: str | torch.device | None = None) -> nn.Module:
     """Load ``generator.{safetensors,json}`` written by :func:`train_generator` (eval mode)."""
     device = pick_device(str(device) if device is not None else None)
-    tensors, info = load_weights(directory, "generator")
+    tensors, info = load_weights(directory, "generator", fields=MODEL_STATE_FIELDS)
     config = fs.as_path(directory) / "generator.json"
     if info.get("kind") == "gan":
         model = Generator(build_config(GANConfig, info["model"], config, WEIGHTS_FIX, "model."))
@@ -54,7 +54,7 @@ def load_discriminator(out_dir: str | Path, device: str | torch.device | None = 
     ckpts = checkpoint_dirs(out_dir)
     if not ckpts:
         raise FileNotFoundError(f"no checkpoint in {out_dir}/checkpoints; train first")
-    tensors, info = load_weights(ckpts[-1], "state")
+    tensors, info = load_weights(ckpts[-1], "state", fields=MODEL_STATE_FIELDS)
     if info["kind"] != "gan":
         raise ValueError(f"{ckpts[-1]} holds a {info['kind']}, which has no discriminator")
     D = Discriminator(build_config(GANConfig, info["model"], ckpts[-1] / "state.json", WEIGHTS_FIX, "model."))

@@ -36,7 +36,7 @@ from cci_core.generate.image_batches import RowSource, to_signed_tensor, to_uint
 from cci_core.generate.model_dir import checkpoint_dirs
 from cci_core.generate.vae import VAE, VAEConfig
 from cci_core.store import fs
-from cci_core.store.weights import load_weights, save_weights
+from cci_core.store.weights import MODEL_STATE_FIELDS, load_weights, save_weights
 
 ProgressFn = Callable[[int, int, dict], None]
 
@@ -229,7 +229,7 @@ def _save_checkpoint(out_dir: Path, kind, step: int, elapsed: float, gen: torch.
 
 
 def _load_checkpoint(path: Path, kind, gen: torch.Generator, meta: dict):
-    tensors, info = load_weights(path, "state")
+    tensors, info = load_weights(path, "state", fields=MODEL_STATE_FIELDS)
     for key in ("kind", "model"):
         if info[key] != meta[key]:
             raise ValueError(f"{path} was written for {key}={info[key]}, not {meta[key]}; "

@@ -50,7 +50,7 @@ def last_done_round(out_dir: Path) -> int:
 
 def load_classifier(directory: str | Path, device=None) -> CNN:
     """Load a classifier written by :func:`cci_core.refine.refine.refine` (safetensors + JSON, no pickle)."""
-    tensors, meta = load_weights(directory, name="classifier")
+    tensors, meta = load_weights(directory, name="classifier", fields={"cnn": dict})
     check_weights(tensors, fs.as_path(directory) / "classifier.safetensors")  # NaN weights: NaN confidences
     model = CNN(build_config(CNNConfig, meta["cnn"], fs.as_path(directory) / "classifier.json", WEIGHTS_FIX, "cnn.",
                              ignore_unknown=True))  # as CNNConfig.from_dict: keys of other versions are left out

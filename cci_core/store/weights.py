@@ -15,9 +15,8 @@ from cci_core.store.record_check import read_record, read_tensors
 from cci_core.store.store import atomic_write_bytes
 
 WEIGHTS_FIX = "restore the model folder from a backup, or train the model again into a new run"
-# the typed shape of each config written beside its weights (checked once when loaded)
-CONFIG_FIELDS = {"generator": {"kind": str, "model": dict}, "state": {"kind": str, "model": dict},
-                 "classifier": {"cnn": dict}, "model": {"channels": int, "n_classes": int, "embed_dim": int}}
+# the typed shape of a generator's config and of a training checkpoint's (checked once when loaded)
+MODEL_STATE_FIELDS = {"kind": str, "model": dict}
 
 
 def save_weights(directory: str | Path, tensors: dict[str, torch.Tensor], config: Any,
@@ -36,8 +35,10 @@ def save_weights(directory: str | Path, tensors: dict[str, torch.Tensor], config
 
 
 def load_weights(directory: str | Path, name: str = "model",
-                 device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read the tensors and the JSON config written by :func:`save_weights`."""
+                 device: str | torch.device = "cpu", fields: dict[str, type] | None = None,
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read the tensors and the JSON config written by :func:`save_weights`; ``fields``: the config's
+    required fields and their types (a missing or mistyped one is a RecordError naming the file)."""
     directory = fs.as_path(directory)
     weights = directory / f"{name}.safetensors"
     config = directory / f"{name}.json"
@@ -45,5 +46,5 @@ def load_weights(directory: str | Path, name: str = "model",
         raise FileNotFoundError(f"no saved weights '{name}' in {directory} "
                                 f"(expected {weights.name} and {config.name})")
     # the config first: it is small, and a damaged one says more than the tensors' error
-    info = read_record(config, WEIGHTS_FIX, CONFIG_FIELDS.get(name, {}))
+    info = read_record(config, WEIGHTS_FIX, fields or {})
     return read_tensors(weights, WEIGHTS_FIX, device=str(device)), info
