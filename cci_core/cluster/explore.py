@@ -20,10 +20,12 @@ import base64
 import html
 import io
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 
 from cci_core.cluster.labels import read_labels
+from cci_core.common.memory import memory_budget_bytes
 from cci_core.store import fs, integrity, runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.fs import AnyPath
@@ -31,7 +33,11 @@ from cci_core.store.store import Store, atomic_write_bytes
 
 EXPLORE_FILE = "explore.html"
 MAX_POINTS = 5000
+# what one map point costs while the page is built (its thumbnail, in the figure's JSON and in the page):
+# the sample also fits the memory budget ($CCI_MEMORY_BUDGET_MB), so the page is never what holds a corpus
+POINT_BYTES = 16 * 1024
 THUMB_SIDE = 32  # hover and gallery thumbnails: at most this many pixels a side
+PLOTLYJS_SLOT = "<!--plotly.js-->"
 N_SHOWN = 8  # centre and doubted images per cluster
 SEED = 0
 CHUNK_ROWS = 65536
@@ -270,6 +276,20 @@ def explorer_path(run_dir: str | AnyPath) -> AnyPath:
     return fs.as_path(run_dir) / "reports" / EXPLORE_FILE
 
 
+def thumbnails(images, rows: np.ndarray, n_rows: int) -> dict[int, str]:
+    """``{row: data URI}`` for the sorted ``rows`` of ``images`` (N, H, W[, C]), read one storage chunk
+    of rows at a time: only the small thumbnails are kept, so the page costs the same memory for any
+    corpus (reading all sampled rows at once held a third of a 48 MB corpus, twice)."""
+    from cci_core.cluster.cluster_pictures import _fetch_images
+    step = int(getattr(images, "chunks", (len(rows) or 1,))[0]) or 1
+    out = {}
+    for start in range(0, max(n_rows, 1), step):
+        block = rows[(rows >= start) & (rows < start + step)]
+        if block.size:
+            out.update((int(r), thumbnail_uri(im)) for r, im in zip(block, _fetch_images(images, block, n_rows)))
+    return out
+
+
 def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> AnyPath:
     """Write ``runs/<run_id>/reports/explore.html`` for a clustering, refined or self-conditioned run; returns its path.
 
@@ -279,10 +299,11 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
     import pandas as pd
     import plotly.io as pio
 
-    from cci_core.cluster.cluster_pictures import _fetch_images, nearest_to_centers
+    from cci_core.cluster.cluster_pictures import nearest_to_centers
     from cci_core.cluster.clusterers import centroids
     if max_points < 1:
         raise ValueError(f"--max-points {max_points}: must be at least 1")
+    max_points = max(1, min(max_points, memory_budget_bytes() // POINT_BYTES))
     run = runs.read_run(store, run_id)
     if not run.get("clustering"):
         raise ValueError(f"run {run_id!r} has no clustering yet (status {run.get('status')!r}): nothing to explore; "
@@ -298,10 +319,9 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
         xy = _map_xy(view, rows)
     doubted = _doubted(view.doubt, labels, k, N_SHOWN)
     wanted = np.unique(np.concatenate([rows, *nearest, *doubted])).astype(np.int64)
-    images = _fetch_images(corpus.images(), wanted, corpus.n_rows)
-    uri_of = {int(r): thumbnail_uri(im) for r, im in zip(wanted, images)}
+    uri_of = thumbnails(corpus.images(), wanted, corpus.n_rows)
     fig = _figure(xy, labels, rows, [uri_of[int(r)] for r in rows], k, view.map_name)
-    plot = pio.to_html(fig, include_plotlyjs=True, full_html=False, div_id="map", post_script=HOVER_SCRIPT,
+    plot = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id="map", post_script=HOVER_SCRIPT,
                        config={"displaylogo": False, "responsive": True})
     y = corpus.labels()
     mix = None
@@ -318,9 +338,16 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
             f"<p>The map shows {sampled}: {html.escape(view.map_name)}. Hover a point to see its image; "
             "click a cluster in the legend to hide or show it (double-click: only it).</p>"
             "<div id='hover-panel'><img id='hover-img' alt=''><div id='hover-text'></div></div>"
-            f"{plot}<h2>Clusters</h2><p>Per cluster: its size, the {N_SHOWN} images nearest its centre, and the "
+            f"{PLOTLYJS_SLOT}{plot}<h2>Clusters</h2><p>Per cluster: its size, the {N_SHOWN} images nearest its centre, and the "
             f"{N_SHOWN} members the model doubts most (lowest {html.escape(view.doubt_name)}).</p>"
             f"{_cluster_table(labels, k, nearest, doubted, view.doubt, uri_of, mix)}"
             + (f"<h2>Cluster &times; label</h2>{_label_table(mix)}" if mix is not None else "")
             + "</body></html>")
-    return atomic_write_bytes(explorer_path(run["run_dir"]), page.encode("utf-8"))
+    # plotly.js (4.7 MB) goes in as the package's bytes: inside a Python str its non-ASCII characters
+    # made the whole page a 4-bytes-a-character string (56 MB while building a 10 MB page)
+    head, tail = page.encode("utf-8").split(PLOTLYJS_SLOT.encode(), 1)
+    js = (resources.files("plotly") / "package_data" / "plotly.min.js").read_bytes()
+    return atomic_write_bytes(explorer_path(run["run_dir"]),
+                              b"".join([head, b"<script type='text/javascript'>window.PlotlyConfig = {MathJaxConfig: "
+                                        b"'local'};</script><script charset='utf-8' type='text/javascript'>", js,
+                                        b"</script>", tail]))
