@@ -64,13 +64,21 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+def threads_per_worker(n_workers: int) -> int:
+    """A LocalCluster's workers share the cores this process may use: one worker (``cci refine``'s
+    single training task) gets them all, as many workers as cores get one each. A compute task
+    gives torch, BLAS and numba its worker's threads (tasks.common.torch_compute)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, n_workers))
+
+
 def dask_task_runner(address: str | None = None, n_workers: int | None = None) -> DaskTaskRunner:
     """A Dask task runner: an existing scheduler at ``address``, else a LocalCluster on loopback."""
     logging.getLogger("distributed").setLevel(logging.WARNING)  # scheduler chatter in this process
     if address:
         return CancellingDaskTaskRunner(address=address)
+    n_workers = n_workers or default_workers()
     return CancellingDaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-        "n_workers": n_workers or default_workers(), "threads_per_worker": 1, "processes": True,
+        "n_workers": n_workers, "threads_per_worker": threads_per_worker(n_workers), "processes": True,
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "silence_logs": logging.WARNING})
 
 

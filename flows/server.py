@@ -223,9 +223,10 @@ def _hold(workers: int, address_file: Path) -> None:
         stopping["now"] = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    from flows.runtime import WORKER_CONFIG
+    from flows.runtime import WORKER_CONFIG, threads_per_worker
     with dask.config.set({"distributed.worker.preload": ["flows.quietlog", "flows.server"], **WORKER_CONFIG}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker(workers), processes=True,
+                               host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
     tmp = address_file.with_suffix(".tmp")
     tmp.write_text(cluster.scheduler_address)

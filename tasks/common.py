@@ -1,5 +1,5 @@
 """Helpers every task module uses: who produced an artifact, its Prefect asset, where its
-Dask graphs run, how its torch code gets the host's cores and memory at full speed, and a
+Dask graphs run, how its torch code gets its worker's threads and memory at full speed, and a
 progress artifact a pure ``cci_core`` loop can update."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from distributed import get_worker, worker_client
 from prefect.assets import Asset, AssetProperties, add_asset_metadata
 from prefect.runtime import flow_run, task_run
 
-from cci_core.common.threads import torch_threads_kept
+from cci_core.common.threads import compute_threads
 from cci_core.store.lineage import Artifact
 from tasks.cancel import raise_if_cancelled
 
@@ -71,35 +71,56 @@ def _mallopt(param: int, value: int) -> None:
         pass
 
 
-@contextlib.contextmanager
-def torch_compute() -> Iterator[None]:
-    """Inside a task on a Dask worker: let torch train at the speed of a plain process.
+def task_threads(threads: int | None = None) -> int | None:
+    """The CPU threads a compute task may use: ``threads`` when given, else the Dask worker's own
+    (its ``nthreads``), else None (outside a worker: leave the process as it is). Never the host's
+    core count: several workers on one host would oversubscribe it by design."""
+    if threads is not None:
+        return int(threads)
+    try:
+        return get_worker().state.nthreads
+    except ValueError:
+        return None
 
-    Dask starts worker processes with ``OMP_NUM_THREADS=1`` and ``MALLOC_TRIM_THRESHOLD_=65536``
-    (right for many small tasks side by side). For one training task that meant one core of
-    a machine it has to itself, and every batch-sized tensor mapped and unmapped from the OS:
-    ``cci refine``'s contrastive stage ran at 1,050 images/s in a worker against 2,300 in a
-    plain process on the same 2 cores. Here torch gets every core of the host, whatever the
-    number of workers on it (CPU results depend on the thread count, so a refinement's
-    weights must not depend on the cluster's layout), and glibc keeps freed memory up to
-    256 MiB (blocks up to 32 MiB from the heap) while the block runs; both come back
-    afterwards. Outside a worker nothing changes.
+
+@contextlib.contextmanager
+def torch_compute(threads: int | None = None) -> Iterator[int]:
+    """Inside a compute task: torch, BLAS and numba use :func:`task_threads` threads; yields torch's count.
+
+    Dask starts worker processes with ``OMP_NUM_THREADS=1`` (and ``OPENBLAS``/``MKL`` at 1) and
+    ``MALLOC_TRIM_THRESHOLD_=65536`` (right for many small tasks side by side). A training task
+    gets its worker's threads instead (``cci refine`` starts one worker with every core; a
+    shared cluster gives each worker its share), and glibc keeps freed memory up to 256 MiB
+    (blocks up to 32 MiB from the heap) while the block runs: in a worker with the trim threshold
+    at 64 KiB every batch-sized tensor was mapped and unmapped from the OS, which halved
+    ``cci refine``'s contrastive stage (1,050 vs 2,300 images/s). CPU results depend on the
+    thread count, so callers record the yielded count with the result. Everything comes back
+    afterwards. Outside a worker with ``threads`` None nothing changes.
     """
+    import torch
+    n = task_threads(threads)
+    if n is None:
+        yield torch.get_num_threads()
+        return
+    in_worker = threads is None or _in_worker()
+    with compute_threads(n):
+        if in_worker:
+            _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+            _mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+        try:
+            yield n
+        finally:
+            if in_worker:
+                _mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 << 10)))
+                _mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+
+
+def _in_worker() -> bool:
     try:
         get_worker()
     except ValueError:
-        yield
-        return
-    import torch
-    with torch_threads_kept():
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-        _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        _mallopt(_M_TRIM_THRESHOLD, 256 << 20)
-        try:
-            yield
-        finally:
-            _mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 << 10)))
-            _mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+        return False
+    return True
 
 
 def progress_artifact(description: str, key: str | None = None,

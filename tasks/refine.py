@@ -24,7 +24,7 @@ def refine_task(plan: dict) -> dict:
     store, log = Store(plan["store"]), get_run_logger()
     progress = progress_artifact(f"refine {plan['parent_run']} into {plan['run_id']}")
     progress(0, 1, "loading the corpus")
-    with torch_compute():
+    with torch_compute(plan["params"].get("threads")):
         out = refine_run.refine_step(store, plan, log=log.info, producer=producer(), progress=progress)
     lin = LineageStore(store.lineage_url)
     annotate_asset(asset_for("classifier", plan["run_id"]), lin.get(out["classifier_artifact_id"]))
@@ -40,5 +40,5 @@ def refined_partitions_task(plan: dict, cl: dict) -> list[dict]:
 
 @task(name="draw-refine-pictures", task_run_name="pictures {plan[run_id]}")
 def refine_pictures_task(plan: dict, cl: dict) -> list[str]:
-    with torch_compute():
+    with torch_compute(plan["params"].get("threads")):
         return refine_run.write_refine_pictures(Store(plan["store"]), plan, cl)

@@ -1,7 +1,6 @@
-"""Torch in a task on a Dask worker uses every core of the host, whatever the number of
-workers (so the weights do not depend on the cluster's layout), not the one thread Dask's
-OMP_NUM_THREADS=1 leaves it (real LocalCluster on loopback). And UMAP's numba kernels leave
-torch's thread count as it was."""
+"""Torch, BLAS and numba in a task use its Dask worker's own threads (or the count asked for),
+never the host's core count (real LocalClusters on loopback); a LocalCluster's workers share the
+cores; UMAP's numba kernels leave torch's thread count as it was."""
 from __future__ import annotations
 
 import os
@@ -11,36 +10,49 @@ import sys
 import pytest
 from distributed import Client, LocalCluster
 
+from flows.runtime import threads_per_worker
 from tasks.common import torch_compute
 
 CORES = len(os.sched_getaffinity(0))
 
 
-def _threads_inside() -> tuple[int, int, int]:
+def _threads_inside(threads=None) -> tuple[int, int, int, int]:
     import torch
+    from threadpoolctl import threadpool_info
     before = torch.get_num_threads()
-    with torch_compute():
+    with torch_compute(threads) as n:
         inside = torch.get_num_threads()
-    return before, inside, torch.get_num_threads()
+        blas = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        assert n == inside
+    return before, inside, blas, torch.get_num_threads()
 
 
-@pytest.mark.parametrize("n_workers", [1, 2])
-def test_a_worker_task_gets_every_core_of_the_host(n_workers):
+@pytest.mark.parametrize("n_workers, threads, expected", [(1, None, CORES), (2, None, 1), (2, 2, 2)])
+def test_a_worker_task_uses_its_workers_threads(n_workers, threads, expected):
     if CORES < 2:
         pytest.skip("needs at least 2 cores to tell one thread from every core")
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        before, inside, after = client.submit(_threads_inside, pure=False).result()
+    with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker(n_workers), processes=True,
+                      host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+        before, inside, blas, after = client.submit(_threads_inside, threads, pure=False).result()
     assert before == 1  # what Dask's OMP_NUM_THREADS=1 gives torch
-    assert inside == CORES
+    assert (inside, blas) == (expected, expected)
     assert after == before
 
 
-def test_outside_a_worker_nothing_changes():
+def test_local_cluster_workers_share_the_cores():
+    assert threads_per_worker(1) == CORES
+    assert threads_per_worker(CORES) == 1
+    assert threads_per_worker(4 * CORES) == 1
+
+
+def test_outside_a_worker_nothing_changes_unless_asked():
     import torch
     before = torch.get_num_threads()
-    with torch_compute():
-        assert torch.get_num_threads() == before
+    with torch_compute() as n:
+        assert torch.get_num_threads() == before == n
+    with torch_compute(3) as n:
+        assert torch.get_num_threads() == n == 3
+    assert torch.get_num_threads() == before
 
 
 _UMAP_THEN_THREADS = """

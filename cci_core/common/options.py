@@ -8,9 +8,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _convert(name: str, value: Any, default: Any, what: str) -> Any:
+def _convert(name: str, value: Any, default: Any, what: str, annotation: str = "") -> Any:
     if not isinstance(value, str) or isinstance(default, str):
         return value
+    if default is None and value.lower() != "none" and str(annotation).startswith("int"):
+        default = 0  # an optional int (``int | None``): typed as an int
     try:
         if isinstance(default, bool):
             return value.lower() in ("1", "true", "yes", "on")
@@ -35,7 +37,7 @@ def typed_options(cls: type[T], options: dict | None, what: str) -> dict[str, An
     for name, value in (options or {}).items():
         if name not in fields:
             raise ValueError(f"unknown {what} option {name!r}; known: {', '.join(sorted(fields))}")
-        out[name] = _convert(name, value, fields[name].default, what)
+        out[name] = _convert(name, value, fields[name].default, what, fields[name].type)
     return out
 
 
