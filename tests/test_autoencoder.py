@@ -28,8 +28,8 @@ def _model():
 
 
 def test_decoder_shapes():
-    for size, ch in ((28, 1), (32, 3), (64, 3)):
-        assert Decoder(8, ch, size, 4)(torch.zeros(2, 8)).shape == (2, ch, size, size)
+    for grid, ch in (((28, 28), 1), ((32, 32), 3), ((64, 64), 3), ((13, 22), 3), ((16, 8), 1)):
+        assert Decoder(8, ch, grid, 4)(torch.zeros(2, 8)).shape == (2, ch, *grid)
 
 
 def test_pretraining_learns_is_seeded_and_leaves_the_head():

@@ -11,7 +11,7 @@ from cci_core.store.weights import load_weights, save_weights
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32), (3, 64), (1, 64)])
 def test_shapes_for_every_supported_input(channels, size):
     torch.manual_seed(0)
-    model = CNN(CNNConfig(in_channels=channels, image_size=size, n_classes=7, width=4,
+    model = CNN(CNNConfig(in_channels=channels, image_height=size, image_width=size, n_classes=7, width=4,
                           depth=3, embed_dim=12)).eval()
     x = torch.rand(5, channels, size, size)
     z = model.embed(x)
@@ -20,8 +20,8 @@ def test_shapes_for_every_supported_input(channels, size):
     assert torch.allclose(z.norm(dim=1), torch.ones(5), atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [dict(in_channels=2), dict(image_size=30), dict(n_classes=1),
-                                 dict(depth=0), dict(depth=5, image_size=28)])
+@pytest.mark.parametrize("bad", [dict(in_channels=2), dict(image_height=0), dict(image_width=5000),
+                                 dict(n_classes=1), dict(depth=0), dict(depth=7), dict(depth=5, max_side=16)])
 def test_bad_config_is_a_clear_value_error(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         CNNConfig(**bad)

@@ -221,7 +221,7 @@ def test_evaluate_uses_the_runs_cci_classifier_when_it_has_one(store, trained):
     from cci_core.refine.cnn import CNN, CNNConfig
     from cci_core.store.store import atomic_write_json
     from cci_core.store.weights import save_weights
-    cfg = CNNConfig(in_channels=1, image_size=28, n_classes=3, width=4, depth=2, embed_dim=16)
+    cfg = CNNConfig(in_channels=1, image_height=28, image_width=28, n_classes=3, width=4, depth=2, embed_dim=16)
     cdir = store.run_dir("r3") / "refine-test"
     save_weights(cdir, CNN(cfg).state_dict(), {"cnn": asdict(cfg)}, name="classifier")
     run_json = store.run_dir("r3") / "run.json"

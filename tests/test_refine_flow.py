@@ -84,8 +84,8 @@ def test_refine_bad_input_is_clear_and_overwrites_nothing(store):
         rr.start_refine(store, "fm-hdb", rr.RefineConfig())
     ingest_local(store, "builtin:digits", "digits")
     cr.run_local(store, "digits", cr.ClusterParams(k=3, n_components=10), run_id="digits-km")
-    with pytest.raises(ValueError, match="8x8 images; the classifier takes square 28x28"):
-        rr.start_refine(store, "digits-km", rr.config_from_options({"batch_size": 64}))
+    # any image shape is taken (issue 29): 8x8 digits pass the checks that 28x28 corpora pass
+    assert rr.check_refine(store, "digits-km", rr.config_from_options({"batch_size": 64}))["shape"][:2] == [8, 8]
     rr.refine_local(store, "fm-km", rr.config_from_options(TINY), new_run_id="done", log=lambda _: None)
     before = (store.run_dir("done") / "classifier" / "classifier.safetensors").read_bytes()
     with pytest.raises(ValueError, match="already exists and is complete"):

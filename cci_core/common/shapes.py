@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Square image sizes the CNN classifier, the GANs and the VAE are built for (one definition).
+# Square image sizes the GANs and the VAE are built for (one definition); the CCI classifier
+# (cci_core.refine.cnn) takes any size.
 MODEL_SIZES = (28, 32, 64)
 
 

@@ -119,7 +119,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.12,
     shift : largest shift as a fraction of the image side
     scale : zoom range (>1 zooms out); a zoom-in is a random crop resized back
     flip : flip half the images left-right
-    erase : side of a zeroed square as a fraction of the image side (0 = off)
+    erase : side of a zeroed square as a fraction of the image's shorter side (0 = off)
     """
     b, _, h, w = x.shape
     u = lambda lo, hi: torch.empty(b).uniform_(lo, hi, generator=generator)
@@ -132,7 +132,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.12,
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
     if erase > 0:
-        half = max(1, int(h * erase)) / 2
+        half = max(1, int(min(h, w) * erase)) / 2
         cy, cx = (torch.randint(0, n, (b,), generator=generator).to(x.device) for n in (h, w))
         ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         box = ((ys[None] - cy[:, None]).abs() < half)[:, :, None] & \

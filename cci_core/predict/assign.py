@@ -27,9 +27,9 @@ def assign_classifier(model: CNN, images, n_rows: int | None = None,
     """
     data = CorpusImages(images, n_rows)
     cfg = model.config
-    if data.shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
+    if data.shape != (cfg.in_channels, cfg.image_height, cfg.image_width):
         raise ValueError(f"images are {data.shape} (C, H, W) but the classifier expects "
-                         f"{(cfg.in_channels, cfg.image_size, cfg.image_size)}; resize them first")
+                         f"{(cfg.in_channels, cfg.image_height, cfg.image_width)}; resize them first")
     device = next(model.parameters()).device
     model.eval()
     labels, conf = [], []

@@ -31,7 +31,7 @@ class AugmentConfig:
     jitter_p : probability that an image gets brightness/contrast jitter
     blur_p : probability that an image is Gaussian-blurred (sigma in ``blur_sigma``)
     blur_sigma : (low, high) blur strength in pixels
-    erase : side of a zeroed square as a fraction of the side (0 = off), drawn with
+    erase : side of a zeroed square as a fraction of the shorter side (0 = off), drawn with
         probability ``erase_p``
     """
     crop_area: tuple = (0.6, 1.0)
@@ -106,7 +106,7 @@ def random_view(x: torch.Tensor, gen: torch.Generator,
 
     Parameters
     ----------
-    x : float (B, C, H, W) in [0, 1], on any device
+    x : float (B, C, H, W) in [0, 1], on any device, any H and W
     gen : CPU generator; the same seed gives the same views on CPU and CUDA
     cfg : which family of views (:data:`WEAK`, :data:`STRONG` or your own)
 
@@ -117,8 +117,12 @@ def random_view(x: torch.Tensor, gen: torch.Generator,
     """
     if x.ndim != 4:
         raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
-    b = x.shape[0]
-    theta = _affine(b, cfg, gen).to(x.device, x.dtype)
+    b, _, h, w = x.shape
+    theta = _affine(b, cfg, gen)
+    if h != w:  # the rotation in pixels, not in the [-1, 1] coordinates of a non-square image
+        theta[:, 0, 1] *= h / w
+        theta[:, 1, 0] *= w / h
+    theta = theta.to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     col = lambda v: v.to(x.device, x.dtype)[:, None, None, None]
@@ -134,8 +138,7 @@ def random_view(x: torch.Tensor, gen: torch.Generator,
         sigma = _uniform(b, *cfg.blur_sigma, gen).to(x.device, x.dtype)
         out = on * _blur(out, sigma) + (1 - on) * out
     if cfg.erase > 0:
-        h, w = x.shape[2:]
-        half = max(1, int(h * cfg.erase)) / 2
+        half = max(1, int(min(h, w) * cfg.erase)) / 2
         cy = torch.randint(0, h, (b,), generator=gen).to(x.device)
         cx = torch.randint(0, w, (b,), generator=gen).to(x.device)
         on = (torch.rand(b, generator=gen) < cfg.erase_p).to(x.device)

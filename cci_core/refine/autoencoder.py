@@ -29,20 +29,27 @@ from cci_core.refine.train_steps import epoch_steps
 
 
 class Decoder(nn.Module):
-    """Embedding (B, E) -> image logits (B, C, S, S): a linear map to a (4w, S/4, S/4)
-    grid, then two stride-2 transposed convolutions and a 3x3 output convolution."""
+    """Embedding (B, E) -> image logits (B, C, H, W) on the CNN's grid ``(H, W)``
+    (:attr:`cci_core.refine.cnn.CNNConfig.grid`): a linear map to a (4w, ceil(H/4), ceil(W/4))
+    grid, two stride-2 transposed convolutions, a 3x3 output convolution, then a bilinear
+    resize to (H, W) where 4 does not divide a side."""
 
-    def __init__(self, embed_dim: int, out_channels: int, image_size: int, width: int):
+    def __init__(self, embed_dim: int, out_channels: int, grid: tuple[int, int], width: int):
         super().__init__()
-        s, c = image_size // 4, 4 * width
+        self.grid = tuple(grid)
+        sh, sw = (-(-s // 4) for s in self.grid)
+        c = 4 * width
         self.net = nn.Sequential(
-            nn.Linear(embed_dim, c * s * s), nn.ReLU(inplace=True), nn.Unflatten(1, (c, s, s)),
+            nn.Linear(embed_dim, c * sh * sw), nn.ReLU(inplace=True), nn.Unflatten(1, (c, sh, sw)),
             nn.ConvTranspose2d(c, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, out_channels, 3, padding=1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        out = self.net(z)
+        if tuple(out.shape[-2:]) != self.grid:
+            out = F.interpolate(out, size=self.grid, mode="bilinear", align_corners=False)
+        return out
 
 
 def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch_size: int = 256,
@@ -52,14 +59,15 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
 
     ``epochs`` (may be fractional) times the corpus size images are seen, in uniform random
     batches; AdamW with cosine decay; binary cross-entropy of the reconstruction against
-    the un-augmented image. Every draw comes from ``seed`` (deterministic on CPU). The
-    model's classification head is untouched. Returns loss and throughput statistics.
+    the un-augmented image, both on the CNN's grid (:meth:`CNN.adapt`: any corpus shape, shrunk
+    or padded on the device, so the decoder rebuilds what the encoder sees). Every draw comes
+    from ``seed`` (deterministic on CPU). The model's classification head is untouched. Returns loss and throughput statistics.
     ``on_step(step, steps)``, when given, is called after every step.
     """
     device = device or next(model.parameters()).device
     cfg = model.config
     with seeded(seed):
-        decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.image_size, cfg.width).to(device)
+        decoder = Decoder(cfg.embed_dim, cfg.in_channels, cfg.grid, cfg.width).to(device)
     params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
     params += list(decoder.parameters())
     steps = epoch_steps(epochs, len(data), batch_size)
@@ -73,7 +81,7 @@ def pretrain_autoencoder(model: CNN, data: CorpusImages, epochs: float, *, batch
     decoder.train()
     t0, loss_sum = time.perf_counter(), 0.0
     for step in range(1, steps + 1):
-        x = data.batch(rng.integers(0, len(data), batch_size)).to(device)
+        x = model.adapt(data.batch(rng.integers(0, len(data), batch_size)).to(device))  # the CNN's grid
         xa = augment(x, gen, shift, scale, False, 0.0)
         with torch.autocast(device.type, enabled=use_amp(device)):
             rec = decoder(model.features(xa))

@@ -15,7 +15,7 @@ import numpy as np
 
 from cci_core.common.device import pick_device
 from cci_core.common.finite import check_weights
-from cci_core.refine.cnn import CNN, CNNConfig
+from cci_core.refine.cnn import CNN, CNNConfig, upgrade_record
 from cci_core.refine.config import RefineConfig
 from cci_core.store import fs
 from cci_core.store.record_check import build_config
@@ -52,8 +52,9 @@ def load_classifier(directory: str | Path, device=None) -> CNN:
     """Load a classifier written by :func:`cci_core.refine.refine.refine` (safetensors + JSON, no pickle)."""
     tensors, meta = load_weights(directory, name="classifier", fields={"cnn": dict})
     check_weights(tensors, fs.as_path(directory) / "classifier.safetensors")  # NaN weights: NaN confidences
-    model = CNN(build_config(CNNConfig, meta["cnn"], fs.as_path(directory) / "classifier.json", WEIGHTS_FIX, "cnn.",
-                             ignore_unknown=True))  # as CNNConfig.from_dict: keys of other versions are left out
+    # as CNNConfig.from_dict: an older square image_size is read as the shape, other versions' keys are left out
+    model = CNN(build_config(CNNConfig, upgrade_record(meta["cnn"]), fs.as_path(directory) / "classifier.json",
+                             WEIGHTS_FIX, "cnn.", ignore_unknown=True))
     model.load_state_dict(tensors)
     return model.to(pick_device(device)).eval()
 

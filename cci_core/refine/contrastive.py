@@ -97,7 +97,7 @@ def pretrain_contrastive(model: CNN, data: CorpusImages, epochs: float, *,
             order, pos = rng.permutation(n), 0
         rows = np.sort(order[pos:pos + batch_size])
         pos += batch_size
-        x = data.batch(rows).to(device)
+        x = model.adapt(data.batch(rows).to(device))  # the views drawn on the CNN's grid: any corpus shape
         x = torch.cat([random_view(x, gen, views), random_view(x, gen, views)])
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=use_amp(device)):

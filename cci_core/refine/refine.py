@@ -105,7 +105,7 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
 
     Parameters
     ----------
-    images : zarr.Array or ndarray (N, H, W, C) uint8, H = W in (28, 32, 64), C in (1, 3)
+    images : zarr.Array or ndarray (N, H, W, C) uint8, any H and W, C in (1, 3)
     n_rows : committed rows (None = all)
     initial_labels : (n_rows,) int cluster ids in [0, k) -- the clustering to start from
         (with autoencoder pre-training it fixes k and the cluster ids; without, it is
@@ -135,15 +135,13 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     if n < cfg.batch_size:
         raise ValueError(f"corpus has {n} rows, fewer than one batch ({cfg.batch_size}); "
                          f"lower batch_size or add images")
-    c, h, w = data.shape
-    if h != w:
-        raise ValueError(f"images are {h}x{w}; refine needs square images")
+    c, h, w = data.shape  # any shape: the CNN shrinks or pads it on the device (cci_core.refine.cnn)
     y_true = None if y_true is None else np.asarray(y_true)[:n]
     device = pick_device(cfg.device)
     out = fs.as_path(out_dir) if out_dir is not None else None
 
     with seeded(cfg.seed):
-        model = CNN(CNNConfig(in_channels=c, image_size=h, n_classes=k, width=cfg.width,
+        model = CNN(CNNConfig(in_channels=c, image_height=h, image_width=w, n_classes=k, width=cfg.width,
                               depth=cfg.depth, embed_dim=cfg.embed_dim)).to(device)
     teacher = copy.deepcopy(model)
     # carried from round to round: labels, the teacher's embedding Z and probabilities P

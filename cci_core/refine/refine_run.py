@@ -29,8 +29,8 @@ from cci_core.cluster import cluster_run
 from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
 from cci_core.common.device import pick_device
 from cci_core.common.options import from_options
-from cci_core.common.shapes import MODEL_SIZES
 from cci_core.refine.classifier import load_classifier
+from cci_core.refine.cnn import CNNConfig
 from cci_core.refine.config import RefineConfig
 from cci_core.refine.records import RefinePlan
 from cci_core.refine.refine import refine
@@ -45,7 +45,8 @@ def config_from_options(options: dict | None) -> RefineConfig:
 
 
 def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: str | None = None) -> dict:
-    """Everything checkable before training; returns the parent run.json."""
+    """Everything checkable before training; returns the parent run.json. Any image shape is
+    taken: the classifier shrinks or pads images on the device (:mod:`cci_core.refine.cnn`)."""
     parent = runs.finished_run(store, run_id)
     labels = fs.as_path(parent["run_dir"]) / "clustering" / LABELS_FILE
     if not labels.exists():  # checked here, before start-up, rather than by the training task
@@ -58,11 +59,13 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
     if parent["n_rows"] < config.batch_size:
         raise ValueError(f"corpus {parent['corpus']!r} has {parent['n_rows']} images, fewer than one batch "
                          f"({config.batch_size}); lower --batch-size or add images")
-    h, w, _ = parent["shape"]
-    if h != w or h not in MODEL_SIZES:
-        raise ValueError(f"corpus {parent['corpus']!r} holds {h}x{w} images; the classifier takes square "
-                         f"{', '.join(f'{s}x{s}' for s in MODEL_SIZES)} images: ingest into a new corpus "
-                         "with --size 28x28 (for example) and cluster that")
+    h, w, c = parent["shape"]
+    try:  # the classifier's shape options against the corpus's (any image shape: the CNN adapts it)
+        CNNConfig(in_channels=c, image_height=h, image_width=w, n_classes=max(2, parent["clustering"].get("k") or 2),
+                  width=config.width, depth=config.depth, embed_dim=config.embed_dim)
+    except ValueError as exc:
+        raise ValueError(f"refine options do not make a classifier for corpus {parent['corpus']!r} "
+                         f"({h}x{w}x{c}): {exc}; change --set width/depth/embed_dim") from None
     runs.check_new_run_id(store, new_run_id or derived_name(run_id, "refined", "run id", "--run-id"))
     return parent
 

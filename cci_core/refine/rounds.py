@@ -194,7 +194,7 @@ def train_round(model: CNN, teacher: CNN, data: CorpusImages, labels: np.ndarray
         # class-balanced: draw a cluster uniformly, then a trusted row of it
         which = rng.integers(0, len(pools), cfg.batch_size)
         rows = np.array([pools[c][rng.integers(0, pools[c].size)] for c in which])
-        x = augment(data.batch(rows).to(device), gen, cfg.shift, cfg.scale, cfg.flip, cfg.erase)
+        x = augment(model.adapt(data.batch(rows).to(device)), gen, cfg.shift, cfg.scale, cfg.flip, cfg.erase)
         y = y_all[rows].to(device)
         with torch.autocast(device.type, enabled=use_amp(device)):
             f = model.features(x)

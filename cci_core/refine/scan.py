@@ -198,7 +198,7 @@ def train_scan(model: CNN, data: CorpusImages, neighbours: np.ndarray, steps: in
     for step in range(steps):
         rows = rng.integers(0, n, batch_size)
         both = np.concatenate([rows, _pairs(rng, neighbours, rows)])
-        x = random_view(data.batch(both).to(device), gen, views)
+        x = random_view(model.adapt(data.batch(both).to(device)), gen, views)  # on the CNN's grid
         with torch.autocast(device.type, enabled=use_amp(device)):
             logits = model(x)
         loss, c, e = scan_loss(logits[:batch_size], logits[batch_size:], entropy_weight)
@@ -291,7 +291,7 @@ def self_label_round(model: CNN, data: CorpusImages, probs: np.ndarray, steps: i
     for step in range(steps):
         which = rng.integers(0, len(pools), batch_size)
         rows = np.array([pools[c][rng.integers(0, pools[c].size)] for c in which])
-        x = data.batch(rows).to(device)
+        x = model.adapt(data.batch(rows).to(device))  # on the CNN's grid: any corpus shape
         xw, xs = random_view(x, gen, weak), random_view(x, gen, strong)
         with torch.no_grad(), torch.autocast(device.type, enabled=use_amp(device)):
             weak_logits = model(xw)
