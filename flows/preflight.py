@@ -298,6 +298,11 @@ def check_pipeline(store: Store, source: str, corpus: str, size: tuple[int, int]
     for flag, value in counts.items():
         check_positive(value, flag)
     check_ingest_request(store, source, corpus, size=size, channels=channels)  # what its ingest stage checks
+    from cci_core.common.shapes import MODEL_SIZES  # no torch
+    if size is not None and (size[0] != size[1] or size[0] not in MODEL_SIZES):  # refine takes any; train does not
+        raise PreflightError(f"--size {size[0]}x{size[1]}: `cci run` ends by training generators, which make square "
+                             f"{', '.join(f'{s}x{s}' for s in MODEL_SIZES)} images; give one of those, or run the "
+                             "stages that take any size yourself (cci ingest, cci cluster, cci refine, cci predict)")
 
 
 def check_device(device: str | None) -> None:

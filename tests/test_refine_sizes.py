@@ -25,6 +25,7 @@ from cci_core.store import runs
 from cci_core.store.corpus import open_corpus
 from cci_core.store.store import Store
 from cci_core.store.weights import save_weights
+from flows.preflight import PreflightError, check_pipeline
 
 K, N = 4, 600
 # tiny: a few contrastive and training steps, k-means re-clustering
@@ -133,3 +134,12 @@ def test_cli_predict_with_a_refined_classifier_on_rgb(sized, run_cci, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     df = pd.read_parquet(out)
     assert len(df) == 1797 and df["cluster"].between(0, K - 1).all() and df["cluster"].nunique() > 1
+
+
+def test_cci_run_refuses_a_size_the_generators_cannot_make_before_any_stage(tmp_path):
+    store = Store(tmp_path / "store")
+    counts = {"--refine-steps": 1}
+    check_pipeline(store, "builtin:digits", "d", (32, 32), 1, None, 4, counts)
+    for size in ((20, 20), (16, 8)):
+        with pytest.raises(PreflightError, match=f"--size {size[0]}x{size[1]}: .*cci refine"):
+            check_pipeline(store, "builtin:digits", "d", size, 1, None, 4, counts)
