@@ -15,8 +15,8 @@ def run_pipeline(
     source: str = typer.Argument("builtin:digits", help="What to ingest (default: scikit-learn's digits, no download)."),
     corpus: str = typer.Option("digits28", "--corpus", "-c", help="Corpus name."),
     size: Optional[str] = typer.Option(
-        "28x28", "--size", help="Image size HxW for the corpus: ingest, cluster and refine take any size; "
-                                "the generators (train, generate) take 28x28, 32x32 or 64x64."),
+        "28x28", "--size", help="Image size HxW for the corpus: 28x28, 32x32 or 64x64, as the generators this "
+                                "pipeline trains make (cci ingest, cluster, refine and predict alone take any size)."),
     channels: Optional[int] = typer.Option(1, "--channels", help="1 (gray) or 3 (RGB)."),
     k: str = typer.Option("10", "--k", "-k", help="Number of clusters, or a range to choose from: 5:30 or 5:30:5."),
     refine_rounds: int = typer.Option(1, "--refine-rounds", help="CCI refinement rounds."),
