@@ -96,3 +96,14 @@ def test_bad_input():
         PCA(0.9, solver="randomized").fit(X)
     with pytest.raises(ValueError, match="not fitted"):
         PCA(2).transform(X)
+
+
+def test_auto_solver_is_exact_for_small_images_and_randomized_for_large():
+    rng = np.random.default_rng(0)
+    small = PCA(5, random_state=0).fit(rng.random((200, 28 * 28)))
+    assert small.solver_ == "cov"
+    # a 100x60 RGB image has 18,000 values: its covariance alone would be 2.6 GB
+    large = da.from_array(rng.random((120, 18_000)).astype(np.float32), chunks=(60, 18_000))
+    pca = PCA(5, random_state=0).fit(large)
+    assert pca.solver_ == "randomized" and pca.components_.shape == (5, 18_000)
+    assert PCA(0.5, random_state=0).fit(rng.random((200, 50))).solver_ == "cov"  # a ratio needs the spectrum

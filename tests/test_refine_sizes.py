@@ -94,9 +94,8 @@ def sized(tmp_path_factory):
     for name, (h, w, c), depth in (("d16x8", (16, 8, 1), 4), ("d20", (20, 20, 1), 3), ("d48", (48, 48, 1), 3),
                                    ("rgb", (100, 60, 3), 3)):
         ingest_local(store, str(root / "digits.npz"), name, size=(h, w), channels=c)  # resized by ingest
-        # `cci cluster`'s default cov PCA forms the D x D covariance: 18,000 dims for 100x60x3
-        solver = "randomized" if h * w * c > 4096 else "cov"
-        cr.run_local(store, name, cr.ClusterParams(k=K, n_components=10, solver=solver), run_id=f"{name}-km")
+        # the default PCA solver (auto) is randomized for 100x60x3: its covariance would be 18,000 x 18,000
+        cr.run_local(store, name, cr.ClusterParams(k=K, n_components=10), run_id=f"{name}-km")
         rr.refine_local(store, f"{name}-km", rr.config_from_options({**TINY, "depth": depth}),
                         new_run_id=f"{name}-ref", log=lambda _: None)
     return store

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 ALGORITHMS = ("kmeans", "gmm", "dbscan", "hdbscan", "agglomerative")
-SOLVERS = ("cov", "randomized", "full", "tsqr")  # PCA solvers (cci_core.cluster.pca)
+SOLVERS = ("auto", "cov", "randomized", "full", "tsqr")  # PCA solvers (cci_core.cluster.pca)
+# ``auto``: ``cov`` up to this many pixel values per image (64x64 grey), ``randomized`` above (the D x D
+# covariance of a 100x60 RGB image, D = 18,000, is 2.6 GB and its eigh did not end in 10 minutes)
+AUTO_COV_MAX_D = 4096
 # Rows the PCA is fitted on by default: the top components of a larger corpus barely move with more
 # rows, while the covariance pass (D x D per row) was most of a million-image clustering's time.
 PCA_FIT_ROWS = 262_144

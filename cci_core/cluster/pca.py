@@ -2,7 +2,10 @@
 
 Solvers
 -------
-``cov`` (default)
+``auto`` (default)
+    ``cov`` up to ``AUTO_COV_MAX_D`` features (64x64 grey) or for a variance ratio, else
+    ``randomized``; the solver used is ``solver_`` after fitting.
+``cov``
     One pass: every block gives its row count, mean and centred scatter matrix (D×D); they
     are merged pairwise in a fixed tree (Chan et al.), then ``eigh``. Exact; best when D is
     up to a few thousand.
@@ -28,7 +31,7 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from cci_core.cluster.choices import SOLVERS
+from cci_core.cluster.choices import AUTO_COV_MAX_D, SOLVERS
 from cci_core.cluster.model_io import load_arrays, save_arrays
 
 
@@ -117,7 +120,7 @@ class PCA:
     ----------
     n_components : int (number of components) or float in (0, 1) (smallest number whose
         explained variance ratio reaches it; needs a full-spectrum solver)
-    solver : one of ``cov``, ``randomized``, ``full``, ``tsqr`` (see module doc)
+    solver : one of ``auto``, ``cov``, ``randomized``, ``full``, ``tsqr`` (see module doc)
     whiten : scale the projections to unit variance
     n_oversamples, n_power_iter : randomized solver only
     random_state : int seed (randomized solver)
@@ -132,7 +135,7 @@ class PCA:
     n_components_, n_samples_, n_features_in_ : int
     """
 
-    def __init__(self, n_components: int | float = 50, solver: str = "cov", whiten: bool = False,
+    def __init__(self, n_components: int | float = 50, solver: str = "auto", whiten: bool = False,
                  n_oversamples: int = 10, n_power_iter: int = 4, random_state: int = 0):
         self.n_components = n_components
         self.solver = solver
@@ -175,13 +178,17 @@ class PCA:
         if isinstance(self.n_components, float) and not float(self.n_components).is_integer():
             ratio = float(self.n_components)
         k = None if ratio is not None else int(self.n_components)
+        solver = self.solver
+        if solver == "auto":
+            solver = "cov" if d <= AUTO_COV_MAX_D or ratio is not None else "randomized"
+        self.solver_ = solver
 
-        if self.solver == "cov":
+        if solver == "cov":
             n_, mean, scatter = _moments(X)
             var, vecs = np.linalg.eigh(scatter / (n - 1))
             var, comps = var[::-1], vecs[:, ::-1].T
             total = float(np.trace(scatter) / (n - 1))
-        elif self.solver == "randomized":
+        elif solver == "randomized":
             parts = dask.compute(*[dask.delayed(_block_mean_sq)(b) for b in X.to_delayed().ravel()])
             s = sum(p[1] for p in parts)
             sq = sum(p[2] for p in parts)
@@ -198,7 +205,7 @@ class PCA:
         else:
             from dask_ml.decomposition import PCA as DaskPCA
             model = DaskPCA(n_components=None if ratio is not None else k,
-                            svd_solver=self.solver, random_state=self.random_state)
+                            svd_solver=solver, random_state=self.random_state)
             model.fit(X.astype(np.float64))
             mean, comps = np.asarray(model.mean_), np.asarray(model.components_)
             var = np.asarray(model.explained_variance_)
@@ -266,6 +273,7 @@ class PCA:
         meta = {"params": {"n_components": self.n_components, "solver": self.solver,
                            "whiten": self.whiten, "n_oversamples": self.n_oversamples,
                            "n_power_iter": self.n_power_iter, "random_state": self.random_state},
+                "solver_used": getattr(self, "solver_", self.solver),
                 "n_components_": self.n_components_, "n_samples": self.n_samples_,
                 "n_features_in": self.n_features_in_, "total_variance": self.total_variance_,
                 "explained_variance_ratio": [float(r) for r in self.explained_variance_ratio_]}
@@ -287,7 +295,7 @@ class PCA:
         return model
 
 
-def fit_pca(X, n_components: int | float = 50, solver: str = "cov", whiten: bool = False,
+def fit_pca(X, n_components: int | float = 50, solver: str = "auto", whiten: bool = False,
             random_state: int = 0, **params) -> PCA:
     """Convenience: ``PCA(...).fit(X)``."""
     return PCA(n_components, solver=solver, whiten=whiten, random_state=random_state,

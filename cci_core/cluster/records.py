@@ -26,7 +26,7 @@ class ClusterParams:
     embedding : ``pca`` (cluster the PCA projections) or ``umap`` (UMAP of them first)
     n_components : PCA components (int) or explained-variance ratio (float in (0, 1))
     whiten : scale the PCA projections to unit variance
-    solver : PCA solver (cov, randomized, full, tsqr)
+    solver : PCA solver (auto: cov up to 64x64 grey, randomized above; cov, randomized, full, tsqr)
     pca_fit_rows : rows the PCA is fitted on: a corpus larger than this is fitted on evenly spaced
         whole blocks holding about that many rows (0 = every row); the projection covers every row
     umap_dim, umap_neighbors, umap_min_dist, umap_sample : the manifold stage
@@ -42,7 +42,7 @@ class ClusterParams:
     embedding: str = "pca"
     n_components: int | float = 50
     whiten: bool = False
-    solver: str = "cov"
+    solver: str = "auto"
     pca_fit_rows: int = PCA_FIT_ROWS
     umap_dim: int = 10
     umap_neighbors: int = 20

@@ -32,7 +32,8 @@ def cluster(
     embedding: str = typer.Option("pca", "--embedding", help="Cluster the PCA projections (pca) or their UMAP (umap)."),
     components: str = typer.Option("50", "--components", help="PCA components, or a variance ratio such as 0.9."),
     whiten: bool = typer.Option(False, "--whiten", help="Scale the PCA projections to unit variance."),
-    solver: str = typer.Option("cov", "--solver", help="PCA solver: cov, randomized, full or tsqr."),
+    solver: str = typer.Option("auto", "--solver", help="PCA solver: auto (cov up to 4,096 values per image, "
+                                                        "randomized above), cov, randomized, full or tsqr."),
     pca_fit_rows: int = typer.Option(PCA_FIT_ROWS, "--pca-fit-rows",
                                      help="Rows the PCA is fitted on (evenly spaced blocks of a larger corpus; "
                                           "0 = every row). Every row is projected."),
