@@ -35,15 +35,19 @@ def test_verbose_quiet_and_the_progress_bar(store, prefect_api, dask_scheduler):
     # the four ways of printing, run at once (each its own run in the store): the output is what is compared
     with ThreadPoolExecutor(4) as pool:
         quiet, verbose, default, tty = pool.map(lambda a: _cci(*a[0], env=a[1]), [
-            ([*args, "--quiet"], None), ([*args, "--verbose"], None), (args, None),
-            (args, {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"})])
+            ([*args, "--quiet"], {"CCI_HEARTBEAT_S": "1"}), ([*args, "--verbose"], None),
+            (args, {"CCI_HEARTBEAT_S": "1"}), (args, {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"})])
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert quiet.stderr.strip() == "" and quiet.stdout.startswith("Run ")  # the summary only
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "Finished in state Completed()" in verbose.stderr and "Beginning flow run" in verbose.stderr
     assert default.returncode == 0 and "Finished in state" not in default.stderr
     assert [line for line in default.stderr.splitlines() if line.startswith("✓ cluster d28 k=3")]
-    assert len(_lines(default)) < len(_lines(verbose))
+    # off a terminal, a stage still running says where it is every CCI_HEARTBEAT_S (30 s by default)
+    beats = [line for line in default.stderr.splitlines() if line.startswith("… cluster d28 k=3")]
+    assert beats and all("% after " in line for line in beats), default.stderr
+    assert "…" not in quiet.stderr + quiet.stdout
+    assert len([line for line in _lines(default) if line not in beats]) < len(_lines(verbose))
     # on a terminal (rich told so) the stage is a live bar with its task count and rate
     assert tty.returncode == 0, tty.stderr[-3000:]
     assert "━" in tty.stderr and "tasks" in tty.stderr and "cluster d28 k=3" in tty.stderr

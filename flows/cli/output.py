@@ -7,7 +7,7 @@ run" log record (the flow runs in this process) and then polls the Prefect API o
 for the run's subflows, their task runs and their progress artifacts (the ones the tasks update
 while they work, on whichever Dask worker). On a terminal each stage is a rich progress bar
 (tasks done, tasks/s, time left, the progress artifact's note); anywhere else each stage is one
-line when it ends.
+line when it ends, and a stage still running says where it is every 30 s (``HEARTBEAT_S``).
 
 Verbosity is chosen on the command line (``--quiet`` / ``--verbose``, :mod:`flows.cli.options`) and
 applied by :func:`configure_logging` before Prefect is imported: Prefect's console handler is
@@ -26,6 +26,21 @@ QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
 _mode = {"value": NORMAL}
 _CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
 POLL_S = 2.0  # seconds between two looks at the API (5 requests each: the Prefect server shares the cores)
+# off a terminal, a running stage says where it is this often (CI logs, cron, `make run > log`)
+HEARTBEAT_S = float(os.environ.get("CCI_HEARTBEAT_S", "30"))
+NOTE_CHARS = 48
+
+
+def clip(note: str, width: int = NOTE_CHARS) -> str:
+    """``note`` cut to ``width`` characters at a word boundary (never mid-name), marked with an ellipsis."""
+    if len(note) <= width:
+        return note
+    cut = max(note.rfind(sep, 0, width) for sep in (" ", ","))
+    return note[:cut if cut > 0 else width - 1].rstrip(" ,") + "…"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def mode() -> str:
@@ -190,14 +205,17 @@ class StageProgress:
         final = state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
         done, total = self._tasks(run["id"])
         pct, note = self._progress(run["id"])
+        counts = f"{done}/{total} tasks"
         if pct is None:
             pct = 100.0 * done / total if total else 0.0
+        else:
+            counts = ""  # the percent is the stage's own progress report, not the task count
         if final and state == "COMPLETED":
             pct = 100.0
         elapsed = run.get("total_run_time") or (time.monotonic() - shown["t0"])
         rate = f"{done / elapsed:.1f} tasks/s" if elapsed and done else ""
         if self._bars is not None:
-            fields = dict(tasks=f"{done}/{total} tasks", rate=rate, note=escape(note[:40]))
+            fields = dict(tasks=counts, rate=rate, note=escape(clip(note)))
             if shown["bar"] is None:
                 shown["bar"] = self._bars.add_task(name, total=100.0, **fields)
             self._bars.update(shown["bar"], completed=pct, **fields)
@@ -207,6 +225,13 @@ class StageProgress:
                 self._bars.stop_task(shown["bar"])
                 shown["line"] = True
             return
+        now = time.monotonic()
+        if not final and now - shown.setdefault("said", shown["t0"]) >= HEARTBEAT_S:
+            shown["said"] = now
+            left = f", ~{_duration(elapsed * (100 - pct) / pct)} left" if 0 < pct < 100 else ""
+            self.console.print(f"… {run['name']}  {pct:.0f}% after {_duration(elapsed)}{left}"
+                               + (f": {clip(note, 80)}" if note else f", {counts}"),
+                               highlight=False, soft_wrap=True, markup=False)
         if final:
             mark = "✓" if state == "COMPLETED" else f"✗ {state.lower()}:"
             self.console.print(f"{mark} {run['name']}  {elapsed:.1f} s, {done}/{total} tasks", highlight=False,
