@@ -18,6 +18,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from cci_core.cluster.records import ClusterParams
 from cci_core.generate.settings import EvalParams, TrainParams, eval_params_fields, train_params_fields
+from cci_core.refine.choose_k import START_K
+from cci_core.refine.config import RefineConfig
 from cci_core.refine.refine_run import config_from_options
 from cci_core.store.corpus import open_corpus
 from cci_core.store.datasets import UnknownDatasetError, open_dataset
@@ -140,7 +142,7 @@ def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, eva
 
 @flow(name="cci-pipeline", log_prints=True, flow_run_name="pipeline {corpus} from {source}")
 def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", store_root: str | None = None,
-                  size: tuple[int, int] | None = (28, 28), channels: int | None = 1, k: int | str = 10,
+                  size: tuple[int, int] | None = (28, 28), channels: int | None = 1, k: int | str | None = None,
                   n_components: int = 50, refine_rounds: int = 1, refine_steps: int = 150,
                   refine_options: dict | None = None, model: str = "gan", train_steps: int = 150,
                   min_size: int = 50, per_cluster: int = 64, dataset: str | None = None,
@@ -150,6 +152,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
 
     The parameters stay plain JSON values (a deployment's, given as ``--param k=4``); each stage's
     settings (:mod:`flows.settings`) are built from them here, once, when the stage is reached.
+    ``k`` None: cluster at :data:`START_K`, then the refine stage chooses k (``RefineConfig.k = "auto"``,
+    unless ``refine_options`` set ``k`` or a ``start`` that keeps the given clusters).
     """
     log = get_run_logger()
     store = Store(store_root).ensure()
@@ -159,7 +163,7 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
 
     ing = stages.run("ingest", ingest_flow, IngestSettings(source, corpus, store_root=root, size=size, channels=channels))
     c = open_corpus(store, corpus)
-    params = ClusterParams(k=k, n_components=n_components, seed=seed)
+    params = ClusterParams(k=START_K if k is None else k, n_components=n_components, seed=seed)
     run_id = f"{corpus}-v{c.version}-{stage_id(c.artifact_id, asdict(params))}"
     if _complete(store, run_id):
         log.info("Clustering %s already done for corpus %s v%d with these parameters: reusing it",
@@ -171,6 +175,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
 
     refine_opts = {"rounds": refine_rounds, "steps": refine_steps, "warmup_steps": refine_steps, "seed": seed,
                    "batch_size": 128, **(refine_options or {})}
+    if k is None and refine_opts.get("start", RefineConfig.start) != "given":
+        refine_opts.setdefault("k", "auto")
     refined = f"{run_id}-r{stage_id(refine_opts)}"
     if _complete(store, refined):
         log.info("Refined run %s already done: reusing it", refined)

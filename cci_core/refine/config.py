@@ -12,6 +12,10 @@ class RefineConfig:
     """Every knob of a refinement; the defaults are the Fashion-MNIST benchmark recipe.
 
     rounds : rounds after round 0 (round 0 = start clustering + first training)
+    k : the number of clusters. None: the given clustering's; ``auto``: chosen without
+        labels on round 0's clustering space among 4..20 (:mod:`cci_core.refine.choose_k`:
+        the BIC of GMMs, least or its elbow), ``LOW:HIGH`` among those, ``K`` that k; needs
+        a pre-training ``start``
     start : how round 0 finds its clustering. ``contrastive``: pre-train the CNN with
         SimCLR (NT-Xent on two augmented views) for ``cl_epochs``, then cluster its
         embedding; ``autoencoder``: pre-train it as a convolutional autoencoder for
@@ -60,6 +64,7 @@ class RefineConfig:
     device : None = CUDA when present, else CPU
     """
     rounds: int = 2
+    k: str | None = None
     start: str = "contrastive"
     cl_epochs: float = 10.0
     cl_lr: float = 2e-3
@@ -103,6 +108,13 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         self.scale = tuple(self.scale)
+        if self.k is not None:  # as typed (auto, 5:20) or an int; checked here, kept as text
+            from cci_core.refine.choose_k import parse_k_option
+            self.k = str(self.k).strip().lower()
+            parse_k_option(self.k)
+            if self.start == "given":
+                raise ValueError(f"k={self.k} needs a pre-training start (contrastive or autoencoder): "
+                                 "start=given keeps the given clustering and its k")
         checks = [
             (self.rounds >= 0, f"rounds={self.rounds} must be >= 0"),
             (self.start in START, f"start={self.start!r}: use one of {START}"),

@@ -56,12 +56,14 @@ from cci_core.cluster.pca import PCA
 from cci_core.common.device import pick_device
 from cci_core.common.seeding import seeded
 from cci_core.common.torch_data import CorpusImages
+from cci_core.refine.choose_k import choice_line, choose_k, parse_k_option
 from cci_core.refine.classifier import last_done_round, round_dir, save_round, write_artifacts
 from cci_core.refine.cnn import CNN, CNNConfig
 from cci_core.refine.config import RefineConfig
 from cci_core.refine.rounds import (
     cluster_centres,
     cluster_embedding,
+    clustering_space,
     embed_corpus,
     external_metrics,
     internal_metrics,
@@ -96,6 +98,19 @@ class RefineResult:
     history: list = field(default_factory=list)
     model: CNN | None = None
     out_dir: Path | None = None
+    k_choice: dict | None = None  # with RefineConfig.k: the choice of k (KChoice.to_json())
+
+
+def with_head(model: CNN, k: int, seed: int) -> CNN:
+    """``model`` with a fresh cluster head of ``k`` outputs (seeded, on the model's device)
+    and ``config.n_classes = k``; the trunk and embedding head are kept."""
+    from dataclasses import replace
+
+    from torch import nn
+    with seeded(seed):
+        model.head = nn.Linear(model.config.embed_dim, k).to(next(model.parameters()).device)
+    model.config = replace(model.config, n_classes=k)
+    return model
 
 
 
@@ -108,8 +123,8 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     images : zarr.Array or ndarray (N, H, W, C) uint8, any H and W, C in (1, 3)
     n_rows : committed rows (None = all)
     initial_labels : (n_rows,) int cluster ids in [0, k) -- the clustering to start from
-        (with autoencoder pre-training it fixes k and the cluster ids; without, it is
-        round 0's clustering)
+        (with pre-training it fixes k, unless ``config.k`` asks to choose it, and the
+        cluster ids; without, it is round 0's clustering)
     config : RefineConfig (defaults when None)
     out_dir : checkpoints and artifacts; an existing one with finished rounds is resumed
     y_true : (n_rows,) known classes, optional, ONLY for ACC/NMI/ARI in the metrics
@@ -135,6 +150,10 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     if n < cfg.batch_size:
         raise ValueError(f"corpus has {n} rows, fewer than one batch ({cfg.batch_size}); "
                          f"lower batch_size or add images")
+    candidates = parse_k_option(cfg.k)  # None: k is the given clustering's
+    if candidates is not None and 4 * max(candidates) > n:
+        raise ValueError(f"k={cfg.k}: {max(candidates)} clusters of {n} rows leave fewer than 4 "
+                         f"rows a cluster; try k up to {n // 4}")
     c, h, w = data.shape  # any shape: the CNN shrinks or pads it on the device (cci_core.refine.cnn)
     y_true = None if y_true is None else np.asarray(y_true)[:n]
     device = pick_device(cfg.device)
@@ -150,11 +169,14 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     kept: dict[int, tuple[np.ndarray, dict]] = {}  # per-round labels/weights without out_dir
     if out is not None and (last := last_done_round(out)) >= 0:
         d = round_dir(out, last)
+        history = read_json(d / "history.json")
+        if candidates is not None:  # the heads have the k round 0 chose
+            k = int(history[0]["k_choice"]["k"])
+            teacher = copy.deepcopy(with_head(model, k, cfg.seed))
         model.load_state_dict(load_weights(d, "student", device)[0])
         teacher.load_state_dict(load_weights(d, "classifier", device)[0])
         state = {"labels": fs.load_npy(d / "labels.npy").astype(np.int64),
                  "Z": fs.load_npy(d / "embedding.npy"), "P": fs.load_npy(d / "probs.npy")}
-        history = read_json(d / "history.json")
         start = last + 1
         log(f"resuming after round {last} from {d}")
 
@@ -211,10 +233,17 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
         report(r, 0, "clustering")
         if state["Z"] is not None:
             Z = state["Z"]                                                    # (a)
+            spaces = clustering_space(Z, cfg, seed, pixels)
+            if r == 0 and candidates is not None:  # choose k on round 0's space, no labels
+                rec["k_choice"] = choose_k(spaces[1], candidates, seed).to_json()
+                k = rec["k_choice"]["k"]
+                teacher = copy.deepcopy(with_head(model, k, cfg.seed))
+                log("  r0: k: " + choice_line(rec["k_choice"]))
             new, space, margin = cluster_embedding(                           # (b)
-                Z, k, cfg, seed, previous=prev if r > 0 else None, pixels=pixels)
+                Z, k, cfg, seed, previous=prev if r > 0 else None, pixels=pixels, spaces=spaces)
             new = reseed_empty(new, space, k, min_size=max(2, n // (20 * k)))
-            new = match_labels(prev, new, k)                                  # (c)
+            if prev.max() < k:  # (c); a chosen k below the given one starts new ids
+                new = match_labels(prev, new, k)
             centres = cluster_centres(unit(Z), new, k)
         else:  # round 0 without pre-training: the given clustering, judged in pixel PCA
             space = pixels[:, :cfg.pca_dim] if pixels is not None else pixel_components(data, cfg.pca_dim)
@@ -263,4 +292,5 @@ def refine(images, n_rows: int | None, initial_labels, config: RefineConfig | No
     log(f"kept round {chosen} (selection score {best['selection_score']:.4f})")
     if out is not None:
         write_artifacts(out, teacher, result_labels, history, chosen, cfg)
-    return RefineResult(result_labels.astype(np.int32), chosen, history, teacher.eval(), out)
+    return RefineResult(result_labels.astype(np.int32), chosen, history, teacher.eval(), out,
+                        history[0].get("k_choice") if history else None)

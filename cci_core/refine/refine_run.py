@@ -29,6 +29,7 @@ from cci_core.cluster import cluster_run
 from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
 from cci_core.common.device import pick_device
 from cci_core.common.options import from_options
+from cci_core.refine.choose_k import parse_k_option
 from cci_core.refine.classifier import load_classifier
 from cci_core.refine.cnn import CNNConfig
 from cci_core.refine.config import RefineConfig
@@ -59,6 +60,10 @@ def check_refine(store: Store, run_id: str, config: RefineConfig, new_run_id: st
     if parent["n_rows"] < config.batch_size:
         raise ValueError(f"corpus {parent['corpus']!r} has {parent['n_rows']} images, fewer than one batch "
                          f"({config.batch_size}); lower --batch-size or add images")
+    ks = parse_k_option(config.k)
+    if ks is not None and 4 * max(ks) > parent["n_rows"]:
+        raise ValueError(f"--k {config.k}: {max(ks)} clusters of corpus {parent['corpus']!r}'s {parent['n_rows']} "
+                         f"images leave fewer than 4 a cluster; use a range up to {parent['n_rows'] // 4}")
     h, w, c = parent["shape"]
     try:  # the classifier's shape options against the corpus's (any image shape: the CNN adapts it)
         CNNConfig(in_channels=c, image_height=h, image_width=w, n_classes=max(2, parent["clustering"].get("k") or 2),
@@ -93,7 +98,7 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
     y_codes = pd.factorize(y)[0] if y is not None else None
     result = refine(c.images(), c.n_rows, initial, config, out_dir=rdir / "refine", y_true=y_codes, log=log,
                     progress=progress)
-    k = int(initial.max()) + 1
+    k = result.model.config.n_classes  # the given clustering's, or the one chosen (config.k)
     labels = np.asarray(result.labels, dtype=np.int32)  # ids already matched round to round
 
     cdir = rdir / "classifier"
@@ -108,7 +113,8 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
     sizes = np.bincount(labels, minlength=k).tolist()
     report = {"run_id": plan.run_id, "parent_run": plan.parent_run, "corpus": plan.corpus,
               "corpus_version": plan.corpus_version, "chosen_round": result.chosen_round,
-              "rounds": history, "sizes": sizes, "n_clusters": k, **headline, "config": plan.params}
+              "rounds": history, "sizes": sizes, "n_clusters": k, "k_choice": result.k_choice, **headline,
+              "config": plan.params}
     atomic_write_json(rdir / "reports" / "metrics.json", report)
 
     lin = runs.lineage_store(store)
@@ -125,6 +131,7 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
                 (plan.corpus_artifact_id, "corpus")])
     out = {"clustering_artifact_id": clustering.id, "classifier_artifact_id": clf.id, "k": k, "n_clusters": k,
            "n_noise": 0, "sizes": sizes, "metrics": headline, "chosen_round": result.chosen_round,
+           "k_choice": result.k_choice,  # with config.k: scores per k, the k chosen and the rule
            "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
            "changed_from_parent": float((labels != initial).mean()),
            "device": str(pick_device(config.device))}  # a CUDA-trained classifier is not bitwise repeatable

@@ -47,8 +47,24 @@ def unit(Z: np.ndarray) -> np.ndarray:
     return Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
 
 
+def clustering_space(Z: np.ndarray, cfg: RefineConfig, seed: int,
+                     pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The spaces :func:`cluster_embedding` works in: the joined space (N, p + E) (the unit
+    rows of ``Z``, with ``pixels`` (N, p) the unit rows of both, so both count equally) and
+    the space the partition is found in (N, d): its UMAP for ``umap_gmm``, its PCA-whitened
+    components for ``kmeans``."""
+    X = unit(Z) if pixels is None else np.concatenate([unit(pixels), unit(Z)], 1)
+    if cfg.recluster == "umap_gmm":
+        from cci_core.cluster.manifold import umap_embed
+        U, _, _ = umap_embed(X, n_components=cfg.umap_dim, n_neighbors=cfg.umap_neighbors,
+                             min_dist=0.0, sample_size=cfg.umap_sample, seed=seed)
+        return X, U
+    return X, np.asarray(PCA(min(cfg.pca_dim, X.shape[1]), whiten=True).fit_transform(X), dtype=np.float32)
+
+
 def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
-                      previous: np.ndarray | None = None, pixels: np.ndarray | None = None):
+                      previous: np.ndarray | None = None, pixels: np.ndarray | None = None,
+                      spaces: tuple[np.ndarray, np.ndarray] | None = None):
     """(b) Cluster the embedding (its unit rows; with ``pixels`` (N, p), their unit rows
     joined on, so both count equally).
 
@@ -59,15 +75,13 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
     ``cfg.gmm_inits`` k-means starts. With ``cfg.scan_heads`` the labels are the k-means consensus of the GMM's posteriors and the
     votes of that many SCAN heads fitted on the joined space, and with ``cfg.gmm_polish``
     a GMM started from that consensus and run to convergence then gives the labels and
-    the margin (see :class:`RefineConfig`).
+    the margin (see :class:`RefineConfig`). ``spaces``: :func:`clustering_space`'s result for
+    these arguments, when already computed.
     """
-    Z = unit(Z) if pixels is None else np.concatenate([unit(pixels), unit(Z)], 1)
+    Z, U = spaces if spaces is not None else clustering_space(Z, cfg, seed, pixels)
     if cfg.recluster == "umap_gmm":
         from sklearn.mixture import GaussianMixture
 
-        from cci_core.cluster.manifold import umap_embed
-        U, _, _ = umap_embed(Z, n_components=cfg.umap_dim, n_neighbors=cfg.umap_neighbors,
-                             min_dist=0.0, sample_size=cfg.umap_sample, seed=seed)
         if previous is not None and cfg.gmm_from_previous:
             gmm = gmm_from_partition(U, previous, k, seed)
         else:
@@ -92,8 +106,7 @@ def cluster_embedding(Z: np.ndarray, k: int, cfg: RefineConfig, seed: int,
         # the consensus picks the basin (no merged look-alike classes), EM places the boundaries
         post = gmm_from_partition(U, km.labels_, k, seed).fit(U).predict_proba(U)
         return post.argmax(1).astype(np.int64), U, _posterior_margin(post)
-    W = np.asarray(PCA(min(cfg.pca_dim, Z.shape[1]), whiten=True).fit_transform(Z),
-                   dtype=np.float32)
+    W = U
     km = MiniBatchKMeans(k, batch_size=4096, max_iter=300, n_init=3, random_state=seed).fit(W)
     return km.labels_.astype(np.int64), W, _centre_gap(np.sqrt(
         ((W[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)))

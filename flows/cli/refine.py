@@ -16,6 +16,11 @@ def refine(
     run_id: str = typer.Argument(..., help="A finished clustering run (see `cci cluster`)."),
     rounds: Optional[int] = typer.Option(
         None, "--rounds", help=f"Re-clustering rounds after round 0 (default {RefineConfig.rounds})."),
+    k: Optional[str] = typer.Option(
+        None, "--k", "-k", help="Number of clusters: auto chooses it among 4..20 from round 0's pre-trained "
+                                "embedding, without labels (the BIC of GMMs on its UMAP: least, or its elbow); "
+                                "LOW:HIGH chooses among those; a number sets it (default: RUN's own k). Needs "
+                                "--start contrastive or autoencoder."),
     steps: Optional[int] = typer.Option(
         None, "--steps", help=f"Classifier training steps in each round after round 0 (default {RefineConfig.steps})."),
     warmup_steps: Optional[int] = typer.Option(
@@ -44,10 +49,10 @@ def refine(
 
     An interrupted refinement resumes from its last finished round when run again.
 
-    Example: cci refine RUN --rounds 2 --steps 800
+    Example: cci refine RUN --rounds 2 --steps 800   (or: cci refine RUN --k auto)
     """  # the defaults of every --set field are appended below
     from cci_core.refine.refine_run import check_refine, config_from_options
-    options = {k: v for k, v in dict(rounds=rounds, steps=steps, warmup_steps=warmup_steps, start=start,
+    options = {name: v for name, v in dict(rounds=rounds, k=k, steps=steps, warmup_steps=warmup_steps, start=start,
                                      cl_epochs=cl_epochs, lam=lam, batch_size=batch_size, seed=seed,
                                      device=device).items() if v is not None}
     options.update(name_values(option, "--set"))
@@ -72,6 +77,9 @@ def refine(
         t.add_row(str(r.get("round")), f(r.get("acc")), f(r.get("nmi")), f(r.get("ari")), f(r.get("silhouette")),
                   f(r.get("selection_score")), f(r.get("changed")), f(r.get("wall_seconds")))
     out.print(t)
+    if (choice := summary["rounds"][0].get("k_choice") if summary["rounds"] else None) is not None:
+        from cci_core.refine.choose_k import choice_line
+        out.print(f"k: {choice_line(choice)}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"Refined run [bold]{lit(summary['run_id'])}[/]: {len(summary['partitions'])} clusters, "
               f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {lit(run_id)}\n"
               f"  classifier: {summary['classifier_artifact_id']}  ({lit(summary['classifier'])})\n"

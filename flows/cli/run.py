@@ -18,7 +18,10 @@ def run_pipeline(
         "28x28", "--size", help="Image size HxW for the corpus: 28x28, 32x32 or 64x64, as the generators this "
                                 "pipeline trains make (cci ingest, cluster, refine and predict alone take any size)."),
     channels: Optional[int] = typer.Option(1, "--channels", help="1 (gray) or 3 (RGB)."),
-    k: str = typer.Option("10", "--k", "-k", help="Number of clusters, or a range to choose from: 5:30 or 5:30:5."),
+    k: Optional[str] = typer.Option(
+        None, "--k", "-k", help="Number of clusters, or a range for the clustering stage to choose from: 5:30 or "
+                                "5:30:5 (default: cluster at 10, then the refine stage chooses k among 4..20 from "
+                                "its pre-trained embedding, without labels; see `cci refine --k auto`)."),
     refine_rounds: int = typer.Option(1, "--refine-rounds", help="CCI refinement rounds."),
     refine_steps: int = typer.Option(150, "--refine-steps", help="Classifier training steps per round."),
     train_steps: int = typer.Option(150, "--train-steps", help="Generator training steps per cluster."),
@@ -47,8 +50,10 @@ def run_pipeline(
     run_guarded(check_device, eval_options.get("device"))
     from flows.preflight import new_store
     store_obj = run_guarded(new_store, store)  # a URL: lineage database and bucket checked
-    k_value = parse_k(k)
-    run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset, k_value,
+    from cci_core.refine.choose_k import START_K
+    k_value = parse_k(k) if k is not None else None  # None: the refine stage chooses k
+    run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset,
+                START_K if k_value is None else k_value,
                 {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
     from flows.server import warm
     warm_state = None if dask_address else warm(store_obj.root)
