@@ -68,11 +68,11 @@ STAGES = {"cci-ingest": "ingest", "cci-cluster": "cluster", "cci-refine": "refin
 
 
 def run_tags(stage: str, corpus: str | None = None, run_id: str | None = None,
-             dataset: str | None = None) -> list[str]:
-    """``cci``, ``stage:…`` and, where known, ``corpus:…``, ``run:…``, ``dataset:…``."""
+             dataset: str | None = None, store: str | None = None) -> list[str]:
+    """``cci``, ``stage:…`` and, where known, ``corpus:…``, ``run:…``, ``dataset:…``, ``store:…``."""
     tags = [RUN_TAG, f"stage:{stage}"]
-    tags += [f"{key}:{value}" for key, value in (("corpus", corpus), ("run", run_id), ("dataset", dataset))
-             if value]
+    tags += [f"{key}:{value}" for key, value in (("corpus", corpus), ("run", run_id), ("dataset", dataset),
+                                                 ("store", store)) if value]
     return tags
 
 
@@ -99,7 +99,8 @@ def flow_tags(flow, *args, **kwargs) -> list[str]:
     if corpus is None and run_id:
         corpus = _run_corpus(bound.get("store_root"), run_id)
     dataset = bound.get("dataset") if isinstance(bound.get("dataset"), str) else None
-    return run_tags(stage, corpus=corpus, run_id=run_id, dataset=dataset)
+    store = bound.get("store_root") if isinstance(bound.get("store_root"), str) else None
+    return run_tags(stage, corpus=corpus, run_id=run_id, dataset=dataset, store=store)
 
 
 @contextlib.contextmanager

@@ -48,6 +48,12 @@ def test_verbose_quiet_and_the_progress_bar(store, prefect_api, dask_scheduler):
     assert beats and all("% after " in line for line in beats), default.stderr
     assert "…" not in quiet.stderr + quiet.stdout
     assert len([line for line in _lines(default) if line not in beats]) < len(_lines(verbose))
+    # every run is tagged with its run id (named by the command when not given) and its store
+    import httpx
+    runs = httpx.post(f"{prefect_api}/flow_runs/filter", json={"flow_runs": {"tags": {"all_": [
+        "stage:cluster", f"store:{store.root}"]}}}, timeout=30).json()
+    printed = {res.stdout.split()[1].rstrip(":") for res in (quiet, verbose, default)}  # (tty's is in bold)
+    assert printed <= {tag.removeprefix("run:") for r in runs for tag in r["tags"] if tag.startswith("run:")}
     # on a terminal (rich told so) the stage is a live bar with its task count and rate
     assert tty.returncode == 0, tty.stderr[-3000:]
     assert "━" in tty.stderr and "tasks" in tty.stderr and "cluster d28 k=3" in tty.stderr

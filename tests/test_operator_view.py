@@ -75,7 +75,7 @@ def test_refine_is_named_tagged_and_shows_progress_while_running(store, dask_sch
     assert state.is_completed(), state
     fr = httpx.get(f"{prefect_api}/flow_runs/{state.state_details.flow_run_id}", timeout=30).json()
     assert fr["name"] == "refine run1"
-    assert {"cci", "stage:refine", "corpus:d28", "run:run1"} <= set(fr["tags"]), fr["tags"]
+    assert {"cci", "stage:refine", "corpus:d28", "run:run1", f"store:{store.root}"} <= set(fr["tags"]), fr["tags"]
 
     # progress advanced while the run was in flight, from the worker running the training task
     values = [v for v, _ in seen]
@@ -107,7 +107,7 @@ def test_cluster_artifacts_are_readable(store, dask_scheduler, prefect_api):
     assert state.is_completed(), state
     fr = httpx.get(f"{prefect_api}/flow_runs/{state.state_details.flow_run_id}", timeout=30).json()
     assert fr["name"] == "cluster d28 k=3"
-    assert {"cci", "stage:cluster", "corpus:d28", "run:run-read"} <= set(fr["tags"]), fr["tags"]
+    assert {"cci", "stage:cluster", "corpus:d28", "run:run-read", f"store:{store.root}"} <= set(fr["tags"]), fr["tags"]
     arts = {a["key"]: a for a in httpx.post(f"{prefect_api}/artifacts/filter", json={
         "artifacts": {"flow_run_id": {"any_": [fr["id"]]}}}, timeout=30).json() if a.get("key")}
     import json

@@ -72,6 +72,8 @@ def cluster(
     params = ClusterParams(**main, **options)
     # everything checkable is checked here, before a server or a cluster is started
     run_guarded(check_request, store_obj, corpus, params, version, run_id)
+    from cci_core.store.runs import new_run_id
+    run_id = run_id or new_run_id(corpus)  # named here, so the flow run is tagged run:<id> from its start
     from flows.cluster import cluster_flow  # after the checks: importing the flow (Prefect) takes seconds
     from flows.settings import ClusterSettings
     summary = run_flow(cluster_flow, dask_address, workers,
