@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,9 +44,14 @@ def test_warm_server_is_used_then_stopped(tmp_path, env):
     store = Store(tmp_path / "store")
     ingest_local(store, "builtin:digits", "d28", size=(28, 28))
     try:
+        t0 = time.time()
         res = _cci(env, "server", "start", "--store", store.root, "--workers", 1, "--json")
+        wall = time.time() - t0
         assert res.returncode == 0, res.stderr[-3000:]
         state = json.loads(res.stdout)
+        # "ready in" counts from the command's start (imports included), not from the servers' spawn
+        ready = state.pop("command_seconds")
+        assert state["start_seconds"] < ready <= wall + 0.5, (state["start_seconds"], ready, wall)
         assert state == read_state(store.root) and set(state["pids"]) == {"prefect", "dask"}
         assert urlsplit(state["api_url"]).hostname == "127.0.0.1"
         assert urlsplit(state["dask_address"]).hostname == "127.0.0.1"
