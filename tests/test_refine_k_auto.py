@@ -69,6 +69,12 @@ def test_auto_k_on_digits_is_near_10_and_as_good_as_the_known_k(digits, tmp_path
     clf = load_classifier(tmp_path / "auto")  # what `cci predict` loads
     assert clf.config.n_classes == choice["k"] and clf.head.out_features == choice["k"]
     assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["rounds"][0]["k_choice"] == choice
+    # run again on the same folder: it resumes after round 0, with heads of the chosen k, not the given 6
+    weights = (tmp_path / "auto" / "classifier.safetensors").read_bytes()
+    again = refine(images, None, np.arange(len(images)) % 6, RefineConfig(**CFG, k="auto"), tmp_path / "auto",
+                   log=lambda s: None)
+    assert again.k_choice == choice and np.array_equal(again.labels, auto.labels)
+    assert (tmp_path / "auto" / "classifier.safetensors").read_bytes() == weights
 
 
 def test_choice_is_deterministic_and_label_free():
