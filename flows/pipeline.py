@@ -209,7 +209,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
     summary = {"corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,
                "ingest_added": ing["added"], "cluster_run": run_id, "refined_run": refined,
                "clustering_metrics": read_run(store, run_id)["clustering"]["metrics"],
-               "refined_metrics": run["clustering"]["metrics"], "dataset": published,
+               "refined_metrics": run["clustering"]["metrics"], "refined_k_choice": run["clustering"].get("k_choice"),
+               "dataset": published,
                "evaluation_report": evaluation.get("report"), "store": root}
     create_markdown_artifact(key=artifact_key("pipeline", corpus), description=f"pipeline on {corpus}",
                              markdown=_summary_markdown(store, summary, stages, training, evaluation))

@@ -68,13 +68,15 @@ def run_pipeline(
         print_json(summary)
         return
     ds = summary["dataset"]
+    from cci_core.refine.choose_k import choice_line
 
     def fmt(m):
         return "  ".join(f"{key}={m[key]:.3f}" for key in ("acc", "nmi", "ari", "silhouette") if key in m)
     out.print(f"[bold]Pipeline on {lit(corpus)}[/] v{summary['corpus_version']} ({summary['ingest_added']} new images)\n"
               f"  clustering: run {lit(summary['cluster_run'])}  {fmt(summary['clustering_metrics'])}\n"
               f"  refined:    run {lit(summary['refined_run'])}  {fmt(summary['refined_metrics'])}\n"
-              f"  dataset:    {lit(ds['dataset'])} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
+              + (f"  k:          {choice_line(summary['refined_k_choice'])}\n" if summary.get("refined_k_choice") else "")
+              + f"  dataset:    {lit(ds['dataset'])} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
               f" at {lit(ds['path'])}\n  evaluation: {lit(summary['evaluation_report'])}\n"
               f"  lineage:    cci lineage show {ds['artifact_id']}\n"
               f"  read it:    cci datasets show {lit(ds['dataset'])}   (or plain zarr + pyarrow, see its card.json)\n"
