@@ -65,10 +65,6 @@ class KChoice:
         return {"k": self.k, "rule": self.rule, "candidates": list(self.candidates),
                 "scores": list(self.scores), "seconds": self.seconds}
 
-    @classmethod
-    def from_json(cls, d: dict) -> KChoice:
-        return cls(int(d["k"]), d["rule"], list(d["candidates"]), list(d["scores"]), float(d["seconds"]))
-
     def summary(self) -> str:
         """One line: ``chose 10 of 4..20 by the least GMM BIC, or ... (BIC -58947 at 9, BIC
         -64946 at 10, BIC -67046 at 11, stability 0.930)``."""
