@@ -5,7 +5,8 @@ cluster's workers: a ``cci refine`` training task went on writing rounds into it
 up to 75 s, while the next command could already be writing the same run. Here:
 
 - :func:`terminate_as_interrupt` makes SIGTERM unwind the command like Ctrl-C (Python's default
-  for SIGTERM ends the process at once, without running any cleanup);
+  for SIGTERM ends the process at once, without running any cleanup), and either one end it in one
+  line (``interrupted: <stage>; ...``, exit 130 or 143: :func:`flows.cli.common.run_flow`);
 - :class:`CancellingDaskTaskRunner` cancels every future its flow submitted when the flow ends
   by an exception, before its client closes;
 - a task already running stops at its next progress report (:mod:`tasks.cancel`): Dask cannot
@@ -14,8 +15,10 @@ up to 75 s, while the next command could already be writing the same run. Here:
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 from prefect_dask import DaskTaskRunner
@@ -39,19 +42,32 @@ class CancellingDaskTaskRunner(DaskTaskRunner):
             self.cancel_submitted()
         super().__exit__(exc_type, exc, tb)
 
-    def cancel_submitted(self) -> None:
-        """Cancel the futures not finished yet (best effort: the scheduler may already be gone)."""
+    def cancel_submitted(self, wait_s: float = 20.0) -> None:
+        """Cancel the futures not finished yet and wait up to ``wait_s`` for the workers' task threads
+        to stop (a running task stops at its next progress report, :mod:`tasks.cancel`), so the
+        cluster then closes its workers cleanly (best effort: the scheduler may already be gone)."""
         pending = [f for f in self._submitted if not f.done()]
         self._submitted = []
-        if pending and self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.cancel(pending, reason="the cci command that submitted it ended")
+        if not pending or self._client is None:
+            return
+        with contextlib.suppress(Exception):
+            self._client.cancel(pending, reason="the cci command that submitted it ended")
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end and any(self._client.run(_running_threads).values()):
+                time.sleep(0.5)
+
+
+def _running_threads(dask_worker) -> int:
+    return len(dask_worker.active_threads)
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block (main thread only), SIGTERM raises KeyboardInterrupt as Ctrl-C does, so
-    context managers and ``finally`` blocks run; the previous handler comes back afterwards."""
+    context managers and ``finally`` blocks run; the previous handlers come back afterwards.
+
+    The command then ends with one line of its own (:func:`exit_code` tells 130 from 143;
+    :func:`quiet_cancellations` keeps Prefect's "Crash detected!" off the terminal)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -59,8 +75,47 @@ def terminate_as_interrupt() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """The shell's code for a command ended by this interrupt: 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
+    return 128 + (signal.SIGTERM if str(exc) == f"signal {signal.SIGTERM}" else signal.SIGINT)
+
+
+def dask_setup(worker=None) -> None:
+    """Dask worker preload (this module): a worker process leaves Ctrl-C to the command that started it, which
+    cancels its tasks and closes the cluster; killed by the terminal's Ctrl-C with the command,
+    workers printed cancellation warnings and left semaphores behind."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a task stopped because its command ended is not news on that command's terminal (the
+    # Prefect UI still records it: only the console handlers are filtered)
+    for handler in logging.getLogger("distributed").handlers:
+        handler.addFilter(_not_a_cancellation)
+    quiet_cancellations()
+
+
+def quiet_cancellations() -> None:
+    """Prefect's console handlers (made on first use, so their class is patched) leave out what a
+    cancelled or interrupted run logs; its API handler (the UI) keeps it."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+    if not getattr(PrefectConsoleHandler.emit, "_cci_cancellation", False):
+        emit = PrefectConsoleHandler.emit
+
+        def quiet_emit(self, record: logging.LogRecord) -> None:
+            if _not_a_cancellation(record):
+                emit(self, record)
+        quiet_emit._cci_cancellation = True
+        PrefectConsoleHandler.emit = quiet_emit
+
+
+def _not_a_cancellation(record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not any(part in text for part in ("TaskCancelled", "ended with CancelledError",
+                                             "Execution was aborted by"))

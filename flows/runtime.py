@@ -32,13 +32,12 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
         os.environ["PREFECT_API_URL"] = url
         yield url
         return
-    from prefect.server.api.server import SubprocessASGIServer
     announce("No PREFECT_API_URL set: starting a temporary Prefect server for this run "
              "(`cci server start` keeps one and a Dask cluster warm between commands)")
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
     # Prefect's 20 s default is too short on a busy machine (it then raises with a traceback)
     timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), TEMPORARY_SERVER_TIMEOUT_S)
-    server = SubprocessASGIServer()
+    server = _own_session_server()
     try:
         server.start(timeout=timeout)
     except RuntimeError as exc:
@@ -52,6 +51,27 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
     atexit.register(server.stop)
     with temporary_settings({PREFECT_API_URL: server.api_url}):
         yield server.api_url
+
+
+def _own_session_server():
+    """Prefect's temporary server in a session of its own: Ctrl-C on a terminal (or ``timeout``) signals
+    the whole process group, and a server killed with the command left Prefect retrying its logs and
+    events against a closed port for minutes. The command stops it at exit (:func:`prefect_api`)."""
+    import functools
+    import subprocess
+    import types
+
+    import prefect.server.api.server as prefect_server
+
+    class OwnSessionServer(prefect_server.SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            popen = functools.partial(subprocess.Popen, start_new_session=True)
+            prefect_server.subprocess = types.SimpleNamespace(Popen=popen)  # for this one call
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                prefect_server.subprocess = subprocess
+    return OwnSessionServer()
 
 
 # Dask config for the workers of the clusters the CLI starts. Dask's sampling profiler (a thread

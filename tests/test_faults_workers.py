@@ -92,7 +92,10 @@ def test_killed_refine_stops_its_training(bare_cluster, digits28_store, prefect_
         time.sleep(0.1)
     period = max(seen.values()) - min(seen.values())
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
+    # one line of its own, the shell's code for SIGTERM, no traceback
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted: refine base; run the same command again to resume"
     time.sleep(3)  # a round being saved may still land
     before = faults.snapshot(run_dir)
     time.sleep(max(4.0, 2 * period + 3))  # two more rounds would have been written by a task left running
@@ -104,3 +107,35 @@ def test_killed_refine_stops_its_training(bare_cluster, digits28_store, prefect_
                 if keys}
     assert not changed and not busy, (period, changed, busy)
     faults.TALLY["workers: a killed refine stops writing its run"] = "correct result"
+
+
+def test_ctrl_c_ends_in_one_line_and_a_rerun_resumes(digits28_store, tmp_path, monkeypatch):
+    """Ctrl-C on a terminal signals the whole process group: the command, its temporary Prefect
+    server and its LocalCluster's workers. The command ends with one line and exit code 130 (no
+    traceback, no Prefect retries against a dead server, no leaked semaphores), and the same
+    command again resumes after the rounds already done (their files untouched)."""
+    from cci_core.cluster.cluster_run import ClusterParams
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the command's own temporary server, as in `make run`
+    store = digits28_store("faults-ctrl-c", corpus="d28", base=ClusterParams(k=3, n_components=10))
+    run_dir = store.run_dir("base-refined")
+    sets = [a for k, v in {**TRAINING, "rounds": 3}.items() for a in ("--set", f"{k}={v}")]
+    argv = [Path(sys.executable).parent / "cci", "refine", "base", "--store", store.root, "--workers", "1", *sets]
+    proc = subprocess.Popen(argv, env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "refine" / "round-00" / "_DONE").exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the training did not start"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    for noise in ("Traceback", "Error logging to API", "leaked semaphore", "Crash detected"):
+        assert noise not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted: refine base; run the same command again to resume"
+    done = faults.snapshot(run_dir / "refine" / "round-00")
+    rerun = subprocess.run(argv, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert faults.snapshot(run_dir / "refine" / "round-00") == done  # resumed after it, not redone
+    assert (run_dir / "refine" / "round-03" / "_DONE").exists()
+    faults.TALLY["interrupt: Ctrl-C on cci refine, then the same command"] = "correct result"

@@ -13,6 +13,7 @@ run of X" follows those links, never a naming pattern (:func:`children`).
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Mapping
@@ -265,7 +266,8 @@ def claim_run_dir(store: Store, run_id: str, params: dict | None = None) -> dict
     check_new_run_id(store, run_id)
     rdir = store.run_dir(run_id)
     existing = _unfinished(store, run_id)
-    if params is not None and existing and existing.get("params") == params:
+    # compared as JSON: a tuple in params is a list in run.json (refine's scale never matched)
+    if params is not None and existing and existing.get("params") == json.loads(json.dumps(params)):
         return existing
     if rdir.exists():  # proven by check_new_run_id: empty, or an unfinished run of a dead writer
         fs.rmtree(rdir)

@@ -59,32 +59,40 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
                             f"{dask_address} (`cci server stop` ends them)")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows.interrupt import exit_code, quiet_cancellations, terminate_as_interrupt
     from flows.preflight import check_prefect_api
-    with contextlib.ExitStack() as stack:
-        if os.environ.get("PREFECT_API_URL"):  # Prefect may have read its settings before the warm server's URL
-            stack.enter_context(temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}))
-        run_guarded(check_prefect_api)  # a PREFECT_API_URL nobody answers: one line, not Prefect's retries and traceback
-        import dask
+    try:
+        with contextlib.ExitStack() as stack:
+            # Ctrl-C and SIGTERM unwind (the flow's futures are cancelled, the cluster closed) and end below
+            stack.enter_context(terminate_as_interrupt())
+            if os.environ.get("PREFECT_API_URL"):  # Prefect may have read its settings before the warm server's URL
+                stack.enter_context(temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}))
+            run_guarded(check_prefect_api)  # a PREFECT_API_URL nobody answers: one line, not Prefect's retries
+            import dask
 
-        from flows import quietlog
-        from flows.preflight import check_dask_address
-        from flows.runtime import WORKER_CONFIG, dask_task_runner, prefect_api
-        if workers is not None and workers < 1:
-            fail(f"--workers {workers}: give at least 1 worker process")
-        run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
-        quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
-        from flows.liveness import heartbeats
-        from flows.naming import tagged
-        api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: output.say(err, msg)))
-        # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
-        stack.enter_context(heartbeats())
-        from flows.interrupt import terminate_as_interrupt
-        stack.enter_context(terminate_as_interrupt())  # SIGTERM unwinds: the flow's futures are cancelled
-        stack.enter_context(tagged(flow, *args, **kwargs))
-        stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog"],
-                                             **WORKER_CONFIG}))
-        stack.enter_context(output.StageProgress(err, api_url))
-        return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)), *args, **kwargs)
+            from flows import quietlog
+            from flows.preflight import check_dask_address
+            from flows.runtime import WORKER_CONFIG, dask_task_runner, prefect_api
+            if workers is not None and workers < 1:
+                fail(f"--workers {workers}: give at least 1 worker process")
+            run_guarded(check_dask_address, dask_address)  # seconds, not a server start-up, before a wrong address
+            quietlog.install()  # an expected error is one line here, not Prefect's logged traceback
+            quiet_cancellations()  # an interrupt too: the one line below
+            from flows.liveness import heartbeats
+            from flows.naming import tagged
+            api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: output.say(err, msg)))
+            # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
+            stack.enter_context(heartbeats())
+            stack.enter_context(tagged(flow, *args, **kwargs))
+            stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog", "flows.interrupt"],
+                                                 **WORKER_CONFIG}))
+            stack.enter_context(output.StageProgress(err, api_url))
+            return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)),
+                               *args, **kwargs)
+    except KeyboardInterrupt as exc:
+        stage = output.running_stage() or flow.name.removeprefix("cci-")
+        err.print(f"interrupted: {stage}; run the same command again to resume", highlight=False, markup=False)
+        raise SystemExit(exit_code(exc)) from None
 
 
 def run_guarded(fn, *args, **kwargs):

@@ -31,6 +31,14 @@ HEARTBEAT_S = float(os.environ.get("CCI_HEARTBEAT_S", "30"))
 NOTE_CHARS = 48
 
 
+_running = {"stage": None}  # the name of the stage last seen running (what an interrupt stopped)
+
+
+def running_stage() -> str | None:
+    """The stage (flow run name) last seen running, or None."""
+    return _running["stage"]
+
+
 def clip(note: str, width: int = NOTE_CHARS) -> str:
     """``note`` cut to ``width`` characters at a word boundary (never mid-name), marked with an ellipsis."""
     if len(note) <= width:
@@ -143,7 +151,8 @@ class StageProgress:
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
-            self.poll()  # the final states, before the command prints its summary
+            if exc[0] is not KeyboardInterrupt:  # interrupted, the command says so in one line of its own
+                self.poll()  # the final states, before the command prints its summary
         except Exception:  # noqa: BLE001 - progress display must never fail a command
             pass
         if self._bars is not None:
@@ -225,6 +234,8 @@ class StageProgress:
                 self._bars.stop_task(shown["bar"])
                 shown["line"] = True
             return
+        if not final:
+            _running["stage"] = run["name"]
         now = time.monotonic()
         if not final and now - shown.setdefault("said", shown["t0"]) >= HEARTBEAT_S:
             shown["said"] = now
