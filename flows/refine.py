@@ -60,4 +60,5 @@ def refine_flow(settings: RefineSettings) -> dict:
             "classifier": run["classifier"], "classifier_artifact_id": cl["classifier_artifact_id"],
             "clustering_artifact_id": cl["clustering_artifact_id"], "chosen_round": cl["chosen_round"],
             "rounds": cl["rounds"], "metrics": cl["metrics"], "changed_from_parent": cl["changed_from_parent"],
-            "partitions": parts, "pictures": pictures, "report": cl["report"], "gpu_resource": on_gpu}
+            "partitions": parts, "pictures": pictures, "report": cl["report"], "gpu_resource": on_gpu,
+            "device": cl.get("device"), "threads": cl.get("threads")}

@@ -100,9 +100,11 @@ def test_cli_refine_k_auto_records_and_prints_the_choice(store, prefect_api):
         "(k must look like 10 or 5:15 or 4:40:4, got 'many')"], bad.stderr
     ran = invoke("refine", "km", "--k", "3:6", "--rounds", "0", "--warmup-steps", "10", "--cl-epochs", "0.5",
                  "--batch-size", "64", "--set", "cl_min_steps=0", "--set", "width=8", "--set", "recluster=kmeans",
-                 "--store", str(store.root))
+                 "--threads", "1", "--store", str(store.root))
     assert ran.exit_code == 0, ran.stderr[-3000:]
     run = runs.read_run(store, "km-refined")
+    # the thread count asked for is the one used, recorded and printed (CPU results depend on it)
+    assert run["params"]["threads"] == 1 == run["clustering"]["threads"] and "trained on cpu, 1 thread)" in ran.stdout
     choice = run["clustering"]["k_choice"]
     assert run["params"]["k"] == "3:6" and [s["k"] for s in choice["scores"]] == [3, 4, 5, 6]
     assert run["clustering"]["n_clusters"] == choice["k"] == len(run["partitions"])

@@ -62,6 +62,11 @@ class RefineConfig:
     width, depth, embed_dim : CNN shape
     seed : everything random derives from it (per round), so resume is exact on CPU
     device : None = CUDA when present, else CPU
+    threads : CPU threads for torch, BLAS and numba in the refinement. None = the Dask
+        worker's own threads (its ``nthreads``; a ``cci refine`` LocalCluster of one worker
+        has every core), or this process's torch setting outside a worker; never the host's
+        core count on a shared worker. The count used is recorded in the run: CPU results
+        depend on it, so pin it to repeat a run on another cluster layout
     """
     rounds: int = 2
     k: str | None = None
@@ -105,6 +110,7 @@ class RefineConfig:
     embed_dim: int = 64
     seed: int = 0
     device: str | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.scale = tuple(self.scale)
@@ -117,6 +123,7 @@ class RefineConfig:
                                  "start=given keeps the given clustering and its k")
         checks = [
             (self.rounds >= 0, f"rounds={self.rounds} must be >= 0"),
+            (self.threads is None or self.threads >= 1, f"threads={self.threads} must be >= 1"),
             (self.start in START, f"start={self.start!r}: use one of {START}"),
             (self.start != "contrastive" or self.cl_epochs > 0,
              f"cl_epochs={self.cl_epochs} must be > 0 for start=contrastive (or use start=given)"),

@@ -20,15 +20,18 @@ Steps: :func:`start_refine` → :func:`refine_step` → :func:`cluster_run.write
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cci_core.cluster import cluster_run
 from cci_core.cluster.labels import LABELS_FILE, read_labels, write_labels
 from cci_core.common.device import pick_device
 from cci_core.common.options import from_options
+from cci_core.common.threads import compute_threads
 from cci_core.refine.choose_k import parse_k_option
 from cci_core.refine.classifier import load_classifier
 from cci_core.refine.cnn import CNNConfig
@@ -134,7 +137,8 @@ def refine_step(store: Store, plan: RefinePlan | dict, log=print, producer: dict
            "k_choice": result.k_choice,  # with config.k: scores per k, the k chosen and the rule
            "rounds": history, "report": str(rdir / "reports" / "metrics.json"),
            "changed_from_parent": float((labels != initial).mean()),
-           "device": str(pick_device(config.device))}  # a CUDA-trained classifier is not bitwise repeatable
+           "device": str(pick_device(config.device)),  # a CUDA-trained classifier is not bitwise repeatable
+           "threads": torch.get_num_threads()}  # CPU results depend on the thread count
     runs.update_run(store, plan.run_id, clustering=out, classifier=str(cdir), classifier_artifact_id=clf.id)
     return out
 
@@ -172,7 +176,8 @@ def refine_local(store: Store, run_id: str, config: RefineConfig | None = None,
     """Every step of ``cci refine`` in this process; returns the finished run.json."""
     config = config or RefineConfig()
     plan = RefinePlan.from_json(start_refine(store, run_id, config, new_run_id))
-    cl = refine_step(store, plan, log=log)
-    cluster_run.write_partitions(store, plan.to_json(), cl, [(cl["classifier_artifact_id"], "classifier")])
-    write_refine_pictures(store, plan, cl)
+    with compute_threads(config.threads) if config.threads else contextlib.nullcontext():
+        cl = refine_step(store, plan, log=log)
+        cluster_run.write_partitions(store, plan.to_json(), cl, [(cl["classifier_artifact_id"], "classifier")])
+        write_refine_pictures(store, plan, cl)
     return runs.finish_run(store, plan.run_id)

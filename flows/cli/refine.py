@@ -39,6 +39,10 @@ def refine(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Batch size (default {RefineConfig.batch_size})."),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed for everything random (default {RefineConfig.seed})."),
     device: Optional[str] = DeviceOpt,
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch, BLAS and numba (default: the Dask worker's own; "
+                                "a LocalCluster of one worker has every core). Recorded in the run: CPU "
+                                "results depend on it."),
     option: list[str] = typer.Option([], "--set", help="Any other RefineConfig field, as NAME=VALUE (repeatable)."),
     new_run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the refined run (default: RUN-refined)."),
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
@@ -54,7 +58,7 @@ def refine(
     from cci_core.refine.refine_run import check_refine, config_from_options
     options = {name: v for name, v in dict(rounds=rounds, k=k, steps=steps, warmup_steps=warmup_steps, start=start,
                                      cl_epochs=cl_epochs, lam=lam, batch_size=batch_size, seed=seed,
-                                     device=device).items() if v is not None}
+                                     device=device, threads=threads).items() if v is not None}
     options.update(name_values(option, "--set"))
     from flows.preflight import check_device
     run_guarded(check_device, options.get("device"))
@@ -80,9 +84,11 @@ def refine(
     if (choice := summary["rounds"][0].get("k_choice") if summary["rounds"] else None) is not None:
         from cci_core.refine.choose_k import choice_line
         out.print(f"k: {choice_line(choice)}", highlight=False, soft_wrap=True, markup=False)
+    n = summary["threads"]
+    on = summary["device"] + (f", {n} thread{'s' * (n != 1)}" if summary["device"] == "cpu" else "")
     out.print(f"Refined run [bold]{lit(summary['run_id'])}[/]: {len(summary['partitions'])} clusters, "
               f"{100 * summary['changed_from_parent']:.1f}% of images moved from run {lit(run_id)}\n"
-              f"  classifier: {summary['classifier_artifact_id']}  ({lit(summary['classifier'])})\n"
+              f"  classifier: {summary['classifier_artifact_id']}  ({lit(summary['classifier'])}; trained on {on})\n"
               f"  clustering: {summary['clustering_artifact_id']}\n  report: {lit(summary['report'])}\n"
               f"  explorer: {lit(next((p for p in summary['pictures'] if p.endswith('explore.html')), 'none'))}\n"
               f"  next: cci predict {lit(summary['run_id'])} PATH   |   cci train {lit(summary['run_id'])}",
