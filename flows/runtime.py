@@ -21,8 +21,10 @@ class ServerStartError(RuntimeError, ValueError):
 
 
 @contextlib.contextmanager
-def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[str]:
-    """Use ``PREFECT_API_URL`` when set; otherwise start one temporary local server.
+def prefect_api(announce=lambda msg: print(msg, file=sys.stderr), store_root: str | None = None) -> Iterator[str]:
+    """Use ``PREFECT_API_URL`` when set; otherwise start one temporary local server, with its UI, and
+    its database in the store (``<store>/.prefect/prefect.db`` for a local store: the store's UI lists
+    the store's runs, and its history travels with it).
 
     The URL is exported to the environment so Dask worker processes report to the same
     API instead of each starting a temporary server of their own.
@@ -37,7 +39,7 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
     # Prefect's 20 s default is too short on a busy machine (it then raises with a traceback)
     timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), TEMPORARY_SERVER_TIMEOUT_S)
-    server = _own_session_server()
+    server = _own_session_server(store_database(store_root))
     try:
         server.start(timeout=timeout)
     except RuntimeError as exc:
@@ -45,6 +47,7 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
                                "start one that lasts with `cci server start`, or retry when the machine "
                                "is less busy") from None
     os.environ["PREFECT_API_URL"] = server.api_url
+    announce(f"Watch it in the Prefect UI: {server.api_url.removesuffix('/api')}/runs (until the command ends)")
     # Stop the server at interpreter exit, not here: Prefect drains its log and event
     # workers in atexit hooks registered after this one (so they run first); stopping it
     # earlier leaves them retrying against a closed port for a minute or more.
@@ -53,11 +56,21 @@ def prefect_api(announce=lambda msg: print(msg, file=sys.stderr)) -> Iterator[st
         yield server.api_url
 
 
-def _own_session_server():
+def store_database(store_root: str | None) -> str | None:
+    """The SQLAlchemy URL of a local store's own Prefect database (None for an object store)."""
+    if not store_root or "://" in str(store_root):
+        return None
+    from pathlib import Path
+    folder = Path(store_root).resolve() / ".prefect"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
+
+
+def _own_session_server(database: str | None):
     """Prefect's temporary server in a session of its own: Ctrl-C on a terminal (or ``timeout``) signals
     the whole process group, and a server killed with the command left Prefect retrying its logs and
-    events against a closed port for minutes. The command stops it at exit (:func:`prefect_api`)."""
-    import functools
+    events against a closed port for minutes. The command stops it at exit (:func:`prefect_api`).
+    Prefect turns the temporary server's UI off; this one serves it, and keeps ``database``."""
     import subprocess
     import types
 
@@ -65,7 +78,13 @@ def _own_session_server():
 
     class OwnSessionServer(prefect_server.SubprocessASGIServer):
         def _run_uvicorn_command(self):
-            popen = functools.partial(subprocess.Popen, start_new_session=True)
+            def popen(args, env=None, **kwargs):
+                env = {**(env or os.environ), "PREFECT_UI_ENABLED": "1",
+                       "PREFECT_UI_API_URL": f"http://127.0.0.1:{self.port}/api"}
+                env.pop("PREFECT__SERVER_EPHEMERAL", None)  # Prefect's ephemeral mode never mounts the UI
+                if database:
+                    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
+                return subprocess.Popen(args, env=env, start_new_session=True, **kwargs)
             prefect_server.subprocess = types.SimpleNamespace(Popen=popen)  # for this one call
             try:
                 return super()._run_uvicorn_command()

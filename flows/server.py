@@ -126,12 +126,15 @@ def start(store_root: str | Path, workers: int, announce=print) -> dict:
     if (running := read_state(root)) is not None:
         raise ServerError(f"a warm server for {root} is running already (Prefect {running['api_url']}, "
                           f"Dask {running['dask_address']}); `cci server stop --store {root}` ends it")
+    from flows.runtime import store_database
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     # the port trap: the UI reads its API address from these when the server starts
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_UI_API_URL": api_url,
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+           # the store's own database: its UI lists this store's runs, and the history moves with it
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": store_database(root)}
     address_file = root / ".cci-dask-address"
     address_file.unlink(missing_ok=True)
     log = open(root / LOG_FILE, "ab")  # noqa: SIM115 - the children keep it

@@ -84,3 +84,53 @@ def test_warm_server_is_used_then_stopped(tmp_path, env):
 def test_stop_without_a_server_says_so(tmp_path, env):
     res = _cci(env, "server", "stop", "--store", tmp_path)
     assert res.returncode == 0 and "nothing to stop" in res.stdout
+
+
+def test_each_store_keeps_its_own_runs(tmp_path, env):
+    """Two stores' warm servers each list only their own runs: each keeps its Prefect database in
+    its store (``<store>/.prefect/prefect.db``), so the history moves with the store."""
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
+    stores = [Store(tmp_path / name) for name in ("a", "b")]
+    states = []
+    try:
+        for store in stores:
+            ingest_local(store, "builtin:digits", "d28", size=(28, 28))
+            res = _cci(env, "server", "start", "--store", store.root, "--workers", 1, "--json")
+            assert res.returncode == 0, res.stderr[-3000:]
+            states.append(json.loads(res.stdout))
+            res = _cci(env, "cluster", "d28", "-k", 3, "--components", 10, "--store", store.root, "--json")
+            assert res.returncode == 0, res.stderr[-3000:]
+        for store, state in zip(stores, states):
+            runs = httpx.post(f"{state['api_url']}/flow_runs/filter", json={}, timeout=10).json()
+            assert runs and {t for r in runs for t in r["tags"] if t.startswith("store:")} == {f"store:{store.root}"}
+            assert (store.root / ".prefect" / "prefect.db").stat().st_size > 0
+    finally:
+        for store in stores:
+            _cci(env, "server", "stop", "--store", store.root)
+
+
+def test_a_temporary_server_serves_its_ui_and_keeps_the_runs_in_the_store(tmp_path, env):
+    """A command without a server starts a temporary one that serves the UI at the address it
+    prints first, and records its runs in the store's own Prefect database."""
+    import sqlite3
+
+    from cci_core.ingest.ingest import ingest_local
+    from cci_core.store.store import Store
+    store = Store(tmp_path / "store")
+    ingest_local(store, "builtin:digits", "d28", size=(28, 28))
+    proc = subprocess.Popen([CCI, "cluster", "d28", "-k", "3", "--components", "10", "--store", str(store.root)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url, page = None, None
+    for line in proc.stderr:  # the UI's address comes before the stage lines
+        if "Watch it in the Prefect UI: " in line:
+            url = line.split("Watch it in the Prefect UI: ")[1].split()[0]
+            page = httpx.get(url, timeout=30, follow_redirects=True, headers={"Accept": "text/html"})  # as a browser
+            break
+    _, rest = proc.communicate(timeout=600)
+    assert proc.returncode == 0, rest[-3000:]
+    assert url and urlsplit(url).hostname == "127.0.0.1", rest[-3000:]
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    with sqlite3.connect(store.root / ".prefect" / "prefect.db") as db:
+        names = [name for (name,) in db.execute("select name from flow_run")]
+    assert names == ["cluster d28 k=3"]

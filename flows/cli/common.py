@@ -80,7 +80,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
             quiet_cancellations()  # an interrupt too: the one line below
             from flows.liveness import heartbeats
             from flows.naming import tagged
-            api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: output.say(err, msg)))
+            api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: output.say(err, msg),
+                                                                       store_root=store_root))
             # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
             stack.enter_context(heartbeats())
             stack.enter_context(tagged(flow, *args, **kwargs))
