@@ -37,13 +37,13 @@ class Ran:
 
 
 def snapshot(root: str | Path) -> dict[str, str]:
-    """sha256 of every file under ROOT by relative path (the lineage database and lock files left
-    out: SQLite may rewrite pages on a read, locks come and go)."""
+    """sha256 of every file under ROOT by relative path (the lineage database, the store's Prefect
+    database folder and lock files left out: SQLite may rewrite pages on a read, locks come and go)."""
     root = Path(root)
     out = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
-        if p.is_file() and not any(v in p.name for v in _VOLATILE):
+        if p.is_file() and not any(v in part for part in p.relative_to(root).parts for v in _VOLATILE):
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
