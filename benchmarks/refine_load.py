@@ -25,20 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.refine import cci  # noqa: E402 (one `cci ... --json` runner for the benchmarks)
 from cci_core.cluster.labels import read_labels  # noqa: E402
 
-CCI = Path(sys.executable).parent / "cci"
 OUT = Path(__file__).parent / "results" / "refine-load.json"
-
-
-def cci(store: Path, *args: str) -> tuple[dict, float]:
-    """Run one `cci ... --json` command; returns (its JSON, wall seconds)."""
-    t = time.perf_counter()
-    out = subprocess.run([str(CCI), *args, "--store", str(store), "--json", "--quiet"], text=True,
-                         capture_output=True)
-    if out.returncode:
-        raise SystemExit(f"cci {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout), time.perf_counter() - t
 
 
 def refine_once(store: Path, run_id: str, name: str) -> dict:
