@@ -81,9 +81,9 @@ def run_pipeline(
               f"  lineage:    cci lineage show {ds['artifact_id']}\n"
               f"  read it:    cci datasets show {lit(ds['dataset'])}   (or plain zarr + pyarrow, see its card.json)\n"
               "  Prefect UI: " + (f"{user_api.removesuffix('/api')} (flow runs, artifacts, assets)" if user_api else
-                                  "this run used a temporary server; `cci server start` (or export "
-                                  "PREFECT_API_URL=http://127.0.0.1:4200/api, then `prefect server start`) and "
-                                  "re-run to watch it in the UI"),
+                                  "this run's temporary server (its UI address printed first) has stopped; its "
+                                  "runs stay in the store's Prefect database: `cci server start` serves them "
+                                  "(and the next runs) in a UI that lasts"),
               highlight=False, soft_wrap=True)
 
 
