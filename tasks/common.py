@@ -71,21 +71,19 @@ def _mallopt(param: int, value: int) -> None:
         pass
 
 
-def task_threads(threads: int | None = None) -> int | None:
-    """The CPU threads a compute task may use: ``threads`` when given, else the Dask worker's own
-    (its ``nthreads``), else None (outside a worker: leave the process as it is). Never the host's
-    core count: several workers on one host would oversubscribe it by design."""
-    if threads is not None:
-        return int(threads)
+def _worker():
+    """The Dask worker running this code, or None."""
     try:
-        return get_worker().state.nthreads
+        return get_worker()
     except ValueError:
         return None
 
 
 @contextlib.contextmanager
 def torch_compute(threads: int | None = None) -> Iterator[int]:
-    """Inside a compute task: torch, BLAS and numba use :func:`task_threads` threads; yields torch's count.
+    """Inside a compute task: torch, BLAS and numba use ``threads`` threads, else the Dask worker's own
+    (its ``nthreads``), never the host's core count (several workers on one host would oversubscribe
+    it by design); yields torch's count.
 
     Dask starts worker processes with ``OMP_NUM_THREADS=1`` (and ``OPENBLAS``/``MKL`` at 1) and
     ``MALLOC_TRIM_THRESHOLD_=65536`` (right for many small tasks side by side). A training task
@@ -98,29 +96,21 @@ def torch_compute(threads: int | None = None) -> Iterator[int]:
     afterwards. Outside a worker with ``threads`` None nothing changes.
     """
     import torch
-    n = task_threads(threads)
+    worker = _worker()
+    n = int(threads) if threads is not None else worker.state.nthreads if worker is not None else None
     if n is None:
         yield torch.get_num_threads()
         return
-    in_worker = threads is None or _in_worker()
     with compute_threads(n):
-        if in_worker:
+        if worker is not None:
             _mallopt(_M_MMAP_THRESHOLD, 32 << 20)
             _mallopt(_M_TRIM_THRESHOLD, 256 << 20)
         try:
             yield n
         finally:
-            if in_worker:
+            if worker is not None:
                 _mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 << 10)))
                 _mallopt(_M_MMAP_THRESHOLD, 128 << 10)
-
-
-def _in_worker() -> bool:
-    try:
-        get_worker()
-    except ValueError:
-        return False
-    return True
 
 
 def progress_artifact(description: str, key: str | None = None,
