@@ -5,7 +5,7 @@ cluster's workers: a ``cci refine`` training task went on writing rounds into it
 up to 75 s, while the next command could already be writing the same run. Here:
 
 - :func:`terminate_as_interrupt` makes SIGTERM unwind the command like Ctrl-C (Python's default
-  for SIGTERM ends the process at once, without running any cleanup), and either one end it in one
+  for SIGTERM ends the process at once, without running any cleanup), and either one ends it in one
   line (``interrupted: <stage>; ...``, exit 130 or 143: :func:`flows.cli.common.run_flow`);
 - :class:`CancellingDaskTaskRunner` cancels every future its flow submitted when the flow ends
   by an exception, before its client closes;
