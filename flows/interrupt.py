@@ -66,6 +66,11 @@ def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block (main thread only), SIGTERM raises KeyboardInterrupt as Ctrl-C does, so
     context managers and ``finally`` blocks run; the previous handlers come back afterwards.
 
+    A signal repeated within :data:`REPEAT_S` is ignored, here and in the SIGTERM handler Prefect's
+    flow engine installs while a flow runs: ``timeout`` sends SIGTERM twice (to the command, then to
+    its process group), and the second one, raised while the first unwound a lock wait, failed the
+    flow with "release unlocked lock" and a traceback.
+
     The command then ends with one line of its own (:func:`exit_code` tells 130 from 143;
     :func:`quiet_cancellations` keeps Prefect's "Crash detected!" off the terminal)."""
     if threading.current_thread() is not threading.main_thread():
@@ -75,12 +80,33 @@ def terminate_as_interrupt() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    from prefect.utilities import engine
+    bridge = engine._prefect_sigterm_handler  # looked up by name each time a flow run installs it
+    engine._prefect_sigterm_handler = _once(bridge)
+    previous = {sig: signal.signal(sig, _once(interrupt)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        engine._prefect_sigterm_handler = bridge
+
+
+REPEAT_S = 1.0
+
+
+def _once(handler):
+    """HANDLER, ignoring a signal that repeats the one it handled less than :data:`REPEAT_S` ago
+    (a person pressing Ctrl-C again later still gets through)."""
+    last: dict[int, float] = {}
+
+    def handle(signum, frame):
+        now = time.monotonic()
+        if now - last.get(signum, -REPEAT_S) < REPEAT_S:
+            return
+        last[signum] = now
+        handler(signum, frame)
+    return handle
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
@@ -89,11 +115,13 @@ def exit_code(exc: KeyboardInterrupt) -> int:
 
 
 def dask_setup(worker=None) -> None:
-    """Dask worker preload (this module): a worker process leaves Ctrl-C to the command that started it, which
-    cancels its tasks and closes the cluster; killed by the terminal's Ctrl-C with the command,
-    workers printed cancellation warnings and left semaphores behind."""
+    """Dask worker preload (this module): a worker process leaves Ctrl-C and SIGTERM to the command that
+    started it, which cancels its tasks and closes the cluster (its nanny stops the worker, with SIGKILL
+    if it must); killed by a signal to the whole process group (a terminal's Ctrl-C, ``timeout``)
+    with the command, workers printed cancellation warnings and left semaphores behind."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     # a task stopped because its command ended is not news on that command's terminal (the
     # Prefect UI still records it: only the console handlers are filtered)
     for handler in logging.getLogger("distributed").handlers:
