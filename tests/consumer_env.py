@@ -18,15 +18,15 @@ from pathlib import Path
 REQUIREMENTS = ["datasets", "duckdb", "pyarrow", "pillow"]
 
 
-def _key() -> str:
-    blob = f"{sys.version_info[:3]}|{' '.join(REQUIREMENTS)}"
+def _key(requirements: list[str]) -> str:
+    blob = f"{sys.version_info[:3]}|{' '.join(requirements)}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def consumer_python(requirements: list[str] = REQUIREMENTS) -> Path:
     """The interpreter of the cached consumer venv, built on first use (about a minute)."""
     base = Path(os.environ.get("CCI_CONSUMER_VENV_CACHE", Path.home() / ".cache" / "cci-consumer-venv"))
-    final = base / _key()
+    final = base / _key(requirements)
     python = final / "bin" / "python"
     if (final / ".complete").exists():
         return python

@@ -70,6 +70,13 @@ def scoring_classifier(store: Store, run: dict, device=None):
     The run's CCI classifier when it has one (``cci refine``); otherwise the CNN that
     ``cci evaluate`` trained on the run's cluster labels (``runs/<run>/cluster-cnn``)."""
     from cci_core.generate.eval_references import space_fns
+    space, aid, desc = scoring_space(store, run)
+    return space_fns(space, device)[1], aid, desc
+
+
+def scoring_space(store: Store, run: dict) -> tuple[dict, str | None, str]:
+    """(feature space for :func:`~cci_core.generate.eval_references.space_fns`, classifier artifact id,
+    description) of the classifier :func:`scoring_classifier` scores with."""
     if run.get("classifier"):
         space = {"source": "cci-classifier", "path": run["classifier"]}
         aid, desc = run.get("classifier_artifact_id"), "CCI classifier"
@@ -82,7 +89,7 @@ def scoring_classifier(store: Store, run: dict, device=None):
         space = {"source": "cluster-cnn", "path": str(cdir)}
         found = runs.lineage_store(store).by_uri(str(cdir), kind="reference_cnn")
         aid, desc = (found.id if found else None), "CNN trained on the run's cluster labels"
-    return space_fns(space, device)[1], aid, desc
+    return space, aid, desc
 
 
 def devices_used(run: dict, chosen: list[dict], here: str) -> tuple[bool | None, dict]:

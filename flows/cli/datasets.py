@@ -59,31 +59,40 @@ def datasets_show(name: str = typer.Argument(..., help="Dataset name."),
 
 
 def datasets_export(name: str = typer.Argument(..., help="Dataset name."),
-                    to: str = typer.Argument(..., help="A folder (imagefolder: PNG files + metadata.csv) or a "
-                                                       ".parquet file (Hugging Face Image column + manifest)."),
+                    to: str = typer.Argument(..., help="A folder (imagefolder: PNG files + metadata.csv; fiftyone: "
+                                                       "a FiftyOne import folder) or a .parquet file (Hugging "
+                                                       "Face Image column + manifest)."),
                     version: str = typer.Option("latest", "--version", help="v<N>, N or latest."),
                     fmt: str = typer.Option("auto", "--format",
-                                            help="imagefolder, parquet, or auto (parquet when TO ends in .parquet)."),
+                                            help="imagefolder, parquet, fiftyone, or auto (parquet when TO ends "
+                                                 "in .parquet, else imagefolder)."),
                     store: Optional[str] = StoreOpt):
     """Export a dataset version to an imagefolder (PNGs + metadata.csv with file_name and the cluster
-    labels, for datasets.load_dataset("imagefolder", data_dir=TO)) or to one Parquet file.
+    labels, for datasets.load_dataset("imagefolder", data_dir=TO)), to one Parquet file, or to a folder
+    FiftyOne imports (images, cluster labels with confidence, the scoring classifier's embeddings, and
+    TO/fiftyone_import.py, which loads it: docs/datasets.md).
 
     Example: cci datasets export gen ./gen-png --format imagefolder
     """
     from cci_core.store.datasets import export_parquet, export_png, open_dataset
-    if fmt not in ("auto", "imagefolder", "parquet"):
-        fail(f"--format {fmt!r}: use imagefolder, parquet or auto")
+    if fmt not in ("auto", "imagefolder", "parquet", "fiftyone"):
+        fail(f"--format {fmt!r}: use imagefolder, parquet, fiftyone or auto")
     as_parquet = fmt == "parquet" or (fmt == "auto" and to.endswith(".parquet"))
-    ds = run_guarded(open_dataset, name, version, store=read_store(store))
+    s = read_store(store)
+    ds = run_guarded(open_dataset, name, version, store=s)
     target = Path(to)
     if as_parquet and target.is_dir():
         fail(f"{to} is a folder: give a new .parquet file path, or a folder path (without .parquet) for PNGs")
     if not as_parquet and target.exists() and not target.is_dir():
         fail(f"{to} is a file: give a folder for the PNGs, or a path ending in .parquet")
     try:
-        path = export_parquet(ds, to) if as_parquet else export_png(ds, to)
+        if fmt == "fiftyone":
+            from cci_core.generate.dataset_fiftyone import export_dataset_fiftyone
+            path = export_dataset_fiftyone(s, ds, to)
+        else:
+            path = export_parquet(ds, to) if as_parquet else export_png(ds, to)
     except OSError as exc:  # a read-only or full disk, a parent that is a file
         fail(f"cannot write {to}: {exc.strerror or exc}")
-    except ValueError as exc:  # a damaged chunk of the dataset (integrity.ChunkDamagedError) names itself
+    except (ValueError, LookupError) as exc:  # a damaged chunk (integrity.ChunkDamagedError), a missing run
         fail(str(exc))
     out.print(f"Exported {ds.name} v{ds.version} ({len(ds):,} images) to {path}", highlight=False, soft_wrap=True, markup=False)
