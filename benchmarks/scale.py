@@ -14,6 +14,8 @@ warm server's processes: Prefect server, the process holding the Dask scheduler 
 workers), sampled every 0.2 s with psutil. Warm runs also list the Prefect task runs (where
 the time went). The clustering is checked against the known prototypes (ACC, NMI), and the
 library-only figure of ``benchmarks/cluster.py`` (``results/cluster.json``) is put beside it.
+Then ``cci explore RUN`` rebuilds the warm clustering run's explorer page (``gray.explore``: its
+bytes, under 20 MB for 1M images, its build time and peak RSS).
 
 Part 2 (unless ``--skip-rgb``): ``--rgb-n`` (200,000) RGB 32x32 images (10 prototypes),
 warm: ``cci ingest``, ``cci cluster --k 10``, ``cci refine`` (round 0 only, short settings) and
@@ -28,6 +30,8 @@ from. CPU seconds are recorded beside wall times: on a shared machine they move 
 Run: nice -n 10 python benchmarks/scale.py [--n 100000] [--rgb-n 20000] [--skip-rgb]
      [--skip-cold] [--skip-units] [--workers 2] [--out benchmarks/results/scale.json]
      python benchmarks/scale.py --units-only   (fixed and unit costs into an existing --out)
+     python benchmarks/scale.py --explore-only --n 20000 --out /tmp/explore.json
+                                               (warm ingest + cluster + explore only: a check)
 """
 from __future__ import annotations
 
@@ -261,6 +265,8 @@ def gray_part(tmp: Path, n: int, workers: int, skip_cold: bool, log: Path) -> di
         finally:
             if mode == "warm":
                 stop_warm(store)
+        if mode == modes[-1]:
+            res["explore"] = explore_step(store, summary["run_id"], log)
         out["ingest_plus_cluster_wall_seconds"] = round(out["ingest"]["wall_seconds"] + out["cluster"]["wall_seconds"], 2)
         out["max_process_peak_rss_gb"] = max(out["ingest"]["max_process_peak_rss_gb"],
                                              out["cluster"]["max_process_peak_rss_gb"])
@@ -270,6 +276,15 @@ def gray_part(tmp: Path, n: int, workers: int, skip_cold: bool, log: Path) -> di
         shutil.rmtree(store, ignore_errors=True)
     source.unlink()
     return res
+
+
+def explore_step(store: Path, run_id: str, log: Path) -> dict:
+    """``cci explore RUN`` (no server: it reads the run's files): the page's size and build time."""
+    res = run_cci(["explore", run_id, "--store", str(store)], log)
+    page = Path(res.pop("result")["explore"])
+    size = page.stat().st_size
+    return {**res, "run_id": run_id, "page_bytes": size, "page_mb": round(size / 2**20, 2),
+            "target": "page under 20 MB (20 * 2**20 bytes)", "under_target": size < 20 * 2**20}
 
 
 def fixed_part(tmp: Path, n: int, workers: int, log: Path) -> dict:
@@ -407,12 +422,21 @@ def main() -> None:
     ap.add_argument("--skip-units", action="store_true", help="skip the per-core unit costs")
     ap.add_argument("--units-only", action="store_true",
                     help="measure only the fixed cost (2,000 images) and the unit costs, into an existing --out")
+    ap.add_argument("--explore-only", action="store_true",
+                    help="a check of the explorer step: warm ingest + cluster of --n grey images, then cci explore "
+                         "(as --skip-cold --skip-rgb --skip-units, without the fixed cost); needs another --out "
+                         "unless --n is 1,000,000")
     ap.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     ap.add_argument("--tmp", default=None, help="folder for the data and stores (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     ap.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "cci-scale.log"),
                     help="where the commands' stderr goes")
     args = ap.parse_args()
+    if args.explore_only:
+        if Path(args.out).resolve() == (ROOT / "benchmarks" / "results" / "scale.json") and args.n != 1_000_000:
+            raise SystemExit(f"--explore-only --n {args.n} is a check, not the benchmark: pass --out "
+                             "/tmp/explore.json (benchmarks/results/scale.json holds the 1M figures)")
+        args.skip_cold = args.skip_rgb = args.skip_units = True
     if args.units_only:
         result = json.loads(Path(args.out).read_text())
         started, load = now_iso(), [round(x, 2) for x in os.getloadavg()]
@@ -438,7 +462,8 @@ def main() -> None:
         if not args.skip_gray:
             result["gray"] = gray_part(tmp, args.n, args.workers, args.skip_cold, log)
             result["gray"]["library_only"] = library_figure()
-            result["fixed_cost"] = fixed_part(tmp, 2000, args.workers, log)
+            if not args.explore_only:
+                result["fixed_cost"] = fixed_part(tmp, 2000, args.workers, log)
         if not args.skip_rgb:
             result["rgb"] = rgb_part(tmp, args.rgb_n, args.workers, log)
     if not args.skip_units:

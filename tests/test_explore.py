@@ -1,6 +1,8 @@
 """The cluster explorer page (``reports/explore.html``): written by clustering and refined runs and by
-`cci explore`, self-contained, deterministic, its map holding the stratified sample; and in headless
-Chromium from ``file://``: no console error, no network, hovering shows an image, the legend filters."""
+`cci explore`, self-contained, deterministic, its map holding the stratified sample; for a run with
+per-cluster generators (rebuilt by training and evaluation), real vs generated images per cluster with
+generation.json's FD and coverage; and in headless Chromium from ``file://``: no console error, no
+network, hovering shows an image, the legend filters, the generated images decode."""
 from __future__ import annotations
 
 import json
@@ -13,10 +15,8 @@ import pytest
 from cci_core.cluster.cluster_run import ClusterParams
 from cci_core.cluster.explore import build_explorer, explorer_path, stratified_sample, thumbnail_uri
 from cci_core.cluster.labels import read_labels
+from tests.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from tests.faults import invoke
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,50 @@ def test_cci_explore_rebuilds_the_page(store):
     assert bad.exit_code == 1 and "no run 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def decode_png(uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+    assert uri.startswith("data:image/png;base64,"), uri[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_real_vs_generated_per_trained_cluster(published_store):
+    """Run ``ref`` of tests/tiny_run.py, trained then evaluated: the evaluation rebuilt its page, which shows
+    per trained cluster its 8 centre images beside 8 images of that cluster's generator (seed = cluster id)
+    and generation.json's per-cluster FD and coverage in every feature space it measured."""
+    from cci_core.cluster.explore_generated import cluster_measures, read_generation, trained_generators
+    from cci_core.generate.sampling import generate, load_generator
+    s = published_store
+    page = explorer_path(s.run_dir("ref")).read_text()  # written by evaluate_local, not by this test
+    models, _ = trained_generators(s, s.run_dir("ref"))
+    report = read_generation(s, s.run_dir("ref"))
+    assert sorted(models) == report["trained_clusters"] and len(models) == 3
+    assert "<h2>Real vs generated</h2>" in page
+    for k, m in models.items():
+        row = page[page.index(f"<tr id='generated-{k}'>"):]
+        row = row[:row.index("</tr>")]
+        real = re.findall(r'<img class="t" src="([^"]+)" title="row \d+"', row)
+        made = re.findall(r'<img class="t g" src="([^"]+)"', row)
+        assert len(real) == 8 and len(made) == 8
+        want = generate(load_generator(m["dir"], "cpu"), 8, seed=k)[..., 0]  # 28 px: stored losslessly
+        assert np.array_equal(np.stack([decode_png(u) for u in made]), want)
+        for space, groups in report["per_cluster"].items():
+            entry = groups["per_cluster"][str(k)]
+            fd = float(re.search(rf"<span class='fd' data-space='{space}'>([^<]+)<", row).group(1))
+            cov = float(re.search(rf"<span class='coverage' data-space='{space}'>([^<]+)<", row).group(1))
+            assert fd == pytest.approx(entry["fid"], rel=5e-4) and cov == pytest.approx(entry["coverage"], abs=5e-4)
+    first = explorer_path(s.run_dir("ref")).read_bytes()
+    assert build_explorer(s, "ref").read_bytes() == first, "the same run gives the same bytes"
+    assert "<h2>Real vs generated</h2>" not in explorer_path(s.run_dir("km")).read_text()  # km trained nothing
+
+    assert set(cluster_measures(None, models).values()) == {"not evaluated (run `cci evaluate RUN`)"}
+    retrained = {**models, 0: {**models[0], "artifact_id": "model-0000000000000000"}}
+    assert cluster_measures(report, retrained)[0].startswith("not evaluated: generation.json measured an earlier")
+    assert cluster_measures(report, retrained)[1] == cluster_measures(report, models)[1] != {}
+
+
 @pytest.mark.parametrize("shape", [(28, 28, 1), (28, 28), (24, 40, 3), (64, 64, 3), (5, 90, 1), (64, 48, 4)])
 def test_thumbnails_of_every_image_shape(shape):
     import base64
@@ -115,61 +159,83 @@ def test_an_rgb_corpus_of_odd_size_gets_a_page(tmp_path):
                                                                                      5000)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
-                    reason="no /usr/bin/chromium or /usr/bin/chromedriver: apt-get install chromium chromium-driver")
-def test_the_page_in_headless_chromium(store, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+NO_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(), reason="no /usr/bin/chromium "
+                                 "or /usr/bin/chromedriver: apt-get install chromium chromium-driver")
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """One headless Chromium (selenium) for this module's browser tests; its console log is kept."""
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium"), window="1400,1000")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, path: Path) -> None:
+    """Load the page from ``file://`` (a fresh console log) and wait for the map to be drawn."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get_log("browser")  # drop what an earlier page logged
+    driver.get(path.as_uri())
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "var g = document.getElementById('map'); return !!(g && g._fullLayout && g.data);"))
+
+
+def assert_no_error_nor_network(driver) -> None:
+    fetched = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'));")
+    assert fetched == [], f"the page fetched {fetched}"
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == [], errors
+
+
+@NO_CHROMIUM
+def test_the_page_in_headless_chromium(store, chromium):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     path = build_explorer(store, "km", max_points=600)
     counts = expected_counts(read_labels(store.run_dir("km")), 600)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    try:
-        driver.set_page_load_timeout(60)
-        driver.get(path.as_uri())
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-            "var g = document.getElementById('map'); return !!(g && g._fullLayout && g.data);"))
-        shown = driver.execute_script("return document.getElementById('map')._fullData.map(t => [t.name, t._length]);")
-        assert dict(shown) == counts
-        n_points = driver.execute_script("return document.querySelectorAll('#map .scatterlayer .point').length;")
-        assert n_points == 600
+    driver = chromium
+    open_page(driver, path)
+    shown = driver.execute_script("return document.getElementById('map')._fullData.map(t => [t.name, t._length]);")
+    assert dict(shown) == counts
+    n_points = driver.execute_script("return document.querySelectorAll('#map .scatterlayer .point').length;")
+    assert n_points == 600
 
-        # the mouse over a point (Plotly.Fx.hover called from a script emits no plotly_hover)
-        point = driver.find_elements(By.CSS_SELECTOR, "#map .scatterlayer .trace")[1].find_element(By.CSS_SELECTOR,
-                                                                                                  ".point")
-        ActionChains(driver).move_to_element(point).perform()
-        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "hover-panel").is_displayed())
-        src = driver.find_element(By.ID, "hover-img").get_attribute("src")
-        assert src.startswith("data:image/png;base64,")
-        assert driver.execute_script("return document.getElementById('hover-img').naturalWidth;") > 0
-        assert re.search(r"row \d+, cluster \d", driver.find_element(By.ID, "hover-text").text)
+    # the mouse over a point (Plotly.Fx.hover called from a script emits no plotly_hover)
+    point = driver.find_elements(By.CSS_SELECTOR, "#map .scatterlayer .trace")[1].find_element(By.CSS_SELECTOR,
+                                                                                              ".point")
+    ActionChains(driver).move_to_element(point).perform()
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "hover-panel").is_displayed())
+    src = driver.find_element(By.ID, "hover-img").get_attribute("src")
+    assert src.startswith("data:image/png;base64,")
+    assert driver.execute_script("return document.getElementById('hover-img').naturalWidth;") > 0
+    assert re.search(r"row \d+, cluster \d", driver.find_element(By.ID, "hover-text").text)
 
-        driver.find_elements(By.CSS_SELECTOR, "#map .legend .traces")[0].click()  # hide cluster 0
-        WebDriverWait(driver, 10).until(lambda d: d.execute_script(
-            "return document.getElementById('map').data[0].visible === 'legendonly';"))
-        left = driver.execute_script("return document.querySelectorAll('#map .scatterlayer .point').length;")
-        assert left == 600 - counts["cluster 0"]
-        visible = driver.execute_script(
-            "return document.getElementById('map').data.filter(t => t.visible !== 'legendonly').length;")
-        assert visible == len(counts) - 1
+    driver.find_elements(By.CSS_SELECTOR, "#map .legend .traces")[0].click()  # hide cluster 0
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+        "return document.getElementById('map').data[0].visible === 'legendonly';"))
+    left = driver.execute_script("return document.querySelectorAll('#map .scatterlayer .point').length;")
+    assert left == 600 - counts["cluster 0"]
+    visible = driver.execute_script(
+        "return document.getElementById('map').data.filter(t => t.visible !== 'legendonly').length;")
+    assert visible == len(counts) - 1
+    assert_no_error_nor_network(driver)
 
-        fetched = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'));")
-        assert fetched == [], f"the page fetched {fetched}"
-        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
-        assert errors == [], errors
-    finally:
-        driver.quit()
+
+@NO_CHROMIUM
+def test_the_generated_section_in_headless_chromium(published_store, chromium):
+    """Every image of the real vs generated section decodes in the browser; no console error, no network."""
+    open_page(chromium, explorer_path(published_store.run_dir("ref")))
+    sizes = chromium.execute_script(
+        "return Array.from(document.querySelectorAll('table.generated img')).map(i => [i.classList.contains('g'), "
+        "i.complete && i.naturalWidth]);")
+    assert sorted(g for g, _ in sizes) == [False] * 24 + [True] * 24 and all(w == 28 for _, w in sizes)
+    assert chromium.find_element("css selector", "table.generated").is_displayed()
+    assert_no_error_nor_network(chromium)
 
 
 def test_the_doubted_members_are_those_with_the_lowest_margin(store):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cci_core.cluster import cluster_run as cr
+from cci_core.cluster.explore import explorer_path
 from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 
@@ -43,6 +44,9 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
         assert art.producer["task_name"] == ("train-cluster" if m["kind"] == "cluster" else "train-baseline")
         assert Path(store.run_dir("flowrun") / "models" / m["name"] / "generator.safetensors").exists()
         assert m["worker_resources"] == {}  # CPU-only workers: no GPU resource asked for, nothing hangs
+    page = explorer_path(store.run_dir("flowrun")).read_text()  # rebuilt by cci train: real vs generated
+    assert page.count('<img class="t g"') == 8 * len(big) and "not evaluated (run `cci evaluate RUN`)" in page
+    assert f"<tr id='generated-{small}'><td>{small}</td>" in page and "fewer than --min-size" in page
 
     res = run_cci("evaluate", "flowrun", "--samples", 20, "--max-real", 120, "--ref-steps", 30,
                   "--store", store.root, "--dask-address", dask_scheduler, "--json")
@@ -52,6 +56,8 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
     assert report["groups"] == ["per_cluster", "baseline"]
     assert {m: c["winner"] for m, c in report["comparison"]["classifier"].items()}.keys() >= {"fid", "coverage"}
     assert math.isfinite(report["reports"]["classifier"]["per_cluster"]["fidelity"])
+    page = explorer_path(store.run_dir("flowrun")).read_text()  # rebuilt by cci evaluate: the per-cluster FD
+    assert "not evaluated" not in page and page.count("<span class='fd' data-space='classifier'>") == len(big)
     art = lin.get(ev["report_artifact_id"])
     assert art.kind == "report" and art.producer["flow_name"] == "cci-evaluate"
     assert sorted(i for i, r in art.inputs if r == "model") == sorted(m["artifact_id"] for m in summary["models"])

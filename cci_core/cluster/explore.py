@@ -8,7 +8,9 @@ refined run, the kept round's classifier embedding and probabilities. The page h
   hovering a point shows its image, clicking a cluster in the legend hides or shows it;
 - per cluster: size, the images nearest its centre, the members the model doubts most (lowest
   margin ``1 - d1/d2`` to the two nearest centres, or lowest top softmax probability) and the label mix;
-- where the corpus has labels, the cluster x label table.
+- where the corpus has labels, the cluster x label table;
+- where the run has trained per-cluster generators, real vs generated images per cluster with the
+  cluster's FD and coverage (:mod:`cci_core.cluster.explore_generated`).
 
 The map shows a seeded sample of at most ``max_points`` rows, stratified by cluster (stated on
 the page), so the page stays a few MB for any corpus size. Plotly's JavaScript is inlined: the page
@@ -301,6 +303,7 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
 
     from cci_core.cluster.cluster_pictures import nearest_to_centers
     from cci_core.cluster.clusterers import centroids
+    from cci_core.cluster.explore_generated import generated_section
     if max_points < 1:
         raise ValueError(f"--max-points {max_points}: must be at least 1")
     max_points = max(1, min(max_points, memory_budget_bytes() // POINT_BYTES))
@@ -341,6 +344,7 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
             f"{PLOTLYJS_SLOT}{plot}<h2>Clusters</h2><p>Per cluster: its size, the {N_SHOWN} images nearest its centre, and the "
             f"{N_SHOWN} members the model doubts most (lowest {html.escape(view.doubt_name)}).</p>"
             f"{_cluster_table(labels, k, nearest, doubted, view.doubt, uri_of, mix)}"
+            f"{generated_section(store, run['run_dir'], k, nearest, uri_of, N_SHOWN)}"
             + (f"<h2>Cluster &times; label</h2>{_label_table(mix)}" if mix is not None else "")
             + "</body></html>")
     # plotly.js (4.7 MB) goes in as the package's bytes: inside a Python str its non-ASCII characters

@@ -19,6 +19,7 @@ Run folder, added to the trained run's::
                  reference-cnn/             reference CNN trained on the corpus's true labels (if any)
                  reports/eval/              real features, per-group results, generated grids
                  reports/generation.json    the evaluation report
+                 reports/explore.html       the cluster explorer, rebuilt with the per-cluster FD and coverage
 """
 from __future__ import annotations
 
@@ -232,7 +233,8 @@ def _compare(plan: EvaluationPlan, refs: dict, results: list[dict], reports: dic
 def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results: list[dict],
                  producer: dict | None = None) -> dict:
     """Put the groups side by side, say which wins each measure, write
-    ``reports/generation.json`` and record it as a ``report`` artifact."""
+    ``reports/generation.json``, record it as a ``report`` artifact and, for per-cluster generators,
+    rebuild the run's cluster explorer (``reports/explore.html``) with their per-cluster measures."""
     plan = as_plan(EvaluationPlan, plan)
     order = [g.group for g in plan.groups]
     results = sorted(results, key=lambda r: order.index(r["group"]))
@@ -267,6 +269,9 @@ def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results:
         producer=producer, inputs=inputs)
     update_run(store, plan.run_id, evaluation={"report": str(path), "report_artifact_id": art.id,
                                                "finished_at": report["created_at"]})
+    if "per_cluster" in groups:
+        from cci_core.cluster.explore import build_explorer
+        build_explorer(store, plan.run_id)  # reports/explore.html: the per-cluster FD and coverage beside the images
     return {"run_id": plan.run_id, "run_dir": plan.run_dir, "report": str(path),
             "report_artifact_id": art.id, "groups": groups, "comparison": comparison, "wins": wins,
             "head_to_head": head_to_head, "headline": {s: reports[s] for s in reports},

@@ -20,6 +20,7 @@ Run folder, added to the clustering run's::
                  models/baseline/           one unconditional GAN on the whole corpus, same total steps
                  models/training.json       the trained models (the last `cci train`'s, plus earlier
                                             ones it did not touch) and the skipped clusters
+                 reports/explore.html       the cluster explorer, rebuilt with real vs generated images
 
 Step budget: ``steps`` (and ``seconds``) are per cluster; the conditional GAN and the
 unconditional baseline get ``steps`` times the number of trained clusters, the same total.
@@ -228,7 +229,8 @@ def write_training_report(store: Store, *, run_id: str, run_dir: str, corpus: st
 
 
 def finish_training(store: Store, plan: TrainingPlan | dict, results: list[dict]) -> dict:
-    """Write ``models/training.json`` and point run.json at it; returns the summary.
+    """Write ``models/training.json`` and point run.json at it, and rebuild the run's cluster explorer
+    (``reports/explore.html``) when it has per-cluster generators; returns the summary.
 
     ``results`` are :func:`train_job`'s model records (with whatever the task added), in any order."""
     plan = as_plan(TrainingPlan, plan)
@@ -243,10 +245,14 @@ def finish_training(store: Store, plan: TrainingPlan | dict, results: list[dict]
         kept = [{**m, "from_earlier_run": True} for m in read_training(store, path).get("models") or []
                 if m["name"] not in names and (fs.as_path(m["dir"]) / "generator.safetensors").exists()]
     params = asdict(plan.params)
-    return write_training_report(
+    summary = write_training_report(
         store, run_id=plan.run_id, run_dir=plan.run_dir, corpus=plan.corpus, corpus_version=plan.corpus_version,
         params=params, mode=plan.params.mode, model=plan.params.model, trained_clusters=list(plan.trained_clusters),
         skipped=[s.to_json() for s in plan.skipped], total_steps=plan.total_steps, models=results + kept)
+    if any(m["kind"] == "cluster" for m in summary["models"]):
+        from cci_core.cluster.explore import build_explorer
+        build_explorer(store, plan.run_id)  # reports/explore.html: real vs generated, "not evaluated" yet
+    return summary
 
 
 def train_local(store: Store, run_id: str, params: TrainParams) -> dict:
