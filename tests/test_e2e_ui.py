@@ -22,11 +22,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 POOL = "cci-process-test"
 CORPUS = "digits28"
 DATASET = f"{CORPUS}-generated"
@@ -144,21 +143,6 @@ def _save(path: Path) -> None:
         shutil.copy2(path, Path(dest) / path.name)
 
 
-def _chromium(tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1600,1200",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
-                              options=opts)
-    driver.set_page_load_timeout(60)
-    return driver
-
-
 def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
@@ -186,8 +170,6 @@ def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
         "OMP_NUM_THREADS": "1",
         "COLUMNS": "200",
     })
-    # Selenium is given both binaries, so its Selenium Manager never runs; should it ever, it must not download
-    monkeypatch.setenv("SE_OFFLINE", "true")
     procs = Procs(tmp_path)
     driver = None
     flow_run_id = None
@@ -286,7 +268,7 @@ def test_operator_runs_pipeline_and_sees_it_in_the_ui(tmp_path, monkeypatch):
         assert ds.version == 1 and len(ds) > 0 and ds.images.shape[1:3] == (28, 28)
 
         # 7. the flow run's page in the Prefect UI, in headless Chromium
-        driver = _chromium(tmp_path)
+        driver = headless_chromium(tmp_path)
         page = f"{ui}/runs/flow-run/{flow_run_id}"
         driver.get(page)
 
@@ -374,7 +356,6 @@ def test_refine_progress_advances_in_the_ui(tmp_path, monkeypatch):
                 "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
                 "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
                 "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
-    monkeypatch.setenv("SE_OFFLINE", "true")
     procs = Procs(tmp_path)
     driver = None
     try:
@@ -393,7 +374,7 @@ def test_refine_progress_advances_in_the_ui(tmp_path, monkeypatch):
             run = next((r for r in runs if r["state_type"] == "RUNNING"), None)
             time.sleep(1)
         assert {"cci", "stage:refine", "corpus:d28", "run:run1"} <= set(run["tags"]), run["tags"]
-        driver = _chromium(tmp_path)
+        driver = headless_chromium(tmp_path)
         page = f"{ui}/runs/flow-run/{run['id']}"
         shown: list[str] = []  # the progress descriptions the page showed, in order
         tab = "//*[normalize-space(.)='Artifacts' and not(.//*[normalize-space(.)='Artifacts'])]"

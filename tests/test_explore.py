@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 
 from cci_core.cluster.cluster_run import ClusterParams
 from cci_core.cluster.explore import build_explorer, explorer_path, stratified_sample, thumbnail_uri
 from cci_core.cluster.labels import read_labels
-from tests.browser import CHROMEDRIVER, CHROMIUM, headless_chromium
 from tests.faults import invoke
 
 
