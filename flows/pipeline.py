@@ -30,6 +30,7 @@ from flows.common import artifact_key, checked_options, fig, file_link, metrics_
 from flows.generate import generate_flow
 from flows.ingest import ingest_flow
 from flows.naming import call_tagged
+from flows.profiles import resolve_profile
 from flows.refine import refine_flow
 from flows.runtime import on_flow_cluster
 from flows.settings import (
@@ -135,7 +136,7 @@ def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, eva
     ]
     table = "\n".join(f"| {stages.link(st)} | {what} | {where} |" for st, what, where in rows)
     return (f"# Pipeline on `{s['corpus']}` v{s['corpus_version']}\n\n| stage (flow run) | headline | output |\n"
-            f"|---|---|---|\n{table}\n\nstore: {file_link(s['store'])}\n\n"
+            f"|---|---|---|\n{table}\n\n{s['profile']}\n\nstore: {file_link(s['store'])}\n\n"
             f"Lineage of the dataset (self-hosted Prefect has no Assets page): "
             f"`cci lineage show {ds['artifact_id']}`\n")
 
@@ -143,8 +144,9 @@ def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, eva
 @flow(name="cci-pipeline", log_prints=True, flow_run_name="pipeline {corpus} from {source}")
 def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", store_root: str | None = None,
                   size: tuple[int, int] | None = (28, 28), channels: int | None = 1, k: int | str | None = None,
-                  n_components: int = 50, refine_rounds: int = 1, refine_steps: int = 150,
-                  refine_options: dict | None = None, model: str = "gan", train_steps: int = 150,
+                  n_components: int = 50, profile: str = "quick", refine_rounds: int | None = None,
+                  refine_steps: int | None = None, refine_options: dict | None = None, model: str = "gan",
+                  train_steps: int | None = None,
                   min_size: int = 50, per_cluster: int = 64, dataset: str | None = None,
                   eval_samples: int = 200, eval_options: dict | None = None, train_options: dict | None = None,
                   seed: int = 0) -> dict:
@@ -154,12 +156,16 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
     settings (:mod:`flows.settings`) are built from them here, once, when the stage is reached.
     ``k`` None: cluster at :data:`START_K`, then the refine stage chooses k (``RefineConfig.k = "auto"``,
     unless ``refine_options`` set ``k`` or a ``start`` that keeps the given clusters).
+    ``profile`` (:mod:`flows.profiles`): quick or full; ``refine_rounds``, ``refine_steps`` and
+    ``train_steps`` given (not None) override it.
     """
     log = get_run_logger()
     store = Store(store_root).ensure()
     root = str(store.root)
     dataset = dataset or f"{corpus}-generated"
     stages = Stages(corpus)
+    budget = resolve_profile(profile, refine_rounds, refine_steps, train_steps)
+    log.info("%s", budget.line())
 
     ing = stages.run("ingest", ingest_flow, IngestSettings(source, corpus, store_root=root, size=size, channels=channels))
     c = open_corpus(store, corpus)
@@ -173,8 +179,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
         stages.run("cluster", cluster_flow, ClusterSettings(corpus, store_root=root, params=params, version=c.version,
                                                             run_id=run_id))
 
-    refine_opts = {"rounds": refine_rounds, "steps": refine_steps, "warmup_steps": refine_steps, "seed": seed,
-                   "batch_size": 128, **(refine_options or {})}
+    refine_opts = {"rounds": budget.refine_rounds, "steps": budget.refine_steps, "warmup_steps": budget.warmup_steps,
+                   "seed": seed, "batch_size": budget.batch_size, **(refine_options or {})}
     if k is None and refine_opts.get("start", RefineConfig.start) != "given":
         refine_opts.setdefault("k", "auto")
     refined = f"{run_id}-r{stage_id(refine_opts)}"
@@ -187,7 +193,7 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
 
     train_options = dict(train_options or {})
     gpu_resource = train_options.pop("gpu_resource", None)
-    train_params = TrainParams(model=model, steps=train_steps, min_size=min_size, seed=seed,
+    train_params = TrainParams(model=model, steps=budget.train_steps, min_size=min_size, seed=seed,
                                **checked_options("training", train_options, train_params_fields()))
     training = stages.run("train", train_flow, TrainSettings(refined, store_root=root, params=train_params,
                                                              gpu_resource=gpu_resource))
@@ -211,7 +217,7 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                "clustering_metrics": read_run(store, run_id)["clustering"]["metrics"],
                "refined_metrics": run["clustering"]["metrics"], "refined_k_choice": run["clustering"].get("k_choice"),
                "dataset": published,
-               "evaluation_report": evaluation.get("report"), "store": root}
+               "evaluation_report": evaluation.get("report"), "store": root, "profile": budget.line()}
     create_markdown_artifact(key=artifact_key("pipeline", corpus), description=f"pipeline on {corpus}",
                              markdown=_summary_markdown(store, summary, stages, training, evaluation))
     return summary

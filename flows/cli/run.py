@@ -7,8 +7,11 @@ from typing import Optional
 
 import typer
 
-from flows.cli.common import lit, name_values, out, parse_k, parse_size, print_json, read_store, run_flow, run_guarded
+from flows.cli.common import err, lit, name_values, out, parse_k, parse_size, print_json, read_store, run_flow, run_guarded
 from flows.cli.options import DaskOpt, JsonOpt, QuietOpt, StoreOpt, VerboseOpt, WorkersOpt
+from flows.profiles import PROFILES, resolve_profile
+
+QUICK, FULL = PROFILES["quick"], PROFILES["full"]
 
 
 def run_pipeline(
@@ -22,9 +25,19 @@ def run_pipeline(
         None, "--k", "-k", help="Number of clusters, or a range for the clustering stage to choose from: 5:30 or "
                                 "5:30:5 (default: cluster at 10, then the refine stage chooses k among 4..20 from "
                                 "its pre-trained embedding, without labels; see `cci refine --k auto`)."),
-    refine_rounds: int = typer.Option(1, "--refine-rounds", help="CCI refinement rounds."),
-    refine_steps: int = typer.Option(150, "--refine-steps", help="Classifier training steps per round."),
-    train_steps: int = typer.Option(150, "--train-steps", help="Generator training steps per cluster."),
+    profile: str = typer.Option(
+        "quick", "--profile",
+        help=f"How long the refinement and the generators train: quick (refine {QUICK.refine_rounds} round x "
+             f"{QUICK.refine_steps} steps, generators {QUICK.train_steps} steps: minutes on a laptop) or full "
+             f"(cci refine's defaults, {FULL.refine_rounds} rounds x {FULL.refine_steps} steps after a round 0 of "
+             f"{FULL.warmup_steps}; cci train's {FULL.train_steps} generator steps). --refine-rounds, "
+             "--refine-steps and --train-steps override it."),
+    refine_rounds: Optional[int] = typer.Option(None, "--refine-rounds",
+                                                help="CCI refinement rounds after round 0 (default: the profile's)."),
+    refine_steps: Optional[int] = typer.Option(None, "--refine-steps", help="Classifier training steps per round, "
+                                               "round 0 included (default: the profile's)."),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps",
+                                              help="Generator training steps per cluster (default: the profile's)."),
     per_cluster: int = typer.Option(64, "--per-cluster", help="Images to publish per cluster."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: <corpus>-generated)."),
     seed: int = typer.Option(0, "--seed"),
@@ -37,9 +50,12 @@ def run_pipeline(
     """The whole pipeline as one Prefect flow: ingest -> cluster -> refine -> train -> generate -> evaluate.
 
     Re-running it redoes only what is missing (stage outputs are named by their inputs).
+    The quick profile (the default) trains briefly: minutes on a laptop; --profile full trains as
+    `cci refine` and `cci train` do by default.
 
     Example: cci run builtin:digits -k 10 --quiet
     """
+    budget = run_guarded(resolve_profile, profile, refine_rounds, refine_steps, train_steps)
     from cci_core.refine.refine_run import config_from_options
     refine_options = name_values(option, "--refine-set")
     refine_options = {key: value for key, value in asdict(run_guarded(config_from_options, refine_options)).items()
@@ -54,14 +70,18 @@ def run_pipeline(
     k_value = parse_k(k) if k is not None else None  # None: the refine stage chooses k
     run_guarded(check_pipeline, store_obj, source, corpus, parse_size(size), channels, dataset,
                 START_K if k_value is None else k_value,
-                {"--refine-steps": refine_steps, "--train-steps": train_steps, "--per-cluster": per_cluster})
+                {"--refine-steps": budget.refine_steps, "--train-steps": budget.train_steps,
+                 "--per-cluster": per_cluster})
+    from flows.cli.output import say
+    say(err, budget.line())
     from flows.server import warm
     warm_state = None if dask_address else warm(store_obj.root)
     user_api = os.environ.get("PREFECT_API_URL") or (warm_state or {}).get("api_url")  # a server that outlives the run
     from flows.pipeline import pipeline_flow  # after the checks: importing the flow (Prefect) takes seconds
     summary = run_flow(pipeline_flow, dask_address, workers,
                        source, corpus, store_root=str(store_obj.root), size=parse_size(size),
-                       channels=channels, k=k_value, refine_rounds=refine_rounds, refine_steps=refine_steps,
+                       channels=channels, k=k_value, profile=profile, refine_rounds=refine_rounds,
+                       refine_steps=refine_steps,
                        refine_options=refine_options, train_steps=train_steps, per_cluster=per_cluster,
                        dataset=dataset, seed=seed, eval_samples=eval_samples, eval_options=eval_options)
     if as_json:
@@ -79,6 +99,7 @@ def run_pipeline(
               + f"  dataset:    {lit(ds['dataset'])} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
               f" at {lit(ds['path'])}\n  evaluation: {lit(summary['evaluation_report'])}\n"
               f"  lineage:    cci lineage show {ds['artifact_id']}\n"
+              f"  {summary['profile']}\n"
               f"  read it:    cci datasets show {lit(ds['dataset'])}   (or plain zarr + pyarrow, see its card.json)\n"
               "  Prefect UI: " + (f"{user_api.removesuffix('/api')} (flow runs, artifacts, assets)" if user_api else
                                   "this run's temporary server (its UI address printed first) has stopped; its "
