@@ -1,8 +1,10 @@
 """The whole `cci run`, as a user types it, run twice at once into two fresh stores (each on its own
 LocalCluster of two worker processes): one prints for a person, one prints JSON. One pair of runs
-serves three checks, because a `cci run` is the slowest thing the suite does:
+serves four checks, because a `cci run` is the slowest thing the suite does:
 
 - what the terminal shows: a line per stage and the summary, nothing of Prefect's own logging;
+- as `make run` starts it (no PREFECT_API_URL, its output piped), the UI address it prints opens the
+  Prefect UI on its flow run while it runs, and so does the flow run's own page (headless Chromium);
 - same seed, same inputs -> byte-identical published images and manifest;
 - the clustering run links to the refined run made from it, so `cci features <clustering run>`
   finds the CCI classifier (found by the run record's links, not by a name pattern).
@@ -11,14 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from browser import MISSING, have_chromium, headless_chromium
 
 CCI = str(Path(sys.executable).parent / "cci")
 SMALL = ["--k", "4", "--refine-steps", "20", "--train-steps", "20", "--per-cluster", "8", "--workers", "2",
@@ -35,19 +41,80 @@ def _env() -> dict:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, prefect_api):
-    """`cci run` into store ``human`` (plain output) and store ``json`` (--json) at the same time
-    (the runs' timings differ; their outputs must not)."""
+    """`cci run` into store ``human`` (plain output, its own temporary Prefect server, watched in the UI
+    while it runs: :func:`_watch`) and store ``json`` (--json) at the same time (the runs' timings differ;
+    their outputs must not)."""
     root = tmp_path_factory.mktemp("cci-run")
     stores = {"human": root / "human", "json": root / "json"}
+    envs = {"human": {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}, "json": _env()}
     procs = {name: subprocess.Popen([CCI, "run", "builtin:digits", "--store", str(s), *SMALL]
                                     + (["--json"] if name == "json" else []),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=envs[name])
              for name, s in stores.items()}
-    outs = {name: p.communicate(timeout=1800) for name, p in procs.items()}
+    human, said = procs["human"], []  # the human run's stderr, line by line as it comes
+
+    def read():
+        for line in human.stderr:
+            said.append(line)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        seen = _watch(human, said, root) if have_chromium() else None
+    except BaseException:
+        for p in procs.values():
+            p.terminate()  # a command ends on SIGTERM in one line, its temporary server stopped
+            p.communicate(timeout=180)
+        raise
+    outs = {"json": procs["json"].communicate(timeout=1800), "human": (human.stdout.read(), "")}
+    human.wait(timeout=1800)
+    reader.join(timeout=60)
+    outs["human"] = (outs["human"][0], "".join(said))
     for name, p in procs.items():
         assert p.returncode == 0, f"cci run ({name}) failed:\n{outs[name][1][-3000:]}"
     out = outs["json"][0]
-    return {"stores": stores, "human": outs["human"], "summary": json.loads(out[out.index("{"):])}
+    return {"stores": stores, "human": outs["human"], "summary": json.loads(out[out.index("{"):]), "ui": seen}
+
+
+def _watch(proc: subprocess.Popen, said: list[str], folder: Path, timeout_s: float = 600) -> dict:
+    """The pages the UI addresses PROC prints on stderr show, in headless Chromium, while PROC runs:
+    ``{"runs"|"run": {"text": page text, "running": PROC still running then}}`` and ``"name"`` (the
+    pipeline's flow run's)."""
+    from selenium.webdriver.common.by import By
+
+    def printed(pattern: str) -> re.Match:
+        deadline = time.monotonic() + timeout_s
+        while not (found := next(filter(None, map(re.compile(pattern).search, list(said))), None)):
+            assert proc.poll() is None and time.monotonic() < deadline, f"no {pattern!r} in:\n{''.join(said)}"
+            time.sleep(0.5)
+        return found
+
+    def shown(url: str, expect: str) -> dict:
+        deadline, text = time.monotonic() + 120, ""
+        while expect not in text and time.monotonic() < deadline:
+            driver.get(url)
+            time.sleep(3)  # the page fetches its runs
+            text = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(folder / f"ui-{len(seen)}.png"))
+        return {"text": text, "running": proc.poll() is None}
+
+    seen: dict = {"name": "pipeline digits28 from builtin:digits"}
+    runs = printed(r"Watch it in the Prefect UI: (\S+/runs) \(until the command ends\)").group(1)
+    driver = headless_chromium(folder)
+    try:
+        seen["runs"] = shown(runs, seen["name"])
+        seen["run"] = shown(printed(r"Its flow run: (\S+/runs/flow-run/\S+)").group(1), "corpus:digits28")
+    finally:
+        driver.quit()
+    return seen
+
+
+def test_the_printed_ui_address_shows_the_run_while_it_runs(two_runs):
+    seen = two_runs["ui"]
+    if seen is None:
+        pytest.skip(MISSING)
+    for page in ("runs", "run"):  # the Runs page, then the flow run's own page
+        assert seen[page]["running"] and seen["name"] in seen[page]["text"], (page, seen[page]["text"][:3000])
+    assert "Running" in seen["run"]["text"] and "corpus:digits28" in seen["run"]["text"], seen["run"]["text"][:3000]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -57,7 +124,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_run_prints_a_line_per_stage_and_the_summary(two_runs):
     stdout, stderr = two_runs["human"]
     lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
-    assert len(lines) <= 20, "\n".join(lines)
+    # off a terminal a running stage also says where it is every 30 s ("… "): as many as the load makes
+    assert len([line for line in lines if not line.startswith("… ")]) <= 20, "\n".join(lines)
     stages = [line for line in lines if line.startswith("✓ ")]
     # the pipeline itself and its six stages, each once, in order
     assert [s.split()[1] for s in stages] == ["ingest", "cluster", "refine", "train", "generate", "evaluate",
@@ -65,6 +133,10 @@ def test_run_prints_a_line_per_stage_and_the_summary(two_runs):
     assert all(" s, " in s and "tasks" in s for s in stages)
     assert "Finished in state" not in stderr and "INFO" not in stderr
     assert "Pipeline on digits28" in stdout
+    # the profile, as SMALL overrides it, before the stages and in the summary
+    from flows.profiles import resolve_profile
+    profile = resolve_profile("quick", refine_steps=20, train_steps=20).line()
+    assert stderr.splitlines()[0] == profile and f"  {profile}" in stdout.splitlines()
 
 
 def test_same_seed_gives_byte_identical_dataset(two_runs):

@@ -80,6 +80,7 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
             quiet_cancellations()  # an interrupt too: the one line below
             from flows.liveness import heartbeats
             from flows.naming import tagged
+            temporary = not PREFECT_API_URL.value()  # prefect_api starts a server with a UI and prints its address
             api_url = run_guarded(stack.enter_context, prefect_api(announce=lambda msg: output.say(err, msg),
                                                                        store_root=store_root))
             # tagged: the run is named and tagged from its inputs; heartbeats: a killed run ends as Crashed
@@ -87,7 +88,7 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
             stack.enter_context(tagged(flow, *args, **kwargs))
             stack.enter_context(dask.config.set({"distributed.worker.preload": ["flows.quietlog", "flows.interrupt"],
                                                  **WORKER_CONFIG}))
-            stack.enter_context(output.StageProgress(err, api_url))
+            stack.enter_context(output.StageProgress(err, api_url, api_url.removesuffix("/api") if temporary else None))
             return run_guarded(flow.with_options(task_runner=dask_task_runner(dask_address, workers)),
                                *args, **kwargs)
     except KeyboardInterrupt as exc:

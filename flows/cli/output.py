@@ -113,11 +113,15 @@ class StageProgress:
         Where the stage lines or bars go (the CLI's stderr console).
     api_url : str
         The Prefect API the flow reports to.
+    ui_url : str, optional
+        Its UI, when the command started it (a temporary server): the flow run's page there is
+        printed once the run exists.
     """
 
-    def __init__(self, console, api_url: str):
+    def __init__(self, console, api_url: str, ui_url: str | None = None):
         self.console = console
         self.api_url = api_url.rstrip("/")
+        self.ui_url = ui_url
         self.top = _TopRun()
         self.stages: dict[str, dict] = {}  # flow run id -> what was shown of it
         self._stop = threading.Event()
@@ -200,6 +204,10 @@ class StageProgress:
     def poll(self) -> None:
         """Read the stages from the API once and show what changed."""
         with self._lock:
+            if self.ui_url and self.top.flow_run_id:
+                self.console.print(f"Its flow run: {self.ui_url}/runs/flow-run/{self.top.flow_run_id}",
+                                   highlight=False, soft_wrap=True, markup=False)
+                self.ui_url = None  # said once
             for run in self._runs():
                 self._show(run)
 
