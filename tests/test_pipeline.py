@@ -71,6 +71,11 @@ def test_pipeline_then_refresh(tmp_path, prefect_api):
     assert set(res["retrained"]).isdisjoint(res["carried_over"])
     new_run = read_run(store, res["run_id"])
     assert new_run["n_rows"] == 1100 and new_run["corpus_version"] == 2
+    # its new rows have no embedding: no explorer page, and asking for one names the run to explore instead
+    from cci_core.cluster.explore import build_explorer, explorer_path
+    assert not explorer_path(new_run["run_dir"]).exists()
+    with pytest.raises(LookupError, match=f"explore '{summary['refined_run']}'"):
+        build_explorer(store, res["run_id"])
     assert res["dataset"]["version"] == 2 and open_dataset("fm-generated", store=store).version == 2
     assert np.array_equal(open_dataset("fm-generated", 1, store=store).images[:], v1.images[:])
 

@@ -121,6 +121,10 @@ def run_view(store: Store, run: dict) -> RunView:
     """The :class:`RunView` of a clustering run (``embeddings.zarr``), a refined run (``refine/round-NN``),
     or another labelling run (self-conditioned) in the clustering space of its nearest ancestor with one."""
     rdir = fs.as_path(run["run_dir"])
+    if run.get("refreshed_from") and not (rdir / "refine").exists() and not (rdir / "embeddings.zarr").exists():
+        raise LookupError(f"run {run['run_id']!r} is a corpus refresh of run {run['refreshed_from']!r}: its new rows "
+                          f"were labelled by that run's predictor and have no embedding to map; explore "
+                          f"{run['refreshed_from']!r} (cci explore {run['refreshed_from']})")
     if run.get("kind") == "refined" or (rdir / "refine").exists():
         return _refined_view(run)
     if (rdir / "embeddings.zarr").exists():
@@ -290,6 +294,14 @@ def thumbnails(images, rows: np.ndarray, n_rows: int) -> dict[int, str]:
         if block.size:
             out.update((int(r), thumbnail_uri(im)) for r, im in zip(block, _fetch_images(images, block, n_rows)))
     return out
+
+
+def rebuild_explorer(store: Store, run_id: str) -> AnyPath | None:
+    """Rebuild RUN's page after a later stage (training, evaluation) added to it; None, and nothing
+    written, for a corpus refresh run (its new rows have no embedding: see :func:`run_view`)."""
+    if runs.read_run(store, run_id).get("refreshed_from"):
+        return None
+    return build_explorer(store, run_id)
 
 
 def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> AnyPath:
