@@ -101,12 +101,12 @@ def test_real_vs_generated_per_trained_cluster(published_store):
     """Run ``ref`` of tests/tiny_run.py, trained then evaluated: the evaluation rebuilt its page, which shows
     per trained cluster its 8 centre images beside 8 images of that cluster's generator (seed = cluster id)
     and generation.json's per-cluster FD and coverage in every feature space it measured."""
-    from cci_core.cluster.explore_generated import cluster_measures, read_generation, trained_generators
+    from cci_core.generate import explore_generated as eg
     from cci_core.generate.sampling import generate, load_generator
     s = published_store
     page = explorer_path(s.run_dir("ref")).read_text()  # written by evaluate_local, not by this test
-    models, _ = trained_generators(s, s.run_dir("ref"))
-    report = read_generation(s, s.run_dir("ref"))
+    models, _ = eg.trained_generators(s, s.run_dir("ref"))
+    report = eg.read_generation(s, s.run_dir("ref"))
     assert sorted(models) == report["trained_clusters"] and len(models) == 3
     assert "<h2>Real vs generated</h2>" in page
     for k, m in models.items():
@@ -123,13 +123,13 @@ def test_real_vs_generated_per_trained_cluster(published_store):
             cov = float(re.search(rf"<span class='coverage' data-space='{space}'>([^<]+)<", row).group(1))
             assert fd == pytest.approx(entry["fid"], rel=5e-4) and cov == pytest.approx(entry["coverage"], abs=5e-4)
     first = explorer_path(s.run_dir("ref")).read_bytes()
-    assert build_explorer(s, "ref").read_bytes() == first, "the same run gives the same bytes"
+    assert eg.explore_with_generators(s, "ref").read_bytes() == first, "the same run gives the same bytes"
     assert "<h2>Real vs generated</h2>" not in explorer_path(s.run_dir("km")).read_text()  # km trained nothing
 
-    assert set(cluster_measures(None, models).values()) == {"not evaluated (run `cci evaluate RUN`)"}
+    assert set(eg.cluster_measures(None, models).values()) == {"not evaluated (run `cci evaluate RUN`)"}
     retrained = {**models, 0: {**models[0], "artifact_id": "model-0000000000000000"}}
-    assert cluster_measures(report, retrained)[0].startswith("not evaluated: generation.json measured an earlier")
-    assert cluster_measures(report, retrained)[1] == cluster_measures(report, models)[1] != {}
+    assert eg.cluster_measures(report, retrained)[0].startswith("not evaluated: generation.json measured an earlier")
+    assert eg.cluster_measures(report, retrained)[1] == eg.cluster_measures(report, models)[1] != {}
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (28, 28), (24, 40, 3), (64, 64, 3), (5, 90, 1), (64, 48, 4)])

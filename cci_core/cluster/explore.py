@@ -10,7 +10,7 @@ refined run, the kept round's classifier embedding and probabilities. The page h
   margin ``1 - d1/d2`` to the two nearest centres, or lowest top softmax probability) and the label mix;
 - where the corpus has labels, the cluster x label table;
 - where the run has trained per-cluster generators, real vs generated images per cluster with the
-  cluster's FD and coverage (:mod:`cci_core.cluster.explore_generated`).
+  cluster's FD and coverage (:mod:`cci_core.generate.explore_generated`).
 
 The map shows a seeded sample of at most ``max_points`` rows, stratified by cluster (stated on
 the page), so the page stays a few MB for any corpus size. Plotly's JavaScript is inlined: the page
@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -43,6 +44,7 @@ PLOTLYJS_SLOT = "<!--plotly.js-->"
 N_SHOWN = 8  # centre and doubted images per cluster
 SEED = 0
 CHUNK_ROWS = 65536
+Section = Callable[..., str]  # (store, run_dir, k, nearest, uri_of, n_shown) -> HTML
 
 
 @dataclass
@@ -296,16 +298,12 @@ def thumbnails(images, rows: np.ndarray, n_rows: int) -> dict[int, str]:
     return out
 
 
-def rebuild_explorer(store: Store, run_id: str) -> AnyPath | None:
-    """Rebuild RUN's page after a later stage (training, evaluation) added to it; None, and nothing
-    written, for a corpus refresh run (its new rows have no embedding: see :func:`run_view`)."""
-    if runs.read_run(store, run_id).get("refreshed_from"):
-        return None
-    return build_explorer(store, run_id)
-
-
-def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> AnyPath:
+def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS, sections: Sequence[Section] = ()) -> AnyPath:
     """Write ``runs/<run_id>/reports/explore.html`` for a clustering, refined or self-conditioned run; returns its path.
+
+    ``sections``: more of the page from higher stages (the generate stage's real vs generated table,
+    :mod:`cci_core.generate.explore_generated`), each called as ``section(store, run_dir, k, nearest, uri_of,
+    n_shown)`` with the rows of each cluster's centre images and their thumbnails, returning HTML.
 
     Raises LookupError for an unknown run or one with nothing to map, ValueError for ``max_points < 1``.
     """
@@ -315,7 +313,6 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
 
     from cci_core.cluster.cluster_pictures import nearest_to_centers
     from cci_core.cluster.clusterers import centroids
-    from cci_core.cluster.explore_generated import generated_section
     if max_points < 1:
         raise ValueError(f"--max-points {max_points}: must be at least 1")
     max_points = max(1, min(max_points, memory_budget_bytes() // POINT_BYTES))
@@ -356,7 +353,7 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS) -> A
             f"{PLOTLYJS_SLOT}{plot}<h2>Clusters</h2><p>Per cluster: its size, the {N_SHOWN} images nearest its centre, and the "
             f"{N_SHOWN} members the model doubts most (lowest {html.escape(view.doubt_name)}).</p>"
             f"{_cluster_table(labels, k, nearest, doubted, view.doubt, uri_of, mix)}"
-            f"{generated_section(store, run['run_dir'], k, nearest, uri_of, N_SHOWN)}"
+            + "".join(section(store, run["run_dir"], k, nearest, uri_of, N_SHOWN) for section in sections)
             + (f"<h2>Cluster &times; label</h2>{_label_table(mix)}" if mix is not None else "")
             + "</body></html>")
     # plotly.js (4.7 MB) goes in as the package's bytes: inside a Python str its non-ASCII characters

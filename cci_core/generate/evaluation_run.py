@@ -270,7 +270,7 @@ def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results:
     update_run(store, plan.run_id, evaluation={"report": str(path), "report_artifact_id": art.id,
                                                "finished_at": report["created_at"]})
     if "per_cluster" in groups:
-        from cci_core.cluster.explore import rebuild_explorer
+        from cci_core.generate.explore_generated import rebuild_explorer
         rebuild_explorer(store, plan.run_id)  # reports/explore.html: the per-cluster FD and coverage beside the images
     return {"run_id": plan.run_id, "run_dir": plan.run_dir, "report": str(path),
             "report_artifact_id": art.id, "groups": groups, "comparison": comparison, "wins": wins,

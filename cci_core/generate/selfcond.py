@@ -295,7 +295,7 @@ def _publish(store: Store, plan: SelfCondPlan, corpus, labels, centres, X, y_cod
 def finish_selfcond(store: Store, plan: SelfCondPlan | dict, cl: dict, parts: list[dict]) -> dict:
     """``models/training.json`` (one ``conditional`` GAN, what generate / evaluate read), the cluster
     explorer ``reports/explore.html`` and run.json status ``complete``."""
-    from cci_core.cluster.explore import build_explorer
+    from cci_core.generate.explore_generated import explore_with_generators
     plan = _plan(plan)
     p = plan.params
     out_dir = fs.as_path(plan.run_dir) / "models" / "conditional"
@@ -313,7 +313,7 @@ def finish_selfcond(store: Store, plan: SelfCondPlan | dict, cl: dict, parts: li
     write_training_report(store, run_id=plan.run_id, run_dir=plan.run_dir, corpus=plan.corpus,
                           corpus_version=plan.corpus_version, params=train_params, mode="self-conditioned",
                           model="gan", trained_clusters=clusters, skipped=[], total_steps=p.steps, models=[model])
-    build_explorer(store, plan.run_id)  # reports/explore.html
+    explore_with_generators(store, plan.run_id)  # reports/explore.html
     return runs.finish_run(store, plan.run_id)
 
 

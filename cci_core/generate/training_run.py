@@ -250,7 +250,7 @@ def finish_training(store: Store, plan: TrainingPlan | dict, results: list[dict]
         params=params, mode=plan.params.mode, model=plan.params.model, trained_clusters=list(plan.trained_clusters),
         skipped=[s.to_json() for s in plan.skipped], total_steps=plan.total_steps, models=results + kept)
     if any(m["kind"] == "cluster" for m in summary["models"]):
-        from cci_core.cluster.explore import rebuild_explorer
+        from cci_core.generate.explore_generated import rebuild_explorer
         rebuild_explorer(store, plan.run_id)  # reports/explore.html: real vs generated, "not evaluated" yet
     return summary
 

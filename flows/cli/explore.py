@@ -21,7 +21,8 @@ def explore(run_id: str = typer.Argument(..., metavar="RUN", help="A clustering 
 
     A map of the run's embedding coloured by cluster (hover a point to see its image, click a cluster
     in the legend to filter), each cluster's size, centre images, most doubted members and label mix,
-    and the cluster x label table when the corpus has labels. `cci cluster` and `cci refine` write it too.
+    and the cluster x label table when the corpus has labels. `cci cluster` and `cci refine` write it too;
+    `cci train` and `cci evaluate` add each cluster's real vs generated images, FD and coverage.
     With --fiftyone DIR: every row's image, cluster, confidence and embedding, for FiftyOne's App and
     its embeddings panel (docs/datasets.md).
 
@@ -37,8 +38,8 @@ def explore(run_id: str = typer.Argument(..., metavar="RUN", help="A clustering 
             out.print(f"FiftyOne folder of run [bold]{lit(run_id)}[/]: {lit(path)}  (load it: python "
                       f"{lit(path / 'fiftyone_import.py')})", highlight=False, soft_wrap=True)
         return
-    from cci_core.cluster.explore import build_explorer
-    path = run_guarded(build_explorer, s, run_id, max_points)
+    from cci_core.generate.explore_generated import explore_with_generators
+    path = run_guarded(explore_with_generators, s, run_id, max_points)
     if as_json:
         print_json({"run_id": run_id, "explore": str(path)})
     else:

@@ -12,8 +12,11 @@ import html
 
 import numpy as np
 
-from cci_core.cluster.explore import thumbnail_uri
-from cci_core.store import fs, relpaths
+from cci_core.cluster.explore import MAX_POINTS, build_explorer, thumbnail_uri
+from cci_core.generate.records import read_training
+from cci_core.generate.sampling import generate, load_generator
+from cci_core.store import fs, relpaths, runs
+from cci_core.store.fs import AnyPath
 from cci_core.store.store import Store
 
 SEED = 0  # cluster k's images are drawn with seed SEED + k
@@ -23,7 +26,6 @@ def trained_generators(store: Store, run_dir) -> tuple[dict[int, dict], dict[int
     """The run's per-cluster generators ``{cluster: model record}`` (``models/training.json``'s records
     whose ``generator.safetensors`` exists) and the clusters training skipped ``{cluster: reason}``;
     both empty when the run has no training report."""
-    from cci_core.generate.records import read_training
     path = fs.as_path(run_dir) / "models" / "training.json"
     if not path.exists():
         return {}, {}
@@ -60,7 +62,6 @@ def draw(models: dict[int, dict], n: int) -> dict[int, np.ndarray]:
     """``{cluster: (n, H, W, C) uint8}``: ``n`` images from each generator, on CPU, seed ``SEED + cluster``."""
     import torch
 
-    from cci_core.generate.sampling import generate, load_generator
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same pixels whatever the machine's core count: the page's bytes stay fixed
     try:
@@ -122,3 +123,16 @@ def generated_section(store: Store, run_dir, k: int, real: list[np.ndarray], uri
             + (f" (feature spaces: {about})" if about else "") + ".</p>"
             "<table class='generated'><tr><th>cluster</th><th>real</th><th>generated</th><th>FD, coverage</th></tr>"
             + "".join(rows) + "</table>")
+
+
+def explore_with_generators(store: Store, run_id: str, max_points: int = MAX_POINTS) -> AnyPath:
+    """RUN's explorer page (:func:`cci_core.cluster.explore.build_explorer`) with its real vs generated section."""
+    return build_explorer(store, run_id, max_points, sections=(generated_section,))
+
+
+def rebuild_explorer(store: Store, run_id: str) -> AnyPath | None:
+    """Rebuild RUN's page after training or evaluation added to it; None, and nothing written, for a
+    corpus refresh run (its new rows have no embedding to map: see :func:`cci_core.cluster.explore.run_view`)."""
+    if runs.read_run(store, run_id).get("refreshed_from"):
+        return None
+    return explore_with_generators(store, run_id)
