@@ -16,6 +16,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from cci_core.cluster.explore import explorer_path
 from cci_core.cluster.records import ClusterParams
 from cci_core.generate.settings import EvalParams, TrainParams, eval_params_fields, train_params_fields
 from cci_core.refine.choose_k import START_K
@@ -136,7 +137,9 @@ def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, eva
     ]
     table = "\n".join(f"| {stages.link(st)} | {what} | {where} |" for st, what, where in rows)
     return (f"# Pipeline on `{s['corpus']}` v{s['corpus_version']}\n\n| stage (flow run) | headline | output |\n"
-            f"|---|---|---|\n{table}\n\n{s['profile']}\n\nstore: {file_link(s['store'])}\n\n"
+            f"|---|---|---|\n{table}\n\nCluster explorer of the refined run (map, centre and doubted images, real vs "
+            f"generated with FD and coverage): {file_link(s['explorer'], 'explore.html')}\n\n"
+            f"{s['profile']}\n\nstore: {file_link(s['store'])}\n\n"
             f"Lineage of the dataset (self-hosted Prefect has no Assets page): "
             f"`cci lineage show {ds['artifact_id']}`\n")
 
@@ -217,7 +220,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                "clustering_metrics": read_run(store, run_id)["clustering"]["metrics"],
                "refined_metrics": run["clustering"]["metrics"], "refined_k_choice": run["clustering"].get("k_choice"),
                "dataset": published,
-               "evaluation_report": evaluation.get("report"), "store": root, "profile": budget.line()}
+               "evaluation_report": evaluation.get("report"), "explorer": str(explorer_path(store.run_dir(refined))),
+               "store": root, "profile": budget.line()}
     create_markdown_artifact(key=artifact_key("pipeline", corpus), description=f"pipeline on {corpus}",
                              markdown=_summary_markdown(store, summary, stages, training, evaluation))
     return summary

@@ -125,7 +125,7 @@ def test_run_prints_a_line_per_stage_and_the_summary(two_runs):
     stdout, stderr = two_runs["human"]
     lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
     # off a terminal a running stage also says where it is every 30 s ("… "): as many as the load makes
-    assert len([line for line in lines if not line.startswith("… ")]) <= 20, "\n".join(lines)
+    assert len([line for line in lines if not line.startswith("… ")]) <= 21, "\n".join(lines)
     stages = [line for line in lines if line.startswith("✓ ")]
     # the pipeline itself and its six stages, each once, in order
     assert [s.split()[1] for s in stages] == ["ingest", "cluster", "refine", "train", "generate", "evaluate",
@@ -137,6 +137,9 @@ def test_run_prints_a_line_per_stage_and_the_summary(two_runs):
     from flows.profiles import resolve_profile
     profile = resolve_profile("quick", refine_steps=20, train_steps=20).line()
     assert stderr.splitlines()[0] == profile and f"  {profile}" in stdout.splitlines()
+    # the refined run's explorer, with the generators' section the evaluation added
+    page = Path(next(line for line in stdout.splitlines() if line.startswith("  explorer:")).split()[1])
+    assert page.name == "explore.html" and "<h2>Real vs generated</h2>" in page.read_text()
 
 
 def test_same_seed_gives_byte_identical_dataset(two_runs):

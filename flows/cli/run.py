@@ -98,6 +98,7 @@ def run_pipeline(
               + (f"  k:          {choice_line(summary['refined_k_choice'])}\n" if summary.get("refined_k_choice") else "")
               + f"  dataset:    {lit(ds['dataset'])} v{ds['version']} ({ds['n_images']} images, {ds['accepted']} accepted)"
               f" at {lit(ds['path'])}\n  evaluation: {lit(summary['evaluation_report'])}\n"
+              f"  explorer:   {lit(summary['explorer'])}  (open it in a browser: no server needed)\n"
               f"  lineage:    cci lineage show {ds['artifact_id']}\n"
               f"  {summary['profile']}\n"
               f"  read it:    cci datasets show {lit(ds['dataset'])}   (or plain zarr + pyarrow, see its card.json)\n"
