@@ -18,6 +18,9 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def pytest_sessionstart(session):
+    report = os.environ.get("CCI_FAULT_REPORT")
+    if report and not hasattr(session.config, "workerinput"):  # the controller (or a run without -n)
+        Path(report).unlink(missing_ok=True)  # a new tally, which every worker process adds to
     # `make test` installs the Debian packages first (scripts/system-deps.sh) and sets this, so a
     # broken install fails loudly here instead of silently skipping the real-data tests.
     if os.environ.get("CCI_REQUIRE_SYSTEM_DEPS") == "1":
@@ -26,6 +29,19 @@ def pytest_sessionstart(session):
         if missing:
             pytest.exit(f"missing {', '.join(missing)}: run `bash scripts/system-deps.sh` (make test does)",
                         returncode=3)
+
+
+# the longest modules (minutes each on 2 cores) start first, so that `pytest -n` (make test) does not end
+# with one worker on a long module while the other is idle; the rest keep their order
+LONG_MODULES = ("test_refine_defaults", "test_export_fiftyone", "test_e2e_ui", "test_dataset_consumers",
+                "test_object_store", "test_cci_run", "test_faults_workers", "test_refine_k_auto", "test_warm_server",
+                "test_postgres_lineage", "test_operator_view", "test_refine_steady", "test_kill",
+                "test_faults_moved_store")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: same order within a module
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -112,9 +112,21 @@ def flip_bytes(path: str | Path, offset: int | None = None, count: int = 16) -> 
 
 
 def report(path: str | Path) -> dict:
-    """The tally as JSON-ready counts (every outcome, zeros included) and the cases."""
+    """Add this process's tally to PATH (the cases already there are kept: with ``pytest -n``
+    each worker process adds its own; the session's controller removes the file first) and
+    write the JSON-ready counts (every outcome, zeros included) and the cases."""
+    import fcntl
     import json
-    counts = {k: sum(v == k for v in TALLY.values()) for k in OUTCOMES}
-    out = {"tried": len(TALLY), **counts, "cases": dict(sorted(TALLY.items()))}
-    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    import os
+    path = Path(path).resolve()
+    fd = os.open(path.parent, os.O_RDONLY)  # the folder is the lock: no lock file left beside the report
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cases = json.loads(path.read_text())["cases"] if path.exists() else {}
+        cases.update(TALLY)
+        counts = {k: sum(v == k for v in cases.values()) for k in OUTCOMES}
+        out = {"tried": len(cases), **counts, "cases": dict(sorted(cases.items()))}
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    finally:
+        os.close(fd)
     return out
