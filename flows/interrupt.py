@@ -78,6 +78,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
+        INTERRUPTED.set()
         raise KeyboardInterrupt(f"signal {signum}")
 
     from prefect.utilities import engine
@@ -93,6 +94,9 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 REPEAT_S = 1.0
+# set once the command is interrupted: the stages that then end crashed or cancelled are not news
+# (flows/cli/output.py), the command's one "interrupted: …" line says it
+INTERRUPTED = threading.Event()
 
 
 def _once(handler):

@@ -166,4 +166,5 @@ def _ended_in_one_line(proc: subprocess.Popen, code: int) -> None:
     assert proc.returncode == code, stderr[-3000:]
     for noise in ("Traceback", "Error logging to API", "leaked semaphore", "resource_tracker", "Crash detected"):
         assert noise not in stderr, stderr[-3000:]
+    assert not [line for line in stderr.splitlines() if line.startswith("✗")], stderr[-3000:]  # not a failure
     assert stderr.strip().splitlines()[-1] == "interrupted: refine base; run the same command again to resume"

@@ -93,7 +93,8 @@ def run_flow(flow, dask_address: str | None, workers: int | None, *args, **kwarg
                                *args, **kwargs)
     except KeyboardInterrupt as exc:
         stage = output.running_stage() or flow.name.removeprefix("cci-")
-        err.print(f"interrupted: {stage}; run the same command again to resume", highlight=False, markup=False)
+        err.print(f"interrupted: {stage}; run the same command again to resume", highlight=False, markup=False,
+                  soft_wrap=True)  # one line, whatever the width (a log's console is 80 columns)
         raise SystemExit(exit_code(exc)) from None
 
 

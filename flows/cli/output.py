@@ -104,6 +104,11 @@ class _TopRun(logging.Handler):
             self.flow_run_id = getattr(record, "flow_run_id", None)
 
 
+def _interrupted() -> bool:
+    from flows.interrupt import INTERRUPTED
+    return INTERRUPTED.is_set()
+
+
 class StageProgress:
     """Terminal progress of the flow run started inside the ``with`` block (see the module doc).
 
@@ -231,6 +236,9 @@ class StageProgress:
             pct = 100.0
         elapsed = run.get("total_run_time") or (time.monotonic() - shown["t0"])
         rate = f"{done / elapsed:.1f} tasks/s" if elapsed and done else ""
+        if final and state != "COMPLETED" and _interrupted():
+            shown["line"] = True  # crashed because the command was interrupted: its own one line says so
+            return
         if self._bars is not None:
             fields = dict(tasks=counts, rate=rate, note=escape(clip(note)))
             if shown["bar"] is None:
