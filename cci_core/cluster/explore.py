@@ -86,7 +86,7 @@ def _clustering_view(run: dict, space_run: dict) -> RunView:
     if labels.size != X.shape[0]:
         raise ValueError(f"run {run['run_id']!r} labels {labels.size} rows but the clustering space of run "
                          f"{space_run['run_id']!r} has {X.shape[0]}: the explorer maps runs over the same corpus rows")
-    centers = centroids(X, labels, int(labels.max()) + 1 if (labels >= 0).any() else 0)
+    centers = centroids(X, labels, n_clusters(labels))
     doubt = np.asarray(X.map_blocks(_margin_block, centers, drop_axis=1, dtype=np.float32).compute())
     umap = space_name != "embeddings.zarr"
     whose = "" if space_run is run else f" of run {space_run['run_id']} (an ancestor)"
@@ -136,6 +136,25 @@ def run_view(store: Store, run: dict) -> RunView:
         raise LookupError(f"run {run['run_id']!r} has no embeddings.zarr or refine/ rounds, nor an ancestor run "
                           "with embeddings.zarr: nothing to draw the map from")
     return _clustering_view(run, ancestor)
+
+
+def open_run_view(store: Store, run_id: str, what: str) -> tuple[dict, object, RunView]:
+    """RUN's record, its corpus and its :class:`RunView`; ValueError naming WHAT (the caller's verb)
+    for a run with no clustering yet."""
+    import dask
+    run = runs.read_run(store, run_id)
+    if not run.get("clustering"):
+        raise ValueError(f"run {run_id!r} has no clustering yet (status {run.get('status')!r}): nothing to {what}; "
+                         "finish the run first (run its command again)")
+    corpus = open_corpus(store, run["corpus"], run["corpus_version"])
+    # local threads: a refined run's arrays are memory-mapped files, never to be shipped to Dask workers
+    with dask.config.set(scheduler="threads"):
+        return run, corpus, run_view(store, run)
+
+
+def n_clusters(labels: np.ndarray) -> int:
+    """k of labels (N,) numbered 0..k-1, noise -1: the largest label + 1 (0 when all are noise)."""
+    return int(labels.max()) + 1 if (labels >= 0).any() else 0
 
 
 def stratified_sample(labels: np.ndarray, max_points: int, seed: int = SEED) -> np.ndarray:
@@ -316,16 +335,10 @@ def build_explorer(store: Store, run_id: str, max_points: int = MAX_POINTS, sect
     if max_points < 1:
         raise ValueError(f"--max-points {max_points}: must be at least 1")
     max_points = max(1, min(max_points, memory_budget_bytes() // POINT_BYTES))
-    run = runs.read_run(store, run_id)
-    if not run.get("clustering"):
-        raise ValueError(f"run {run_id!r} has no clustering yet (status {run.get('status')!r}): nothing to explore; "
-                         "finish the run first (run its command again)")
-    corpus = open_corpus(store, run["corpus"], run["corpus_version"])
-    # local threads: the refined run's arrays are memory-mapped files, never to be shipped to Dask workers
-    with dask.config.set(scheduler="threads"):
-        view = run_view(store, run)
-        labels = view.labels
-        k = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    run, corpus, view = open_run_view(store, run_id, "explore")
+    labels = view.labels
+    k = n_clusters(labels)
+    with dask.config.set(scheduler="threads"):  # local threads, as in open_run_view
         nearest = nearest_to_centers(view.space, labels, centroids(view.space, labels, k), N_SHOWN) if k else []
         rows = stratified_sample(labels, max_points)
         xy = _map_xy(view, rows)

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cci_core.cluster.explore import run_view
-from cci_core.store import runs
-from cci_core.store.corpus import open_corpus
+from cci_core.cluster.explore import n_clusters, open_run_view
 from cci_core.store.export_fiftyone import write_fiftyone
 from cci_core.store.store import Store
 
@@ -20,16 +18,9 @@ from cci_core.store.store import Store
 def export_run_fiftyone(store: Store, run_id: str, out_dir: str | Path) -> Path:
     """Write run ``run_id`` as a FiftyOne import folder at ``out_dir`` (new or empty); returns it."""
     import dask
-    run = runs.read_run(store, run_id)
-    if not run.get("clustering"):
-        raise ValueError(f"run {run_id!r} has no clustering yet (status {run.get('status')!r}): nothing to export; "
-                         "finish the run first (run its command again)")
-    corpus = open_corpus(store, run["corpus"], run["corpus_version"])
-    # local threads: a refined run's arrays are memory-mapped files, never shipped to Dask workers
-    with dask.config.set(scheduler="threads"):
-        view = run_view(store, run)
+    run, corpus, view = open_run_view(store, run_id, "export")
     labels = view.labels
-    k = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    k = n_clusters(labels)
     images = corpus.images()
 
     def embed(start: int, stop: int) -> np.ndarray:
