@@ -13,6 +13,7 @@ import html
 import numpy as np
 
 from cci_core.cluster.explore import MAX_POINTS, build_explorer, thumbnail_uri
+from cci_core.common.threads import compute_threads
 from cci_core.generate.records import read_training
 from cci_core.generate.sampling import generate, load_generator
 from cci_core.store import fs, relpaths, runs
@@ -60,14 +61,8 @@ def cluster_measures(report: dict | None, models: dict[int, dict]) -> dict[int, 
 
 def draw(models: dict[int, dict], n: int) -> dict[int, np.ndarray]:
     """``{cluster: (n, H, W, C) uint8}``: ``n`` images from each generator, on CPU, seed ``SEED + cluster``."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same pixels whatever the machine's core count: the page's bytes stay fixed
-    try:
+    with compute_threads(1):  # the same pixels whatever the machine's core count: the page's bytes stay fixed
         return {k: generate(load_generator(m["dir"], "cpu"), n, seed=SEED + k) for k, m in sorted(models.items())}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _measures_cell(measures) -> str:
