@@ -28,6 +28,7 @@ CONSUMER = textwrap.dedent("""
     feats = ds.features
     rows = [ds[i] for i in range(5)]
     hub = datasets.load_dataset(version, split="train")  # the README.md front matter names data.parquet
+    accepted = datasets.load_dataset(version, "accepted", split="train")  # and accepted.parquet
     folder = datasets.load_dataset("imagefolder", data_dir=exported, split="train").sort("index")
     duck = duckdb.sql(f"SELECT cluster, count(*) AS n, sum(accepted::INT) AS ok FROM '{version}/manifest.parquet' "
                       "GROUP BY cluster ORDER BY cluster").fetchall()
@@ -36,6 +37,8 @@ CONSUMER = textwrap.dedent("""
         "names": feats["cluster"].names, "pil": [type(r["image"]).__name__ for r in rows],
         "sums": [sum(r["image"].getdata()) for r in rows], "clusters": [r["cluster"] for r in rows],
         "hub_n": len(hub), "hub_names": hub.features["cluster"].names,
+        "accepted_index": list(accepted["index"]), "accepted_flags": list(accepted["accepted"]),
+        "accepted_image": type(accepted.features["image"]).__name__,
         "folder_n": len(folder), "folder_columns": folder.column_names,
         "folder_cluster_names": folder["cluster_name"][:5], "folder_clusters": folder["cluster"][:5],
         "folder_sums": [sum(folder[i]["image"].getdata()) for i in range(5)],
@@ -76,6 +79,8 @@ def test_hugging_face_and_duckdb_read_a_published_version_without_the_project(pu
     assert got["names"] == got["hub_names"] == names and all(n.startswith(f"cluster-{c} (mostly ")
                                                               for c, n in enumerate(names))
     assert got["pil"] == ["PngImageFile"] * 5
+    assert got["accepted_index"] == [int(i) for i in m["index"][m["accepted"]]] and all(got["accepted_flags"])
+    assert 0 < len(got["accepted_index"]) < len(ds) and got["accepted_image"] == "Image"
     assert got["sums"] == [int(x) for x in imgs[:5].astype(np.int64).sum(axis=(1, 2, 3))]
     assert got["clusters"] == [int(c) for c in m["cluster"][:5]]
     assert {"image", "index", "cluster", "cluster_name", "accepted"} <= set(got["folder_columns"])

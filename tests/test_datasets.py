@@ -118,3 +118,24 @@ def test_exports(tmp_path):
     assert pd.read_parquet(v.path / "data.parquet")["image"][4] == df["image"][4]  # the published copy
     card = (v.path / "README.md").read_text()
     assert card.startswith("---\nlicense: other\n") and str(tmp_path) not in card + (v.path / "card.json").read_text()
+
+
+def test_accepted_configuration_holds_only_the_accepted_rows(tmp_path):
+    store = Store(tmp_path)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (9, 8, 8, 1), dtype=np.uint8)
+    ok = np.array([True, False, True, True, False, False, True, False, True])
+    with DatasetWriter(store, "acc", (8, 8, 1), chunk_rows=4) as w:
+        w.append(imgs, pd.DataFrame({"image_id": [f"id{i}" for i in range(9)], "cluster": np.arange(9) % 2,
+                                     "accepted": ok}))
+        v = w.commit({"source": "test"})
+    acc = pd.read_parquet(v.path / "accepted.parquet")
+    assert list(acc["index"]) == list(np.flatnonzero(ok)) and acc["accepted"].all()
+    assert list(acc["image"].map(lambda d: d["bytes"])) == list(pd.read_parquet(v.path / "data.parquet")["image"]
+                                                               .map(lambda d: d["bytes"])[ok])
+    readme = (v.path / "README.md").read_text()
+    assert "- config_name: all\n  data_files: data.parquet\n  default: true\n" in readme
+    assert "- config_name: accepted\n  data_files: accepted.parquet\n" in readme
+    assert v.card["files"]["accepted"] == "accepted.parquet"
+    without, _ = _publish(store, "plain", 5)  # no accepted column: no accepted configuration
+    assert "accepted" not in without.card["files"] and not (without.path / "accepted.parquet").exists()

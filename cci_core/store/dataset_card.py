@@ -127,8 +127,11 @@ def readme(card: dict) -> str:
     lic = card.get("license", "other")
     front = ["---", f"license: {lic}", "task_categories:", "- image-classification",
              "- unconditional-image-generation", "tags:", "- synthetic", "- cci", f"pretty_name: {card['name']}",
-             "size_categories:", f"- {_size_category(card['n_images'])}", "configs:", "- config_name: default",
-             "  data_files: data.parquet", "---", ""]
+             "size_categories:", f"- {_size_category(card['n_images'])}", "configs:", "- config_name: all",
+             "  data_files: data.parquet", "  default: true"]
+    if "accepted" in (card.get("files") or {}):
+        front += ["- config_name: accepted", f"  data_files: {card['files']['accepted']}"]
+    front += ["---", ""]
     lineage = card.get("lineage") or {}
     lines = [f"# {card['name']} v{card['version']}", "", card.get("description", ""), "",
              f"{card['n_images']:,} images, {'x'.join(map(str, card['shape']))} uint8, created {card['created_at']}.",
@@ -155,7 +158,9 @@ def readme(card: dict) -> str:
     if card.get("reproducibility"):
         lines += ["## Reproducibility", "", card["reproducibility"], ""]
     lines += ["## Files", "", "- `data.parquet`: one row per image, an `image` column (PNG bytes) with Hugging Face "
-              "`datasets` features (`Image`, `ClassLabel` clusters) and the manifest columns",
+              "`datasets` features (`Image`, `ClassLabel` clusters) and the manifest columns (configuration `all`)",
+              *(["- `accepted.parquet`: the same, only the images the classifier accepted (configuration "
+                 "`accepted`)"] if "accepted" in (card.get("files") or {}) else []),
               "- `images.zarr`: all images as one (n, H, W, C) uint8 Zarr v3 array; row i is manifest row i",
               "- `manifest.parquet`: one row per image (provenance)", "- `card.json`: this card, for programs", "",
               "## How to read it", "", "Paths are relative to this folder.", "", "```python", *how_to_read(), "```", ""]
@@ -167,6 +172,7 @@ def readme(card: dict) -> str:
 def how_to_read() -> list[str]:
     """Reading recipes, paths relative to the version folder."""
     return ['import datasets; ds = datasets.load_dataset("parquet", data_files="data.parquet")["train"]',
+            'accepted = datasets.load_dataset(".", "accepted", split="train")  # only accepted images',
             'ds.features["cluster"].names  # cluster names; ds[0]["image"] is a PIL image',
             'import zarr, pyarrow.parquet as pq; images = zarr.open_array("images.zarr", mode="r")',
             'manifest = pq.read_table("manifest.parquet").to_pandas()  # row i describes images[i]',

@@ -6,6 +6,8 @@ Layout (one folder per version)::
                          manifest.parquet  one row per image (image_id, ... provenance)
                          data.parquet      the images as PNG bytes + the manifest, with Hugging Face
                                            ``datasets`` features (Image, ClassLabel clusters)
+                         accepted.parquet  the same, only the rows the classifier accepted (the
+                                           ``accepted`` configuration of README.md; ``all`` is data.parquet)
                          card.json         schema, sources, metrics, lineage ids, how to read it
                          README.md         the same card for people and the Hub (YAML front matter)
                          _COMMITTED        written last: a version without it does not exist
@@ -180,6 +182,10 @@ class DatasetWriter:
         clusters = sorted(int(c) for c in manifest["cluster"].unique()) if "cluster" in manifest else []
         write_hf_parquet(self._images, manifest, self.staging / "data.parquet",
                          dataset_card.class_names(card, clusters) if clusters else None)
+        files = {"images": "images.zarr", "manifest": "manifest.parquet", "data": "data.parquet"}
+        if "accepted" in manifest:
+            files["accepted"] = "accepted.parquet"
+            write_accepted_parquet(self.staging / "data.parquet", self.staging / "accepted.parquet")
         with _lock(self.dir):
             _check_latest(self.dir, self.store.root)
             version = (_versions(self.dir) or [0])[-1] + 1
@@ -189,8 +195,7 @@ class DatasetWriter:
                 fs.rmtree(final)
             card = {"name": self.name, "version": version, "n_images": self.n, "shape": list(self.shape),
                     "dtype": "uint8", "created_at": utc_now(),
-                    "files": {"images": "images.zarr", "manifest": "manifest.parquet", "data": "data.parquet",
-                              "card": "README.md"},
+                    "files": {**files, "card": "README.md"},
                     "manifest_columns": {c: str(t) for c, t in manifest.dtypes.items()},
                     "how_to_read": READ_ME, "license": "other", "intended_use": dataset_card.INTENDED_USE,
                     "limitations": dataset_card.LIMITATIONS, **card}
@@ -383,6 +388,19 @@ def write_hf_parquet(images: zarr.Array, manifest: pd.DataFrame, path: str | Pat
             part = pa.Table.from_pandas(manifest.iloc[start:start + len(pngs)], schema=first.schema, preserve_index=False)
             col = pa.array([{"bytes": b, "path": None} for b in pngs], type=image_type)
             out.write_table(pa.Table.from_arrays([col, *part.columns], schema=schema), row_group_size=block)
+    return path
+
+
+def write_accepted_parquet(data: AnyPath, path: AnyPath) -> AnyPath:
+    """The rows of ``data`` (a :func:`write_hf_parquet` file) whose ``accepted`` is true, with the same
+    schema and features, read and written one row group at a time."""
+    path = fs.as_path(path)
+    reading = contextlib.nullcontext(data) if fs.is_local(data) else fs.as_path(data).open("rb")
+    with reading as src, pq.ParquetFile(src) as source, _parquet_sink(path) as sink, \
+            pq.ParquetWriter(sink, source.schema_arrow) as out:
+        for i in range(source.num_row_groups):
+            group = source.read_row_group(i)
+            out.write_table(group.filter(group["accepted"]))
     return path
 
 
