@@ -1,176 +1,168 @@
-"""Per-cluster GANs vs one unconditional GAN (and the conditional GAN) on Fashion-MNIST.
+"""Per-cluster generators against one big unconditional GAN, at an equal step budget -> results/generate.json.
 
-The true labels stand in for CCI clusters. Every model gets the same total step budget:
-``steps_per_cluster`` for each of the K per-cluster GANs, K * ``steps_per_cluster`` for the
-unconditional baseline and for the cluster-conditional GAN. Generated images are scored on
-the features of a small reference CNN trained on the true labels (no downloaded weights):
-FD, KID, precision/recall/density/coverage, per-cluster fidelity and the IS analogue, each
-with its sample sizes. A held-out real sample gives the floor each measure can reach.
+What a user runs, per seed s (``cci`` commands on a store of their own)::
 
-    python benchmarks/generate.py            # ~10 minutes on 2 CPU cores
-    python benchmarks/generate.py --steps-per-cluster 20 --n-fake-per-cluster 100   # smoke
+    cci ingest /usr/share/datasets/fashion-mnist --corpus fmnist
+    cci cluster fmnist --k 10 --seed s --run-id fm-k10-s<s>          # k-means: the clusters
+    cci train fm-k10-s<s> --steps 300 --seed s                        # cci train's defaults otherwise
+    cci evaluate fm-k10-s<s> --seed s
 
-Writes benchmarks/results/generate.json.
+``cci train``'s defaults: per cluster 300 steps, half of the 3,000-step total on a shared start (a
+cluster-conditional GAN of width 24 on the pooled partitions), each cluster's GAN cut out of it and
+fine-tuned on its own partition for 150 steps; the baseline, one unconditional GAN of width 32 on the
+whole corpus, gets the same 3,000 steps. ``cci evaluate`` measures both on the reference features (a
+CNN trained on the true labels, no downloaded weights) and on the classifier features, with the
+real-vs-real floor and every sample size. Scores come from ``reports/generation.json``; parameters,
+images seen, wall time and peak memory per model from ``models/training.json``.
+
+``--timing`` (seed 0) trains the per-cluster models again on fresh copies of the run with
+``--no-baseline`` on 1 and on 2 Dask workers: the span from the first model's start to the last one's
+end, and whether each generator is byte-identical to the main run's (same seed, other worker count).
+``--refined RUN`` adds that refined run of the same corpus (trained and evaluated the same way).
+
+    python benchmarks/generate.py --seeds 0 1 2 --timing      # ~25 min on 2 idle cores
+    python benchmarks/generate.py --steps 1000 --seeds 0 --out benchmarks/results/generate-large.json
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import platform
-import tempfile
+import os
+import shutil
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cci_core.generate.gan import GANConfig
-from cci_core.generate.gen_metrics import (
-    compare_reports,
-    comparison_table,
-    evaluate_features,
-    feature_fn,
-    frechet_distance,
-    prob_fn,
-    train_reference_cnn,
-)
-from cci_core.generate.sampling import generate, load_generator
-from cci_core.generate.training_loop import TrainConfig, train_generator
-from cci_core.ingest.idx import read_idx
+from benchmarks.corpora import ingest  # noqa: E402
+from benchmarks.refine import cci, machine_facts  # noqa: E402
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 OUT = Path(__file__).parent / "results" / "generate.json"
+SHOWN = ("fid", "kid", "coverage", "precision", "recall", "density", "fidelity")
 
 
-def batched(fn, images, bs=500):
-    return np.concatenate([fn(images[i:i + bs]) for i in range(0, len(images), bs)])
+def _figures(r: dict) -> dict:
+    return {m: r[m] for m in (*SHOWN, "n_real", "n_fake") if isinstance(r.get(m), (int, float))}
+
+
+def _span(models: list[dict]) -> float:
+    """Seconds from the first model's start to the last model's end (they may run in parallel)."""
+    end = [datetime.fromisoformat(m["finished_at"]).timestamp() for m in models]
+    start = [e - m["wall_seconds"] for e, m in zip(end, models)]
+    return round(max(end) - min(start), 1)
+
+
+def measured(store: Path, run_id: str) -> dict:
+    """Scores of the run's last evaluation and costs of its models."""
+    report = json.loads((store / "runs" / run_id / "reports" / "generation.json").read_text())
+    training = json.loads((store / "runs" / run_id / "models" / "training.json").read_text())
+    models = {m["name"]: m for m in training["models"]}
+    per_cluster = [m for m in training["models"] if m["kind"] in ("cluster", "shared")]
+    base = models.get("baseline")
+    out = {"spaces": {}, "per_cluster_measures": {}, "floor": {}}
+    for space, groups in report["reports"].items():
+        out["spaces"][space] = {g: _figures(r) for g, r in groups.items()}
+        out["floor"][space] = _figures(report["floor"][space])
+        pc = report["per_cluster"][space].get("per_cluster", {})
+        out["per_cluster_measures"][space] = {k: {m: e[m] for m in ("fid", "coverage", "n_real", "n_fake") if m in e}
+                                              for k, e in pc.items()}
+        g = out["spaces"][space]
+        out.setdefault("per_cluster_beats_baseline", {})[space] = {
+            "fid": g["per_cluster"]["fid"] < g["baseline"]["fid"],
+            "coverage": g["per_cluster"]["coverage"] > g["baseline"]["coverage"]}
+    cluster_params = [m["n_params"] for m in per_cluster if m["kind"] == "cluster"]
+    out["cost"] = {
+        "per_cluster": {"models": len(cluster_params), "params_each_max": max(cluster_params),
+                        "params_each_min": min(cluster_params), "params_all_clusters": sum(cluster_params),
+                        "shared_start_params": next((m["n_params"] for m in per_cluster if m["kind"] == "shared"), 0),
+                        "images_seen": sum(m["images_seen"] for m in per_cluster),
+                        "steps": sum(m["steps"] for m in per_cluster),
+                        "train_seconds_sum": round(sum(m["wall_seconds"] for m in per_cluster), 1),
+                        "peak_rss_mb_max": max(m["peak_rss_mb"] for m in per_cluster)},
+        "baseline": None if base is None else {
+            "params": base["n_params"], "images_seen": base["images_seen"], "steps": base["steps"],
+            "train_seconds": base["wall_seconds"], "peak_rss_mb": base["peak_rss_mb"]}}
+    out["models"] = [{k: m.get(k) for k in ("name", "kind", "cluster", "n_train", "steps", "n_params", "images_seen",
+                                             "wall_seconds", "peak_rss_mb", "worker")} for m in training["models"]]
+    out["train_params"] = training["params"]
+    return out
+
+
+def train_and_evaluate(store: Path, run_id: str, seed: int, steps: int) -> dict:
+    _, t_train = cci(store, "train", run_id, "--steps", str(steps), "--seed", str(seed))
+    _, t_eval = cci(store, "evaluate", run_id, "--seed", str(seed))
+    return {"run_id": run_id, "seed": seed, "train_command_seconds": round(t_train, 1),
+            "evaluate_command_seconds": round(t_eval, 1), **measured(store, run_id)}
+
+
+def timing(store: Path, seed: int, steps: int) -> dict:
+    """The per-cluster models alone (shared start + clusters) on 1 and on 2 Dask workers."""
+    out = {}
+    for workers in (1, 2):
+        run = f"fm-k10-s{seed}-w{workers}"
+        shutil.rmtree(store / "runs" / run, ignore_errors=True)
+        cci(store, "cluster", "fmnist", "--k", "10", "--seed", str(seed), "--run-id", run)
+        _, t = cci(store, "train", run, "--steps", str(steps), "--seed", str(seed), "--no-baseline",
+                   "--workers", str(workers))
+        models = json.loads((store / "runs" / run / "models" / "training.json").read_text())["models"]
+        same = [_sha(store / "runs" / run / "models" / m["name"]) == _sha(store / "runs" / f"fm-k10-s{seed}" / "models"
+                                                                          / m["name"]) for m in models]
+        out[f"{workers}_workers"] = {"span_seconds": _span(models), "command_seconds": round(t, 1),
+                                     "workers_used": sorted({m.get("worker") or "client" for m in models}),
+                                     "generators_identical_to_the_main_run": all(same)}
+    return out
+
+
+def _sha(model_dir: Path) -> str | None:
+    path = model_dir / "generator.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps-per-cluster", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--width", type=int, default=32, help="g_width and d_width")
-    ap.add_argument("--n-fake-per-cluster", type=int, default=500)
-    ap.add_argument("--n-real", type=int, default=5000, help="real test images to compare against")
-    ap.add_argument("--ref-steps", type=int, default=1500, help="reference CNN training steps")
-    ap.add_argument("--mode-seeking", type=float, default=None,
-                    help="weight for every GAN; default as `cci train`: 1 for the conditional GAN, 0 otherwise")
-    ap.add_argument("--no-conditional", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 is much faster on a shared 2-core machine)")
-    ap.add_argument("--work-dir", default=None, help="keep checkpoints/samples here (default: temp)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=300, help="steps per cluster (cci train --steps)")
+    ap.add_argument("--timing", action="store_true", help="seed 0: per-cluster training on 1 and 2 workers")
+    ap.add_argument("--refined", default=None, help="a refined run of fmnist in --store to measure too")
+    ap.add_argument("--store", default="/tmp/cci-generate-bench", help="the benchmark's store (kept)")
+    ap.add_argument("--load", default=None, help="what else ran on the machine (recorded); default: uptime's load")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    store = Path(args.store)
     t_all = time.perf_counter()
-
-    x_train = read_idx(FMNIST / "train-images-idx3-ubyte.gz")[..., None]
-    y_train = read_idx(FMNIST / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    x_test = read_idx(FMNIST / "t10k-images-idx3-ubyte.gz")[..., None]
-    y_test = read_idx(FMNIST / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-    k_clusters = int(y_train.max()) + 1
-
-    t = time.perf_counter()
-    ref = train_reference_cnn(x_train, y_train, k_clusters, steps=args.ref_steps, seed=0, device="cpu")
-    feats, probs = feature_fn(ref), prob_fn(ref)
-    ref_acc = float((batched(probs, x_test).argmax(1) == y_test).mean())
-    ref_seconds = time.perf_counter() - t
-    print(f"reference CNN: test accuracy {ref_acc:.3f} ({ref_seconds:.0f} s)")
-
-    rng = np.random.default_rng(0)
-    real_idx = rng.choice(len(x_test), min(args.n_real, len(x_test)), replace=False)
-    f_real = batched(feats, x_test[real_idx])
-    y_real = y_test[real_idx]
-    n_fake = args.n_fake_per_cluster * k_clusters
-    intended = np.repeat(np.arange(k_clusters), args.n_fake_per_cluster)
-    kw = dict(k=5, kid_subsets=50, kid_subset_size=1000, is_splits=10, seed=0)
-
-    def score(images, intended_ids=None):
-        f, p = batched(feats, images), batched(probs, images)
-        report = evaluate_features(f_real, f, p, intended_ids, **kw)
-        if intended_ids is not None:  # FD within each cluster: real class k vs fakes made for k
-            report["fid_per_cluster"] = {
-                str(c): frechet_distance(f_real[y_real == c], f[intended_ids == c])
-                for c in range(k_clusters)}
-            report["fid_per_cluster_n"] = {  # [n_real, n_fake] behind each figure
-                str(c): [int((y_real == c).sum()), int((intended_ids == c).sum())]
-                for c in range(k_clusters)}
-        return report
-
-    cfg = GANConfig(image_size=28, channels=1, z_dim=64, g_width=args.width, d_width=args.width,
-                    d_features=128)
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="cci-gen-bench-"))
-    total = args.steps_per_cluster * k_clusters
-    reports, seconds = {}, {}
-
-    def tc(steps, conditional=False):
-        ms = args.mode_seeking if args.mode_seeking is not None else (1.0 if conditional else 0.0)
-        return TrainConfig(steps=steps, batch_size=args.batch_size, checkpoint_every=max(steps // 2, 1),
-                           mode_seeking=ms, seed=0, device="cpu")
-
-    # 1. one GAN per cluster, steps_per_cluster each
-    t = time.perf_counter()
-    fakes = []
-    for c in range(k_clusters):
-        d = work / "per_cluster" / f"cluster-{c}"
-        train_generator(x_train, d, cfg, tc(args.steps_per_cluster), rows=np.flatnonzero(y_train == c))
-        fakes.append(generate(load_generator(d, "cpu"), args.n_fake_per_cluster, seed=c))
-    seconds["per_cluster"] = time.perf_counter() - t
-    reports["per_cluster"] = score(np.concatenate(fakes), intended)
-    print(f"per-cluster: {seconds['per_cluster']:.0f} s, fid {reports['per_cluster']['fid']:.2f}")
-
-    # 2. baseline: one unconditional GAN on the whole corpus, same total steps
-    t = time.perf_counter()
-    train_generator(x_train, work / "baseline", cfg, tc(total))
-    seconds["baseline"] = time.perf_counter() - t
-    reports["baseline"] = score(generate(load_generator(work / "baseline", "cpu"), n_fake, seed=0))
-    print(f"baseline: {seconds['baseline']:.0f} s, fid {reports['baseline']['fid']:.2f}")
-
-    # 3. one cluster-conditional GAN, same total steps
-    if not args.no_conditional:
-        ccfg = GANConfig(**{**cfg.__dict__, "n_classes": k_clusters})
-        t = time.perf_counter()
-        train_generator(x_train, work / "conditional", ccfg, tc(total, conditional=True), labels=y_train)
-        seconds["conditional"] = time.perf_counter() - t
-        g = load_generator(work / "conditional", "cpu")
-        reports["conditional"] = score(generate(g, n_fake, labels=intended, seed=0), intended)
-        print(f"conditional: {seconds['conditional']:.0f} s, fid {reports['conditional']['fid']:.2f}")
-
-    # The floor: real training images in place of generated ones.
-    floor_idx = rng.choice(len(x_train), n_fake, replace=False)
-    floor = score(x_train[floor_idx], y_train[floor_idx])
-
-    head_to_head = compare_reports({"per_cluster": reports["per_cluster"], "baseline": reports["baseline"]})
-    all_models = compare_reports(reports) if len(reports) > 2 else head_to_head
-    result = {
-        "benchmark": "generate",
-        "dataset": "fashion-mnist (true labels as stand-in clusters)",
-        "n_clusters": k_clusters,
-        "budget": {"steps_per_cluster": args.steps_per_cluster, "total_steps_per_model": total,
-                   "batch_size": args.batch_size},
-        "mode_seeking": args.mode_seeking if args.mode_seeking is not None else "1 for the conditional GAN, 0 otherwise",
-        "gan_config": cfg.__dict__,
-        "reference_cnn": {"test_acc": ref_acc, "train_steps": args.ref_steps, "seconds": ref_seconds,
-                          "feature_dim": int(f_real.shape[1])},
-        "reports": reports,
-        "real_floor": floor,
-        "train_seconds": seconds,
-        "per_cluster_vs_baseline": head_to_head,
-        "all_models": all_models,
-        "wins": {name: sum(c["winner"] == name for c in all_models.values()) for name in reports},
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "device": "cpu"},
-        "seconds_total": time.perf_counter() - t_all,
-        "work_dir": str(work) if args.work_dir else None,
-    }
+    res = {"benchmark": "per-cluster generators (cci train defaults) vs one unconditional GAN, equal step budget",
+           "machine": machine_facts(), "load_before": os.getloadavg(), "load_note": args.load,
+           "steps_per_cluster": args.steps, "store": str(store)}
+    if not (store / "corpora" / "fmnist").exists():
+        res["corpus"] = ingest(store, "fmnist")
+    res["per_seed"] = []
+    for seed in args.seeds:
+        run = f"fm-k10-s{seed}"
+        if not (store / "runs" / run / "run.json").exists():
+            cci(store, "cluster", "fmnist", "--k", "10", "--seed", str(seed), "--run-id", run)
+        res["per_seed"].append(train_and_evaluate(store, run, seed, args.steps))
+        s = res["per_seed"][-1]["spaces"]["reference"]
+        print(f"seed {seed}: per-cluster FD {s['per_cluster']['fid']:.2f} coverage {s['per_cluster']['coverage']:.3f} | "
+              f"baseline FD {s['baseline']['fid']:.2f} coverage {s['baseline']['coverage']:.3f}", flush=True)
+    wins = [r["per_cluster_beats_baseline"]["reference"] for r in res["per_seed"]]
+    res["per_cluster_wins_every_seed"] = {"fid": all(w["fid"] for w in wins),
+                                          "coverage": all(w["coverage"] for w in wins)}
+    res["smaller_models"] = all(r["cost"]["per_cluster"]["params_each_max"] < r["cost"]["baseline"]["params"]
+                                for r in res["per_seed"])
+    if args.refined:
+        res["refined"] = train_and_evaluate(store, args.refined, args.seeds[0], args.steps)
+    if args.timing:
+        res["timing"] = timing(store, args.seeds[0], args.steps)
+    res["load_after"] = os.getloadavg()
+    res["seconds_total"] = round(time.perf_counter() - t_all, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(comparison_table(all_models))
-    print(f"real floor: fid {floor['fid']:.3f}, precision {floor['precision']:.3f}, "
-          f"recall {floor['recall']:.3f}, fidelity {floor['fidelity']:.3f}")
-    print(f"wrote {out} ({result['seconds_total']:.0f} s)")
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: res[k] for k in ("per_cluster_wins_every_seed", "smaller_models", "seconds_total")}))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
     prefect deployment run cci-pipeline/cci-pipeline           # or from the UI
 
 Deployments:
-  cci-pipeline  on demand: ingest -> cluster -> refine -> train -> generate -> evaluate
+  cci-pipeline  on demand: ingest -> cluster -> refine -> train -> evaluate -> generate
   cci-refresh   on a cron schedule (default 03:00 daily): ingest what is new, assign it with the
                 classifier, measure drift, retrain only the clusters that changed, publish a new
                 dataset version; does nothing (and says so) when nothing is new

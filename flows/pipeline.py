@@ -1,11 +1,12 @@
 """The whole pipeline as one Prefect flow of subflows:
-ingest → cluster → refine → train → generate → evaluate.
+ingest → cluster → refine → train → evaluate → generate (publish).
 
 Resumable: every stage's output has an id derived from its inputs and parameters (the corpus
 version's lineage id and the clustering parameters name the run; the refined run is named
 after it; training resumes from checkpoints and skips finished clusters; a dataset version
 whose card shows the same run and parameters is reused), so re-running after an interruption,
-or with nothing new, redoes only what is missing.
+or with nothing new, redoes only what is missing. The generators are evaluated before their images are
+published, so the dataset card carries the evaluation (FD, coverage, the floor, per cluster).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def _reusable_dataset(store: Store, dataset: str, run_id: str, params: dict, mod
     return ds if same else None
 
 
-STAGES = ("ingest", "cluster", "refine", "train", "generate", "evaluate")
+STAGES = ("ingest", "cluster", "refine", "train", "evaluate", "generate")
 
 
 class Stages:
@@ -129,11 +130,11 @@ def _summary_markdown(store: Store, s: dict, stages: Stages, training: dict, eva
          if (store.run_dir(s["refined_run"]) / "partitions").exists()
          else file_link(store.run_dir(s["refined_run"]), "run folder")),
         ("train", f"{n_models} generators", file_link(store.run_dir(s["refined_run"]) / "models", "models")),
+        ("evaluate", gen or "see the report", file_link(s["evaluation_report"], "report")
+         if s.get("evaluation_report") else ""),
         ("generate", f"dataset `{ds['dataset']}` v{ds['version']}: {ds['n_images']} images, {ds['accepted']} "
                      f"accepted ({fig(ds['accepted'] / max(ds['n_images'], 1))})",
          file_link(ds["path"], "dataset version")),
-        ("evaluate", gen or "see the report", file_link(s["evaluation_report"], "report")
-         if s.get("evaluation_report") else ""),
     ]
     table = "\n".join(f"| {stages.link(st)} | {what} | {where} |" for st, what, where in rows)
     return (f"# Pipeline on `{s['corpus']}` v{s['corpus_version']}\n\n| stage (flow run) | headline | output |\n"
@@ -200,6 +201,8 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
                                **checked_options("training", train_options, train_params_fields()))
     training = stages.run("train", train_flow, TrainSettings(refined, store_root=root, params=train_params,
                                                              gpu_resource=gpu_resource))
+    eval_params = EvalParams(samples=eval_samples, **checked_options("evaluation", eval_options, eval_params_fields()))
+    evaluation = stages.run("evaluate", evaluate_flow, EvaluateSettings(refined, store_root=root, params=eval_params))
     gen_params = {"per_cluster": per_cluster, "seed": seed}
     reuse = _reusable_dataset(store, dataset, refined, gen_params, set(training["model_artifact_ids"].values()))
     if reuse is not None:
@@ -211,8 +214,6 @@ def pipeline_flow(source: str = "builtin:digits", corpus: str = "digits28", stor
     else:
         published = stages.run("generate", generate_flow, GenerateSettings(refined, dataset, store_root=root,
                                                                            per_cluster=per_cluster, seed=seed))
-    eval_params = EvalParams(samples=eval_samples, **checked_options("evaluation", eval_options, eval_params_fields()))
-    evaluation = stages.run("evaluate", evaluate_flow, EvaluateSettings(refined, store_root=root, params=eval_params))
 
     run = read_run(store, refined)
     summary = {"corpus": corpus, "corpus_version": c.version, "corpus_artifact_id": c.artifact_id,

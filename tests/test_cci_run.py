@@ -128,7 +128,8 @@ def test_run_prints_a_line_per_stage_and_the_summary(two_runs):
     assert len([line for line in lines if not line.startswith("… ")]) <= 21, "\n".join(lines)
     stages = [line for line in lines if line.startswith("✓ ")]
     # the pipeline itself and its six stages, each once, in order
-    assert [s.split()[1] for s in stages] == ["ingest", "cluster", "refine", "train", "generate", "evaluate",
+    # (evaluated before published: the dataset card carries the evaluation)
+    assert [s.split()[1] for s in stages] == ["ingest", "cluster", "refine", "train", "evaluate", "generate",
                                               "pipeline"], stages
     assert all(" s, " in s and "tasks" in s for s in stages)
     assert "Finished in state" not in stderr and "INFO" not in stderr
@@ -166,6 +167,9 @@ def test_same_seed_gives_byte_identical_dataset(two_runs):
     assert ca.pop("created_at") != "" and cb.pop("created_at") != ""
     assert ca == cb
     assert ca["deterministic"] is True and ca["devices"]["generate"] == "cpu"
+    ev = ca["evaluation"]  # measured before publishing, by the models whose images these are
+    assert ev["group"] == "per_cluster" and ev["fid"] > ev["floor"]["fid"] > 0 and 0 < ev["coverage"] <= 1
+    assert ev["per_cluster"] and all(e["n_fake"] > 0 for e in ev["per_cluster"].values())
     assert set(ca["devices"]["train"].values()) == {"cpu"} and ca["devices"]["classifier"] == "cpu"
 
 

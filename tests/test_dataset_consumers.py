@@ -97,7 +97,9 @@ def test_cards_say_what_the_version_is_with_relative_paths(published_store):
     assert str(published_store.root) not in everything and "/tmp" not in everything
     front = yaml.safe_load(readme.split("---\n")[1])
     assert front["license"] == card["license"] == "cc-by-4.0"  # scikit-learn's digits (UCI, CC BY 4.0)
-    assert front["configs"][0]["data_files"] == "data.parquet" and front["task_categories"]
+    assert [(c["config_name"], c["data_files"]) for c in front["configs"]] == [("all", "data.parquet"),
+                                                                              ("accepted", "accepted.parquet")]
+    assert front["configs"][0]["default"] and front["task_categories"]
     labels = open_corpus(published_store, "d28").labels()
     for c, e in card["clusters"].items():  # majority label and purity against the corpus's true labels
         counts = pd.Series(labels[partition_rows(published_store, "ref", int(c))]).value_counts()
@@ -107,7 +109,18 @@ def test_cards_say_what_the_version_is_with_relative_paths(published_store):
     assert sum(e["size"] for e in card["clusters"].values()) == 1797
     ev = card["evaluation"]
     assert ev["group"] == "per_cluster" and ev["fid"] > 0 and 0 <= ev["coverage"] <= 1
-    assert f"fid {ev['fid']:.4g}" in readme and "## Intended use" in readme and "## Limitations" in readme
+    report = json.loads((published_store.run_dir("ref") / "reports" / "generation.json").read_text())
+    measured = report["reports"]["classifier"]
+    assert ev["fid"] == round(measured["per_cluster"]["fid"], 4) and ev["n_fake"] == measured["per_cluster"]["n_fake"]
+    assert ev["floor"]["fid"] == round(report["floor"]["classifier"]["fid"], 4) < ev["fid"]
+    assert ("baseline" in ev) == ("baseline" in measured)  # the tiny run trains no baseline
+    assert sorted(ev["per_cluster"], key=int) == [str(c) for c in report["trained_clusters"]]
+    assert all("fid" in e and e["n_fake"] > 0 for e in ev["per_cluster"].values())
+    assert ev["feature_space"] == "classifier" and ev["feature_space_note"]
+    assert (f"| these images' models | {ev['n_fake']} / {ev['n_real']} | {ev['fid']:.4g} |" in readme
+            and f"| real vs real (the floor) | {ev['floor']['n_fake']} / {ev['floor']['n_real']} | "
+                f"{ev['floor']['fid']:.4g} |" in readme and "not FID" in readme)
+    assert "## Intended use" in readme and "## Limitations" in readme
     assert card["lineage"]["artifact_id"] in readme
     assert card["how_to_read"].startswith("paths relative to the version folder")
 

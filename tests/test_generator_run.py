@@ -18,7 +18,9 @@ from cci_core.store import runs
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
 
-TINY = dict(steps=20, batch_size=16, width=8, z_dim=8, checkpoint_every=10, device="cpu")
+# every cluster from scratch here (shared_start=0); the shared start: test_shared_start_then_each_cluster_fine_tuned
+TINY = dict(steps=20, batch_size=16, width=8, baseline_width=8, z_dim=8, checkpoint_every=10, device="cpu",
+            shared_start=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +160,48 @@ def test_conditional_and_vae_modes(store):
     assert all(math.isfinite(v) for m in vae["models"] for v in m["losses"].values())
 
 
+def test_shared_start_then_each_cluster_fine_tuned(store):
+    from cci_core.generate.sampling import generate, load_generator
+    cr.run_local(store, "digits28", cr.ClusterParams(k=3, n_components=20, seed=2), run_id="r3s")
+    params = TrainParams(**{**TINY, "shared_start": 0.5, "baseline_width": 12, "min_size": 1, "steps": 10})
+    plan = tr.make_training_plan(store, "r3s", params)
+    # the budget: 10 steps x 3 clusters, half of it on the shared start, the rest split between the clusters
+    assert [(j.name, j.kind, j.steps) for j in plan.jobs] == [
+        ("shared-start", "shared", 15), ("cluster-0", "cluster", 5), ("cluster-1", "cluster", 5),
+        ("cluster-2", "cluster", 5), ("baseline", "baseline", 30)]
+    with pytest.raises(ValueError, match="shared start .* is not trained yet"):
+        tr.train_job(store, plan, plan.jobs[1])  # a cluster before its start: refused, nothing trained
+    summary = tr.train_local(store, "r3s", params)
+    models = {m["name"]: m for m in summary["models"]}
+    run = runs.read_run(store, "r3s")
+    shared = models["shared-start"]
+    assert shared["kind"] == "shared" and shared["n_train"] == run["n_rows"] and shared["steps"] == 15
+    assert load_generator(shared["dir"], "cpu").cfg.n_classes == 3  # a conditional GAN on the pooled partitions
+    lin = LineageStore(store.lineage_url)
+    base_params = models["baseline"]["n_params"]
+    for k in range(3):
+        m = models[f"cluster-{k}"]
+        assert m["steps"] == 5 and m["images_seen"] == 5 * 16 and m["peak_rss_mb"] > 0
+        assert (shared["artifact_id"], "model") in lin.get(m["artifact_id"]).inputs
+        g = load_generator(m["dir"], "cpu")
+        assert g.cfg.n_classes == 0 and g.cfg.bias_map and m["n_params"] == sum(p.numel() for p in g.parameters())
+        assert m["n_params"] < base_params  # each cluster's model is smaller than the one big model
+        assert generate(g, 3, seed=0).shape == (3, 28, 28, 1)
+    # the shared start is not evaluated as a model of its own
+    assert [g.group for g in ev.make_evaluation_plan(store, "r3s", EvalParams()).groups] == ["per_cluster", "baseline"]
+    # a cluster's folder trained from scratch is not fine-tuned over (other settings)
+    with pytest.raises(ValueError, match="already holds a gan trained with other settings"):
+        tr.plan_training(store, "r3s", TrainParams(**{**TINY, "min_size": 1, "steps": 10}))
+    with pytest.raises(ValueError, match="--shared-start 1.0 must lie in"):
+        TrainParams(shared_start=1.0).validate()
+    # a VAE's shared start is one VAE on the pooled partitions, fine-tuned per cluster the same way
+    cr.run_local(store, "digits28", cr.ClusterParams(k=2, n_components=20, seed=3), run_id="r2vs")
+    vae = tr.train_local(store, "r2vs", TrainParams(**{**TINY, "model": "vae", "shared_start": 0.5, "min_size": 1,
+                                                       "steps": 4, "baseline": False}))
+    assert [(m["name"], m["model"], m["steps"]) for m in vae["models"]] == [
+        ("shared-start", "vae", 4), ("cluster-0", "vae", 2), ("cluster-1", "vae", 2)]
+
+
 def test_mixture_counts_follow_cluster_sizes():
     assert ev.mixture_counts({0: 600, 1: 300, 2: 100}, 100, 1) == {0: 60, 1: 30, 2: 10}
     n = ev.mixture_counts({3: 1, 5: 1, 7: 1}, 10, 1)  # largest remainder: 10 in all, none below 3
@@ -195,6 +239,10 @@ def test_evaluate_report_side_by_side_with_baseline(store, trained):
     assert report["skipped"][0]["cluster"] == small and "fewer than --min-size" in report["skipped"][0]["reason"]
     # the floor: two halves of the real sample are much closer than generated images
     assert report["floor"]["classifier"]["fid"] < per["fid"]
+    from PIL import Image
+    grid, base_grid = (Image.open(store.root / report["grids"][g]) for g in ("per_cluster", "baseline"))
+    # one row of 8 per trained cluster, labelled in a strip on the left (the baseline's: 8 per row, no labels)
+    assert grid.height == base_grid.height == 2 * (2 * 30) + 4 and grid.width > base_grid.width == 2 * (8 * 30 + 2)
     assert report["generated"]["baseline"]["shape"] == [28, 28, 1] and report["generated"]["baseline"]["dtype"] == "uint8"
     # no CCI classifier in this run: a CNN on the cluster labels stands in, and the report says so
     assert report["feature_spaces"]["classifier"]["source"] == "cluster-cnn"

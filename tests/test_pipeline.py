@@ -3,6 +3,7 @@ anything, then a refresh with new Fashion-MNIST images that retrains only the cl
 changed and publishes a new dataset version while the previous one stays readable."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,14 @@ def test_pipeline_then_refresh(tmp_path, prefect_api):
     assert set(res["retrained"]).isdisjoint(res["carried_over"])
     new_run = read_run(store, res["run_id"])
     assert new_run["n_rows"] == 1100 and new_run["corpus_version"] == 2
+    # the retrained clusters are fine-tuned from the shared start the refreshed run trained
+    trained = json.loads((store.run_dir(summary["refined_run"]) / "models" / "training.json").read_text())
+    shared_id = next(m["artifact_id"] for m in trained["models"] if m["kind"] == "shared")
+    retrained = json.loads((store.run_dir(res["run_id"]) / "models" / "training.json").read_text())
+    lin = LineageStore(store.lineage_url)
+    for m in retrained["models"]:
+        if m["cluster"] in res["retrained"]:
+            assert (shared_id, "model") in lin.get(m["artifact_id"]).inputs
     # its new rows have no embedding: no explorer page, and asking for one names the run to explore instead
     from cci_core.cluster.explore import build_explorer, explorer_path
     assert not explorer_path(new_run["run_dir"]).exists()

@@ -27,21 +27,25 @@ def store(digits28_store):
 def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_cci, prefect_api):
     sizes = [p["count"] for p in runs.read_run(store, "flowrun")["partitions"]]
     small = min(range(3), key=lambda k: sizes[k])
-    res = run_cci("train", "flowrun", "--steps", 20, "--batch-size", 16, "--width", 8, "--z-dim", 8,
+    res = run_cci("train", "flowrun", "--steps", 20, "--batch-size", 16, "--width", 8, "--baseline-width", 8, "--z-dim", 8,
                   "--checkpoint-every", 10, "--min-size", sizes[small] + 1, "--device", "cpu",
                   "--store", store.root, "--dask-address", dask_scheduler, "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
     big = [k for k in range(3) if k != small]
-    assert [m["name"] for m in summary["models"]] == [f"cluster-{k}" for k in big] + ["baseline"]
+    # the default: a shared start (half of the 40 steps), each cluster fine-tuned from it, and the baseline
+    assert [m["name"] for m in summary["models"]] == ["shared-start"] + [f"cluster-{k}" for k in big] + ["baseline"]
     assert [s["cluster"] for s in summary["skipped"]] == [small]
-    assert summary["models"][-1]["steps"] == 20 * len(big)
+    assert [m["steps"] for m in summary["models"]] == [20, 10, 10, 20 * len(big)]
     lin = LineageStore(store.lineage_url)
     for m in summary["models"]:
         assert all(math.isfinite(v) for v in m["losses"].values())
         art = lin.get(m["artifact_id"])
         assert art.kind == "model" and art.producer["flow_name"] == "cci-train"
-        assert art.producer["task_name"] == ("train-cluster" if m["kind"] == "cluster" else "train-baseline")
+        assert art.producer["task_name"] == ("train-cluster" if m["kind"] == "cluster" else f"train-{m['name']}")
+        if m["kind"] == "cluster":  # fine-tuned from the shared start, which finished first
+            assert (summary["models"][0]["artifact_id"], "model") in art.inputs
+            assert m["finished_at"] > summary["models"][0]["finished_at"]
         assert Path(store.run_dir("flowrun") / "models" / m["name"] / "generator.safetensors").exists()
         assert m["worker_resources"] == {}  # CPU-only workers: no GPU resource asked for, nothing hangs
     page = explorer_path(store.run_dir("flowrun")).read_text()  # rebuilt by cci train: real vs generated
@@ -60,7 +64,8 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
     assert "not evaluated" not in page and page.count("<span class='fd' data-space='classifier'>") == len(big)
     art = lin.get(ev["report_artifact_id"])
     assert art.kind == "report" and art.producer["flow_name"] == "cci-evaluate"
-    assert sorted(i for i, r in art.inputs if r == "model") == sorted(m["artifact_id"] for m in summary["models"])
+    assert sorted(i for i, r in art.inputs if r == "model") == sorted(m["artifact_id"] for m in summary["models"]
+                                                                      if m["kind"] != "shared")
     assert {r for _, r in art.inputs} == {"model", "features"}
 
     # what the operator sees in Prefect: progress, per-model table, sample grids, the comparison
@@ -72,7 +77,7 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
         arts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
     assert set(arts) == set(keys)
     assert "skipped" in str(arts["train-flowrun"].data) and "baseline" in str(arts["train-flowrun"].data)
-    assert str(arts["train-samples-flowrun"].data).count("data:image/png;base64,") == 3
+    assert str(arts["train-samples-flowrun"].data).count("data:image/png;base64,") == 4
     assert float(arts["train-progress-flowrun"].data) == 100.0
     assert "winner" in str(arts["evaluate-flowrun"].data)
 
@@ -92,7 +97,7 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
         from flows.settings import TrainSettings
         from flows.train import train_flow
         params = TrainParams(steps=20, batch_size=16, checkpoint_every=10, min_size=sizes[small] + 1, width=8,
-                             z_dim=8, device="cpu")
+                             baseline_width=8, z_dim=8, device="cpu")
         again = train_flow.with_options(task_runner=dask_task_runner(dask_scheduler))(
             TrainSettings("flowrun", store_root=str(store.root), params=params))
     finally:

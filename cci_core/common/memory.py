@@ -1,4 +1,4 @@
-"""The memory budget: the most bytes of corpus pixels one process holds at once.
+"""The memory budget (the most bytes of corpus pixels one process holds at once), and a task's peak memory.
 
 One setting, ``$CCI_MEMORY_BUDGET_MB`` (megabytes, default 2048), read here and nowhere else.
 A step that reads a corpus keeps all of its rows in memory only when they fit the budget, and
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 ENV = "CCI_MEMORY_BUDGET_MB"
 DEFAULT_MB = 2048
@@ -38,3 +39,35 @@ def memory_budget_bytes() -> int:
         raise ValueError(f"${ENV}={raw!r} is not a positive number of megabytes: set it to e.g. 2048 "
                          f"(the default), or unset it")
     return max(1, int(mb * 2**20))
+
+
+class PeakRSS:
+    """The peak resident memory of this process while the ``with`` block runs, in ``.mb`` (megabytes),
+    sampled every ``interval`` seconds by a daemon thread (a task's own peak, which ``ru_maxrss``, the
+    process's lifetime peak, is not inside a long-lived worker)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.mb = interval, 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        import psutil
+        proc = psutil.Process()
+        while True:
+            self.mb = max(self.mb, proc.memory_info().rss / 2**20)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample_once()
+
+    def _sample_once(self) -> None:
+        import psutil
+        self.mb = max(self.mb, psutil.Process().memory_info().rss / 2**20)

@@ -193,10 +193,12 @@ def prepare_references(store: Store, plan: EvaluationPlan | dict, producer: dict
         fs.save_npy(eval_dir / f"real-{name}.npy", f.astype(np.float32))
         space["features"] = str(eval_dir / f"real-{name}.npy")
         space["dim"] = int(f.shape[1])
-        # the floor: two disjoint halves of the real whole-corpus sample
+        # the floor: as many real images as a group generates (at most half the real whole-corpus
+        # sample) against the rest of it, so that the floor's sample sizes are close to the groups' own
         idx = np.flatnonzero(masks["overall"])
         perm = np.random.default_rng(p.seed).permutation(idx)
-        a, b = perm[: len(perm) // 2], perm[len(perm) // 2:]
+        n_b = min(len(perm) // 2, p.samples * len(plan.trained_clusters))
+        a, b = perm[n_b:], perm[:n_b]
         if min(len(a), len(b)) > p.k + 1:
             floor[name] = evaluate_features(f[a], f[b], pr[b], **p.metric_options())
         if name == "classifier":  # how often the classifier gives real cluster-k images cluster k

@@ -59,6 +59,8 @@ def make_evaluation_plan(store: Store, run_id: str, params: EvalParams) -> Evalu
     training = read_training(store, path)
     groups: dict[str, dict] = {}
     for m in training["models"]:
+        if m["kind"] == "shared":  # a start the clusters' models were fine-tuned from, not a model of its own
+            continue
         if not (fs.as_path(m["dir"]) / "generator.safetensors").exists():
             raise ValueError(f"model {m['name']} of run {run_id!r} has no generator in {m['dir']}; "
                              f"run `cci train {run_id}` again to finish it")
@@ -132,18 +134,26 @@ def evaluate_group(store: Store, plan: EvaluationPlan | dict, refs: dict, group:
     classifier assigns to k) against the real images of cluster k. Every figure carries its
     sample sizes (``n_real``, ``n_fake``, ...).
     """
-    from cci_core.common.imagegrid import make_grid, save_png
+    from cci_core.common.imagegrid import make_grid, save_labelled_rows, save_png
     from cci_core.generate.gen_metrics import cluster_fidelity, evaluate_features
     plan, group = as_plan(EvaluationPlan, plan), as_plan(EvalGroup, group)
     p, eval_dir = plan.params, fs.as_path(plan.eval_dir)
     t0 = time.perf_counter()
     fakes, intended = _generate_group(plan, group)
-    # a grid: up to 8 images per cluster, one row per cluster (the baseline: 8 per row)
+    # a grid: 8 images per cluster, one row per cluster labelled as the real montage is (the baseline,
+    # made for no cluster: 8 per row, unlabelled)
+    path = eval_dir / f"generated-{group.group}.png"
     if intended is not None:
-        pick = np.concatenate([np.flatnonzero(intended == k)[:8] for k in np.unique(intended)])
+        clusters = np.unique(intended)
+        rows = []
+        for k in clusters:
+            imgs = fakes[np.flatnonzero(intended == k)[:8]]
+            rows.append(np.concatenate([imgs, np.full((8 - len(imgs), *imgs.shape[1:]), 255, np.uint8)]))
+        grid = save_labelled_rows(make_grid(np.concatenate(rows), ncols=8), [f"cluster {k}" for k in clusters],
+                                  path, scale=2)
     else:
         pick = np.arange(min(len(fakes), 8 * max(1, len(plan.trained_clusters))))
-    grid = save_png(make_grid(fakes[pick], ncols=8), eval_dir / f"generated-{group.group}.png", scale=2)
+        grid = save_png(make_grid(fakes[pick], ncols=8), path, scale=2)
     masks = fs.load_npz(refs["real"]["masks"])
     kw = p.metric_options()
     reports, per_cluster, assigned = {}, {}, None

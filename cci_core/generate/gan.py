@@ -50,6 +50,9 @@ class GANConfig:
     spectral_norm: bool = False
     loss: str = "hinge"        # "hinge" or "ns" (non-saturating)
     d_condition: str = "concat"  # how a conditional D sees y: "concat" or "projection"
+    # a learned map added to the first layer's output of G and of D: what a conditional GAN's
+    # cluster input becomes once the cluster is fixed (cci_core.generate.specialise)
+    bias_map: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size not in MODEL_SIZES:
@@ -62,6 +65,8 @@ class GANConfig:
             raise ValueError(f"d_condition={self.d_condition!r} is unknown; use one of {D_CONDITIONS}")
         if self.n_classes < 0:
             raise ValueError(f"n_classes={self.n_classes} must be >= 0 (0 = unconditional)")
+        if self.bias_map and self.n_classes:
+            raise ValueError("bias_map stands for a fixed cluster: use it with n_classes=0")
         for name in ("z_dim", "g_width", "d_width", "d_features", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
@@ -137,15 +142,30 @@ class Generator(nn.Module):
             ch //= 2
         self.out = nn.Sequential(nn.ConvTranspose2d(ch, cfg.channels, 4, 2, 1), nn.Tanh())
         init_dcgan_(self)
+        first = cfg.g_width * 2 ** (cfg.n_blocks - 1)
+        self.bias_map = nn.Parameter(torch.zeros(first, cfg.base, cfg.base)) if cfg.bias_map else None
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         y = _check_labels(y, z.shape[0], self.cfg.n_classes)
         h = z if y is None else torch.cat([z, self.embed(y)], dim=1)
         h = h[:, :, None, None]
-        for b in self.blocks:
+        for i, b in enumerate(self.blocks):
             h = b["up"](h)
+            if i == 0 and self.bias_map is not None:
+                h = h + self.bias_map
             h = torch.relu(b["norm"](h) if y is None else b["norm"](h, y))
         return self.out(h)
+
+
+class BiasMap(nn.Module):
+    """Adds a learned (channels, side, side) map to its input."""
+
+    def __init__(self, channels: int, side: int):
+        super().__init__()
+        self.map = nn.Parameter(torch.zeros(channels, side, side))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.map
 
 
 class Discriminator(nn.Module):
@@ -159,7 +179,10 @@ class Discriminator(nn.Module):
         self.concat = bool(cfg.n_classes) and cfg.d_condition == "concat"
         ch = cfg.d_width
         c_in = cfg.channels + (cfg.n_classes if self.concat else 0)
-        layers: list[nn.Module] = [sn(nn.Conv2d(c_in, ch, 4, 2, 1)), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [sn(nn.Conv2d(c_in, ch, 4, 2, 1))]
+        if cfg.bias_map:
+            layers.append(BiasMap(ch, cfg.image_size // 2))
+        layers.append(nn.LeakyReLU(0.2, True))
         for _ in range(cfg.n_blocks - 1):
             layers.append(sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=not use_bn)))
             if use_bn:

@@ -9,7 +9,7 @@ built in one place (:meth:`ModelRecord.build`) for ``model.json``, ``training.js
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ class TrainJob:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.kind == "cluster":
             out.update(cluster=self.cluster, count=self.count, partition_artifact_id=self.partition_artifact_id)
-        elif self.kind == "conditional":
+        elif self.kind in ("conditional", "shared"):
             out.update(clusters=_list(self.clusters), count=self.count,
                        partition_artifact_ids=_list(self.partition_artifact_ids))
         else:
@@ -132,8 +132,18 @@ class TrainingPlan:
         return self.params.model_config(self.shape, job.kind, self.n_clusters)
 
     def train_config(self, job: TrainJob):
-        """The TrainConfig of one job."""
-        return self.params.train_config(job.kind, job.steps, job.seconds)
+        """The TrainConfig of one job: a cluster's model fine-tuned from a shared start starts from its
+        last checkpoint (a conditional GAN's cut down to the job's cluster)."""
+        tcfg = self.params.train_config(job.kind, job.steps, job.seconds)
+        shared = self.shared_job()
+        if job.kind == "cluster" and shared is not None:
+            tcfg = replace(tcfg, init_from=str(self.out_dir(shared)),
+                           init_cluster=job.cluster if self.params.is_gan("cluster") else None)
+        return tcfg
+
+    def shared_job(self) -> TrainJob | None:
+        """The shared-start job the cluster jobs are fine-tuned from, if any."""
+        return next((j for j in self.jobs if j.kind == "shared"), None)
 
 
 # ----------------------------------------------------------------------------- the model record
@@ -166,12 +176,16 @@ class ModelRecord:
     wall_seconds: float | None = None
     device: str | None = None
     self_conditioned: bool = False
+    # what the model costs: generator parameters, images seen in training, the task's peak resident memory
+    n_params: int | None = None
+    images_seen: int | None = None
+    peak_rss_mb: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     _KEYS = ("name", "kind", "model", "cluster", "clusters", "n_train", "steps", "step_budget", "seconds",
              "wall_seconds", "resumed_from", "losses", "artifact_id", "dir", "generator", "samples", "loss_curve",
-             "device", "self_conditioned", "finished_at")
-    _OPTIONAL = ("wall_seconds", "device", "self_conditioned")
+             "device", "self_conditioned", "n_params", "images_seen", "peak_rss_mb", "finished_at")
+    _OPTIONAL = ("wall_seconds", "device", "self_conditioned", "n_params", "images_seen", "peak_rss_mb")
 
     @classmethod
     def build(cls, *, name: str, kind: str, model: str, out_dir: str | Path, samples: str | None,

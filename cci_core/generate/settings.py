@@ -42,7 +42,13 @@ class TrainParams:
     model : ``gan`` (DCGAN-style) or ``vae``, one per cluster
     mode : ``per-cluster`` (one model per cluster) or ``conditional`` (one cluster-conditional GAN)
     steps : training steps per cluster; the conditional GAN and the baseline get
-        ``steps`` x (number of trained clusters)
+        ``steps`` x (number of trained clusters), the same total
+    shared_start : per-cluster mode: the share of that total spent on one shared start, from which
+        every cluster's model is fine-tuned on its own partition with the rest (``steps`` x
+        (1 - shared_start) each). For a GAN the start is a cluster-conditional GAN on the pooled
+        partitions, cut down to each cluster exactly (:mod:`cci_core.generate.specialise`); for a
+        VAE, one VAE on the pooled partitions. 0 = every cluster from scratch. Default 1/2, chosen on
+        Fashion-MNIST (``benchmarks/generate.py``)
     seconds : optional time budget per cluster (scaled the same way), summed over resumes
     batch_size, lr : optimiser
     min_size : clusters with fewer images are skipped (listed in the report with the reason)
@@ -50,8 +56,9 @@ class TrainParams:
     checkpoint_every : steps between checkpoints (safetensors + JSON) and sample grids
     seed : every random draw derives from it
     baseline : also train one unconditional GAN on the whole corpus with the same total steps
-    width, z_dim : model capacity (GAN g_width = d_width = width, d_features = 4 x width;
-        VAE width); latent size
+    width, z_dim : model capacity of the per-cluster models, their shared start and the conditional
+        GAN (GAN g_width = d_width = width, d_features = 4 x width; VAE width); latent size
+    baseline_width : the width of the baseline, the one big unconditional GAN on the whole corpus
     loss : GAN loss, ``hinge`` or ``ns``
     d_condition : how the conditional GAN's discriminator sees the cluster id: ``concat``
         (one-hot planes on the image) or ``projection``
@@ -64,6 +71,7 @@ class TrainParams:
     model: str = "gan"
     mode: str = "per-cluster"
     steps: int = 2000
+    shared_start: float = 0.5
     seconds: float | None = None
     batch_size: int = 64
     lr: float | None = None
@@ -73,7 +81,8 @@ class TrainParams:
     checkpoint_every: int = 500
     seed: int = 0
     baseline: bool = True
-    width: int = 32
+    width: int = 24
+    baseline_width: int = 32
     z_dim: int = 64
     loss: str = "hinge"
     d_condition: str = "concat"
@@ -97,9 +106,12 @@ class TrainParams:
                              "use --batch-size 2 or more, or --mode-seeking 0")
         if self.ema and self.model != "gan":
             raise ValueError("--ema keeps an average of GAN generator weights; a VAE has none (drop --ema)")
-        for name in ("steps", "batch_size", "checkpoint_every", "width", "z_dim"):
+        for name in ("steps", "batch_size", "checkpoint_every", "width", "baseline_width", "z_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be a positive integer")
+        if not 0.0 <= self.shared_start < 1.0:
+            raise ValueError(f"--shared-start {self.shared_start} must lie in [0, 1): the share of the step budget "
+                             "spent on the shared start (0 = every cluster from scratch)")
         if self.min_size < 1:
             raise ValueError(f"--min-size {self.min_size} must be >= 1")
         if self.seconds is not None and self.seconds <= 0:
@@ -108,25 +120,47 @@ class TrainParams:
             raise ValueError(f"ema_decay={self.ema_decay} must lie in (0, 1)")
 
     def is_gan(self, kind: str) -> bool:
-        """Whether a job of ``kind`` (cluster, conditional, baseline) trains a GAN: the baseline always does."""
+        """Whether a job of ``kind`` (cluster, shared, conditional, baseline) trains a GAN: the baseline always
+        does."""
         return kind == "baseline" or self.model == "gan"
+
+    @property
+    def shares_start(self) -> bool:
+        """Whether per-cluster models are fine-tuned from a shared start."""
+        return self.mode == "per-cluster" and self.shared_start > 0
+
+    def split_budget(self, n: int) -> tuple[int, int]:
+        """(shared start's steps, each cluster's steps) of ``n`` clusters' total ``steps`` x ``n``."""
+        if not self.shares_start:
+            return 0, self.steps
+        shared = round(self.shared_start * self.steps * n)
+        return shared, max(1, (self.steps * n - shared) // n)
 
     def model_config(self, shape, kind: str, n_clusters: int):
         """The GANConfig or VAEConfig of a job of ``kind`` on ``shape`` (H, W, C) images; the conditional
-        GAN is conditioned on ``n_clusters`` ids."""
+        GAN (and a GAN's shared start) is conditioned on ``n_clusters`` ids, and a cluster's GAN fine-tuned
+        from that start is the start cut down to one cluster."""
         if self.is_gan(kind):
-            return gan_config(shape, width=self.width, z_dim=self.z_dim, loss=self.loss,
-                              n_classes=n_clusters if kind == "conditional" else 0, d_condition=self.d_condition)
+            conditional = kind == "conditional" or (kind in ("shared", "cluster") and self.shares_start)
+            cfg = gan_config(shape, width=self.baseline_width if kind == "baseline" else self.width, z_dim=self.z_dim,
+                             loss=self.loss, n_classes=n_clusters if conditional else 0, d_condition=self.d_condition)
+            if kind == "cluster" and conditional:
+                from cci_core.generate.specialise import specialised_config
+                return specialised_config(cfg)
+            return cfg
         from cci_core.generate.vae import VAEConfig
         return VAEConfig(image_size=shape[0], channels=shape[2], z_dim=self.z_dim, width=self.width)
 
     def train_config(self, kind: str, steps: int, seconds: float | None):
-        """The TrainConfig of a job of ``kind`` with its own step (and time) budget."""
+        """The TrainConfig of a job of ``kind`` with its own step (and time) budget (a cluster fine-tuned from a
+        shared start gets its ``init_from`` from the plan)."""
         from cci_core.generate.training_loop import TrainConfig
         gan = self.is_gan(kind)
+        # the shared start of GANs is a conditional GAN: it takes the conditional GAN's mode-seeking default
+        seeking_kind = "conditional" if kind == "shared" else kind
         return TrainConfig(steps=steps, seconds=seconds, batch_size=self.batch_size, lr=self.lr,
                            ema_decay=self.ema_decay if (self.ema and gan) else None,
-                           mode_seeking=mode_seeking_weight(self.mode_seeking, kind) if gan else 0.0,
+                           mode_seeking=mode_seeking_weight(self.mode_seeking, seeking_kind) if gan else 0.0,
                            checkpoint_every=min(self.checkpoint_every, steps), seed=self.seed, device=self.device)
 
 

@@ -58,6 +58,8 @@ class TrainConfig:
     betas: tuple[float, float] | None = None
     ema_decay: float | None = None       # e.g. 0.999; GAN only
     mode_seeking: float = 0.0            # weight of the mode-seeking term; GAN only
+    init_from: str | None = None         # a fresh run starts from the weights of this run's last checkpoint
+    init_cluster: int | None = None      # ... cut down to this cluster when init_from is a conditional GAN
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     n_samples: int = 64                  # images in each sample grid
@@ -254,6 +256,45 @@ def _load_checkpoint(path: Path, kind, gen: torch.Generator, meta: dict):
     return int(info["step"]), float(info["elapsed"]), history
 
 
+def _start_from(init_dir: str | Path, kind, meta: dict, cluster: int | None) -> None:
+    """Load the weights (not the optimiser state) of ``init_dir``'s last checkpoint into ``kind``: a model
+    fine-tuned from a shared start. A conditional GAN's start is cut down to ``cluster`` first
+    (:mod:`cci_core.generate.specialise`). An EMA generator the start lacks starts as its G."""
+    from cci_core.generate.specialise import specialise, specialised_config
+    ckpts = checkpoint_dirs(fs.as_path(init_dir))
+    if not ckpts:
+        raise ValueError(f"init_from={init_dir} holds no checkpoint; train the shared start there first")
+    tensors, info = load_weights(ckpts[-1], "state", fields=MODEL_STATE_FIELDS)
+    conditional = info["kind"] == "gan" and info["model"].get("n_classes", 0) > 0
+    if conditional:
+        if cluster is None:
+            raise ValueError(f"init_from={init_dir} is a conditional GAN; say which cluster to start from "
+                             "(init_cluster)")
+        start = GANConfig(**info["model"])
+        if asdict(specialised_config(start)) != meta["model"]:
+            raise ValueError(f"init_from={init_dir} ({info['model']}) does not specialise to {meta['model']}")
+    elif info["kind"] != meta["kind"] or info["model"] != meta["model"]:
+        raise ValueError(f"init_from={init_dir} was trained as {info['kind']} {info['model']}, not {meta['kind']} "
+                         f"{meta['model']}; a shared start must have the fine-tuned model's configuration")
+
+    def part(name: str) -> dict:
+        pre = f"{name}." if any(k.startswith(f"{name}.") for k in tensors) else "G."
+        return {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+
+    if not conditional:
+        for name, mod in kind.modules().items():
+            mod.load_state_dict(part(name))
+        return
+    G, D = Generator(start), Discriminator(start)
+    D.load_state_dict(part("D"))
+    for name in kind.modules():
+        if name != "D":
+            G.load_state_dict(part(name))
+            g, d = specialise(G, D, cluster)
+            kind.modules()[name].load_state_dict(g.state_dict())
+    kind.D.load_state_dict(d.state_dict())
+
+
 # ---------------------------------------------------------------- outputs
 
 def _save_samples(model: nn.Module, z: torch.Tensor, y: torch.Tensor | None, path: Path) -> Path:
@@ -310,7 +351,8 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     Returns
     -------
     dict with ``kind``, ``steps``, ``seconds``, ``resumed_from`` (step or None), ``losses``
-    (mean of each loss over the last 50 steps), ``n_train``, and the paths ``generator``,
+    (mean of each loss over the last 50 steps), ``n_train``, ``n_params`` (the exported generator's
+    parameters; a VAE's: encoder and decoder), and the paths ``generator``,
     ``checkpoint``, ``samples`` (list), ``loss_curve``.
     """
     tcfg = train_cfg or TrainConfig()
@@ -346,6 +388,8 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     if ckpts:
         step, elapsed, history = _load_checkpoint(ckpts[-1], kind, gen, meta)
         resumed_from = step
+    elif tcfg.init_from:
+        _start_from(tcfg.init_from, kind, meta, tcfg.init_cluster)
     for name, mod in kind.modules().items():
         mod.train(name != "G_ema")
 
@@ -386,4 +430,5 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     tail = {k: float(np.mean(v[-50:])) for k, v in history.items()}
     return {"kind": kind.kind, "steps": step, "seconds": elapsed, "resumed_from": resumed_from,
             "losses": tail, "n_train": len(source), "generator": gen_path,
+            "n_params": sum(p.numel() for p in kind.sampler().parameters()),
             "checkpoint": checkpoint_dirs(out_dir)[-1], "samples": samples, "loss_curve": curve}

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cci_core.cluster.cluster_run import partition_rows
+from cci_core.common.memory import PeakRSS
 from cci_core.common.shapes import MODEL_SIZES
 from cci_core.generate.model_dir import last_sample, latest_checkpoint_info
 from cci_core.generate.records import (
@@ -53,6 +54,8 @@ from cci_core.store import fs, relpaths
 from cci_core.store.corpus import open_corpus
 from cci_core.store.runs import finished_run, lineage_store, update_run
 from cci_core.store.store import Store, hash_files, utc_now
+
+SHARED_START = "shared-start"  # the job (and models/ folder) every cluster's model is fine-tuned from
 
 
 def _job(job) -> TrainJob:
@@ -116,15 +119,21 @@ def make_training_plan(store: Store, run_id: str, params: TrainParams) -> Traini
     n = len(eligible)
     scaled = None if params.seconds is None else params.seconds * n
     jobs = []
+
+    def pooled(name: str, kind: str, steps: int, seconds: float | None) -> TrainJob:
+        return TrainJob(name, kind, clusters=tuple(p["cluster"] for p in eligible), count=sum(p["count"] for p in eligible),
+                        partition_artifact_ids=tuple(p["artifact_id"] for p in eligible), steps=steps, seconds=seconds)
+
     if params.mode == "per-cluster":
+        shared, each = params.split_budget(n)
+        if shared:  # the shared start's steps count in the per-cluster total
+            jobs.append(pooled(SHARED_START, "shared", shared, None if scaled is None else scaled * params.shared_start))
+        each_seconds = None if params.seconds is None else params.seconds * (1 - params.shared_start * bool(shared))
         jobs += [TrainJob(f"cluster-{p['cluster']}", "cluster", cluster=p["cluster"], count=p["count"],
-                          partition_artifact_id=p["artifact_id"], steps=params.steps, seconds=params.seconds)
+                          partition_artifact_id=p["artifact_id"], steps=each, seconds=each_seconds)
                  for p in eligible]
     else:
-        jobs.append(TrainJob("conditional", "conditional", clusters=tuple(p["cluster"] for p in eligible),
-                             count=sum(p["count"] for p in eligible),
-                             partition_artifact_ids=tuple(p["artifact_id"] for p in eligible),
-                             steps=params.steps * n, seconds=scaled))
+        jobs.append(pooled("conditional", "conditional", params.steps * n, scaled))
     if params.baseline:
         jobs.append(TrainJob("baseline", "baseline", count=run["n_rows"], steps=params.steps * n, seconds=scaled))
     plan = TrainingPlan(
@@ -163,9 +172,12 @@ def train_job(store: Store, plan: TrainingPlan | dict, job: TrainJob | dict, pro
               progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train (or resume) one generator of the plan and record it as a ``model`` artifact.
 
-    A cluster job reads only its partition's rows from the corpus Zarr; the conditional
-    job reads the rows of every trained cluster with their cluster ids; the baseline
-    reads the whole corpus. Returns the job's model record (also ``models/<name>/model.json``).
+    A cluster job reads only its partition's rows from the corpus Zarr (starting, when the plan has one,
+    from the shared start, which must be trained first); the conditional job and a GAN's shared start
+    read the rows of every trained cluster with their cluster ids (a VAE's shared start: the rows
+    alone); the baseline reads the whole corpus. Returns the job's model record (also
+    ``models/<name>/model.json``), with the generator's parameters, the images it saw and the task's
+    peak resident memory.
     """
     from cci_core.generate.training_loop import train_generator
     plan, job = as_plan(TrainingPlan, plan), _job(job)
@@ -178,20 +190,26 @@ def train_job(store: Store, plan: TrainingPlan | dict, job: TrainJob | dict, pro
     if job.kind == "cluster":
         rows = partition_rows(store, run_id, job.cluster)
         inputs.append((job.partition_artifact_id, "partition"))
-    elif job.kind == "conditional":
+        if tcfg.init_from:
+            inputs.append((_shared_start_id(store, fs.as_path(tcfg.init_from)), "model"))
+    elif job.kind in ("conditional", "shared"):
         parts = [partition_rows(store, run_id, k) for k in job.clusters]
         rows = np.concatenate(parts)
-        labels = np.concatenate([np.full(len(r), k, np.int64) for r, k in zip(parts, job.clusters)])
+        if getattr(cfg, "n_classes", 0):
+            labels = np.concatenate([np.full(len(r), k, np.int64) for r, k in zip(parts, job.clusters)])
         inputs += [(aid, "partition") for aid in job.partition_artifact_ids]
     t0 = time.perf_counter()
-    res = train_generator(corpus.images(), out_dir, cfg, tcfg, rows=rows, n_rows=corpus.n_rows,
-                          labels=labels, progress=progress)
+    with PeakRSS() as peak:
+        res = train_generator(corpus.images(), out_dir, cfg, tcfg, rows=rows, n_rows=corpus.n_rows,
+                              labels=labels, progress=progress)
     wall = time.perf_counter() - t0
     losses = {k: float(v) for k, v in res["losses"].items()}
     params = model_lineage_params(
         asdict(plan.params), run_id=run_id, corpus=plan.corpus, corpus_version=plan.corpus_version, job=job.name,
         job_kind=job.kind, cluster=job.cluster, clusters=None if job.clusters is None else list(job.clusters),
-        step_budget=job.steps, seconds_budget=job.seconds, model_config=asdict(cfg), train_config=asdict(tcfg))
+        step_budget=job.steps, seconds_budget=job.seconds, model_config=asdict(cfg),
+        # the start by its job name (its lineage id is an input): the same request in another store has the same id
+        train_config={**asdict(tcfg), "init_from": SHARED_START if tcfg.init_from else None})
     art = record_model(store, run_id, job.name, out_dir, params,
                        model_metrics(res["steps"], res["n_train"], losses, res["seconds"]), producer, inputs)
     record = ModelRecord.build(
@@ -200,10 +218,20 @@ def train_job(store: Store, plan: TrainingPlan | dict, job: TrainJob | dict, pro
         wall_seconds=round(wall, 3), resumed_from=res["resumed_from"], losses=losses, artifact_id=art.id,
         samples=str(res["samples"][-1]) if res["samples"] else last_sample(out_dir),
         loss_curve=str(res["loss_curve"]) if res["loss_curve"] else None,
-        device=str(tcfg.device or _device_name()))
+        device=str(tcfg.device or _device_name()), n_params=res["n_params"], images_seen=res["steps"] * tcfg.batch_size,
+        peak_rss_mb=round(peak.mb, 1))
     summary = record.to_json()
     relpaths.write_record(store.root, out_dir / "model.json", summary)
     return summary
+
+
+def _shared_start_id(store: Store, shared_dir: Path) -> str:
+    """The lineage id of the trained shared start in ``shared_dir`` (its ``model.json``)."""
+    path = shared_dir / "model.json"
+    if not path.exists():
+        raise ValueError(f"the shared start {shared_dir} is not trained yet: its job runs before the clusters' "
+                         f"(run `cci train` again to train it first)")
+    return relpaths.read_record(store.root, path)["artifact_id"]
 
 
 def _device_name() -> str:

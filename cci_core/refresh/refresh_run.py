@@ -105,6 +105,17 @@ def assign_new(store: Store, run_id: str, version: int | None = None, retrain_th
     return drift
 
 
+def _carry_shared_start(store: Store, previous: str, target) -> None:
+    """Copy the previous run's trained shared start into ``target`` (once), the start the refreshed
+    run's changed clusters are fine-tuned from; its model record, and so its lineage id, come along."""
+    source = store.run_dir(previous) / "models" / "shared-start"
+    if not (source / "model.json").exists():
+        raise ValueError(f"run {previous!r} has no trained shared start ({source}); retrain it with "
+                         f"`cci train {previous}` first, or train the refreshed run with --shared-start 0")
+    if not (fs.as_path(target) / "model.json").exists():
+        fs.copytree(source, target)
+
+
 def retrain_changed(store: Store, run_id: str, changed: list[int], params=None, producer: dict | None = None) -> dict:
     """Train generators of the refreshed RUN for the ``changed`` clusters only; every other
     cluster keeps the model of the run it was refreshed from (same artifact, same folder).
@@ -120,11 +131,16 @@ def retrain_changed(store: Store, run_id: str, changed: list[int], params=None, 
     if not prev_path or not prev_path.exists():
         raise ValueError(f"run {run_id!r} is not a refresh of a run with trained generators")
     prev = relpaths.read_record(store.root, prev_path)
-    params = params or TrainParams(**{k: v for k, v in prev["params"].items() if k in train_params_fields()})
+    # models trained before shared starts existed were trained from scratch
+    params = params or TrainParams(**{"shared_start": 0.0, **{k: v for k, v in prev["params"].items()
+                                                              if k in train_params_fields()}})
     params.baseline = False
     plan = make_training_plan(store, run_id, params)
     kept = {m["cluster"]: m for m in prev["models"] if m["kind"] == "cluster"}
     jobs = [j for j in plan.jobs if j.kind == "cluster" and (j.cluster in changed or j.cluster not in kept)]
+    shared = plan.shared_job()
+    if shared is not None and jobs:  # the changed clusters are fine-tuned from the run's own shared start
+        _carry_shared_start(store, previous, plan.out_dir(shared))
     results = [train_job(store, plan, job, producer=producer) for job in jobs]
     trained = {r["cluster"] for r in results}
     carried = [{**m, "from_earlier_run": previous} for c, m in sorted(kept.items()) if c not in trained]

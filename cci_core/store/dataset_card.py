@@ -67,14 +67,35 @@ def cluster_profile(partitions: list[dict], labels: np.ndarray | None, names: di
 
 
 def evaluation_summary(report: dict, group: str) -> dict:
-    """FD and coverage (and the rest of the headline) of one model group from ``reports/generation.json``,
-    in the classifier's feature space, rounded; {} when that group was not evaluated."""
-    rep = (report.get("reports") or {}).get("classifier", {}).get(group)
+    """What ``cci evaluate`` measured of one model group (``reports/generation.json``), rounded, for the card:
+    the headline in the classifier's feature space (FD, KID, precision/recall/density/coverage, fidelity),
+    the real-vs-real floor of each measure, the unconditional baseline's figures beside them, every sample
+    size, and per cluster FD and coverage; {} when that group was not evaluated."""
+    space = "classifier"
+    rep = (report.get("reports") or {}).get(space, {}).get(group)
     if not rep:
         return {}
     keep = ("fid", "kid", "precision", "recall", "density", "coverage", "fidelity")
-    return {"feature_space": "classifier", "group": group, "n_real": rep.get("n_real"), "n_fake": rep.get("n_fake"),
-            **{m: round(float(rep[m]), 4) for m in keep if isinstance(rep.get(m), (int, float))}}
+
+    def figures(r: dict) -> dict:
+        return {m: round(float(r[m]), 4) for m in keep if isinstance(r.get(m), (int, float))}
+
+    info = (report.get("feature_spaces") or {}).get(space, {})
+    out = {"feature_space": space, "feature_space_note": info.get("note"), "group": group,
+           "n_real": rep.get("n_real"), "n_fake": rep.get("n_fake"), **figures(rep)}
+    floor = (report.get("floor") or {}).get(space)
+    if floor:
+        out["floor"] = {"n_real": floor.get("n_real"), "n_fake": floor.get("n_fake"), **figures(floor)}
+    base = (report.get("reports") or {}).get(space, {}).get("baseline")
+    if base and group != "baseline":
+        out["baseline"] = {"n_real": base.get("n_real"), "n_fake": base.get("n_fake"), **figures(base)}
+    per = ((report.get("per_cluster") or {}).get(space) or {}).get(group) or {}
+    if per:
+        out["per_cluster"] = {k: {m: (round(float(e[m]), 4) if m not in ("n_real", "n_fake") else e[m])
+                                  for m in ("fid", "coverage", "precision", "recall", "n_real", "n_fake")
+                                  if isinstance(e.get(m), (int, float))}
+                              for k, e in sorted(per.items(), key=lambda kv: int(kv[0]))}
+    return out
 
 
 def _local_partitions(store, run: dict) -> list[dict]:
@@ -150,11 +171,7 @@ def readme(card: dict) -> str:
         lines.append("")
     ev = card.get("evaluation") or {}
     if ev:
-        lines += ["## Generation quality", "",
-                  f"Measured by `cci evaluate` in the {ev.get('feature_space')} feature space "
-                  f"({ev.get('n_fake')} generated vs {ev.get('n_real')} real images): "
-                  + ", ".join(f"{m} {ev[m]:.4g}" for m in ("fid", "coverage", "precision", "recall", "fidelity")
-                              if m in ev) + ". FD (`fid`) is the Fréchet distance: lower is better.", ""]
+        lines += _quality_section(ev)
     if card.get("reproducibility"):
         lines += ["## Reproducibility", "", card["reproducibility"], ""]
     lines += ["## Files", "", "- `data.parquet`: one row per image, an `image` column (PNG bytes) with Hugging Face "
@@ -167,6 +184,32 @@ def readme(card: dict) -> str:
     if card.get("schema"):
         lines += ["## Manifest columns", ""] + [f"- `{k}`: {v}" for k, v in card["schema"].items()] + [""]
     return "\n".join(front + lines)
+
+
+def _quality_section(ev: dict) -> list[str]:
+    """The card's "Generation quality" section: the headline, the floor and the baseline, per cluster."""
+    shown = ("fid", "kid", "coverage", "precision", "recall", "fidelity")
+    cols = [m for m in shown if m in ev]
+    rows = [("these images' models", ev)] + [(name, ev[key]) for key, name in
+                                            (("baseline", "one unconditional GAN (baseline)"),
+                                             ("floor", "real vs real (the floor)")) if key in ev]
+    out = ["## Generation quality", "",
+           f"Measured by `cci evaluate` before publishing, in the {ev.get('feature_space')} feature space"
+           + (f" ({ev['feature_space_note']})" if ev.get("feature_space_note") else "")
+           + ". FD is the Fréchet distance on those features (not FID: no Inception network), lower is better; "
+             "KID is x1000.", "",
+           "| | generated / real images | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, r in rows:
+        out.append(f"| {name} | {r.get('n_fake')} / {r.get('n_real')} | "
+                   + " | ".join(f"{r[m]:.4g}" if m in r else "" for m in cols) + " |")
+    per = ev.get("per_cluster") or {}
+    if per:
+        out += ["", "Per cluster (the images made for a cluster against that cluster's real images):", "",
+                "| cluster | generated / real images | FD | coverage |", "|---|---|---|---|"]
+        out += [f"| {k} | {e.get('n_fake')} / {e.get('n_real')} | "
+                + " | ".join(f"{e[m]:.4g}" if m in e else "–" for m in ("fid", "coverage")) + " |"
+                for k, e in per.items()]
+    return out + [""]
 
 
 def how_to_read() -> list[str]:

@@ -47,9 +47,13 @@ def run_pipeline(
     store: Optional[str] = StoreOpt, dask_address: Optional[str] = DaskOpt, workers: Optional[int] = WorkersOpt,
     as_json: bool = JsonOpt, quiet: bool = QuietOpt, verbose: bool = VerboseOpt,
 ):
-    """The whole pipeline as one Prefect flow: ingest -> cluster -> refine -> train -> generate -> evaluate.
+    """The whole pipeline as one Prefect flow: ingest -> cluster -> refine -> train -> evaluate -> generate.
 
-    Re-running it redoes only what is missing (stage outputs are named by their inputs).
+    The generators are cci train's default, the mode that measured best (benchmarks/generate.py): one GAN per
+    cluster, fine-tuned from a shared start (a cluster-conditional GAN on the pooled partitions, half the
+    step budget), beside one unconditional baseline GAN at the same total steps. They are evaluated
+    before their images are published, so the dataset card holds FD, coverage, the floor and the
+    per-cluster figures. Re-running it redoes only what is missing (stage outputs are named by their inputs).
     The quick profile (the default) trains briefly: minutes on a laptop; --profile full trains as
     `cci refine` and `cci train` do by default.
 
