@@ -84,6 +84,7 @@ def train_flow(settings: TrainSettings) -> dict:
     rows = [{"model": r["name"], "kind": r["model"], "cluster": r["cluster"], "images": r["n_train"],
              "steps": r["steps"], "resumed_from": r["resumed_from"],
              **{k: fig(v) for k, v in r["losses"].items()}, "seconds": fig(r["seconds"]),
+             "parameters": r.get("n_params"), "images seen": r.get("images_seen"), "peak MB": r.get("peak_rss_mb"),
              "artifact": r["artifact_id"],
              "note": "from an earlier run" if r.get("from_earlier_run") else ""}
             for r in summary["models"]]

@@ -12,7 +12,7 @@ from prefect.assets import materialize
 from cci_core.generate import eval_references, evaluation_run, settings, training_run
 from cci_core.store.lineage import LineageStore
 from cci_core.store.store import Store
-from tasks.common import annotate_asset, asset_for, producer, progress_artifact
+from tasks.common import annotate_asset, asset_for, producer, progress_artifact, torch_compute
 
 
 def model_asset(run_id: str, name: str):
@@ -48,8 +48,10 @@ def worker_info() -> dict:
 def train_cluster_task(plan: dict, job: dict) -> dict:
     """Train (or resume) one generator: one cluster, the conditional GAN, or the baseline.
     A retry (or a later re-run) resumes from the job's last checkpoint."""
-    result = training_run.train_job(Store(plan["store"]), plan, job, producer=producer(), progress=_progress_reporter(job))
-    return {**result, **worker_info()}
+    with torch_compute(None) as threads:  # the worker's threads, and memory kept between batches
+        result = training_run.train_job(Store(plan["store"]), plan, job, producer=producer(),
+                                        progress=_progress_reporter(job))
+    return {**result, **worker_info(), "threads": threads}
 
 
 @materialize("cci://model/pending", name="register-models", task_run_name="register models {plan[run_id]}")
@@ -73,12 +75,14 @@ def plan_evaluation_task(store_root: str, run_id: str, params: dict) -> dict:
 
 @task(name="prepare-references", tags=["gpu"], task_run_name="references {plan[run_id]}")
 def prepare_references_task(plan: dict) -> dict:
-    return eval_references.prepare_references(Store(plan["store"]), plan, producer=producer())
+    with torch_compute(None):
+        return eval_references.prepare_references(Store(plan["store"]), plan, producer=producer())
 
 
 @task(name="evaluate-models", tags=["gpu"], task_run_name="evaluate {group[group]}")
 def evaluate_group_task(plan: dict, refs: dict, group: dict) -> dict:
-    return evaluation_run.evaluate_group(Store(plan["store"]), plan, refs, group)
+    with torch_compute(None):
+        return evaluation_run.evaluate_group(Store(plan["store"]), plan, refs, group)
 
 
 @materialize("cci://report/pending", name="write-generation-report", task_run_name="report {plan[run_id]}")

@@ -187,8 +187,14 @@ def test_shared_start_then_each_cluster_fine_tuned(store):
         assert g.cfg.n_classes == 0 and g.cfg.bias_map and m["n_params"] == sum(p.numel() for p in g.parameters())
         assert m["n_params"] < base_params  # each cluster's model is smaller than the one big model
         assert generate(g, 3, seed=0).shape == (3, 28, 28, 1)
-    # the shared start is not evaluated as a model of its own
+    # the shared start is not evaluated as a model of its own; its cost counts in the per-cluster group's
     assert [g.group for g in ev.make_evaluation_plan(store, "r3s", EvalParams()).groups] == ["per_cluster", "baseline"]
+    cost = ev.training_cost(store, str(store.run_dir("r3s")), ["per_cluster", "baseline"])
+    assert cost["per_cluster"]["models"] == 3 and cost["per_cluster"]["images_seen"] == (15 + 3 * 5) * 16
+    assert cost["per_cluster"]["params_all"] == 3 * models["cluster-0"]["n_params"]
+    assert cost["per_cluster"]["shared_start_params"] == shared["n_params"] > models["cluster-0"]["n_params"]
+    assert cost["per_cluster"]["params_each_max"] < cost["baseline"]["params_each_max"] == base_params
+    assert cost["baseline"]["images_seen"] == 30 * 16 and cost["baseline"]["peak_rss_mb_max"] > 0
     # a cluster's folder trained from scratch is not fine-tuned over (other settings)
     with pytest.raises(ValueError, match="already holds a gan trained with other settings"):
         tr.plan_training(store, "r3s", TrainParams(**{**TINY, "min_size": 1, "steps": 10}))

@@ -48,6 +48,7 @@ def test_cli_train_and_evaluate_on_two_dask_workers(store, dask_scheduler, run_c
             assert m["finished_at"] > summary["models"][0]["finished_at"]
         assert Path(store.run_dir("flowrun") / "models" / m["name"] / "generator.safetensors").exists()
         assert m["worker_resources"] == {}  # CPU-only workers: no GPU resource asked for, nothing hangs
+        assert m["threads"] == 1  # the worker's own thread count (the fixture's workers have one each)
     page = explorer_path(store.run_dir("flowrun")).read_text()  # rebuilt by cci train: real vs generated
     assert page.count('<img class="t g"') == 8 * len(big) and "not evaluated (run `cci evaluate RUN`)" in page
     assert f"<tr id='generated-{small}'><td>{small}</td>" in page and "fewer than --min-size" in page

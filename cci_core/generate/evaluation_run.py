@@ -240,6 +240,27 @@ def _compare(plan: EvaluationPlan, refs: dict, results: list[dict], reports: dic
     return comparison, head_to_head, wins, per_cluster_winners, "\n".join(md)
 
 
+def training_cost(store: Store, run_dir: str, groups: list[str]) -> dict:
+    """What each evaluated group cost to train, from ``models/training.json``: models, generator parameters
+    (each, at most, and in all), images seen, training seconds summed over its tasks and the largest task's
+    peak resident memory. The per-cluster group counts its shared start (its steps are in the budget)."""
+    models = read_training(store, fs.as_path(run_dir) / "models" / "training.json").get("models") or []
+    kinds = {"per_cluster": ("cluster", "shared"), "conditional": ("conditional",), "baseline": ("baseline",)}
+    out = {}
+    for g in groups:
+        ms = [m for m in models if m["kind"] in kinds.get(g, ())]
+        made = [m for m in ms if m["kind"] != "shared"]  # the models that make the images
+        if not ms or any(m.get("n_params") is None for m in ms):
+            continue  # trained before costs were recorded
+        out[g] = {"models": len(made), "params_each_max": max(m["n_params"] for m in made),
+                  "params_all": sum(m["n_params"] for m in made),
+                  "shared_start_params": sum(m["n_params"] for m in ms if m["kind"] == "shared"),
+                  "images_seen": sum(m["images_seen"] for m in ms), "steps": sum(m["steps"] for m in ms),
+                  "train_seconds": round(sum(m.get("wall_seconds") or m["seconds"] for m in ms), 1),
+                  "peak_rss_mb_max": max(m["peak_rss_mb"] for m in ms)}
+    return out
+
+
 def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results: list[dict],
                  producer: dict | None = None) -> dict:
     """Put the groups side by side, say which wins each measure, write
@@ -251,6 +272,14 @@ def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results:
     groups = [r["group"] for r in results]
     reports = {space: {r["group"]: r["reports"][space] for r in results} for space in refs["spaces"]}
     comparison, head_to_head, wins, per_cluster_winners, markdown = _compare(plan, refs, results, reports, groups)
+    cost = training_cost(store, plan.run_dir, groups)
+    if cost:
+        markdown += ("\n\n| training cost | models | parameters (each, at most) | parameters (all) | images seen | "
+                     "task seconds (sum) | peak MB (largest task) |\n|---|---|---|---|---|---|---|\n"
+                     + "\n".join(f"| {g} | {c['models']} | {c['params_each_max']:,} | {c['params_all']:,}"
+                                  + (f" (+ shared start {c['shared_start_params']:,})" if c["shared_start_params"] else "")
+                                  + f" | {c['images_seen']:,} | {c['train_seconds']} | {c['peak_rss_mb_max']} |"
+                                  for g, c in cost.items()))
     params, skipped = asdict(plan.params), [s.to_json() for s in plan.skipped]
     report = {"run_id": plan.run_id, "corpus": plan.corpus, "corpus_version": plan.corpus_version,
               "created_at": utc_now(), "samples_per_cluster": plan.params.samples, "params": params,
@@ -261,6 +290,7 @@ def write_report(store: Store, plan: EvaluationPlan | dict, refs: dict, results:
                                                   for space in refs["spaces"]},
               "comparison": comparison, "head_to_head": head_to_head, "wins": wins,
               "per_cluster_winners": per_cluster_winners, "floor": refs["floor"],
+              "cost": cost,
               "real_fidelity": refs["real_fidelity"], "notes": refs["notes"],
               "models": {r["group"]: r["models"] for r in results},
               "grids": {r["group"]: r["grid"] for r in results},
