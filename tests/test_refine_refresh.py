@@ -87,7 +87,7 @@ def test_retrain_changed_trains_the_grown_clusters_and_carries_the_others_over(r
     from cci_core.generate.training_run import train_local
     store, _, drift = refreshed
     train_local(store, "ref", TrainParams(steps=10, batch_size=32, min_size=10, checkpoint_every=10, width=8,
-                                          z_dim=16, baseline=False))
+                                          z_dim=16, baseline=False, shared_start=0.0))  # shared start: test_pipeline
     before = read_json(store.run_dir("ref") / "models" / "training.json")
     changed = drift["changed_clusters"][:1] or [0]
     out = refresh_run.retrain_changed(store, "ref-refresh-v2", changed)

@@ -381,7 +381,9 @@ def train_generator(images, out_dir: str | Path, model_cfg: GANConfig | VAEConfi
     z_fixed = torch.randn((tcfg.n_samples, model_cfg.z_dim), generator=fixed).to(device)
     # Conditional grids: one column per cluster id.
     y_fixed = torch.arange(tcfg.n_samples, device=device) % n_classes if n_classes else None
-    meta = {"kind": kind.kind, "model": asdict(model_cfg), "train": asdict(tcfg)}
+    # the start by its folder's name: a checkpoint holds no absolute path (a moved store stays whole)
+    meta = {"kind": kind.kind, "model": asdict(model_cfg),
+            "train": {**asdict(tcfg), "init_from": fs.as_path(tcfg.init_from).name if tcfg.init_from else None}}
 
     step, elapsed, history, resumed_from = 0, 0.0, {}, None
     ckpts = checkpoint_dirs(out_dir)
