@@ -63,9 +63,9 @@ def train_flow(settings: TrainSettings) -> dict:
                                         description=f"train {run_id}: models done / total ({len(jobs)})")
     with _gpu_context(settings.gpu_resource, log):
         # the shared start (and the baseline, the conditional GAN) at once; the clusters' fine-tuning after it
-        futures = [train_cluster_task.with_options(name=f"train-{j['name']}").submit(plan, j)
-                   for j in jobs if j["kind"] != "cluster"]
-        shared = [f for f, j in zip(futures, [j for j in jobs if j["kind"] != "cluster"]) if j["kind"] == "shared"]
+        others = [j for j in jobs if j["kind"] != "cluster"]
+        futures = [train_cluster_task.with_options(name=f"train-{j['name']}").submit(plan, j) for j in others]
+        shared = [f for f, j in zip(futures, others) if j["kind"] == "shared"]
         cluster_jobs = [j for j in jobs if j["kind"] == "cluster"]
         if cluster_jobs:
             futures += list(train_cluster_task.map(unmapped(plan), cluster_jobs, wait_for=shared))

@@ -52,11 +52,12 @@ class PeakRSS:
 
     def _sample(self) -> None:
         import psutil
-        proc = psutil.Process()
-        while True:
+        proc, last = psutil.Process(), False
+        while True:  # one more sample once stopped: the block's end counts too
             self.mb = max(self.mb, proc.memory_info().rss / 2**20)
-            if self._stop.wait(self.interval):
+            if last:
                 return
+            last = self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakRSS":
         self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
@@ -66,8 +67,3 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample_once()
-
-    def _sample_once(self) -> None:
-        import psutil
-        self.mb = max(self.mb, psutil.Process().memory_info().rss / 2**20)
